@@ -1,0 +1,48 @@
+# Slate. Recipes are one line each; the logic lives in Rust (image/, tests/).
+# Every binary is built once, static (glibc, crt-static), for the image and
+# for the host alike, so tests and the image share one build of the deps.
+
+TARGET   := x86_64-unknown-linux-gnu
+BIN      := target/$(TARGET)/release
+CARGO    := RUSTFLAGS="-C target-feature=+crt-static" cargo
+CARGOFLAGS := --release --target $(TARGET) --locked
+KERNEL   ?= cloud
+
+# Debian packages the build, the image and the tests need.
+DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
+	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
+	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base openssl
+
+.PHONY: deps build image run test unit-test qemu-test bench lint fmt clean
+
+deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS)
+
+build:
+	$(CARGO) build $(CARGOFLAGS) --workspace --bins
+
+image: build
+	$(BIN)/slate-image --kernel $(KERNEL) --bin-dir $(BIN) --out _out
+
+run: image
+	$(BIN)/slate-run
+
+test: image unit-test qemu-test
+
+unit-test:
+	$(CARGO) test $(CARGOFLAGS) --workspace
+
+qemu-test:
+	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot -- --include-ignored --test-threads 1
+
+bench: image
+	$(BIN)/slate-bench
+
+lint:
+	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	rm -rf _out target

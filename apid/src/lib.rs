@@ -1,0 +1,93 @@
+//! apid serves Slate's gRPC API on :50000.
+//!
+//! # Design
+//! - With a machine config, apid issues itself a server certificate from the
+//!   machine CA (SANs: the node's addresses, hostname, loopback and
+//!   `machine.certSANs`) and requires clients to present a certificate from
+//!   the same CA. The role in the client certificate's Organization decides
+//!   which calls it may make ([`auth`]).
+//! - Without a usable config (machined published an error instead), apid
+//!   runs in **safe mode**: a self-signed certificate whose fingerprint goes
+//!   to the console, no client certificates, and only the calls that reveal
+//!   nothing secret (`Version`).
+//! - TLS is terminated by our own accept loop ([`listener`]) so that a
+//!   refused client is logged with its address and reason.
+//!
+//! # Limitations
+//! - No proxying to other nodes yet (`-n` through `-e`).
+//! - The server certificate is issued once at start; apid does not yet
+//!   re-issue it when the node's addresses change.
+
+pub mod auth;
+pub mod boot;
+pub mod listener;
+pub mod machine;
+pub mod sysinfo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use slate_machinery::constants;
+use slate_proto::machine::machine_service_server::MachineServiceServer;
+
+pub use boot::Paths;
+
+/// Runs apid until the process is killed.
+pub async fn run(paths: Paths) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], constants::APID_PORT));
+    // Bind before waiting for the config: a client that connects early
+    // waits in the backlog instead of being refused.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    serve(paths, listener).await
+}
+
+/// Waits for machined's verdict on the config, builds the TLS identity and
+/// serves on `listener`. Split from [`run`] so tests can use any port.
+pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    let mode = boot::wait_for_mode(&paths).await;
+    let tls = boot::tls_for(&mode, &paths)
+        .await
+        .context("setting up TLS")?;
+    let service = machine::MachineApi::new(match &mode {
+        boot::Mode::Configured(_) => None,
+        boot::Mode::Safe(reason) => Some(reason.clone()),
+    });
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(slate_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    tracing::info!(
+        "serving the API on {addr} ({})",
+        if service.safe_mode() {
+            "SAFE MODE, self-signed, no client certificates"
+        } else {
+            "mutual TLS"
+        }
+    );
+    tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(MachineServiceServer::new(service))
+        .serve_with_incoming(listener::tls_incoming(listener, Arc::new(tls)))
+        .await
+        .context("serving gRPC")
+}
+
+/// Where apid reads what the other daemons publish.
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
+            config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
+            network_ready: PathBuf::from(constants::NETWORK_READY_FILE),
+        }
+    }
+}

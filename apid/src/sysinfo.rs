@@ -1,0 +1,161 @@
+//! Facts about the running node, read from the kernel.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use slate_proto::machine::Process;
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The node's non-loopback, non-link-local addresses.
+pub fn addresses() -> Vec<IpAddr> {
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = ifaddrs
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// (kernel release, machine architecture) from uname.
+pub fn kernel_and_arch() -> (String, String) {
+    match nix::sys::utsname::uname() {
+        Ok(u) => (
+            u.release().to_string_lossy().into_owned(),
+            u.machine().to_string_lossy().into_owned(),
+        ),
+        Err(_) => ("unknown".into(), std::env::consts::ARCH.into()),
+    }
+}
+
+/// Milliseconds since the kernel started (CLOCK_BOOTTIME, which keeps
+/// counting through suspend, like /proc/uptime).
+pub fn uptime_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Boot time in seconds since the epoch: `btime` of /proc/stat.
+pub fn boot_time_unix(proc_root: &Path) -> i64 {
+    std::fs::read_to_string(proc_root.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Every process under `proc_root`, sorted by pid. Processes that exit while
+/// we read them are skipped.
+pub fn processes(proc_root: &Path) -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Process> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| process(&proc_root.join(pid.to_string()), pid))
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+fn process(dir: &Path, pid: i32) -> Option<Process> {
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(':'))
+                .map(str::trim)
+        })
+    };
+    let rss_kib: u64 = field("VmRSS")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0); // kernel threads have no VmRSS
+    let command = std::fs::read(dir.join("cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Some(Process {
+        pid,
+        ppid: field("PPid").and_then(|v| v.parse().ok()).unwrap_or(0),
+        name: field("Name").unwrap_or_default().to_owned(),
+        command,
+        rss_bytes: rss_kib * 1024,
+        state: field("State")
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_processes_and_boot_time_from_a_proc_tree() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("stat"),
+            "cpu  1 2 3\nbtime 1700000000\nprocesses 5\n",
+        )
+        .unwrap();
+        let p = root.path().join("42");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(
+            p.join("status"),
+            "Name:\tapid\nState:\tS (sleeping)\nPPid:\t1\nVmRSS:\t    5120 kB\n",
+        )
+        .unwrap();
+        std::fs::write(p.join("cmdline"), b"/usr/bin/apid\0--flag\0").unwrap();
+        let k = root.path().join("2");
+        std::fs::create_dir(&k).unwrap();
+        std::fs::write(
+            k.join("status"),
+            "Name:\tkthreadd\nState:\tS (sleeping)\nPPid:\t0\n",
+        )
+        .unwrap();
+        std::fs::create_dir(root.path().join("self")).unwrap();
+
+        assert_eq!(boot_time_unix(root.path()), 1_700_000_000);
+        let procs = processes(root.path());
+        assert_eq!(procs.len(), 2);
+        assert_eq!(
+            (procs[0].pid, procs[0].rss_bytes, procs[0].name.as_str()),
+            (2, 0, "kthreadd")
+        );
+        let apid = &procs[1];
+        assert_eq!((apid.pid, apid.ppid, apid.rss_bytes), (42, 1, 5120 * 1024));
+        assert_eq!(
+            (apid.command.as_str(), apid.state.as_str()),
+            ("/usr/bin/apid --flag", "S")
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! apid end to end on loopback: a real TLS listener, real certificates,
+//! real gRPC clients.
+
+use std::sync::Arc;
+
+use slate_machinery::client::{self, Target};
+use slate_machinery::generate::{self, Options};
+use slate_machinery::pki::{Authority, Role};
+use slate_machinery::tls;
+use slate_proto::machine::{ProcessesRequest, VersionRequest};
+
+struct Node {
+    _dir: tempfile::TempDir,
+    target: Target,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Starts apid on a free loopback port with `config` (a machine config
+/// YAML) or, when `None`, with a config error, i.e. in safe mode.
+async fn start(config: Option<&str>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = slate_apid::Paths {
+        config: dir.path().join("config.yaml"),
+        config_error: dir.path().join("config.error"),
+        network_ready: dir.path().join("network.ready"),
+    };
+    std::fs::write(&paths.network_ready, "lo 127.0.0.1/8 static\n").unwrap();
+    match config {
+        Some(text) => std::fs::write(&paths.config, text).unwrap(),
+        None => std::fs::write(
+            &paths.config_error,
+            "invalid machine config: user-data: line 3, column 1: bad\n",
+        )
+        .unwrap(),
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = Target::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+    let server = tokio::spawn(slate_apid::serve(paths, listener));
+    Node {
+        _dir: dir,
+        target,
+        server,
+    }
+}
+
+fn cluster() -> generate::Bundle {
+    generate::generate(&Options {
+        cluster_name: "test".into(),
+        endpoint: "https://127.0.0.1:6443".into(),
+        additional_sans: vec![],
+        client_endpoints: vec!["127.0.0.1".into()],
+        install_disk: None,
+    })
+    .unwrap()
+}
+
+fn machine_ca(bundle: &generate::Bundle) -> (String, String) {
+    let ca = &bundle.controlplane.machine.ca;
+    (ca.crt_pem().unwrap(), ca.key_pem().unwrap().unwrap())
+}
+
+fn client_tls(ca_pem: &str, authority: &Authority, role: Role) -> Arc<rustls::ClientConfig> {
+    let id = authority.issue_client("tester", role).unwrap();
+    Arc::new(tls::client(ca_pem, Some(&id)).unwrap())
+}
+
+#[tokio::test]
+async fn admin_gets_version_over_mutual_tls() {
+    let bundle = cluster();
+    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let ctx = &bundle.client.contexts["test"];
+    let tls =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let channel = client::connect(&node.target, tls).await.unwrap();
+    let v = client::machine(channel)
+        .version(VersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.tag, env!("CARGO_PKG_VERSION"));
+    assert!(!v.kernel.is_empty() && !v.hostname.is_empty() && !v.arch.is_empty());
+    assert!(v.uptime_ms > 0 && v.boot_time_unix > 1_500_000_000);
+    assert!(!v.safe_mode);
+}
+
+#[tokio::test]
+async fn every_role_may_read_and_version() {
+    let bundle = cluster();
+    let node = start(Some(&bundle.worker.to_yaml().unwrap())).await;
+    let (ca, key) = machine_ca(&bundle);
+    let authority = Authority::from_pem(&ca, &key).unwrap();
+    for role in Role::ALL {
+        let channel = client::connect(&node.target, client_tls(&ca, &authority, role))
+            .await
+            .unwrap();
+        let mut api = client::machine(channel);
+        api.version(VersionRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+        let procs = api
+            .processes(ProcessesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .processes;
+        assert!(
+            procs.iter().any(|p| p.pid == std::process::id() as i32),
+            "{role}: own process listed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let bundle = cluster();
+    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let (ca, _) = machine_ca(&bundle);
+    // The client trusts the node's CA but holds a certificate of a different CA.
+    let other = cluster();
+    let (other_ca, other_key) = machine_ca(&other);
+    let foreign = client_tls(
+        &ca,
+        &Authority::from_pem(&other_ca, &other_key).unwrap(),
+        Role::Admin,
+    );
+    let refused = match client::connect(&node.target, foreign).await {
+        Err(_) => true,
+        Ok(channel) => client::machine(channel)
+            .version(VersionRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate from another CA must be refused");
+
+    // No client certificate at all.
+    let anonymous = Arc::new(tls::client(&ca, None).unwrap());
+    let refused = match client::connect(&node.target, anonymous).await {
+        Err(_) => true,
+        Ok(channel) => client::machine(channel)
+            .version(VersionRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate must be refused");
+
+    // And an insecure client (no certificate) likewise.
+    let insecure = Arc::new(tls::client_insecure().unwrap());
+    let refused = match client::connect(&node.target, insecure).await {
+        Err(_) => true,
+        Ok(channel) => client::machine(channel)
+            .version(VersionRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "an insecure client must be refused when the node has a config"
+    );
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_node_of_another_ca() {
+    let node_bundle = cluster();
+    let node = start(Some(&node_bundle.controlplane.to_yaml().unwrap())).await;
+    let mine = cluster();
+    let ctx = &mine.client.contexts["test"];
+    let tls =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let err = match client::connect(&node.target, tls).await {
+        Err(e) => e.to_string(),
+        Ok(channel) => client::machine(channel)
+            .version(VersionRequest {})
+            .await
+            .unwrap_err()
+            .to_string(),
+    };
+    assert!(!err.is_empty());
+}
+
+#[tokio::test]
+async fn safe_mode_answers_version_only() {
+    let node = start(None).await;
+    let insecure = Arc::new(tls::client_insecure().unwrap());
+    let channel = client::connect(&node.target, insecure).await.unwrap();
+    let mut api = client::machine(channel);
+    let v = api.version(VersionRequest {}).await.unwrap().into_inner();
+    assert!(v.safe_mode);
+    assert!(
+        v.safe_mode_reason.contains("line 3"),
+        "{}",
+        v.safe_mode_reason
+    );
+    let err = api.processes(ProcessesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}

@@ -1,0 +1,188 @@
+//! From flags and the client config to connections: which nodes, which CA,
+//! which client certificate.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use slate_machinery::client::{self, ClientError, Target};
+use slate_machinery::clientconfig::ClientConfig;
+use slate_machinery::tls;
+use tonic::transport::Channel;
+
+use crate::Global;
+
+/// QEMU's user network (and a node that is still starting) accepts a
+/// connection and then drops it; a few quick retries hide that, while a
+/// refused certificate fails at once.
+const CONNECT_ATTEMPTS: u32 = 6;
+
+pub struct Session {
+    pub targets: Vec<Target>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".slate").join("config"))
+}
+
+/// Resolves `global` against the client config.
+pub fn session(global: &Global) -> anyhow::Result<Session> {
+    let parse = |list: &[String]| {
+        list.iter()
+            .map(|s| Target::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let flag_endpoints = parse(&global.endpoints)?;
+    let flag_nodes = parse(&global.nodes)?;
+
+    if global.insecure {
+        let targets = if flag_nodes.is_empty() {
+            flag_endpoints
+        } else {
+            flag_nodes
+        };
+        if targets.is_empty() {
+            bail!("--insecure needs the nodes to talk to: pass -n HOST[:PORT]");
+        }
+        return Ok(Session {
+            targets,
+            tls: Arc::new(tls::client_insecure()?),
+        });
+    }
+
+    let path = global
+        .config
+        .clone()
+        .or_else(default_config_path)
+        .context("no client config: pass --config PATH or set SLATECONFIG")?;
+    let config = ClientConfig::load(&path).with_context(|| {
+        format!("loading the client config (create one with `slatectl gen config`, then pass --config {})", path.display())
+    })?;
+    let name = global
+        .context
+        .clone()
+        .or_else(|| config.context.clone())
+        .or_else(|| {
+            (config.contexts.len() == 1)
+                .then(|| config.contexts.keys().next().cloned())
+                .flatten()
+        })
+        .with_context(|| {
+            format!(
+                "{}: no current context; pass --context NAME",
+                path.display()
+            )
+        })?;
+    let context = config
+        .contexts
+        .get(&name)
+        .with_context(|| format!("{}: no context named {name:?}", path.display()))?;
+
+    let endpoints = if flag_endpoints.is_empty() {
+        parse(&context.endpoints)?
+    } else {
+        flag_endpoints.clone()
+    };
+    let nodes = if flag_nodes.is_empty() {
+        parse(&context.nodes)?
+    } else {
+        flag_nodes
+    };
+    if !flag_endpoints.is_empty() && !nodes.is_empty() && nodes != flag_endpoints {
+        bail!(
+            "reaching nodes through another endpoint (-e with different -n) needs apid proxying, which this \
+             version does not have yet: pass the nodes with -n alone"
+        );
+    }
+    let targets = if nodes.is_empty() { endpoints } else { nodes };
+    if targets.is_empty() {
+        bail!("context {name:?} has no endpoints: pass -e or -n");
+    }
+    let ca = context
+        .ca_pem()
+        .with_context(|| format!("{}: context {name:?}", path.display()))?;
+    let identity = context
+        .identity()
+        .with_context(|| format!("{}: context {name:?}", path.display()))?;
+    Ok(Session {
+        targets,
+        tls: Arc::new(tls::client(&ca, Some(&identity))?),
+    })
+}
+
+impl Session {
+    /// Connects to `target`, retrying only failures that look transient.
+    pub async fn connect(&self, target: &Target) -> Result<Channel, ClientError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match client::connect(target, self.tls.clone()).await {
+                Err(e) if e.is_transient() && attempt < CONNECT_ATTEMPTS => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs `call` against every target in turn. Returns the successful
+    /// results; failures are printed as they happen and make `ok` false.
+    pub async fn for_each<T, F, Fut>(&self, mut call: F) -> (Vec<(Target, T)>, bool)
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut results = Vec::new();
+        let mut ok = true;
+        for target in &self.targets {
+            let outcome = match self.connect(target).await {
+                Ok(channel) => call(channel).await.map_err(|s| describe_status(&s)),
+                Err(e) => Err(error_chain(&e)),
+            };
+            match outcome {
+                Ok(v) => results.push((target.clone(), v)),
+                Err(e) => {
+                    ok = false;
+                    eprintln!("error: {target}: {e}");
+                }
+            }
+        }
+        (results, ok)
+    }
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    format!("{}: {}", code_name(status.code()), error_chain(status))
+}
+
+/// An error and its sources on one line, skipping a source whose text the
+/// line already holds (tonic and hyper repeat their causes in `Display`).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Unimplemented => "not implemented by the node",
+        _ => "error",
+    }
+}

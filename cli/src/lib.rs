@@ -1,0 +1,86 @@
+//! slatectl, the only management interface of a Slate node. Talos users
+//! should feel at home: contexts in a config file, `-e/--endpoints`,
+//! `-n/--nodes`, `-o table|yaml|json`.
+
+pub mod cmd;
+pub mod connect;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slatectl",
+    version,
+    about = "Manage Slate nodes through their API (gRPC over mutual TLS)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Client config file with contexts.
+    #[arg(long, global = true, env = "SLATECONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Context to use instead of the config's current one.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// apid endpoints to connect to (host or host:port; default port 50000).
+    #[arg(
+        short = 'e',
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub endpoints: Vec<String>,
+    /// Nodes to act on (host or host:port). Without --endpoints, each node is
+    /// contacted directly.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub nodes: Vec<String>,
+    /// Do not verify the node and present no client certificate: only for
+    /// nodes in safe or maintenance mode, which answer only harmless calls.
+    #[arg(short = 'i', long, global = true)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the client's and the nodes' versions.
+    Version(cmd::version::VersionArgs),
+    /// List the processes of the nodes with their memory use.
+    Processes(cmd::processes::ProcessesArgs),
+    /// Generate configs and secrets.
+    #[command(subcommand)]
+    Gen(cmd::gen_config::GenCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Gen(cmd) => cmd::gen_config::run(cmd),
+        Command::Version(args) => block_on(cmd::version::run(&cli.global, args)),
+        Command::Processes(args) => block_on(cmd::processes::run(&cli.global, args)),
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    // One connection at a time needs no worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(f)
+}

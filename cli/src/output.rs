@@ -1,0 +1,71 @@
+//! `-o table|yaml|json`: one way to print every listing.
+
+use clap::ValueEnum;
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Yaml,
+    Json,
+}
+
+/// Something that can be shown as table rows.
+pub trait Rows {
+    fn header() -> Vec<&'static str>;
+    fn row(&self) -> Vec<String>;
+}
+
+pub fn print<T: Rows + Serialize>(format: Format, items: &[T]) -> anyhow::Result<()> {
+    match format {
+        Format::Table => {
+            let mut table = Table::new();
+            table.load_style(NOTHING).set_header(T::header());
+            for item in items {
+                table.add_row(item.row());
+            }
+            for column in table.column_iter_mut() {
+                column.set_padding((0, 3));
+            }
+            // comfy-table pads the last column; trailing blanks only hurt diffs.
+            for line in table.to_string().lines() {
+                println!("{}", line.trim_end());
+            }
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
+        Format::Yaml => print!("{}", slate_machinery::yaml::to_string(&items)?),
+    }
+    Ok(())
+}
+
+/// `1d2h`, `3h4m`, `5m6s`, `7s`: precise enough for an uptime column.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{}.{}s", sec, ms % 1000 / 100),
+        (0, 0, _) => format!("{m}m{sec}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+/// Bytes as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(1_234), "1.2s");
+        assert_eq!(human_duration(65_000), "1m5s");
+        assert_eq!(human_duration(3_725_000), "1h2m");
+        assert_eq!(human_duration(90_061_000), "1d1h");
+    }
+}

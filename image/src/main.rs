@@ -1,0 +1,57 @@
+//! slate-image: parse arguments, build, print the report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use slate_image::{KernelFlavor, Options};
+
+/// Build the Slate boot image: vmlinuz, initramfs.zst, rootfs.sqsh, slate.iso.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Debian kernel flavour: cloud (VMs) or metal (bare metal drivers).
+    #[arg(long, value_enum, default_value = "cloud")]
+    kernel: KernelFlavor,
+    /// Directory with the static init, machined, apid and networkd.
+    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release")]
+    bin_dir: PathBuf,
+    /// Output directory (work files in OUT/work, downloads in OUT/cache).
+    #[arg(long, default_value = "_out")]
+    out: PathBuf,
+    /// Extra kernel arguments, appended to the default command line.
+    #[arg(long, value_name = "EXTRA")]
+    cmdline: Option<String>,
+    /// Skip slate.iso (faster development loop).
+    #[arg(long)]
+    no_iso: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("slate-image: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let opts = Options {
+        kernel: args.kernel,
+        bin_dir: args.bin_dir,
+        out: args.out,
+        cmdline_extra: args.cmdline,
+        iso: !args.no_iso,
+    };
+    let report = slate_image::build(&opts)?;
+    println!("{report}");
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Host test of the real spawn, kill, signal wait and `waitpid(-1)` reaper.
+//!
+//! `harness = false`: this is a plain single-threaded process, as PID 1 is.
+//! It becomes a child subreaper so orphans are reparented to it as they
+//! would be to init. Every wait is bounded by a deadline; on failure it
+//! kills what it started and exits non-zero, so it cannot hang.
+
+use std::collections::HashMap;
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use slate_init::reaper::{ExitStatus, block_all_signals, reap_all, wait_signal};
+use slate_init::spawn::{SpawnError, Stdio, spawn};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn main() {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        eprintln!("reaper_host: SKIPPED: cannot become a child subreaper");
+        return;
+    }
+    block_all_signals().expect("blocking signals");
+    // Must not reach the daemons.
+    // SAFETY: single-threaded process, no concurrent environment access.
+    unsafe { std::env::set_var("RUST_LOG", "trace") };
+
+    let stdio = Stdio {
+        stdin: "/dev/null".into(),
+        output: "/dev/stderr".into(),
+    };
+    let mut expect: HashMap<Pid, ExitStatus> = HashMap::new();
+
+    // 1. Exits 3 and leaves an orphan behind that exits 5 a bit later.
+    let sh =
+        spawn("/bin/sh", &["-c", "(sleep 0.2; exit 5) & exit 3"], &stdio).expect("spawning sh");
+    expect.insert(sh, ExitStatus::Exited(3));
+
+    // 2. The daemon's environment, session, signal mask and dispositions
+    // (standard signals only: cargo's test runner ignores glibc's internal
+    // signals 32 and 33, which a process cannot reset).
+    let check = "[ \"$PATH\" = /usr/bin:/sbin ] || exit 10; \
+                 [ -z \"$RUST_LOG\" ] || exit 11; \
+                 [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] || exit 12; \
+                 while read -r k v; do [ \"$k\" = SigBlk: ] && { [ \"$v\" = 0000000000000000 ] || exit 13; }; done < /proc/$$/status; \
+                 ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status); \
+                 [ $((0x$ign & 0x7fffffff)) -eq 0 ] || exit 14; \
+                 [ -t 0 ] && exit 15; exit 0";
+    let env = spawn("/bin/sh", &["-c", check], &stdio).expect("spawning the env check");
+    expect.insert(env, ExitStatus::Exited(0));
+
+    // 3. A long sleeper, ended with SIGTERM.
+    let sleeper = spawn("/bin/sleep", &["30"], &stdio).expect("spawning sleep");
+    kill(sleeper, Signal::SIGTERM).expect("kill");
+    expect.insert(
+        sleeper,
+        ExitStatus::Signaled {
+            signal: Signal::SIGTERM,
+            core_dumped: false,
+        },
+    );
+
+    // 4. A missing binary: the error comes back from spawn; the child that
+    // failed to exec is reaped like any other (exit 127).
+    match spawn("/nonexistent/machined", &[], &stdio) {
+        Err(SpawnError::Exec {
+            pid,
+            source: Errno::ENOENT,
+            ..
+        }) => {
+            expect.insert(pid, ExitStatus::Exited(127));
+        }
+        other => fail(&format!("spawning a missing binary: {other:?}"), &[sleeper]),
+    }
+
+    let start = Instant::now();
+    let mut orphans = Vec::new();
+    loop {
+        let reaped = reap_all();
+        for (pid, status) in reaped.exits {
+            match expect.remove(&pid) {
+                Some(want) if want == status => {}
+                Some(want) => fail(&format!("pid {pid}: {status}, want {want}"), &[sleeper]),
+                None => orphans.push((pid, status)),
+            }
+        }
+        if reaped.no_children {
+            break;
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= DEADLINE {
+            fail(
+                &format!("timed out; still expecting {expect:?}"),
+                &[sleeper],
+            );
+        }
+        match wait_signal(DEADLINE - elapsed) {
+            None | Some(Signal::SIGCHLD) => {}
+            Some(s) => fail(&format!("unexpected {s}"), &[sleeper]),
+        }
+    }
+    if !expect.is_empty() {
+        fail(&format!("ECHILD but still expecting {expect:?}"), &[]);
+    }
+    if orphans.len() != 1 || orphans[0].1 != ExitStatus::Exited(5) {
+        fail(
+            &format!("orphans: {orphans:?}, want one that exited with 5"),
+            &[],
+        );
+    }
+    println!("reaper_host: ok (4 children and 1 reparented orphan reaped, no children left)");
+}
+
+fn fail(msg: &str, kill_these: &[Pid]) -> ! {
+    for pid in kill_these {
+        let _ = kill(*pid, Signal::SIGKILL);
+    }
+    eprintln!("reaper_host: FAILED: {msg}");
+    exit(1);
+}

@@ -1,0 +1,131 @@
+//! Publishing machined's verdict on the config for the other daemons.
+
+use slate_machinery::config::MachineConfig;
+use slate_machinery::fs::{AtomicWriteError, write_atomic};
+
+use crate::Paths;
+use crate::configdrive::UserData;
+
+#[derive(Debug)]
+pub enum Verdict {
+    /// A valid config, with the text it was parsed from (published as is,
+    /// comments included).
+    Valid {
+        config: Box<MachineConfig>,
+        text: String,
+    },
+    /// A config was found but cannot be used: file, line and error.
+    Invalid(String),
+    /// The config drive exists but could not be read.
+    Unreadable(String),
+    /// No config anywhere.
+    Missing,
+}
+
+impl Verdict {
+    pub fn from_user_data(found: &UserData) -> Self {
+        match MachineConfig::parse(&found.text, &found.source_name()) {
+            Ok(config) => Self::Valid {
+                config: Box::new(config),
+                text: found.text.clone(),
+            },
+            Err(e) => Self::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// Writes the config or the error file (and removes the other one), and
+/// tells the console.
+pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError> {
+    let reason = match verdict {
+        Verdict::Valid { config, text } => {
+            let _ = std::fs::remove_file(&paths.config_error);
+            // Mode 0600: the config holds the CA keys.
+            write_atomic(&paths.config, text.as_bytes(), 0o600)?;
+            tracing::info!(
+                "machine config loaded: {} node of cluster {}",
+                config.machine.kind,
+                config.cluster.name
+            );
+            return Ok(());
+        }
+        Verdict::Invalid(e) => format!("invalid machine config: {e}"),
+        Verdict::Unreadable(e) => format!("config drive unreadable: {e}"),
+        Verdict::Missing => {
+            "no machine config: no volume labelled cidata with a user-data file".to_owned()
+        }
+    };
+    tracing::error!("{reason}");
+    let _ = std::fs::remove_file(&paths.config);
+    write_atomic(&paths.config_error, format!("{reason}\n").as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn paths(dir: &std::path::Path) -> Paths {
+        Paths {
+            config: dir.join("config.yaml"),
+            config_error: dir.join("config.error"),
+            mount_point: dir.join("mnt"),
+        }
+    }
+
+    #[test]
+    fn invalid_yaml_publishes_file_line_and_error_and_no_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        std::fs::write(&paths.config, "stale").unwrap();
+        let found = UserData {
+            device: PathBuf::from("/dev/vdb"),
+            text: "version: v1alpha1\nmachine: [\n".into(),
+        };
+        publish(&Verdict::from_user_data(&found), &paths).unwrap();
+        let error = std::fs::read_to_string(&paths.config_error).unwrap();
+        assert!(
+            error.starts_with("invalid machine config: /dev/vdb:/user-data: line "),
+            "{error}"
+        );
+        assert!(
+            !paths.config.exists(),
+            "a stale config must not survive an invalid one"
+        );
+    }
+
+    #[test]
+    fn valid_config_is_published_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        let bundle = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "t".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            additional_sans: vec![],
+            client_endpoints: vec![],
+            install_disk: None,
+        })
+        .unwrap();
+        let text = bundle.worker.to_yaml().unwrap();
+        let found = UserData {
+            device: PathBuf::from("/dev/vdb"),
+            text,
+        };
+        publish(&Verdict::from_user_data(&found), &paths).unwrap();
+        let published = std::fs::read_to_string(&paths.config).unwrap();
+        assert_eq!(
+            MachineConfig::parse(&published, "p").unwrap(),
+            bundle.worker
+        );
+        assert_eq!(
+            std::fs::metadata(&paths.config)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(!paths.config_error.exists());
+    }
+}

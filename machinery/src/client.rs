@@ -1,0 +1,178 @@
+//! Connecting to apid: our own TLS connector under tonic, so that one code
+//! path serves mTLS, `--insecure` and tests, and the error of a refused
+//! handshake reaches the user instead of a generic "transport error".
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::constants::APID_PORT;
+use slate_proto::machine::machine_service_client::MachineServiceClient;
+
+/// Where to reach a node: `host` or `host:port` (IPv6 as `[::1]:50000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadTarget(s.to_owned());
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None if after.is_empty() => (host, None),
+                None => return Err(bad()),
+            }
+        } else if s.matches(':').count() == 1 {
+            let (h, p) = s.split_once(':').ok_or_else(bad)?;
+            (h, Some(p))
+        } else {
+            (s, None) // a name, an IPv4 address or a bare IPv6 address
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+            None => APID_PORT,
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    fn socket_addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.socket_addr())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0:?} is not a valid endpoint (expected host or host:port)")]
+    BadTarget(String),
+    #[error("{0:?} is not a valid TLS server name")]
+    BadServerName(String),
+    #[error("connecting to {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ClientError {
+    /// True when the failure looks like QEMU's user network (or a node still
+    /// booting) accepting and then dropping the connection: worth retrying,
+    /// unlike a refused certificate.
+    pub fn is_transient(&self) -> bool {
+        let Self::Connect { source, .. } = self else {
+            return false;
+        };
+        let mut err: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = err {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                return matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::BrokenPipe
+                ) && io
+                    .get_ref()
+                    .is_none_or(|inner| inner.downcast_ref::<rustls::Error>().is_none());
+            }
+            err = e.source();
+        }
+        false
+    }
+}
+
+/// Opens a gRPC channel to `target` over TLS with `tls`.
+pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<Channel, ClientError> {
+    let server_name = ServerName::try_from(target.host.clone())
+        .map_err(|_| ClientError::BadServerName(target.host.clone()))?;
+    let addr = target.socket_addr();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    // The scheme only fills HTTP/2's :scheme; TLS is done by the connector.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|source| ClientError::Connect {
+            target: addr.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    let dial_addr = addr.clone();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let (connector, server_name, addr) =
+                (connector.clone(), server_name.clone(), dial_addr.clone());
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect {
+            target: addr,
+            source,
+        })
+}
+
+/// The machine API on a channel.
+pub fn machine(channel: Channel) -> MachineServiceClient<Channel> {
+    MachineServiceClient::new(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = |s: &str| Target::parse(s).map(|t| (t.host, t.port));
+        assert_eq!(t("10.0.0.1").unwrap(), ("10.0.0.1".into(), 50000));
+        assert_eq!(t("10.0.0.1:1234").unwrap(), ("10.0.0.1".into(), 1234));
+        assert_eq!(t("node-1").unwrap(), ("node-1".into(), 50000));
+        assert_eq!(t("[::1]:7").unwrap(), ("::1".into(), 7));
+        assert_eq!(t("[fd00::1]").unwrap(), ("fd00::1".into(), 50000));
+        assert_eq!(t("fd00::1").unwrap(), ("fd00::1".into(), 50000));
+        for bad in [
+            "",
+            ":50000",
+            "host:",
+            "host:0",
+            "host:70000",
+            "[::1",
+            "[::1]x",
+        ] {
+            assert!(t(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Paths, ports and names that more than one Slate binary depends on.
+//!
+//! Keep them here, and only here: a daemon that hard-codes a path beside
+//! its constant is how two binaries stop agreeing.
+
+/// Port of apid's gRPC API (mutual TLS).
+pub const APID_PORT: u16 = 50000;
+
+/// Runtime state shared between daemons (tmpfs).
+pub const RUN_DIR: &str = "/run/slate";
+
+/// Machine config published by machined once it is loaded and valid.
+/// Written atomically; apid and networkd read it.
+pub const MACHINE_CONFIG_FILE: &str = "/run/slate/machine-config.yaml";
+
+/// Written by machined instead of [`MACHINE_CONFIG_FILE`] when the config it
+/// found is unusable: one human-readable line naming the file, line and error.
+/// apid then serves in safe mode.
+pub const MACHINE_CONFIG_ERROR_FILE: &str = "/run/slate/machine-config.error";
+
+/// Written by networkd (atomically) once the first non-loopback address is
+/// configured: one line per address, `IFNAME ADDRESS/PREFIX SOURCE`.
+pub const NETWORK_READY_FILE: &str = "/run/slate/network.ready";
+
+/// resolv.conf written by networkd; `/etc/resolv.conf` in the image links here
+/// because the root filesystem is read-only.
+pub const RESOLV_CONF_FILE: &str = "/run/slate/resolv.conf";
+
+/// Where stage 2 finds the daemons it supervises.
+pub const MACHINED_BIN: &str = "/usr/bin/machined";
+pub const APID_BIN: &str = "/usr/bin/apid";
+pub const NETWORKD_BIN: &str = "/usr/bin/networkd";
+
+/// Label of a nocloud config drive (ISO 9660 or vfat) and the file on it
+/// that holds the machine config.
+pub const CONFIG_DRIVE_LABEL: &str = "cidata";
+pub const CONFIG_DRIVE_USER_DATA: &str = "user-data";
+
+/// Kernel command line, read through a path so tests can pass their own.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";

@@ -1,0 +1,169 @@
+//! rustls configurations for apid and its clients. One crypto provider
+//! (ring) everywhere, passed explicitly so nothing depends on a process-wide
+//! default being installed.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::pki::CertAndKey;
+
+/// gRPC runs over HTTP/2 only.
+const ALPN_H2: &[u8] = b"h2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading the {what} PEM")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the {0} PEM holds no certificate")]
+    NoCertificate(&'static str),
+    #[error("adding the CA certificate to the trust store")]
+    TrustStore(#[source] rustls::Error),
+    #[error("building the client certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("setting up TLS")]
+    Config(#[source] rustls::Error),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(what));
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| TlsError::Pem {
+        what: "private key",
+        source,
+    })
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in certs("CA", ca_pem)? {
+        store.add(cert).map_err(TlsError::TrustStore)?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// apid with a machine CA: clients must present a certificate issued by it.
+pub fn server_mtls(identity: &CertAndKey, ca_pem: &str) -> Result<ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .build()
+        .map_err(TlsError::ClientVerifier)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs("server", &identity.cert_pem)?,
+            key(&identity.key_pem)?,
+        )
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// apid in safe mode: no CA to check clients against, so no client
+/// certificates; the handlers allow only calls that are safe without one.
+pub fn server_anonymous(identity: &CertAndKey) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(
+            certs("server", &identity.cert_pem)?,
+            key(&identity.key_pem)?,
+        )
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// A client that trusts only `ca_pem` and, when given, presents `identity`.
+pub fn client(ca_pem: &str, identity: Option<&CertAndKey>) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(certs("client", &id.cert_pem)?, key(&id.key_pem)?)
+            .map_err(TlsError::Config)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// A client that does not verify the server (`--insecure`), for nodes in
+/// safe or maintenance mode, which have no certificate a client could know.
+/// The handshake signature is still checked, so the session is bound to the
+/// key of the certificate the server showed.
+pub fn client_insecure() -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = AnyServerCert(provider.signature_verification_algorithms);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct AnyServerCert(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}

@@ -1,0 +1,107 @@
+//! Runs the DHCP state machine on a link: waits for a datagram or the next
+//! deadline, feeds it in, carries out the actions.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use super::socket::{DhcpSocket, SocketError};
+use super::state::{Action, Client};
+use crate::apply::{Applier, Setup};
+use crate::link::LinkInfo;
+
+/// Room for any reply we asked for (option 57 says 1500) and then some.
+const RECV_BUFFER: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+}
+
+/// DHCP on `link` forever. `hostname` (from `ip=`) is sent to the server.
+pub async fn run(
+    link: &LinkInfo,
+    applier: &mut Applier,
+    hostname: Option<String>,
+) -> Result<Infallible, DhcpError> {
+    let socket = DhcpSocket::bind(&link.name)?;
+    let mut client = Client::new(&link.mac, hostname, fastrand::Rng::new(), Instant::now());
+    let mut applied: Option<Setup> = None;
+    let mut buf = vec![0u8; RECV_BUFFER];
+    tracing::info!("{}: starting DHCP", link.name);
+    loop {
+        let deadline = client.deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                // Infinite lease: nothing left to time.
+                None => std::future::pending().await,
+            }
+        };
+        let actions = tokio::select! {
+            received = socket.recv(&mut buf) => match received {
+                Ok(n) => match client.on_packet(Instant::now(), &buf[..n]) {
+                    Ok(actions) => actions,
+                    Err(why) => {
+                        tracing::debug!("{}: ignoring DHCP datagram: {why}", link.name);
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("{}: receiving on the DHCP socket: {e}", link.name);
+                    // Do not spin on a persistent error.
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = sleep => client.on_timeout(Instant::now()),
+        };
+        for action in actions {
+            execute(link, &socket, applier, &mut applied, action).await;
+        }
+    }
+}
+
+async fn execute(
+    link: &LinkInfo,
+    socket: &DhcpSocket,
+    applier: &mut Applier,
+    applied: &mut Option<Setup>,
+    action: Action,
+) {
+    match action {
+        Action::Send { kind, to, bytes } => {
+            tracing::debug!("{}: sending DHCP {kind:?} to {to}", link.name);
+            if let Err(e) = socket.send(to, &bytes).await {
+                // Retransmission takes care of it (e.g. no route to the
+                // server while RENEWING).
+                tracing::warn!("{}: sending DHCP {kind:?} to {to}: {e}", link.name);
+            }
+        }
+        Action::Configure { new, .. } => {
+            let setup = new.setup(Instant::now());
+            let renewal = applied
+                .as_ref()
+                .is_some_and(|old| old.address == setup.address);
+            match applier.apply(link, applied.as_ref(), &setup).await {
+                Ok(()) if renewal => tracing::debug!("{}: renewed {}", link.name, setup.address),
+                Ok(()) => tracing::info!("{}", setup.summary(&link.name)),
+                Err(e) => tracing::error!("{}", crate::error_chain(&e)),
+            }
+            *applied = Some(setup);
+        }
+        Action::Deconfigure(lease) => {
+            tracing::warn!(
+                "{}: lost DHCP lease on {}, removing it",
+                link.name,
+                lease.address
+            );
+            let setup = applied
+                .take()
+                .unwrap_or_else(|| lease.setup(Instant::now()));
+            if let Err(e) = applier.remove(link, &setup).await {
+                tracing::error!("{}", crate::error_chain(&e));
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Slate's network daemon.
+//!
+//! # Background
+//! A Slate node has no shell and no distribution network scripts: networkd
+//! alone makes it reachable. init (PID 1) starts it as root with stderr on
+//! the console and restarts it with backoff if it exits.
+//!
+//! # Design
+//! At boot: read `ip=` from the kernel command line ([`cmdline`]), bring up
+//! `lo`, wait for the first Ethernet link ([`link`]) and configure it either
+//! statically or with our own DHCPv4 client ([`dhcp`]). Everything that
+//! touches the system goes through [`apply::Applier`]: address and routes
+//! over rtnetlink (routes tagged with protocol `dhcp`/`static`), MTU,
+//! resolv.conf ([`resolv`]), hostname ([`hostname`]) and the ready file
+//! other daemons wait for ([`ready`]). One tokio current-thread runtime, so
+//! the idle daemon is a single thread of a few MB.
+//!
+//! # Limitations
+//! One link, IPv4 only; no ARP conflict check (DHCPDECLINE) before using an
+//! address; no DHCPRELEASE on shutdown; the MTU set from DHCP is not
+//! restored when the lease goes; no machine config yet (only `ip=`).
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+use slate_machinery::constants;
+
+pub mod apply;
+pub mod cmdline;
+pub mod dhcp;
+pub mod hostname;
+pub mod ipv4;
+pub mod link;
+pub mod ready;
+pub mod resolv;
+
+/// Paths and switches; production values from [`Options::default`], tests
+/// override them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub cmdline: PathBuf,
+    /// Root of sysfs (`/sys`), to tell NICs from virtual links.
+    pub sysfs: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub ready_file: PathBuf,
+    /// Off when running inside `ip netns exec`, which shares the host's
+    /// UTS namespace.
+    pub set_hostname: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cmdline: constants::PROC_CMDLINE.into(),
+            sysfs: "/sys".into(),
+            resolv_conf: constants::RESOLV_CONF_FILE.into(),
+            ready_file: constants::NETWORK_READY_FILE.into(),
+            set_hostname: true,
+        }
+    }
+}
+
+impl Options {
+    /// [`Options::default`] with overrides from the environment, for the
+    /// network-namespace tests: `SLATE_NETWORKD_CMDLINE`, `_SYSFS`,
+    /// `_RESOLV_CONF`, `_READY_FILE`, and `_SET_HOSTNAME=0`.
+    pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Options {
+        let mut opts = Options::default();
+        let path = |key: &str, field: &mut PathBuf| {
+            if let Some(v) = get(key).filter(|v| !v.is_empty()) {
+                *field = v.into();
+            }
+        };
+        path("SLATE_NETWORKD_CMDLINE", &mut opts.cmdline);
+        path("SLATE_NETWORKD_SYSFS", &mut opts.sysfs);
+        path("SLATE_NETWORKD_RESOLV_CONF", &mut opts.resolv_conf);
+        path("SLATE_NETWORKD_READY_FILE", &mut opts.ready_file);
+        if get("SLATE_NETWORKD_SET_HOSTNAME").as_deref() == Some("0") {
+            opts.set_hostname = false;
+        }
+        opts
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("opening rtnetlink socket")]
+    Netlink(#[source] std::io::Error),
+    #[error("creating directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    #[error(transparent)]
+    Ready(#[from] ready::ReadyError),
+    #[error(transparent)]
+    Dhcp(#[from] dhcp::client::DhcpError),
+}
+
+/// Configures the network as the command line says and keeps it so. Only
+/// returns on an error that a restart by init may cure.
+pub async fn run(opts: Options) -> Result<Infallible, RunError> {
+    let config = cmdline::read(&opts.cmdline).unwrap_or_else(|e| {
+        tracing::error!("{}; falling back to DHCP", error_chain(&e));
+        cmdline::IpConfig::default()
+    });
+
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(RunError::Netlink)?;
+    tokio::spawn(connection);
+
+    let lo = link::by_name(&handle, "lo").await?;
+    link::set_up(&handle, &lo).await?;
+
+    for path in [&opts.resolv_conf, &opts.ready_file] {
+        create_parent(path)?;
+    }
+    let ready = ready::ReadyFile::new(&opts.ready_file)?;
+    let hostname_override = match &config {
+        cmdline::IpConfig::Dhcp { hostname, .. } => hostname.clone(),
+        cmdline::IpConfig::Static(s) => s.hostname.clone(),
+        cmdline::IpConfig::Off => None,
+    };
+    let mut applier = apply::Applier::new(
+        handle.clone(),
+        opts.resolv_conf.clone(),
+        ready,
+        hostname::Hostname::new(opts.set_hostname),
+        hostname_override.clone(),
+    );
+
+    match config {
+        cmdline::IpConfig::Off => {
+            tracing::info!("ip=off: only loopback is configured");
+        }
+        cmdline::IpConfig::Static(s) => {
+            let link = link::wait_for(&handle, s.device.as_deref(), &opts.sysfs).await?;
+            link::set_up(&handle, &link).await?;
+            applier.initial_hostname(&link)?;
+            let setup = apply::Setup {
+                source: ready::Source::Static,
+                address: s.address,
+                prefix_len: s.prefix_len,
+                lifetime: None,
+                routes: s
+                    .gateway
+                    .map(apply::Route::default_via)
+                    .into_iter()
+                    .collect(),
+                dns: s.dns,
+                search: None,
+                hostname: None,
+                mtu: None,
+                server: None,
+            };
+            applier.apply(&link, None, &setup).await?;
+            tracing::info!("{}", setup.summary(&link.name));
+        }
+        cmdline::IpConfig::Dhcp { device, .. } => {
+            let link = link::wait_for(&handle, device.as_deref(), &opts.sysfs).await?;
+            link::set_up(&handle, &link).await?;
+            applier.initial_hostname(&link)?;
+            return Ok(dhcp::client::run(&link, &mut applier, hostname_override).await?);
+        }
+    }
+    // Nothing more to do until the machine config arrives; stay alive so
+    // init does not restart us in a loop.
+    std::future::pending().await
+}
+
+fn create_parent(path: &Path) -> Result<(), RunError> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| RunError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `error: cause: cause`, for one log line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides() {
+        let env = |k: &str| match k {
+            "SLATE_NETWORKD_CMDLINE" => Some("/tmp/c".to_owned()),
+            "SLATE_NETWORKD_READY_FILE" => Some("/tmp/r".to_owned()),
+            "SLATE_NETWORKD_SYSFS" => Some(String::new()),
+            "SLATE_NETWORKD_SET_HOSTNAME" => Some("0".to_owned()),
+            _ => None,
+        };
+        let opts = Options::from_env_with(env);
+        assert_eq!(opts.cmdline, Path::new("/tmp/c"));
+        assert_eq!(opts.ready_file, Path::new("/tmp/r"));
+        assert_eq!(opts.sysfs, Path::new("/sys"));
+        assert_eq!(opts.resolv_conf, Path::new(constants::RESOLV_CONF_FILE));
+        assert!(!opts.set_hostname);
+        assert_eq!(Options::from_env_with(|_| None), Options::default());
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let e = link::LinkError::List {
+            source: rtnetlink::Error::RequestFailed,
+        };
+        assert_eq!(error_chain(&e), "listing links: A netlink request failed");
+    }
+}

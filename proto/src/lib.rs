@@ -1,0 +1,10 @@
+//! Slate's gRPC API, generated from `proto/` at build time.
+
+/// `slate.machine.v1`: calls about the node itself.
+pub mod machine {
+    tonic::include_proto!("slate.machine.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Slate proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));

@@ -1,0 +1,56 @@
+//! Waiting for a node's API the way a careful client does: after apid's
+//! ready line, one connection at a time, until `Version` answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use slate_machinery::client::{self, Target};
+use slate_proto::machine::{VersionRequest, VersionResponse};
+
+use crate::qemu::Vm;
+
+/// apid's console line once it listens (see apid's `serve`).
+pub const READY_LINE: &str = "serving the API on";
+
+/// Waits for the ready line, then for a `Version` answer over `tls`.
+/// On timeout the error carries the last 80 console lines.
+pub async fn wait_for_version(
+    vm: &mut Vm,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> anyhow::Result<VersionResponse> {
+    let deadline = Instant::now() + timeout;
+    let console = vm.console.clone();
+    while crate::console::find_line(&console, READY_LINE).is_none() {
+        if Instant::now() >= deadline || !vm.is_running() {
+            bail!("apid never became ready; console:\n{}", vm.console_tail(80));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let target = Target::parse(&vm.endpoint())?;
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match version(&target, tls.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last_error = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "no Version answer ({last_error}); console:\n{}",
+        vm.console_tail(80)
+    )
+}
+
+/// One `Version` call on a fresh connection.
+pub async fn version(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<VersionResponse> {
+    let channel = client::connect(target, tls).await?;
+    Ok(client::machine(channel)
+        .version(VersionRequest {})
+        .await?
+        .into_inner())
+}

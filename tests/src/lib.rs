@@ -1,0 +1,18 @@
+//! Test and benchmark harness for Slate images: boots the real image in
+//! QEMU and talks to it like a user would, through slatectl's client code.
+//!
+//! - [`qemu`]: the VM command line, serial console capture, port forward,
+//!   and a VM that is always killed (also when a test panics);
+//! - [`configdrive`]: nocloud config drives (`cidata`) made with xorriso;
+//! - [`console`]: waiting for console lines and showing the tail on failure;
+//! - [`api`]: waiting until apid answers `Version`.
+//! - [`artifacts`]: where the built image is;
+//! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against.
+
+pub mod api;
+pub mod artifacts;
+pub mod bench;
+pub mod configdrive;
+pub mod console;
+pub mod floor;
+pub mod qemu;

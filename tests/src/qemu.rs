@@ -1,0 +1,208 @@
+//! One Slate VM under QEMU.
+//!
+//! TCG is the default: on the machines this project runs on, `/dev/kvm` is
+//! a paravirtual shim on which stock kernels hang. `SLATE_ACCEL=kvm` opts in
+//! to KVM on real hardware.
+//!
+//! QEMU's user network accepts a forwarded connection before the guest
+//! listens and then drops it (and replays it for a long time if the guest
+//! has no address yet), so callers wait for apid's ready line on the
+//! console before they connect, then probe one connection at a time.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use crate::artifacts::Artifacts;
+
+/// What the VM boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// `-kernel`/`-initrd`/`-append`: no firmware menu, no GRUB.
+    Kernel {
+        vmlinuz: PathBuf,
+        initramfs: PathBuf,
+        cmdline: String,
+    },
+    /// The hybrid ISO through SeaBIOS (BIOS) or OVMF (UEFI) and GRUB.
+    Iso { iso: PathBuf, uefi: bool },
+}
+
+impl Boot {
+    pub fn kernel(a: &Artifacts) -> Self {
+        Self::Kernel {
+            vmlinuz: a.vmlinuz.clone(),
+            initramfs: a.initramfs.clone(),
+            cmdline: a.cmdline.clone(),
+        }
+    }
+}
+
+/// Where OVMF lives on Debian (package `ovmf`).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub boot: Boot,
+    /// A config drive image attached as a second virtio disk.
+    pub config_drive: Option<PathBuf>,
+    pub memory_mib: u32,
+    /// Extra kernel arguments (kernel boot only).
+    pub extra_cmdline: Option<String>,
+}
+
+impl VmOptions {
+    pub fn new(boot: Boot) -> Self {
+        Self {
+            boot,
+            config_drive: None,
+            memory_mib: 1024,
+            extra_cmdline: None,
+        }
+    }
+}
+
+/// A running VM; dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    /// Host loopback port forwarded to apid's 50000 in the guest.
+    pub api_port: u16,
+    pub console: PathBuf,
+    /// When QEMU was started.
+    pub started: Instant,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Bind port 0 and release it; QEMU binds it right after. A race with
+    // another process is possible but harmless: QEMU then fails loudly.
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `-accel` for this run: TCG unless `SLATE_ACCEL` says otherwise.
+pub fn accel() -> String {
+    std::env::var("SLATE_ACCEL")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "tcg".to_owned())
+}
+
+/// The QEMU command line for `opts`, forwarding host `127.0.0.1:api_port`
+/// to apid and sending the serial console to `serial` (`file:PATH`, `stdio`).
+pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "q35",
+        "-accel",
+        &accel(),
+        "-m",
+        &opts.memory_mib.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-serial", serial])
+    .args([
+        "-netdev",
+        &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:50000"),
+    ])
+    .args(["-device", "virtio-net-pci,netdev=net0"]);
+    match &opts.boot {
+        Boot::Kernel {
+            vmlinuz,
+            initramfs,
+            cmdline,
+        } => {
+            let mut append = cmdline.clone();
+            if let Some(extra) = &opts.extra_cmdline {
+                append.push(' ');
+                append.push_str(extra);
+            }
+            cmd.arg("-kernel")
+                .arg(vmlinuz)
+                .arg("-initrd")
+                .arg(initramfs)
+                .arg("-append")
+                .arg(append);
+        }
+        Boot::Iso { iso, uefi } => {
+            if *uefi {
+                cmd.args(["-bios", OVMF]);
+            }
+            cmd.arg("-drive").arg(format!(
+                "file={},media=cdrom,readonly=on,if=ide",
+                iso.display()
+            ));
+            cmd.args(["-boot", "d"]);
+        }
+    }
+    if let Some(drive) = &opts.config_drive {
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            drive.display()
+        ));
+    }
+    cmd
+}
+
+impl Vm {
+    /// Starts QEMU. The console goes to `console` if given, else to a file
+    /// in a temporary directory owned by the VM.
+    pub fn start(opts: &VmOptions, console: Option<&Path>) -> anyhow::Result<Self> {
+        let (dir, console) = match console {
+            Some(p) => (None, p.to_owned()),
+            None => {
+                let dir = tempfile::tempdir().context("creating the VM's directory")?;
+                let path = dir.path().join("console.log");
+                (Some(dir), path)
+            }
+        };
+        let api_port = free_port()?;
+        let mut cmd = command(opts, api_port, &format!("file:{}", console.display()));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .context("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)")?;
+        Ok(Self {
+            child,
+            api_port,
+            console,
+            started,
+            _dir: dir,
+        })
+    }
+
+    /// The apid endpoint as slatectl takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// The last lines of the console, to show when a test fails.
+    pub fn console_tail(&self, n: usize) -> String {
+        crate::console::tail(&self.console, n)
+    }
+
+    /// True while QEMU runs (the guest has not powered off).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

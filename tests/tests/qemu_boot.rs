@@ -1,0 +1,186 @@
+//! Boot tests: the real image in QEMU (TCG), reached through the forwarded
+//! apid port with slatectl's client code. Slow, so `#[ignore]`d: `make test`
+//! runs them with `--include-ignored` after building the image.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use slate_machinery::client::Target;
+use slate_machinery::generate::{self, Bundle, Options};
+use slate_machinery::pki::{Authority, Role};
+use slate_machinery::tls;
+use slate_tests::api;
+use slate_tests::artifacts::Artifacts;
+use slate_tests::configdrive;
+use slate_tests::console;
+use slate_tests::qemu::{Boot, Vm, VmOptions};
+
+/// Generous for TCG on a busy 2-core CI machine; a boot takes seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn cluster() -> Bundle {
+    generate::generate(&Options {
+        cluster_name: "boot-test".into(),
+        endpoint: "https://127.0.0.1:6443".into(),
+        // The client reaches apid through QEMU's forward on loopback.
+        additional_sans: vec!["127.0.0.1".into()],
+        client_endpoints: vec![],
+        install_disk: None,
+    })
+    .expect("generating a cluster")
+}
+
+fn admin_tls(bundle: &Bundle) -> Arc<rustls::ClientConfig> {
+    let ctx = &bundle.client.contexts["boot-test"];
+    Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap())
+}
+
+/// Boots `boot` with `user_data` on a config drive.
+fn boot(boot: Boot, user_data: &str, dir: &tempfile::TempDir) -> Vm {
+    let drive = dir.path().join("cidata.iso");
+    configdrive::build(user_data, &drive).expect("building the config drive");
+    let mut opts = VmOptions::new(boot);
+    opts.config_drive = Some(drive);
+    Vm::start(&opts, Some(&dir.path().join("console.log"))).expect("starting QEMU")
+}
+
+async fn boots_and_answers(boot_kind: Boot) -> (Vm, Bundle) {
+    let bundle = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = boot(boot_kind, &bundle.controlplane.to_yaml().unwrap(), &dir);
+    let v = api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tail = vm.console_tail(80);
+    assert_eq!(v.tag, env!("CARGO_PKG_VERSION"), "console:\n{tail}");
+    assert!(
+        v.kernel.ends_with("-amd64"),
+        "kernel {:?}; console:\n{tail}",
+        v.kernel
+    );
+    assert_eq!(v.arch, "x86_64");
+    // QEMU's DHCP server offers no hostname, so networkd derives one from the MAC.
+    assert!(
+        v.hostname.starts_with("slate-"),
+        "hostname {:?}; console:\n{tail}",
+        v.hostname
+    );
+    assert!(!v.safe_mode, "unexpected safe mode: {}", v.safe_mode_reason);
+    assert!(v.uptime_ms > 0 && v.boot_time_unix > 1_500_000_000);
+    // The console must show the DHCP lease networkd got from QEMU.
+    assert!(
+        console::find_line(&vm.console, "via dhcp").is_some(),
+        "no DHCP line; console:\n{tail}"
+    );
+    std::mem::forget(dir); // the VM's console lives there until the VM is dropped
+    (vm, bundle)
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
+    let (mut vm, bundle) = boots_and_answers(Boot::kernel(&Artifacts::find().unwrap())).await;
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    let node_ca = bundle.controlplane.machine.ca.crt_pem().unwrap();
+
+    // A client certificate from another CA is refused.
+    let other = cluster();
+    let other_ca = &other.controlplane.machine.ca;
+    let foreign = Authority::from_pem(
+        &other_ca.crt_pem().unwrap(),
+        &other_ca.key_pem().unwrap().unwrap(),
+    )
+    .unwrap()
+    .issue_client("intruder", Role::Admin)
+    .unwrap();
+    let err = api::version(
+        &target,
+        Arc::new(tls::client(&node_ca, Some(&foreign)).unwrap()),
+    )
+    .await;
+    assert!(
+        err.is_err(),
+        "a client certificate from another CA was accepted"
+    );
+
+    // So is a client without any certificate.
+    let err = api::version(&target, Arc::new(tls::client_insecure().unwrap())).await;
+    assert!(err.is_err(), "a client without a certificate was accepted");
+
+    // The node still answers the right client afterwards.
+    api::version(&target, admin_tls(&bundle)).await.unwrap();
+    assert!(vm.is_running());
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn iso_boots_with_bios() {
+    let a = Artifacts::find().unwrap();
+    boots_and_answers(Boot::Iso {
+        iso: a.iso,
+        uefi: false,
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn iso_boots_with_uefi() {
+    let a = Artifacts::find().unwrap();
+    boots_and_answers(Boot::Iso {
+        iso: a.iso,
+        uefi: true,
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn invalid_config_drive_gives_safe_mode_not_a_crash_loop() {
+    let a = Artifacts::find().unwrap();
+    let bundle = cluster();
+    // Break the YAML on a known line: an unclosed flow sequence on line 3.
+    let good = bundle.worker.to_yaml().unwrap();
+    let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    lines[2] = "  type: [worker".into();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = boot(Boot::kernel(&a), &(lines.join("\n") + "\n"), &dir);
+
+    let v = api::wait_for_version(
+        &mut vm,
+        Arc::new(tls::client_insecure().unwrap()),
+        BOOT_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let tail = vm.console_tail(80);
+    assert!(v.safe_mode, "node should be in safe mode; console:\n{tail}");
+    assert!(
+        v.safe_mode_reason.contains("/user-data: line 3"),
+        "{}",
+        v.safe_mode_reason
+    );
+
+    // The console names the file, the line and the error.
+    let line = console::find_line(&vm.console, "invalid machine config")
+        .unwrap_or_else(|| panic!("console:\n{tail}"));
+    assert!(line.contains("user-data: line 3, column"), "{line}");
+
+    // Proper clients are refused with a clear reason rather than served.
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    let ca = bundle.worker.machine.ca.crt_pem().unwrap();
+    let admin = bundle.client.contexts["boot-test"].identity().unwrap();
+    assert!(
+        api::version(&target, Arc::new(tls::client(&ca, Some(&admin)).unwrap()))
+            .await
+            .is_err()
+    );
+
+    // And nothing is crash-looping: no daemon was restarted.
+    assert_eq!(
+        console::count_lines(&vm.console, "restarting"),
+        0,
+        "console:\n{tail}"
+    );
+    assert!(vm.is_running());
+}
