@@ -20,6 +20,10 @@ pub const STAGE1_COMMON: &[&str] = &[
     "virtio_net",
     "virtio_scsi",
     "virtio_console",
+    // apid generates its keys at boot, and getrandom() blocks until the
+    // kernel's CRNG is seeded; on VMs without RDRAND (QEMU's default CPU)
+    // that took over 10 s. A virtio RNG seeds it at once.
+    "virtio_rng",
     "loop",
     "squashfs",
     "isofs",

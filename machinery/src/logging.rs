@@ -23,10 +23,14 @@ impl FormatTime for SinceBoot {
 }
 
 /// Installs the global subscriber: INFO and above to stderr (the console
-/// under init), or the level named by `SLATE_LOG` (error|warn|info|debug|trace).
+/// under init), or the level named by `SLATE_LOG` or, since a node has no
+/// shell to set variables in, by `slate.log=LEVEL` on the kernel command
+/// line (error|warn|info|debug|trace).
 pub fn init() {
+    let cmdline = std::fs::read_to_string(crate::constants::PROC_CMDLINE).unwrap_or_default();
     let level = std::env::var("SLATE_LOG")
         .ok()
+        .or_else(|| level_from_cmdline(&cmdline))
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     tracing_subscriber::fmt()
@@ -36,4 +40,28 @@ pub fn init() {
         .with_timer(SinceBoot)
         .with_max_level(level)
         .init();
+}
+
+fn level_from_cmdline(cmdline: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("slate.log="))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn level_from_the_kernel_command_line() {
+        assert_eq!(
+            super::level_from_cmdline("console=ttyS0 slate.log=debug quiet").as_deref(),
+            Some("debug")
+        );
+        assert_eq!(
+            super::level_from_cmdline("slate.log=warn slate.log=trace").as_deref(),
+            Some("trace")
+        );
+        assert_eq!(super::level_from_cmdline("console=ttyS0"), None);
+    }
 }

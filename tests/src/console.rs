@@ -61,7 +61,10 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(timestamp("[    1.234567] init: stage 1"), Some(1.234567));
-        assert_eq!(timestamp("[   12.500000]  INFO serving the API on 0.0.0.0:50000"), Some(12.5));
+        assert_eq!(
+            timestamp("[   12.500000]  INFO serving the API on 0.0.0.0:50000"),
+            Some(12.5)
+        );
         assert_eq!(timestamp("no stamp"), None);
     }
 }

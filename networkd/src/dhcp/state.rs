@@ -397,11 +397,9 @@ impl Client {
         broadcast: bool,
         ciaddr: Ipv4Addr,
     ) -> Message {
-        let mut msg = Message::default();
+        let mut msg = blank_request(self.xid, &self.mac);
         let secs = now.saturating_duration_since(self.started).as_secs();
         msg.set_opcode(Opcode::BootRequest)
-            .set_xid(self.xid)
-            .set_chaddr(&self.mac)
             .set_secs(u16::try_from(secs).unwrap_or(u16::MAX))
             .set_ciaddr(ciaddr);
         if broadcast {
@@ -445,6 +443,28 @@ impl Client {
         let offset = Duration::from_millis(self.rng.u64(0..=2 * jitter_ms));
         base - jitter + offset
     }
+}
+
+/// An empty BOOTREQUEST for `xid` and `mac`.
+///
+/// Built by decoding a zeroed header because every dhcproto constructor
+/// (`Message::default`, `new`, even `new_with_id`) draws an xid from
+/// `rand`'s OS generator, which blocks until the kernel's CRNG is seeded:
+/// on a VM without an RNG device that held the first DISCOVER back for
+/// 11 s of boot. Our xid comes from `fastrand`, which never blocks.
+fn blank_request(xid: u32, mac: &[u8]) -> Message {
+    // op, htype, hlen, hops, xid, secs, flags, 4 addresses, chaddr[16],
+    // sname[64], file[128], magic cookie, END.
+    let mut header = [0u8; 241];
+    header[0] = 1; // BOOTREQUEST
+    header[1] = 1; // Ethernet
+    header[4..8].copy_from_slice(&xid.to_be_bytes());
+    header[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    header[240] = 255;
+    let mut msg = Message::decode(&mut Decoder::new(&header))
+        .unwrap_or_else(|_| unreachable!("a fixed, valid header"));
+    msg.set_chaddr(mac);
+    msg
 }
 
 /// §4.4.5: half the time left until `limit`, at least 60 s, never past it.
