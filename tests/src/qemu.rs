@@ -115,7 +115,10 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
         "-netdev",
         &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:50000"),
     ])
-    .args(["-device", "virtio-net-pci,netdev=net0"]);
+    .args(["-device", "virtio-net-pci,netdev=net0"])
+    // Clouds give VMs an RNG (virtio-rng or RDRAND); without one the
+    // guest's key generation waits for the kernel to gather entropy.
+    .args(["-device", "virtio-rng-pci"]);
     match &opts.boot {
         Boot::Kernel {
             vmlinuz,
