@@ -142,7 +142,7 @@ impl Session {
         for target in &self.targets {
             let outcome = match self.connect(target).await {
                 Ok(channel) => call(channel).await.map_err(|s| describe_status(&s)),
-                Err(e) => Err(error_chain(&e)),
+                Err(e) => Err(slate_machinery::error::chain(&e)),
             };
             match outcome {
                 Ok(v) => results.push((target.clone(), v)),
@@ -157,23 +157,11 @@ impl Session {
 }
 
 fn describe_status(status: &tonic::Status) -> String {
-    format!("{}: {}", code_name(status.code()), error_chain(status))
-}
-
-/// An error and its sources on one line, skipping a source whose text the
-/// line already holds (tonic and hyper repeat their causes in `Display`).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
+    format!(
+        "{}: {}",
+        code_name(status.code()),
+        slate_machinery::error::chain(status)
+    )
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

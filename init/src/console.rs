@@ -116,17 +116,7 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// An error and all its sources, joined by `: `.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use slate_machinery::error::chain;
 
 /// A short human duration: `250ms`, `2s`, `1.5s`.
 pub struct Short(pub Duration);

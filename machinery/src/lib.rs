@@ -1,5 +1,6 @@
 //! Shared pieces of Slate that several binaries need:
 //! - [`constants`]: paths, ports and names every binary agrees on;
+//! - [`error`]: an error and its causes on one line;
 //! - [`fs`]: atomic state writes;
 //! - [`config`]: the machine config schema;
 //! - [`clientconfig`]: slatectl's contexts;
@@ -13,6 +14,7 @@ pub mod client;
 pub mod clientconfig;
 pub mod config;
 pub mod constants;
+pub mod error;
 pub mod fs;
 pub mod generate;
 pub mod logging;

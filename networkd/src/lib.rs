@@ -182,17 +182,7 @@ fn create_parent(path: &Path) -> Result<(), RunError> {
     }
 }
 
-/// `error: cause: cause`, for one log line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+pub use slate_machinery::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {
@@ -214,13 +204,5 @@ mod tests {
         assert_eq!(opts.resolv_conf, Path::new(constants::RESOLV_CONF_FILE));
         assert!(!opts.set_hostname);
         assert_eq!(Options::from_env_with(|_| None), Options::default());
-    }
-
-    #[test]
-    fn error_chain_joins_sources() {
-        let e = link::LinkError::List {
-            source: rtnetlink::Error::RequestFailed,
-        };
-        assert_eq!(error_chain(&e), "listing links: A netlink request failed");
     }
 }
