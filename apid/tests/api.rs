@@ -102,6 +102,39 @@ async fn admin_gets_version_over_mutual_tls() {
 }
 
 #[tokio::test]
+async fn reflection_lists_the_machine_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let bundle = cluster();
+    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let ctx = &bundle.client.contexts["test"];
+    let tls =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let channel = client::connect(&node.target, tls).await.unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"slate.machine.v1.MachineService"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
 async fn every_role_may_read_and_version() {
     let bundle = cluster();
     let node = start(Some(&bundle.worker.to_yaml().unwrap())).await;
