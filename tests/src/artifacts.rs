@@ -14,13 +14,15 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn dir() -> PathBuf {
-        std::env::var_os("SLATE_OUT")
+        let dir = std::env::var_os("SLATE_OUT")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                     .join("..")
                     .join("_out")
-            })
+            });
+        // Paths are printed for people to paste: no `tests/../`.
+        dir.canonicalize().unwrap_or(dir)
     }
 
     /// Finds the image, or says how to build it.

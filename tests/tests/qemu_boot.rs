@@ -184,3 +184,31 @@ async fn invalid_config_drive_gives_safe_mode_not_a_crash_loop() {
     );
     assert!(vm.is_running());
 }
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn static_address_from_the_kernel_command_line() {
+    let a = Artifacts::find().unwrap();
+    let bundle = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("cidata.iso");
+    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::kernel(&a));
+    opts.config_drive = Some(drive);
+    // QEMU forwards the API port to 10.0.2.15, so the static address is
+    // that one; the console lines and the hostname show where it came from.
+    opts.extra_cmdline = Some("ip=10.0.2.15::10.0.2.2:255.255.255.0:static-node:eth0:off".into());
+    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
+    let v = api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tail = vm.console_tail(80);
+    assert_eq!(v.hostname, "static-node", "console:\n{tail}");
+    let line = console::find_line(&vm.console, "eth0: 10.0.2.15/24 via static")
+        .unwrap_or_else(|| panic!("no static address line; console:\n{tail}"));
+    assert!(line.contains("gateway 10.0.2.2"), "{line}");
+    assert!(
+        console::find_line(&vm.console, "via dhcp").is_none(),
+        "DHCP ran despite ip=; console:\n{tail}"
+    );
+}
