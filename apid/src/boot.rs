@@ -70,8 +70,12 @@ async fn wait_for_file(path: &Path, limit: Duration) -> bool {
     false
 }
 
-/// Builds the TLS configuration for `mode`.
-pub async fn tls_for(mode: &Mode, paths: &Paths) -> anyhow::Result<ServerConfig> {
+/// Builds the TLS configuration for `mode` with the server key `key`.
+pub async fn tls_for(
+    mode: &Mode,
+    key: &pki::ServerKey,
+    paths: &Paths,
+) -> anyhow::Result<ServerConfig> {
     use anyhow::Context as _;
     if !wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
         tracing::warn!(
@@ -100,16 +104,18 @@ pub async fn tls_for(mode: &Mode, paths: &Paths) -> anyhow::Result<ServerConfig>
                 .key_pem()
                 .context("reading machine.ca.key")?
                 .context("machine.ca.key is missing: this node cannot issue its API certificate")?;
-            let identity = Authority::from_pem(&ca_pem, &key_pem)
-                .context("loading the machine CA")?
-                .issue_server(&hostname, &names)
+            let authority =
+                Authority::from_pem(&ca_pem, &key_pem).context("loading the machine CA")?;
+            tracing::debug!("machine CA loaded");
+            let identity = authority
+                .issue_server(key, &hostname, &names)
                 .context("issuing the API server certificate")?;
             tracing::info!("API certificate for {}", names.join(", "));
             Ok(tls::server_mtls(&identity, &ca_pem)?)
         }
         Mode::Safe(reason) => {
             tracing::error!("SAFE MODE: {reason}");
-            let identity = pki::self_signed_server(&hostname, &names)
+            let identity = pki::self_signed_server(key, &hostname, &names)
                 .context("creating a self-signed certificate")?;
             let der = pki::pem_to_der(&identity.cert_pem)?;
             tracing::warn!(

@@ -51,8 +51,14 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
+    // The key does not depend on the config: make it while machined is
+    // still loading, off the boot's critical path.
+    let key =
+        slate_machinery::pki::ServerKey::generate().context("generating the API server key")?;
+    tracing::debug!("server key ready");
     let mode = boot::wait_for_mode(&paths).await;
-    let tls = boot::tls_for(&mode, &paths)
+    tracing::debug!("config verdict received");
+    let tls = boot::tls_for(&mode, &key, &paths)
         .await
         .context("setting up TLS")?;
     let service = machine::MachineApi::new(match &mode {

@@ -44,11 +44,13 @@ impl Default for Paths {
 
 /// Loads and publishes the config, then waits for signals forever.
 pub fn run(paths: &Paths) -> ! {
+    tracing::debug!("looking for the config drive");
     let verdict = match configdrive::read_user_data(&paths.mount_point) {
         Ok(Some(found)) => publish::Verdict::from_user_data(&found),
         Ok(None) => publish::Verdict::Missing,
         Err(e) => publish::Verdict::Unreadable(format!("{:#}", anyhow::Error::from(e))),
     };
+    tracing::debug!("config drive read and parsed");
     if let Err(e) = publish::publish(&verdict, paths) {
         // Without a published verdict apid falls back to safe mode on its
         // own after a while; nothing better to do than say why.

@@ -174,14 +174,15 @@ impl Authority {
         })
     }
 
-    /// apid's server certificate (ECDSA P-256, 1 year) valid for `names`:
+    /// apid's server certificate (1 year) for `key`, valid for `names`:
     /// IP addresses become IP SANs, everything else DNS SANs.
     pub fn issue_server(
         &self,
+        key: &ServerKey,
         common_name: &str,
         names: &[String],
     ) -> Result<CertAndKey, PkiError> {
-        let key = generate(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let key = &key.0;
         let mut params = server_params(common_name, names)?;
         params.use_authority_key_identifier_extension = true;
         let cert = params
@@ -197,9 +198,25 @@ impl Authority {
     }
 }
 
-/// A self-signed server certificate, for safe mode where no CA is known.
-pub fn self_signed_server(common_name: &str, names: &[String]) -> Result<CertAndKey, PkiError> {
-    let key = generate(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+/// The private key of a server certificate: ECDSA P-256, which every TLS
+/// client supports. Separate from issuing so that apid can make it while
+/// it still waits for its config.
+pub struct ServerKey(KeyPair);
+
+impl ServerKey {
+    pub fn generate() -> Result<Self, PkiError> {
+        generate(&rcgen::PKCS_ECDSA_P256_SHA256).map(Self)
+    }
+}
+
+/// A self-signed server certificate for `key`, for safe mode where no CA
+/// is known.
+pub fn self_signed_server(
+    key: &ServerKey,
+    common_name: &str,
+    names: &[String],
+) -> Result<CertAndKey, PkiError> {
+    let key = &key.0;
     let cert = server_params(common_name, names)?
         .self_signed(&key)
         .map_err(|source| PkiError::Sign {
@@ -315,7 +332,8 @@ mod tests {
             "node-1".to_string(),
             "10.0.2.15".to_string(),
         ];
-        let server = authority.issue_server("node-1", &names).unwrap();
+        let key = ServerKey::generate().unwrap();
+        let server = authority.issue_server(&key, "node-1", &names).unwrap();
         let der = pem_to_der(&server.cert_pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap().value;

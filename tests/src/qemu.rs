@@ -50,6 +50,9 @@ pub struct VmOptions {
     /// A config drive image attached as a second virtio disk.
     pub config_drive: Option<PathBuf>,
     pub memory_mib: u32,
+    /// vCPUs: 2 by default, the smallest shape clouds offer;
+    /// `SLATE_SMP` overrides it.
+    pub cpus: u32,
     /// Extra kernel arguments (kernel boot only).
     pub extra_cmdline: Option<String>,
 }
@@ -60,6 +63,7 @@ impl VmOptions {
             boot,
             config_drive: None,
             memory_mib: 1024,
+            cpus: default_cpus(),
             extra_cmdline: None,
         }
     }
@@ -83,6 +87,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+fn default_cpus() -> u32 {
+    std::env::var("SLATE_SMP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
 /// `-accel` for this run: TCG unless `SLATE_ACCEL` says otherwise.
 pub fn accel() -> String {
     std::env::var("SLATE_ACCEL")
@@ -102,6 +114,8 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
         &accel(),
         "-m",
         &opts.memory_mib.to_string(),
+        "-smp",
+        &opts.cpus.to_string(),
     ])
     .args([
         "-nodefaults",
