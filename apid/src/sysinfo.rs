@@ -90,9 +90,19 @@ fn process(dir: &Path, pid: i32) -> Option<Process> {
                 .map(str::trim)
         })
     };
-    let rss_kib: u64 = field("VmRSS")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0); // kernel threads have no VmRSS
+    let kib = |v: &str| v.trim_end_matches("kB").trim().parse::<u64>().ok();
+    // smaps_rollup walks the page tables; VmRSS in status comes from
+    // per-thread counters that Linux 6.1 syncs lazily, and read 0 for an
+    // idle PID 1 on a 2-vCPU node. Kernel threads have neither.
+    let rss_kib = std::fs::read_to_string(dir.join("smaps_rollup"))
+        .ok()
+        .and_then(|rollup| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Rss:").and_then(kib))
+        })
+        .or_else(|| field("VmRSS").and_then(kib))
+        .unwrap_or(0);
     let command = std::fs::read(dir.join("cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)
@@ -135,6 +145,19 @@ mod tests {
         )
         .unwrap();
         std::fs::write(p.join("cmdline"), b"/usr/bin/apid\0--flag\0").unwrap();
+        // smaps_rollup, when present, wins over the lazily synced VmRSS.
+        let q = root.path().join("43");
+        std::fs::create_dir(&q).unwrap();
+        std::fs::write(
+            q.join("status"),
+            "Name:\tinit\nState:\tS (sleeping)\nPPid:\t0\nVmRSS:\t       0 kB\n",
+        )
+        .unwrap();
+        std::fs::write(
+            q.join("smaps_rollup"),
+            "00400000-7fff [rollup]\nRss:                1400 kB\nPss:    1000 kB\n",
+        )
+        .unwrap();
         let k = root.path().join("2");
         std::fs::create_dir(&k).unwrap();
         std::fs::write(
@@ -146,7 +169,8 @@ mod tests {
 
         assert_eq!(boot_time_unix(root.path()), 1_700_000_000);
         let procs = processes(root.path());
-        assert_eq!(procs.len(), 2);
+        assert_eq!(procs.len(), 3);
+        assert_eq!((procs[2].pid, procs[2].rss_bytes), (43, 1400 * 1024));
         assert_eq!(
             (procs[0].pid, procs[0].rss_bytes, procs[0].name.as_str()),
             (2, 0, "kthreadd")

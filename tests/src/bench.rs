@@ -209,9 +209,16 @@ fn print_report(
     iso_uefi: f64,
     rss: &[(String, u64)],
 ) {
+    let shape = VmOptions::new(Boot::kernel(a));
+    let title = format!(
+        "metric ({}, {} vCPU, {} MiB, median of {BOOTS})",
+        crate::qemu::accel(),
+        shape.cpus,
+        shape.memory_mib
+    );
     let mut t = Table::new();
     t.load_style(ASCII_MARKDOWN).set_header(vec![
-        "metric (TCG, median of 5)",
+        title.as_str(),
         "Slate",
         "floor",
         "Slate/floor",
