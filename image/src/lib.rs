@@ -19,7 +19,6 @@
 //! x86_64 only; the kernel comes from the host's apt sources (whatever
 //! version they offer today), so "same inputs" includes the apt index.
 
-pub mod atomic;
 pub mod cpio;
 pub mod exec;
 pub mod initramfs;
@@ -34,6 +33,8 @@ pub mod tools;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use slate_machinery::fs::{AtomicWriteError, copy_atomic, write_atomic};
 
 use crate::progress::Progress;
 use crate::report::{BuildReport, Output};
@@ -96,7 +97,7 @@ pub enum Error {
     #[error("building slate.iso")]
     Iso(#[source] iso::IsoError),
     #[error("installing the outputs")]
-    Install(#[source] atomic::AtomicError),
+    Install(#[source] AtomicWriteError),
     #[error("SOURCE_DATE_EPOCH={epoch} does not fit the 32-bit cpio mtime")]
     EpochRange { epoch: u64 },
 }
@@ -267,7 +268,7 @@ fn install(
     rootfs: &Path,
     iso: Option<&Path>,
     cmdline: &str,
-) -> Result<Vec<Output>, atomic::AtomicError> {
+) -> Result<Vec<Output>, AtomicWriteError> {
     let mut files: Vec<(&'static str, &Path)> = vec![
         ("vmlinuz", vmlinuz),
         ("initramfs.zst", initramfs),
@@ -282,11 +283,11 @@ fn install(
     let mut outputs = Vec::new();
     for (name, src) in files {
         let dest = opts.out.join(name);
-        atomic::copy(src, &dest)?;
+        copy_atomic(src, &dest, 0o644)?;
         outputs.push(output(name, dest));
     }
     let dest = opts.out.join("cmdline");
-    atomic::write(&dest, format!("{cmdline}\n").as_bytes())?;
+    write_atomic(&dest, format!("{cmdline}\n").as_bytes(), 0o644)?;
     outputs.push(output("cmdline", dest));
     Ok(outputs)
 }

@@ -2,7 +2,7 @@
 //! never a torn one, also after a power cut.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +42,24 @@ pub enum AtomicWriteError {
 /// directory, fsync, rename over `path`, fsync the directory. On failure the
 /// temporary file is removed and `path` keeps its old content.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
+    write_atomic_with(path, mode, |file| file.write_all(data))
+}
+
+/// Copies `src` to `dest` the same way (for large outputs such as images).
+pub fn copy_atomic(src: &Path, dest: &Path, mode: u32) -> Result<(), AtomicWriteError> {
+    write_atomic_with(dest, mode, |file| {
+        let mut from = File::open(src)?;
+        io::copy(&mut from, file).map(drop)
+    })
+}
+
+/// The one implementation behind [`write_atomic`] and [`copy_atomic`]:
+/// `fill` writes the content into the temporary file.
+fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), AtomicWriteError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -54,7 +72,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWri
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = dir.join(tmp_name);
 
-    let result = write_and_rename(&tmp, path, data, mode);
+    let result = fill_and_rename(&tmp, path, mode, fill);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -67,11 +85,11 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWri
         })
 }
 
-fn write_and_rename(
+fn fill_and_rename(
     tmp: &Path,
     path: &Path,
-    data: &[u8],
     mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), AtomicWriteError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -83,7 +101,7 @@ fn write_and_rename(
             path: tmp.to_owned(),
             source,
         })?;
-    file.write_all(data)
+    fill(&mut file)
         .and_then(|()| file.sync_all())
         .map_err(|source| AtomicWriteError::Write {
             path: tmp.to_owned(),
@@ -117,6 +135,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.yaml")]);
+    }
+
+    #[test]
+    fn copies_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let dest = dir.path().join("out.img");
+        fs::write(&dest, b"old").unwrap();
+        copy_atomic(&src, &dest, 0o644).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), vec![7u8; 100_000]);
+        assert!(copy_atomic(&dir.path().join("missing"), &dest, 0o644).is_err());
+        assert_eq!(
+            fs::read(&dest).unwrap().len(),
+            100_000,
+            "a failed copy keeps the old file"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
