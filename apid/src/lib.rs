@@ -51,13 +51,15 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    // The key does not depend on the config: make it while machined is
-    // still loading, off the boot's critical path.
-    let key =
-        slate_machinery::pki::ServerKey::generate().context("generating the API server key")?;
-    tracing::debug!("server key ready");
+    // The key does not depend on the config: make it on another thread
+    // while this one waits for machined, off the boot's critical path.
+    let key = tokio::task::spawn_blocking(slate_machinery::pki::ServerKey::generate);
     let mode = boot::wait_for_mode(&paths).await;
     tracing::debug!("config verdict received");
+    let key = key
+        .await
+        .context("joining the key generation thread")?
+        .context("generating the API server key")?;
     let tls = boot::tls_for(&mode, &key, &paths)
         .await
         .context("setting up TLS")?;

@@ -16,7 +16,7 @@ use crate::tools::{Tool, Toolbox};
 
 /// Where init finds the modules to load, one absolute path per line, each
 /// after its dependencies.
-pub const LOAD_LIST: &str = "lib/modules/slate-stage1.list";
+pub const LOAD_LIST: &str = slate_machinery::constants::STAGE1_MODULE_LIST;
 
 /// Mount points and scratch directories init expects.
 const DIRS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "newroot"];
@@ -72,7 +72,11 @@ pub fn archive(inputs: &Inputs) -> Archive {
         a.add(&path, 0o644, Body::File(inputs.modules_dir.join(module)));
         list.push_str(&format!("/{path}\n"));
     }
-    a.add(LOAD_LIST, 0o644, Body::Data(list.into_bytes()));
+    a.add(
+        LOAD_LIST.trim_start_matches('/'),
+        0o644,
+        Body::Data(list.into_bytes()),
+    );
     a
 }
 

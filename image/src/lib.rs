@@ -175,6 +175,14 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     let root_mods = index
         .resolve(&modules::rootfs_allow(opts.kernel))
         .map_err(Error::Modules)?;
+    // Late modules that stage 1 already loads (as a dependency) are left out.
+    let late: Vec<String> = index
+        .resolve(modules::LATE)
+        .map_err(Error::Modules)?
+        .ordered
+        .into_iter()
+        .filter(|m| !stage1.ordered.contains(m))
+        .collect();
     for name in stage1.missing.iter().chain(&root_mods.missing) {
         tracing::warn!("module {name} is not in kernel {}: skipped", kernel.release);
     }
@@ -190,6 +198,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
                 bin_dir: &opts.bin_dir,
                 kernel: &kernel,
                 modules: &shipped,
+                late_modules: &late,
                 version: env!("CARGO_PKG_VERSION"),
                 epoch,
             },

@@ -18,8 +18,6 @@ pub const STAGE1_COMMON: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
-    "virtio_scsi",
-    "virtio_console",
     // apid generates its keys at boot, and getrandom() blocks until the
     // kernel's CRNG is seeded; on VMs without RDRAND (QEMU's default CPU)
     // that took over 10 s. A virtio RNG seeds it at once.
@@ -31,8 +29,13 @@ pub const STAGE1_COMMON: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "nls_utf8",
-    "overlay",
 ];
+
+/// Loaded by init in stage 2 from the root image, at idle priority while
+/// the daemons start: not needed to mount the root, reach the network or
+/// read a config drive, and ~60 ms of module initialisation under
+/// emulation that would otherwise delay the API (docs/boot-time.md).
+pub const LATE: &[&str] = &["virtio_scsi", "virtio_console", "overlay"];
 
 /// Bare-metal disk controllers and common NICs, added for `--kernel metal`.
 pub const STAGE1_METAL: &[&str] = &[
@@ -175,6 +178,7 @@ pub fn stage1(flavor: KernelFlavor) -> Vec<&'static str> {
 /// switch_root the same modules must be loadable from the new root).
 pub fn rootfs_allow(flavor: KernelFlavor) -> Vec<&'static str> {
     let mut names = stage1(flavor);
+    names.extend_from_slice(LATE);
     names.extend_from_slice(ROOTFS_ALLOW);
     if flavor == KernelFlavor::Metal {
         names.extend_from_slice(ROOTFS_METAL);

@@ -9,6 +9,8 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use slate_machinery::constants::LATE_MODULE_LIST;
+
 use crate::exec::{self, ExecError};
 use crate::kernel::Kernel;
 use crate::tools::{Tool, Toolbox};
@@ -65,6 +67,8 @@ pub struct Inputs<'a> {
     pub kernel: &'a Kernel,
     /// Module paths relative to the module directory (`kernel/...ko`).
     pub modules: &'a [String],
+    /// Modules init loads in stage 2, in load order (also in `modules`).
+    pub late_modules: &'a [String],
     pub version: &'a str,
     pub epoch: u64,
 }
@@ -105,6 +109,15 @@ pub fn build(tools: &Toolbox, work: &Path, inputs: &Inputs) -> Result<PathBuf, R
         .map(|l| format!("{l}\n"))
         .collect();
     write(&dest.join("modules.order"), &order)?;
+    let late: String = inputs
+        .late_modules
+        .iter()
+        .map(|m| format!("/lib/modules/{release}/{m}\n"))
+        .collect();
+    write(
+        &staging.join(LATE_MODULE_LIST.trim_start_matches('/')),
+        &late,
+    )?;
     exec::run(
         tools
             .command(Tool::Depmod)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use slate_machinery::constants::{PROC_CMDLINE, RUN_DIR};
+use slate_machinery::constants::{LATE_MODULE_LIST, PROC_CMDLINE, RUN_DIR};
 
 use crate::cmdline::Cmdline;
 use crate::host::{Host, RealHost};
@@ -62,6 +62,7 @@ pub fn run(cfg: &Config) -> ! {
         log!("{}", console::chain(&e));
     }
 
+    load_late_modules(Path::new(LATE_MODULE_LIST));
     log!("stage 2: starting daemons");
     let mut host = RealHost::default();
     let mut sup = Supervisor::new(DAEMONS, BackoffPolicy::default(), host.now());
@@ -74,6 +75,39 @@ pub fn run(cfg: &Config) -> ! {
         log!("stopping processes failed (see above); going on with {action}");
     }
     shutdown::finish(action, &cfg.mountinfo)
+}
+
+/// Loads the modules of `list` in a child process at the lowest CPU
+/// priority, so that they load while the daemons start without delaying
+/// them. The child is reaped like any orphan. A missing list (an image
+/// without late modules) is not an error.
+fn load_late_modules(list: &Path) {
+    if !list.exists() {
+        return;
+    }
+    // SAFETY: PID 1 is single-threaded; the child only loads modules,
+    // writes console lines and leaves with _exit, never returning here.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = catch_unwind(|| {
+                // SAFETY: plain system call on our own process.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                match crate::modules::load_list(list) {
+                    Ok(s) => log!(
+                        "late modules: {} loaded, {} already present, {} failed",
+                        s.loaded,
+                        s.already,
+                        s.failed
+                    ),
+                    Err(e) => log!("{}", console::chain(&e)),
+                }
+            });
+            // SAFETY: ends the child without running the parent's cleanup.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        Err(e) => log!("forking the late module loader: {e}; those drivers stay unloaded"),
+    }
 }
 
 /// The main loop: start what is due, wait for a signal or the next start

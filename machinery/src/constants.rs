@@ -36,5 +36,15 @@ pub const NETWORKD_BIN: &str = "/usr/bin/networkd";
 pub const CONFIG_DRIVE_LABEL: &str = "cidata";
 pub const CONFIG_DRIVE_USER_DATA: &str = "user-data";
 
+/// Modules init loads in stage 1, from the initramfs: one absolute path a
+/// line, each after its dependencies. Only what is needed to mount the root
+/// image, reach the network and read a config drive.
+pub const STAGE1_MODULE_LIST: &str = "/lib/modules/slate-stage1.list";
+
+/// Modules init loads in stage 2, from the root image, at the lowest CPU
+/// priority while the daemons start (same format): drivers that are not
+/// needed to reach the API, kept off the boot's critical path.
+pub const LATE_MODULE_LIST: &str = "/lib/modules/slate-late.list";
+
 /// Kernel command line, read through a path so tests can pass their own.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
