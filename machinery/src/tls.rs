@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::{WantsServerCert, WebPkiClientVerifier};
+use rustls::{
+    ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme, WantsVerifier,
+};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -68,26 +71,27 @@ pub fn server_mtls(identity: &CertAndKey, ca_pem: &str) -> Result<ServerConfig, 
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .build()
         .map_err(TlsError::ClientVerifier)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Config)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs("server", &identity.cert_pem)?,
-            key(&identity.key_pem)?,
-        )
-        .map_err(TlsError::Config)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(config)
+    server(identity, |b| b.with_client_cert_verifier(verifier))
 }
 
 /// apid in safe mode: no CA to check clients against, so no client
 /// certificates; the handlers allow only calls that are safe without one.
 pub fn server_anonymous(identity: &CertAndKey) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    server(identity, |b| b.with_no_client_auth())
+}
+
+/// A server config presenting `identity`, speaking h2, with the client
+/// authentication that `clients` chooses.
+fn server(
+    identity: &CertAndKey,
+    clients: impl FnOnce(
+        ConfigBuilder<ServerConfig, WantsVerifier>,
+    ) -> ConfigBuilder<ServerConfig, WantsServerCert>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
+        .map_err(TlsError::Config)?;
+    let mut config = clients(builder)
         .with_single_cert(
             certs("server", &identity.cert_pem)?,
             key(&identity.key_pem)?,
