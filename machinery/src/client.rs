@@ -99,7 +99,6 @@ impl ClientError {
                     io.kind(),
                     io::ErrorKind::ConnectionReset
                         | io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::ConnectionRefused
                         | io::ErrorKind::UnexpectedEof
                         | io::ErrorKind::BrokenPipe
                 ) && io
