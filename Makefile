@@ -13,7 +13,7 @@ DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
 	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base openssl
 
-.PHONY: deps build image run test unit-test qemu-test bench lint fmt clean
+.PHONY: deps build image run test unit-test qemu-test bench fuzz lint fmt clean
 
 deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS)
@@ -37,6 +37,12 @@ qemu-test:
 
 bench: image
 	$(BIN)/slate-bench
+
+# Fuzz the parsers of untrusted input for FUZZ_SECONDS each (needs the
+# nightly toolchain and `cargo install cargo-fuzz`; see docs/fuzzing.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in dhcp_reply machine_config kernel_cmdline; do cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 lint:
 	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
