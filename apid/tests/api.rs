@@ -77,6 +77,12 @@ async fn refused(target: &Target, tls: Arc<rustls::ClientConfig>) -> bool {
     }
 }
 
+/// The admin identity that `gen config` wrote into the client config.
+fn admin_tls(bundle: &generate::Bundle) -> Arc<rustls::ClientConfig> {
+    let ctx = &bundle.client.contexts["test"];
+    Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap())
+}
+
 fn client_tls(ca_pem: &str, authority: &Authority, role: Role) -> Arc<rustls::ClientConfig> {
     let id = authority.issue_client("tester", role).unwrap();
     Arc::new(tls::client(ca_pem, Some(&id)).unwrap())
@@ -86,10 +92,9 @@ fn client_tls(ca_pem: &str, authority: &Authority, role: Role) -> Arc<rustls::Cl
 async fn admin_gets_version_over_mutual_tls() {
     let bundle = cluster();
     let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
-    let ctx = &bundle.client.contexts["test"];
-    let tls =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
-    let channel = client::connect(&node.target, tls).await.unwrap();
+    let channel = client::connect(&node.target, admin_tls(&bundle))
+        .await
+        .unwrap();
     let v = client::machine(channel)
         .version(VersionRequest {})
         .await
@@ -110,10 +115,9 @@ async fn reflection_lists_the_machine_service() {
 
     let bundle = cluster();
     let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
-    let ctx = &bundle.client.contexts["test"];
-    let tls =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
-    let channel = client::connect(&node.target, tls).await.unwrap();
+    let channel = client::connect(&node.target, admin_tls(&bundle))
+        .await
+        .unwrap();
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -198,10 +202,7 @@ async fn client_from_another_ca_is_refused() {
 async fn the_client_refuses_a_node_of_another_ca() {
     let node_bundle = cluster();
     let node = start(Some(&node_bundle.controlplane.to_yaml().unwrap())).await;
-    let mine = cluster();
-    let ctx = &mine.client.contexts["test"];
-    let tls =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let tls = admin_tls(&cluster());
     // The client's own CA did not issue the node's certificate.
     assert!(
         refused(&node.target, tls).await,

@@ -93,6 +93,16 @@ pub struct Summary {
     pub failed: usize,
 }
 
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} loaded, {} already present, {} failed",
+            self.loaded, self.already, self.failed
+        )
+    }
+}
+
 /// Passes over the failures after the first pass.
 const RETRY_PASSES: usize = 1;
 

@@ -87,12 +87,7 @@ fn run_inner(cfg: &Config) -> Result<Infallible, Stage1Error> {
     log!("stage 1: starting");
 
     match modules::load_list(&cfg.module_list) {
-        Ok(s) => log!(
-            "modules: {} loaded, {} already present, {} failed",
-            s.loaded,
-            s.already,
-            s.failed
-        ),
+        Ok(s) => log!("modules: {s}"),
         // Not fatal: a kernel with the drivers built in needs no list.
         Err(e) => log!("{}", console::chain(&e)),
     }

@@ -93,12 +93,7 @@ fn load_late_modules(list: &Path) {
                 // SAFETY: plain system call on our own process.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 match crate::modules::load_list(list) {
-                    Ok(s) => log!(
-                        "late modules: {} loaded, {} already present, {} failed",
-                        s.loaded,
-                        s.already,
-                        s.failed
-                    ),
+                    Ok(s) => log!("late modules: {s}"),
                     Err(e) => log!("{}", console::chain(&e)),
                 }
             });
