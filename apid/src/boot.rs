@@ -41,7 +41,7 @@ pub async fn wait_for_mode(paths: &Paths) -> Mode {
     loop {
         if let Ok(text) = std::fs::read_to_string(&paths.config) {
             let source = paths.config.display().to_string();
-            return match MachineConfig::parse(&text, &source) {
+            return match MachineConfig::from_json(&text, &source) {
                 Ok(config) => Mode::Configured(Box::new(config)),
                 Err(e) => Mode::Safe(format!("published config is invalid: {e}")),
             };

@@ -22,11 +22,11 @@ impl Drop for Node {
 }
 
 /// Starts apid on a free loopback port with `config` (a machine config
-/// YAML) or, when `None`, with a config error, i.e. in safe mode.
+/// as machined publishes it, JSON) or, when `None`, with a config error, i.e. in safe mode.
 async fn start(config: Option<&str>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let paths = slate_apid::Paths {
-        config: dir.path().join("config.yaml"),
+        config: dir.path().join("config.json"),
         config_error: dir.path().join("config.error"),
         network_ready: dir.path().join("network.ready"),
     };
@@ -91,7 +91,7 @@ fn client_tls(ca_pem: &str, authority: &Authority, role: Role) -> Arc<rustls::Cl
 #[tokio::test]
 async fn admin_gets_version_over_mutual_tls() {
     let bundle = cluster();
-    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let node = start(Some(&bundle.controlplane.to_json().unwrap())).await;
     let channel = client::connect(&node.target, admin_tls(&bundle))
         .await
         .unwrap();
@@ -114,7 +114,7 @@ async fn reflection_lists_the_machine_service() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let bundle = cluster();
-    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let node = start(Some(&bundle.controlplane.to_json().unwrap())).await;
     let channel = client::connect(&node.target, admin_tls(&bundle))
         .await
         .unwrap();
@@ -141,7 +141,7 @@ async fn reflection_lists_the_machine_service() {
 #[tokio::test]
 async fn every_role_may_read_and_version() {
     let bundle = cluster();
-    let node = start(Some(&bundle.worker.to_yaml().unwrap())).await;
+    let node = start(Some(&bundle.worker.to_json().unwrap())).await;
     let (ca, key) = machine_ca(&bundle);
     let authority = Authority::from_pem(&ca, &key).unwrap();
     for role in Role::ALL {
@@ -168,7 +168,7 @@ async fn every_role_may_read_and_version() {
 #[tokio::test]
 async fn client_from_another_ca_is_refused() {
     let bundle = cluster();
-    let node = start(Some(&bundle.controlplane.to_yaml().unwrap())).await;
+    let node = start(Some(&bundle.controlplane.to_json().unwrap())).await;
     let (ca, _) = machine_ca(&bundle);
     // The client trusts the node's CA but holds a certificate of a different CA.
     let other = cluster();
@@ -201,7 +201,7 @@ async fn client_from_another_ca_is_refused() {
 #[tokio::test]
 async fn the_client_refuses_a_node_of_another_ca() {
     let node_bundle = cluster();
-    let node = start(Some(&node_bundle.controlplane.to_yaml().unwrap())).await;
+    let node = start(Some(&node_bundle.controlplane.to_json().unwrap())).await;
     let tls = admin_tls(&cluster());
     // The client's own CA did not issue the node's certificate.
     assert!(

@@ -113,14 +113,13 @@ fn version_shows_the_client_and_the_node() {
     // A real apid on a free loopback port with the generated control-plane config.
     let state = dir.path().join("run");
     std::fs::create_dir(&state).unwrap();
-    std::fs::copy(
-        dir.path().join("controlplane.yaml"),
-        state.join("config.yaml"),
-    )
-    .unwrap();
+    // Published as machined does: validated, as JSON.
+    let yaml = std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap();
+    let config = slate_machinery::config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
+    std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
     std::fs::write(state.join("network.ready"), "lo 127.0.0.1/8 static\n").unwrap();
     let paths = slate_apid::Paths {
-        config: state.join("config.yaml"),
+        config: state.join("config.json"),
         config_error: state.join("config.error"),
         network_ready: state.join("network.ready"),
     };

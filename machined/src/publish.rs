@@ -8,11 +8,10 @@ use crate::configdrive::UserData;
 
 #[derive(Debug)]
 pub enum Verdict {
-    /// A valid config, with the text it was parsed from (published as is,
-    /// comments included).
+    /// A valid config and its published (JSON) form.
     Valid {
         config: Box<MachineConfig>,
-        text: String,
+        json: String,
     },
     /// A config was found but cannot be used: file, line and error.
     Invalid(String),
@@ -24,10 +23,11 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn from_user_data(found: &UserData) -> Self {
-        match MachineConfig::parse(&found.text, &found.source_name()) {
-            Ok(config) => Self::Valid {
+        let parsed = MachineConfig::parse(&found.text, &found.source_name());
+        match parsed.and_then(|config| Ok((config.to_json()?, config))) {
+            Ok((json, config)) => Self::Valid {
                 config: Box::new(config),
-                text: found.text.clone(),
+                json,
             },
             Err(e) => Self::Invalid(e.to_string()),
         }
@@ -38,10 +38,10 @@ impl Verdict {
 /// tells the console.
 pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError> {
     let reason = match verdict {
-        Verdict::Valid { config, text } => {
+        Verdict::Valid { config, json } => {
             let _ = std::fs::remove_file(&paths.config_error);
             // Mode 0600: the config holds the CA keys.
-            write_atomic(&paths.config, text.as_bytes(), 0o600)?;
+            write_atomic(&paths.config, json.as_bytes(), 0o600)?;
             tracing::info!(
                 "machine config loaded: {} node of cluster {}",
                 config.machine.kind,
@@ -67,7 +67,7 @@ mod tests {
 
     fn paths(dir: &std::path::Path) -> Paths {
         Paths {
-            config: dir.join("config.yaml"),
+            config: dir.join("config.json"),
             config_error: dir.join("config.error"),
             mount_point: dir.join("mnt"),
         }
@@ -115,7 +115,7 @@ mod tests {
         publish(&Verdict::from_user_data(&found), &paths).unwrap();
         let published = std::fs::read_to_string(&paths.config).unwrap();
         assert_eq!(
-            MachineConfig::parse(&published, "p").unwrap(),
+            MachineConfig::from_json(&published, "p").unwrap(),
             bundle.worker
         );
         assert_eq!(

@@ -194,6 +194,8 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
     #[error("serializing the machine config")]
     Serialize(#[source] serde_saphyr::ser::Error),
+    #[error("serializing the machine config as JSON")]
+    Json(#[source] serde_json::Error),
 }
 
 impl MachineConfig {
@@ -205,6 +207,23 @@ impl MachineConfig {
             line: e.line,
             column: e.column,
             message: e.message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The published form (see `constants::MACHINE_CONFIG_FILE`).
+    pub fn to_json(&self) -> Result<String, ConfigError> {
+        serde_json::to_string(self).map_err(ConfigError::Json)
+    }
+
+    /// Reads and validates the published form.
+    pub fn from_json(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            line: e.line() as u64,
+            column: e.column() as u64,
+            message: e.to_string(),
         })?;
         config.validate()?;
         Ok(config)
@@ -317,6 +336,19 @@ cluster:
                 .starts_with("cluster.controlPlane.endpoint:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn published_json_round_trips_and_is_validated() {
+        let c = MachineConfig::parse(MINIMAL, "user-data").unwrap();
+        assert_eq!(
+            MachineConfig::from_json(&c.to_json().unwrap(), "p").unwrap(),
+            c
+        );
+        let mut wrong = c.clone();
+        wrong.version = "v0".into();
+        let err = MachineConfig::from_json(&wrong.to_json().unwrap(), "p").unwrap_err();
+        assert!(err.to_string().starts_with("version:"), "{err}");
     }
 
     #[test]

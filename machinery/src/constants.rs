@@ -9,9 +9,11 @@ pub const APID_PORT: u16 = 50000;
 /// Runtime state shared between daemons (tmpfs).
 pub const RUN_DIR: &str = "/run/slate";
 
-/// Machine config published by machined once it is loaded and valid.
-/// Written atomically; apid and networkd read it.
-pub const MACHINE_CONFIG_FILE: &str = "/run/slate/machine-config.yaml";
+/// Machine config published by machined once it is loaded and valid, as
+/// JSON: machine-written and machine-read, and far cheaper to parse than
+/// the user's YAML on the way to a reachable API. Written atomically (mode
+/// 0600: it holds the CA keys); apid and networkd read it.
+pub const MACHINE_CONFIG_FILE: &str = "/run/slate/machine-config.json";
 
 /// Written by machined instead of [`MACHINE_CONFIG_FILE`] when the config it
 /// found is unusable: one human-readable line naming the file, line and error.
