@@ -5,7 +5,7 @@
 //!    (ISO 9660 or vfat), found with libblkid, whose file `user-data` is the
 //!    machine config YAML ([`configdrive`]).
 //! 2. Parse and validate it. A valid config is published to
-//!    `/run/slate/machine-config.yaml` for apid and networkd; otherwise one
+//!    `/run/slate/machine-config.json` for apid and networkd; otherwise one
 //!    line naming the file, line and error goes to the console and to
 //!    `/run/slate/machine-config.error`, and apid serves in safe mode
 //!    ([`publish`]).
