@@ -36,12 +36,21 @@ pub use boot::Paths;
 
 /// Runs apid until the process is killed.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], constants::APID_PORT));
     // Bind before waiting for the config: a client that connects early
-    // waits in the backlog instead of being refused.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    // waits in the backlog instead of being refused. `[::]` takes IPv4 and
+    // IPv6 clients alike (Linux's default dual-stack socket); a kernel
+    // booted with IPv6 disabled gets an IPv4-only listener instead.
+    let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, constants::APID_PORT));
+    let listener = match tokio::net::TcpListener::bind(dual).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!("listening on {dual}: {e}; falling back to IPv4 only");
+            let v4 = SocketAddr::from(([0, 0, 0, 0], constants::APID_PORT));
+            tokio::net::TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("listening on {v4}"))?
+        }
+    };
     serve(paths, listener).await
 }
 
