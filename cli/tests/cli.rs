@@ -17,6 +17,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// slatectl failed, and its error names `needle` (the bad input, the file).
+fn assert_fails_naming(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "should have failed; stderr: {err}");
+    assert!(
+        err.contains(needle),
+        "error does not name {needle:?}: {err}"
+    );
+}
+
 fn gen_config(dir: &Path) -> Output {
     slatectl(&[
         "gen",
@@ -44,12 +54,7 @@ fn gen_config_writes_private_files_and_refuses_to_overwrite() {
     let before = std::fs::read(dir.path().join("slateconfig")).unwrap();
 
     let again = gen_config(dir.path());
-    assert!(!again.status.success());
-    assert!(
-        text(&again.stderr).contains("--force"),
-        "{}",
-        text(&again.stderr)
-    );
+    assert_fails_naming(&again, "--force");
     assert_eq!(
         std::fs::read(dir.path().join("slateconfig")).unwrap(),
         before,
@@ -68,12 +73,7 @@ fn bad_inputs_name_what_is_wrong() {
         "-o",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("Bad_Name"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "Bad_Name");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
@@ -82,27 +82,15 @@ fn bad_inputs_name_what_is_wrong() {
 
     let missing = dir.path().join("nope");
     let out = slatectl(&["--config", missing.to_str().unwrap(), "version"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains(missing.to_str().unwrap()),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, missing.to_str().unwrap());
 
     let broken = dir.path().join("broken");
     std::fs::write(&broken, "context: x\ncontexts:\n  x: [\n").unwrap();
     let out = slatectl(&["--config", broken.to_str().unwrap(), "version"]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(err.contains("broken: line "), "{err}");
+    assert_fails_naming(&out, "broken: line ");
 
     let out = slatectl(&["--insecure", "-n", "host:99999", "version"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("host:99999"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "host:99999");
 }
 
 #[test]
@@ -175,10 +163,5 @@ fn version_shows_the_client_and_the_node() {
         "127.0.0.1:1",
         "version",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("127.0.0.1:1"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "127.0.0.1:1");
 }

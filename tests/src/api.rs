@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use slate_machinery::client::{self, Target};
 use slate_proto::machine::{VersionRequest, VersionResponse};
 
@@ -21,13 +21,9 @@ pub async fn wait_for_version(
     timeout: Duration,
 ) -> anyhow::Result<VersionResponse> {
     let deadline = Instant::now() + timeout;
-    let console = vm.console.clone();
-    while crate::console::find_line(&console, READY_LINE).is_none() {
-        if Instant::now() >= deadline || !vm.is_running() {
-            bail!("apid never became ready; console:\n{}", vm.console_tail(80));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    vm.wait_for_line(READY_LINE, deadline, 80)
+        .await
+        .context("apid never became ready")?;
     let target = Target::parse(&vm.endpoint())?;
     let mut last_error = String::new();
     while Instant::now() < deadline {

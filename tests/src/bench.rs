@@ -146,15 +146,10 @@ async fn iso_boot(
 /// Waits for the floor's ready line, then for its answer on the forwarded
 /// port, probing one connection at a time exactly like the Slate runs.
 async fn floor_answer(vm: &mut Vm) -> anyhow::Result<(f64, f64)> {
-    let line = loop {
-        if let Some(line) = console::find_line(&vm.console, floor::READY) {
-            break line;
-        }
-        if vm.started.elapsed() > TIMEOUT || !vm.is_running() {
-            bail!("the floor never got ready:\n{}", vm.console_tail(40));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = vm
+        .wait_for_line(floor::READY, vm.started + TIMEOUT, 40)
+        .await
+        .context("the floor never got ready")?;
     let uptime: f64 = line
         .split_whitespace()
         .nth(2)

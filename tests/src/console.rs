@@ -1,21 +1,6 @@
 //! The VM's serial console, captured to a file by QEMU.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Waits until a line of the console contains `needle`; returns that line.
-pub fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Option<String> {
-    let start = Instant::now();
-    loop {
-        if let Some(line) = find_line(path, needle) {
-            return Some(line);
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The first console line containing `needle`, if any yet.
 pub fn find_line(path: &Path, needle: &str) -> Option<String> {

@@ -211,6 +211,28 @@ impl Vm {
         crate::console::tail(&self.console, n)
     }
 
+    /// Waits until a console line contains `needle` and returns it; fails,
+    /// with the last `tail` console lines, at `deadline` or if QEMU exits.
+    pub async fn wait_for_line(
+        &mut self,
+        needle: &str,
+        deadline: Instant,
+        tail: usize,
+    ) -> anyhow::Result<String> {
+        loop {
+            if let Some(line) = crate::console::find_line(&self.console, needle) {
+                return Ok(line);
+            }
+            if Instant::now() >= deadline || !self.is_running() {
+                anyhow::bail!(
+                    "no console line with {needle:?}; console:\n{}",
+                    self.console_tail(tail)
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// True while QEMU runs (the guest has not powered off).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
