@@ -56,6 +56,7 @@ fn cluster() -> generate::Bundle {
         additional_sans: vec![],
         client_endpoints: vec!["127.0.0.1".into()],
         install_disk: None,
+        secrets: None,
     })
     .unwrap()
 }

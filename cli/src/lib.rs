@@ -67,11 +67,18 @@ pub enum Command {
     /// Generate configs and secrets.
     #[command(subcommand)]
     Gen(cmd::gen_config::GenCommand),
+    /// Check a machine config and print every problem with its line.
+    Validate(cmd::validate::ValidateArgs),
+    /// Work on machine config files.
+    #[command(subcommand, name = "machineconfig", visible_alias = "mc")]
+    MachineConfig(cmd::machineconfig::MachineConfigCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gen(cmd) => cmd::gen_config::run(cmd),
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::MachineConfig(cmd) => cmd::machineconfig::run(cmd),
         Command::Version(args) => block_on(cmd::version::run(&cli.global, args)),
         Command::Processes(args) => block_on(cmd::processes::run(&cli.global, args)),
     }

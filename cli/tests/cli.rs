@@ -165,3 +165,162 @@ fn version_shows_the_client_and_the_node() {
     ]);
     assert_fails_naming(&out, "127.0.0.1:1");
 }
+
+#[test]
+fn validate_reports_every_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(gen_config(dir.path()).status.success());
+    let good = dir.path().join("worker.yaml");
+    let out = slatectl(&["validate", "-f", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("is valid for cloud mode"));
+
+    // Bare metal needs an install disk.
+    let out = slatectl(&["validate", "-f", good.to_str().unwrap(), "--mode", "metal"]);
+    assert_fails_naming(&out, "machine.install.disk: is required on bare metal");
+
+    // Two wrong values: both reported, each with path, line and column.
+    let yaml = std::fs::read_to_string(&good).unwrap();
+    let broken = yaml
+        .replace("dnsDomain: cluster.local", "dnsDomain: -bad-")
+        .replace("- 10.244.0.0/16", "- 10.244.0.300/16");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, &broken).unwrap();
+    let out = slatectl(&["validate", "-f", bad.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("2 problems"), "{err}");
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(
+        err.contains(&format!(
+            "cluster.network.podSubnets[0]: \"10.244.0.300/16\" is not a CIDR (line {}, col 7)",
+            line_of("10.244.0.300/16")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "cluster.network.dnsDomain: \"-bad-\" is not a DNS domain (line {}",
+            line_of("-bad-")
+        )),
+        "{err}"
+    );
+
+    // Binary junk and missing files are named.
+    std::fs::write(&bad, [0xff, 0x00, 0xfe]).unwrap();
+    assert_fails_naming(
+        &slatectl(&["validate", "-f", bad.to_str().unwrap()]),
+        "not a text file",
+    );
+    assert_fails_naming(
+        &slatectl(&["validate", "-f", "/nonexistent.yaml"]),
+        "/nonexistent.yaml",
+    );
+}
+
+#[test]
+fn configs_made_later_from_saved_secrets_join_the_same_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    let out = slatectl(&["gen", "secrets", "-o", secrets.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let gen_with_secrets = |sub: &str| {
+        let out_dir = dir.path().join(sub);
+        let out = slatectl(&[
+            "gen",
+            "config",
+            "demo",
+            "https://10.0.0.1:6443",
+            "--with-secrets",
+            secrets.to_str().unwrap(),
+            "-o",
+            out_dir.to_str().unwrap(),
+        ]);
+        (out, out_dir)
+    };
+    let make = |sub: &str| {
+        let (out, out_dir) = gen_with_secrets(sub);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let yaml = std::fs::read_to_string(out_dir.join("worker.yaml")).unwrap();
+        slate_machinery::config::MachineConfig::parse(&yaml, "worker.yaml").unwrap()
+    };
+    let (a, b) = (make("a"), make("b"));
+    assert_eq!(a.machine.ca, b.machine.ca);
+    assert_eq!(a.machine.token, b.machine.token);
+    assert_eq!(a.cluster.secret, b.cluster.secret);
+
+    std::fs::write(&secrets, "cluster: {}\n").unwrap();
+    let (out, _) = gen_with_secrets("c");
+    assert_fails_naming(&out, "secrets.yaml: line 1");
+}
+
+#[test]
+fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let patch = dir.path().join("net.yaml");
+    std::fs::write(
+        &patch,
+        "machine:\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: [10.0.0.5/24]\n",
+    )
+    .unwrap();
+    let out = slatectl(&[
+        "gen",
+        "config",
+        "demo",
+        "https://10.0.0.1:6443",
+        "--config-patch",
+        &format!("@{}", patch.display()),
+        "--config-patch-worker",
+        r#"[{"op": "add", "path": "/machine/certSANs", "value": ["w.example"]}]"#,
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |name: &str| {
+        let yaml = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        slate_machinery::config::MachineConfig::parse(&yaml, name).unwrap()
+    };
+    let (cp, worker) = (read("controlplane.yaml"), read("worker.yaml"));
+    assert_eq!(cp.machine.network.interfaces[0].addresses, ["10.0.0.5/24"]);
+    assert_eq!(
+        worker.machine.network.interfaces[0].addresses,
+        ["10.0.0.5/24"]
+    );
+    assert_eq!(worker.machine.cert_sans, ["w.example"]);
+    assert!(cp.machine.cert_sans.is_empty());
+
+    // machineconfig patch: a merge that adds a second address to eth0.
+    let worker_file = dir.path().join("worker.yaml");
+    let before = std::fs::read(&worker_file).unwrap();
+    let out = slatectl(&[
+        "machineconfig",
+        "patch",
+        worker_file.to_str().unwrap(),
+        "--patch",
+        "machine: {network: {interfaces: [{interface: eth0, addresses: [10.0.0.6/24]}]}}",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let patched =
+        slate_machinery::config::MachineConfig::parse(&text(&out.stdout), "stdout").unwrap();
+    assert_eq!(
+        patched.machine.network.interfaces[0].addresses,
+        ["10.0.0.5/24", "10.0.0.6/24"]
+    );
+
+    // A patch that makes the config invalid names the field; the file is untouched.
+    let out = slatectl(&[
+        "machineconfig",
+        "patch",
+        worker_file.to_str().unwrap(),
+        "--patch",
+        "machine: {network: {interfaces: [{interface: eth0, mtu: 9}]}}",
+        "-o",
+        worker_file.to_str().unwrap(),
+    ]);
+    assert_fails_naming(&out, "machine.network.interfaces[0].mtu: 9 is not an MTU");
+    assert_eq!(std::fs::read(&worker_file).unwrap(), before);
+}

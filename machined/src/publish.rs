@@ -105,6 +105,7 @@ mod tests {
             additional_sans: vec![],
             client_endpoints: vec![],
             install_disk: None,
+            secrets: None,
         })
         .unwrap();
         let text = bundle.worker.to_yaml().unwrap();

@@ -1,10 +1,18 @@
-//! `slatectl gen config`: a new cluster's secrets, the machine configs for
-//! both node types, and an admin client config.
+//! `slatectl gen secrets` and `gen config`: a cluster's secrets, the
+//! machine configs for both node types, and an admin client config.
+//!
+//! The secrets (cluster identity, bootstrap token, the three CAs) are the
+//! part of a cluster that must stay the same for every node: keeping them in
+//! `secrets.yaml` lets configs for more nodes be made later
+//! (`gen config --with-secrets`).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
 use crate::clientconfig::{ClientConfig, Context};
 use crate::config::{
-    CONFIG_VERSION, Cluster, ClusterNetwork, ControlPlane, Install, Machine, MachineConfig,
-    MachineType, Network, PemKeyPair,
+    self, ApiBalancer, CONFIG_VERSION, Cluster, ClusterNetwork, ControlPlane, Etcd, Install,
+    Kubelet, Machine, MachineConfig, MachineType, Mesh, Network, PemKeyPair, Time,
 };
 use crate::pki::{self, Authority, PkiError, Role};
 
@@ -16,7 +24,94 @@ pub struct Bundle {
     pub client: ClientConfig,
 }
 
-#[derive(Debug, Clone)]
+/// A cluster's secrets: `secrets.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Secrets {
+    pub cluster: ClusterSecrets,
+    pub secrets: TokenSecrets,
+    pub certs: Certs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSecrets {
+    /// `cluster.id` of every config (base64, 32 bytes).
+    pub id: String,
+    /// `cluster.secret` of every config (base64, 32 bytes).
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenSecrets {
+    /// `machine.token`.
+    pub bootstrap_token: String,
+}
+
+/// The CAs, certificate and key each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Certs {
+    /// Machine (OS) CA: apid and slatectl.
+    pub os: PemKeyPair,
+    /// Kubernetes CA.
+    pub k8s: PemKeyPair,
+    /// etcd CA.
+    pub etcd: PemKeyPair,
+}
+
+impl Secrets {
+    /// New random secrets for cluster `name`.
+    pub fn generate(name: &str) -> Result<Self, GenerateError> {
+        let ca = |what: &str| -> Result<PemKeyPair, GenerateError> {
+            let ca = pki::generate_ca(&format!("{name} {what} CA"))?;
+            Ok(PemKeyPair::from_pem(&ca.cert_pem, Some(&ca.key_pem)))
+        };
+        Ok(Self {
+            cluster: ClusterSecrets {
+                id: random_b64()?,
+                secret: random_b64()?,
+            },
+            secrets: TokenSecrets {
+                bootstrap_token: token()?,
+            },
+            certs: Certs {
+                os: ca("machine")?,
+                k8s: ca("kubernetes")?,
+                etcd: ca("etcd")?,
+            },
+        })
+    }
+
+    /// Reads `secrets.yaml`, checking that every CA has its key.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, GenerateError> {
+        let s: Self = crate::yaml::from_str(text).map_err(|e| GenerateError::Secrets {
+            source_name: source_name.to_owned(),
+            reason: format!("line {}, column {}: {}", e.line, e.column, e.message),
+        })?;
+        for (field, pair) in [
+            ("certs.os", &s.certs.os),
+            ("certs.k8s", &s.certs.k8s),
+            ("certs.etcd", &s.certs.etcd),
+        ] {
+            let has_key = pair.key_pem().ok().flatten().is_some();
+            if !has_key || pair.crt_pem().is_err() {
+                return Err(GenerateError::Secrets {
+                    source_name: source_name.to_owned(),
+                    reason: format!("{field}: needs a base64 PEM certificate and key"),
+                });
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn to_yaml(&self) -> Result<String, config::ConfigError> {
+        crate::yaml::to_string(self).map_err(config::ConfigError::Serialize)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub cluster_name: String,
     /// Kubernetes API URL, `https://HOST:PORT`.
@@ -26,6 +121,8 @@ pub struct Options {
     /// apid endpoints written into the client config.
     pub client_endpoints: Vec<String>,
     pub install_disk: Option<String>,
+    /// Secrets of an existing cluster; new ones when `None`.
+    pub secrets: Option<Secrets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,58 +131,73 @@ pub enum GenerateError {
     BadName(String),
     #[error("endpoint {0:?} must look like https://HOST:PORT")]
     BadEndpoint(String),
+    #[error("{source_name}: {reason}")]
+    Secrets { source_name: String, reason: String },
     #[error("the system random number generator failed")]
     Random,
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
     let name = &opts.cluster_name;
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !name_ok {
+    if !config::is_label(name) {
         return Err(GenerateError::BadName(name.clone()));
     }
-    let host = endpoint_host(&opts.endpoint)
+    let host = config::endpoint_host(&opts.endpoint)
         .ok_or_else(|| GenerateError::BadEndpoint(opts.endpoint.clone()))?;
-
-    let machine_ca = pki::generate_ca(&format!("{name} machine CA"))?;
-    let kubernetes_ca = pki::generate_ca(&format!("{name} kubernetes CA"))?;
-    let admin = Authority::from_pem(&machine_ca.cert_pem, &machine_ca.key_pem)?
+    let secrets = match &opts.secrets {
+        Some(s) => s.clone(),
+        None => Secrets::generate(name)?,
+    };
+    let os_ca = &secrets.certs.os;
+    let admin = Authority::from_pem(&os_ca.crt_pem()?, &os_ca.key_pem()?.unwrap_or_default())?
         .issue_client("admin", Role::Admin)?;
 
-    let token = token()?;
-    let config = |kind| MachineConfig {
-        version: CONFIG_VERSION.into(),
-        machine: Machine {
-            kind,
-            token: token.clone(),
-            // Every node signs its own apid certificate for now, so it needs
-            // the CA key; a later trust service will issue them instead.
-            ca: PemKeyPair::from_pem(&machine_ca.cert_pem, Some(&machine_ca.key_pem)),
-            cert_sans: opts.additional_sans.clone(),
-            network: Network::default(),
-            install: Install {
-                disk: opts.install_disk.clone(),
+    let config = |kind| {
+        let controlplane = kind == MachineType::Controlplane;
+        // Workers get certificates only; the Kubernetes and etcd CA keys
+        // stay on the control plane.
+        let public = |pair: &PemKeyPair| PemKeyPair {
+            crt: pair.crt.clone(),
+            key: if controlplane { pair.key.clone() } else { None },
+        };
+        MachineConfig {
+            version: CONFIG_VERSION.into(),
+            machine: Machine {
+                kind,
+                token: secrets.secrets.bootstrap_token.clone(),
+                // Every node signs its own apid certificate for now, so it
+                // needs the CA key; a later trust service will issue them.
+                ca: os_ca.clone(),
+                cert_sans: opts.additional_sans.clone(),
+                network: Network::default(),
+                time: Time::default(),
+                install: Install {
+                    disk: opts.install_disk.clone(),
+                    wipe: false,
+                },
+                kubelet: Kubelet::default(),
             },
-        },
-        cluster: Cluster {
-            name: name.clone(),
-            control_plane: ControlPlane {
-                endpoint: opts.endpoint.clone(),
+            cluster: Cluster {
+                id: Some(secrets.cluster.id.clone()),
+                secret: Some(secrets.cluster.secret.clone()),
+                name: name.clone(),
+                control_plane: ControlPlane {
+                    endpoint: opts.endpoint.clone(),
+                },
+                ca: public(&secrets.certs.k8s),
+                network: ClusterNetwork::default(),
+                etcd: Etcd {
+                    ca: controlplane.then(|| secrets.certs.etcd.clone()),
+                    extra_args: Default::default(),
+                },
+                mesh: Mesh::default(),
+                api_balancer: ApiBalancer::default(),
             },
-            ca: PemKeyPair::from_pem(
-                &kubernetes_ca.cert_pem,
-                (kind == MachineType::Controlplane).then_some(kubernetes_ca.key_pem.as_str()),
-            ),
-            network: ClusterNetwork::default(),
-        },
+        }
     };
 
     let endpoints = if opts.client_endpoints.is_empty() {
@@ -99,7 +211,7 @@ pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
     };
     client.contexts.insert(
         name.clone(),
-        Context::new(endpoints, &machine_ca.cert_pem, &admin),
+        Context::new(endpoints, &os_ca.crt_pem()?, &admin),
     );
 
     Ok(Bundle {
@@ -109,18 +221,13 @@ pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
     })
 }
 
-/// The host of `https://HOST:PORT` (IPv6 in brackets), if the URL has that shape.
-fn endpoint_host(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("https://")?.trim_end_matches('/');
-    let (host, port) = match rest.strip_prefix('[') {
-        Some(v6) => {
-            let (h, p) = v6.split_once("]:")?;
-            (h, p)
-        }
-        None => rest.rsplit_once(':')?,
-    };
-    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p != 0))
-        .then(|| host.to_owned())
+fn random_b64() -> Result<String, GenerateError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| GenerateError::Random)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// A bootstrap token in Kubernetes' `[a-z0-9]{6}.[a-z0-9]{16}` shape.
@@ -156,6 +263,7 @@ mod tests {
             additional_sans: vec!["127.0.0.1".into()],
             client_endpoints: vec![],
             install_disk: None,
+            secrets: None,
         }
     }
 
@@ -167,8 +275,8 @@ mod tests {
             assert_eq!(&MachineConfig::parse(&yaml, "gen").unwrap(), config);
         }
         assert!(
-            bundle.worker.cluster.ca.key.is_none(),
-            "workers must not get the Kubernetes CA key"
+            bundle.worker.cluster.ca.key.is_none() && bundle.worker.cluster.etcd.ca.is_none(),
+            "workers must not get the Kubernetes or etcd CA keys"
         );
         let ctx = &bundle.client.contexts["demo"];
         assert_eq!(ctx.endpoints, vec!["10.0.0.1".to_string()]);
@@ -209,8 +317,38 @@ mod tests {
             );
         }
         assert_eq!(
-            endpoint_host("https://[fd00::1]:6443").as_deref(),
+            config::endpoint_host("https://[fd00::1]:6443").as_deref(),
             Some("fd00::1")
+        );
+    }
+
+    #[test]
+    fn configs_from_saved_secrets_belong_to_the_same_cluster() {
+        let secrets = Secrets::generate("demo").unwrap();
+        let text = secrets.to_yaml().unwrap();
+        let mut o = opts();
+        o.secrets = Some(Secrets::parse(&text, "secrets.yaml").unwrap());
+        let a = generate(&o).unwrap();
+        let b = generate(&o).unwrap();
+        assert_eq!(a.controlplane.machine.ca, b.controlplane.machine.ca);
+        assert_eq!(a.worker.machine.token, secrets.secrets.bootstrap_token);
+        assert_eq!(
+            a.worker.cluster.secret,
+            Some(secrets.cluster.secret.clone())
+        );
+        // A fresh cluster gets fresh secrets.
+        let c = generate(&opts()).unwrap();
+        assert_ne!(c.controlplane.machine.ca, a.controlplane.machine.ca);
+    }
+
+    #[test]
+    fn secrets_without_keys_are_refused() {
+        let mut s = Secrets::generate("demo").unwrap();
+        s.certs.etcd.key = None;
+        let err = Secrets::parse(&s.to_yaml().unwrap(), "secrets.yaml").unwrap_err();
+        assert!(
+            err.to_string().starts_with("secrets.yaml: certs.etcd:"),
+            "{err}"
         );
     }
 }

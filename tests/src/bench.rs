@@ -49,6 +49,7 @@ pub async fn run() -> anyhow::Result<()> {
         additional_sans: vec!["127.0.0.1".into()],
         client_endpoints: vec![],
         install_disk: None,
+        secrets: None,
     })?;
     let ctx = &bundle.client.contexts["bench"];
     let admin = Arc::new(tls::client(&ctx.ca_pem()?, Some(&ctx.identity()?))?);

@@ -26,6 +26,7 @@ fn cluster() -> Bundle {
         additional_sans: vec!["127.0.0.1".into()],
         client_endpoints: vec![],
         install_disk: None,
+        secrets: None,
     })
     .expect("generating a cluster")
 }

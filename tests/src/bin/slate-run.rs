@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             additional_sans: vec!["127.0.0.1".into()],
             client_endpoints: vec![format!("127.0.0.1:{port}")],
             install_disk: None,
+            secrets: None,
         })?;
         let write = |path: &PathBuf, text: String| {
             slate_machinery::fs::write_atomic(path, text.as_bytes(), 0o600)

@@ -46,3 +46,6 @@ fn message_of(rendered: &str) -> String {
         .map(|(_, message)| message);
     without_location.unwrap_or(line).to_owned()
 }
+
+mod index;
+pub use index::PathIndex;
