@@ -33,7 +33,7 @@ unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace
 
 qemu-test:
-	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot -- --include-ignored --test-threads 1
+	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot --test qemu_config -- --include-ignored --test-threads 1
 
 bench: image
 	$(BIN)/slate-bench

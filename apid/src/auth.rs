@@ -9,27 +9,29 @@ use tonic::{Request, Status};
 pub enum Access {
     /// A client certificate with at least this role.
     Role(Role),
-    /// Like `Role`, and also answered in safe mode without a certificate,
-    /// because the answer reveals nothing secret.
-    RoleOrSafeMode(Role),
+    /// Like `Role`, and also answered in maintenance mode without a
+    /// certificate: calls that reveal nothing secret, and apply-config,
+    /// which is how an unconfigured node gets its config.
+    RoleOrMaintenance(Role),
 }
 
-/// Checks `request` against `access`. `safe_mode` is the reason apid is in
-/// safe mode, if it is.
+/// Checks `request` against `access`. `maintenance` is the reason apid is
+/// in maintenance mode, if it is.
 pub fn authorize<T>(
     request: &Request<T>,
     access: Access,
-    safe_mode: Option<&str>,
+    maintenance: Option<&str>,
 ) -> Result<(), Status> {
-    if let Some(reason) = safe_mode {
+    if let Some(reason) = maintenance {
         return match access {
-            Access::RoleOrSafeMode(_) => Ok(()),
+            Access::RoleOrMaintenance(_) => Ok(()),
             Access::Role(_) => Err(Status::failed_precondition(format!(
-                "the node is in safe mode ({reason}); only version is available"
+                "the node is in maintenance mode ({reason}); only version, processes and \
+                 apply-config are available"
             ))),
         };
     }
-    let (Access::Role(needed) | Access::RoleOrSafeMode(needed)) = access;
+    let (Access::Role(needed) | Access::RoleOrMaintenance(needed)) = access;
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;

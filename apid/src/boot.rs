@@ -9,23 +9,49 @@ use slate_machinery::config::MachineConfig;
 use slate_machinery::pki::{self, Authority};
 use slate_machinery::tls;
 
-/// Files the other daemons publish (see `slate_machinery::constants`).
+/// Files the other daemons publish and machined's socket (see
+/// `slate_machinery::constants`).
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub config: PathBuf,
     pub config_error: PathBuf,
     pub network_ready: PathBuf,
+    pub machined_socket: PathBuf,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     Configured(Box<MachineConfig>),
     /// No usable config; the reason is shown to `--insecure` clients.
-    Safe(String),
+    Maintenance(String),
+}
+
+impl Mode {
+    /// The maintenance reason, if in maintenance mode.
+    pub fn maintenance(&self) -> Option<&str> {
+        match self {
+            Self::Configured(_) => None,
+            Self::Maintenance(reason) => Some(reason),
+        }
+    }
+}
+
+/// What machined has published right now, if anything.
+pub fn read_mode(paths: &Paths) -> Option<Mode> {
+    if let Ok(text) = std::fs::read_to_string(&paths.config) {
+        let source = paths.config.display().to_string();
+        return Some(match MachineConfig::from_json(&text, &source) {
+            Ok(config) => Mode::Configured(Box::new(config)),
+            Err(e) => Mode::Maintenance(format!("published config is invalid: {e}")),
+        });
+    }
+    std::fs::read_to_string(&paths.config_error)
+        .ok()
+        .map(|reason| Mode::Maintenance(reason.trim().to_owned()))
 }
 
 /// machined decides within milliseconds; if it publishes nothing for this
-/// long it is crash-looping, and a reachable node in safe mode is more
+/// long it is crash-looping, and a reachable node in maintenance mode is more
 /// useful than a silent one.
 const CONFIG_WAIT: Duration = Duration::from_secs(30);
 /// How long the server certificate waits for the node's first address.
@@ -39,18 +65,11 @@ const POLL: Duration = Duration::from_millis(10);
 pub async fn wait_for_mode(paths: &Paths) -> Mode {
     let start = Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(&paths.config) {
-            let source = paths.config.display().to_string();
-            return match MachineConfig::from_json(&text, &source) {
-                Ok(config) => Mode::Configured(Box::new(config)),
-                Err(e) => Mode::Safe(format!("published config is invalid: {e}")),
-            };
-        }
-        if let Ok(reason) = std::fs::read_to_string(&paths.config_error) {
-            return Mode::Safe(reason.trim().to_owned());
+        if let Some(mode) = read_mode(paths) {
+            return mode;
         }
         if start.elapsed() > CONFIG_WAIT {
-            return Mode::Safe(format!(
+            return Mode::Maintenance(format!(
                 "machined published no config within {}s",
                 CONFIG_WAIT.as_secs()
             ));
@@ -113,13 +132,15 @@ pub async fn tls_for(
             tracing::info!("API certificate for {}", names.join(", "));
             Ok(tls::server_mtls(&identity, &ca_pem)?)
         }
-        Mode::Safe(reason) => {
-            tracing::error!("SAFE MODE: {reason}");
+        Mode::Maintenance(reason) => {
+            tracing::error!("MAINTENANCE MODE: {reason}");
+            tracing::warn!("maintenance mode: reachable as {}", names.join(", "));
             let identity = pki::self_signed_server(key, &hostname, &names)
                 .context("creating a self-signed certificate")?;
             let der = pki::pem_to_der(&identity.cert_pem)?;
             tracing::warn!(
-                "safe-mode certificate fingerprint (SHA-256) {}",
+                "maintenance-mode certificate fingerprint (SHA-256) {}; apply a config with \
+                 slatectl apply-config --insecure",
                 pki::fingerprint(&der)
             );
             Ok(tls::server_anonymous(&identity)?)

@@ -7,9 +7,14 @@
 //!   the same CA. The role in the client certificate's Organization decides
 //!   which calls it may make ([`auth`]).
 //! - Without a usable config (machined published an error instead), apid
-//!   runs in **safe mode**: a self-signed certificate whose fingerprint goes
-//!   to the console, no client certificates, and only the calls that reveal
-//!   nothing secret (`Version`).
+//!   runs in **maintenance mode**: a self-signed certificate whose
+//!   fingerprint goes to the console, no client certificates, and only the
+//!   calls that reveal nothing secret (`Version`, `Processes`) plus
+//!   `ApplyConfiguration`, which gives the node its config. apid follows
+//!   the published config ([`live`]): once one is applied, new connections
+//!   need a client certificate of the machine CA.
+//! - Calls that change the node are authorized here and forwarded to
+//!   machined's Unix socket.
 //! - TLS is terminated by our own accept loop ([`listener`]) so that a
 //!   refused client is logged with its address and reason.
 //!
@@ -21,6 +26,7 @@
 pub mod auth;
 pub mod boot;
 pub mod listener;
+pub mod live;
 pub mod machine;
 pub mod sysinfo;
 
@@ -33,6 +39,29 @@ use slate_machinery::constants;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
 
 pub use boot::Paths;
+
+/// The process: logging, a one-thread runtime, [`run`]. Returns only on
+/// failure (init restarts apid).
+pub fn main() -> std::process::ExitCode {
+    slate_machinery::logging::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Paths::default())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs apid until the process is killed.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
@@ -65,17 +94,26 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     let key = tokio::task::spawn_blocking(slate_machinery::pki::ServerKey::generate);
     let mode = boot::wait_for_mode(&paths).await;
     tracing::debug!("config verdict received");
-    let key = key
-        .await
-        .context("joining the key generation thread")?
-        .context("generating the API server key")?;
+    let key = Arc::new(
+        key.await
+            .context("joining the key generation thread")?
+            .context("generating the API server key")?,
+    );
     let tls = boot::tls_for(&mode, &key, &paths)
         .await
         .context("setting up TLS")?;
-    let service = machine::MachineApi::new(match &mode {
-        boot::Mode::Configured(_) => None,
-        boot::Mode::Safe(reason) => Some(reason.clone()),
-    });
+    let maintenance = mode.maintenance().is_some();
+    let mode = Arc::new(std::sync::RwLock::new(mode));
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls));
+    tokio::spawn(live::follow(
+        paths.clone(),
+        Arc::clone(&key),
+        Arc::clone(&mode),
+        tls_tx,
+    ));
+    let machined =
+        slate_machinery::client::machine(slate_machinery::client::local(&paths.machined_socket));
+    let service = machine::MachineApi::new(mode, machined);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(slate_proto::FILE_DESCRIPTOR_SET)
@@ -84,8 +122,8 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
 
     tracing::info!(
         "serving the API on {addr} ({})",
-        if service.safe_mode() {
-            "SAFE MODE, self-signed, no client certificates"
+        if maintenance {
+            "MAINTENANCE MODE, self-signed, no client certificates"
         } else {
             "mutual TLS"
         }
@@ -93,7 +131,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     tonic::transport::Server::builder()
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))
-        .serve_with_incoming(listener::tls_incoming(listener, Arc::new(tls)))
+        .serve_with_incoming(listener::tls_incoming(listener, tls_rx))
         .await
         .context("serving gRPC")
 }
@@ -105,6 +143,7 @@ impl Default for Paths {
             config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             network_ready: PathBuf::from(constants::NETWORK_READY_FILE),
+            machined_socket: PathBuf::from(constants::MACHINED_SOCKET),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! TLS accept loop feeding tonic. Each handshake runs in its own task with a
 //! deadline, so a client that connects and says nothing cannot hold up
-//! others, and refused clients are logged with their address.
+//! others, and refused clients are logged with their address. Each new
+//! connection uses the TLS configuration current at its accept: when the
+//! node leaves maintenance mode, the next handshake already requires a
+//! client certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +20,9 @@ const BACKLOG: usize = 64;
 
 pub fn tls_incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -33,7 +35,8 @@ pub fn tls_incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let acceptor = TlsAcceptor::from(Arc::clone(&config.borrow()));
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {

@@ -1,30 +1,87 @@
-//! `slate.machine.v1.MachineService`: each RPC authorizes, then calls a
-//! plain function.
+//! `slate.machine.v1.MachineService`: each RPC authorizes, then answers
+//! itself (read-only facts of the node) or forwards to machined (calls
+//! that change the node).
 
 use std::path::Path;
 
-use slate_machinery::pki::Role;
+use slate_machinery::pki::{Authority, Role};
 use slate_machinery::version;
+use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
-use slate_proto::machine::{ProcessesRequest, ProcessesResponse, VersionRequest, VersionResponse};
+use slate_proto::machine::{
+    ApplyConfigurationRequest, ApplyConfigurationResponse, GenerateClientConfigurationRequest,
+    GenerateClientConfigurationResponse, GetMachineConfigRequest, GetMachineConfigResponse,
+    ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse, ShutdownRequest,
+    ShutdownResponse, VersionRequest, VersionResponse,
+};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Access, authorize};
+use crate::boot::Mode;
+use crate::live::SharedMode;
 use crate::sysinfo;
 
 pub struct MachineApi {
-    /// Why the node is in safe mode, if it is.
-    safe_mode: Option<String>,
+    mode: SharedMode,
+    machined: MachineServiceClient<Channel>,
 }
 
 impl MachineApi {
-    pub fn new(safe_mode: Option<String>) -> Self {
-        Self { safe_mode }
+    pub fn new(mode: SharedMode, machined: MachineServiceClient<Channel>) -> Self {
+        Self { mode, machined }
     }
 
-    pub fn safe_mode(&self) -> bool {
-        self.safe_mode.is_some()
+    /// Why the node is in maintenance mode, if it is.
+    fn maintenance(&self) -> Option<String> {
+        let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
+        mode.maintenance().map(str::to_owned)
     }
+
+    fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        authorize(request, access, self.maintenance().as_deref())
+    }
+
+    fn machined(&self) -> MachineServiceClient<Channel> {
+        self.machined.clone()
+    }
+
+    /// The machine CA of the running config (with its key).
+    fn authority(&self) -> Result<(String, Authority), Status> {
+        let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
+        let Mode::Configured(config) = &*mode else {
+            return Err(Status::failed_precondition("the node has no config"));
+        };
+        let ca = &config.machine.ca;
+        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("machine CA: {e}"));
+        let crt = ca.crt_pem().map_err(|e| internal(&e))?;
+        let key = ca.key_pem().map_err(|e| internal(&e))?.ok_or_else(|| {
+            Status::failed_precondition("this node does not hold the machine CA key")
+        })?;
+        let authority = Authority::from_pem(&crt, &key).map_err(|e| internal(&e))?;
+        Ok((crt, authority))
+    }
+}
+
+/// Forwards a call to machined, keeping its status (a validation error
+/// stays InvalidArgument with machined's message); an unreachable machined
+/// is named as such.
+async fn forward<T, R, F, Fut>(
+    client: MachineServiceClient<Channel>,
+    request: T,
+    call: F,
+) -> Result<Response<R>, Status>
+where
+    F: FnOnce(MachineServiceClient<Channel>, Request<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+{
+    call(client, Request::new(request)).await.map_err(|s| {
+        if s.code() == tonic::Code::Unavailable {
+            Status::unavailable(format!("machined is not answering: {}", s.message()))
+        } else {
+            s
+        }
+    })
 }
 
 #[tonic::async_trait]
@@ -33,30 +90,106 @@ impl MachineService for MachineApi {
         &self,
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        authorize(
-            &request,
-            Access::RoleOrSafeMode(Role::Reader),
-            self.safe_mode.as_deref(),
-        )?;
-        Ok(Response::new(version_info(self.safe_mode.as_deref())))
+        self.authorize(&request, Access::RoleOrMaintenance(Role::Reader))?;
+        Ok(Response::new(version_info(self.maintenance())))
     }
 
     async fn processes(
         &self,
         request: Request<ProcessesRequest>,
     ) -> Result<Response<ProcessesResponse>, Status> {
-        authorize(
-            &request,
-            Access::Role(Role::Reader),
-            self.safe_mode.as_deref(),
-        )?;
+        self.authorize(&request, Access::RoleOrMaintenance(Role::Reader))?;
         Ok(Response::new(ProcessesResponse {
             processes: sysinfo::processes(Path::new("/proc")),
         }))
     }
+
+    async fn apply_configuration(
+        &self,
+        request: Request<ApplyConfigurationRequest>,
+    ) -> Result<Response<ApplyConfigurationResponse>, Status> {
+        self.authorize(&request, Access::RoleOrMaintenance(Role::Admin))?;
+        forward(
+            self.machined(),
+            request.into_inner(),
+            |mut c, r| async move { c.apply_configuration(r).await },
+        )
+        .await
+    }
+
+    async fn get_machine_config(
+        &self,
+        request: Request<GetMachineConfigRequest>,
+    ) -> Result<Response<GetMachineConfigResponse>, Status> {
+        let needed = if request.get_ref().show_secrets {
+            Role::Admin
+        } else {
+            Role::Reader
+        };
+        self.authorize(&request, Access::Role(needed))?;
+        forward(
+            self.machined(),
+            request.into_inner(),
+            |mut c, r| async move { c.get_machine_config(r).await },
+        )
+        .await
+    }
+
+    async fn generate_client_configuration(
+        &self,
+        request: Request<GenerateClientConfigurationRequest>,
+    ) -> Result<Response<GenerateClientConfigurationResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Admin))?;
+        let r = request.into_inner();
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e: slate_machinery::pki::PkiError| Status::invalid_argument(e.to_string()))?;
+        let name = if r.name.is_empty() {
+            role.as_str().to_owned()
+        } else {
+            r.name
+        };
+        let (ca_pem, authority) = self.authority()?;
+        let id = authority
+            .issue_client(&name, role)
+            .map_err(|e| Status::internal(format!("issuing the certificate: {e}")))?;
+        tracing::info!("issued a client certificate for {name:?} with role {role}");
+        Ok(Response::new(GenerateClientConfigurationResponse {
+            ca_pem,
+            crt_pem: id.cert_pem,
+            key_pem: id.key_pem,
+        }))
+    }
+
+    async fn reboot(
+        &self,
+        request: Request<RebootRequest>,
+    ) -> Result<Response<RebootResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Operator))?;
+        forward(
+            self.machined(),
+            request.into_inner(),
+            |mut c, r| async move { c.reboot(r).await },
+        )
+        .await
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Operator))?;
+        forward(
+            self.machined(),
+            request.into_inner(),
+            |mut c, r| async move { c.shutdown(r).await },
+        )
+        .await
+    }
 }
 
-fn version_info(safe_mode: Option<&str>) -> VersionResponse {
+fn version_info(maintenance: Option<String>) -> VersionResponse {
     let (kernel, arch) = sysinfo::kernel_and_arch();
     VersionResponse {
         tag: version::TAG.to_owned(),
@@ -66,7 +199,7 @@ fn version_info(safe_mode: Option<&str>) -> VersionResponse {
         hostname: sysinfo::hostname(),
         uptime_ms: sysinfo::uptime_ms(),
         boot_time_unix: sysinfo::boot_time_unix(Path::new("/proc")),
-        safe_mode: safe_mode.is_some(),
-        safe_mode_reason: safe_mode.unwrap_or_default().to_owned(),
+        maintenance: maintenance.is_some(),
+        maintenance_reason: maintenance.unwrap_or_default(),
     }
 }

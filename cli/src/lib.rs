@@ -67,6 +67,17 @@ pub enum Command {
     /// Generate configs and secrets.
     #[command(subcommand)]
     Gen(cmd::gen_config::GenCommand),
+    /// Apply a machine config to the nodes (--insecure for a node in maintenance mode).
+    ApplyConfig(cmd::apply_config::ApplyConfigArgs),
+    /// Show the nodes' state: `get machineconfig`.
+    Get(cmd::get::GetArgs),
+    /// Reboot the nodes in order.
+    Reboot,
+    /// Power the nodes off in order.
+    Shutdown,
+    /// Manage client configs.
+    #[command(subcommand)]
+    Config(cmd::config_new::ConfigCommand),
     /// Check a machine config and print every problem with its line.
     Validate(cmd::validate::ValidateArgs),
     /// Work on machine config files.
@@ -81,6 +92,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MachineConfig(cmd) => cmd::machineconfig::run(cmd),
         Command::Version(args) => block_on(cmd::version::run(&cli.global, args)),
         Command::Processes(args) => block_on(cmd::processes::run(&cli.global, args)),
+        Command::ApplyConfig(args) => block_on(cmd::apply_config::run(&cli.global, args)),
+        Command::Get(args) => block_on(cmd::get::run(&cli.global, args)),
+        Command::Reboot => block_on(cmd::power::run(&cli.global, cmd::power::Action::Reboot)),
+        Command::Shutdown => block_on(cmd::power::run(&cli.global, cmd::power::Action::Shutdown)),
+        Command::Config(cmd) => block_on(cmd::config_new::run(&cli.global, cmd)),
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod cpio;
 pub mod exec;
+pub mod hostbin;
 pub mod initramfs;
 pub mod iso;
 pub mod kernel;
@@ -103,7 +104,7 @@ pub enum Error {
 }
 
 /// The input binaries, by file name in `--bin-dir`.
-pub const INPUT_BINARIES: &[&str] = &["init", "machined", "apid", "networkd"];
+pub const INPUT_BINARIES: &[&str] = &["init", "slated"];
 
 /// The full kernel command line: `base` plus the user's extra arguments.
 pub fn cmdline(base: &str, extra: Option<&str>) -> String {

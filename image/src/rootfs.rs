@@ -16,16 +16,14 @@ use crate::kernel::Kernel;
 use crate::tools::{Tool, Toolbox};
 
 /// Binaries from `--bin-dir` and where they go in the root image.
-pub const BINARIES: &[(&str, &str)] = &[
-    ("init", "sbin/init"),
-    ("machined", "usr/bin/machined"),
-    ("apid", "usr/bin/apid"),
-    ("networkd", "usr/bin/networkd"),
-];
+pub const BINARIES: &[(&str, &str)] = &[("init", "sbin/init"), ("slated", "usr/bin/slated")];
+
+/// The daemons, each a name of the multi-call `slated` (see slated/).
+const DAEMON_LINKS: &[&str] = &["usr/bin/machined", "usr/bin/apid", "usr/bin/networkd"];
 
 /// Empty mount points and writable-overlay targets.
 const DIRS: &[&str] = &[
-    "dev", "proc", "sys", "run", "tmp", "var", "etc", "mnt", "sbin", "usr", "usr/bin",
+    "dev", "proc", "sys", "run", "tmp", "var", "etc", "mnt", "sbin", "usr", "usr/bin", "usr/sbin",
 ];
 
 /// Module index files copied from the package: depmod needs `modules.builtin`
@@ -48,6 +46,8 @@ pub enum RootfsError {
         #[source]
         source: ExecError,
     },
+    #[error(transparent)]
+    HostBin(#[from] crate::hostbin::HostBinError),
     #[error("packing {path}")]
     Mksquashfs {
         path: PathBuf,
@@ -81,6 +81,21 @@ pub fn build(tools: &Toolbox, work: &Path, inputs: &Inputs) -> Result<PathBuf, R
     }
     for (name, dest) in BINARIES {
         copy(&inputs.bin_dir.join(name), &staging.join(dest), 0o755)?;
+    }
+    for link in DAEMON_LINKS {
+        let path = staging.join(link);
+        symlink("slated", &path).map_err(io("creating the symlink", &path))?;
+    }
+    for (tool, dest) in crate::hostbin::PROGRAMS {
+        let program = tools.path(*tool);
+        copy(program, &staging.join(dest), 0o755)?;
+        for lib in crate::hostbin::libraries(tools, program)? {
+            let inside = staging.join(lib.strip_prefix("/").unwrap_or(&lib));
+            copy(&lib, &inside, 0o755)?;
+        }
+    }
+    for (src, dest) in crate::hostbin::DATA {
+        copy(Path::new(src), &staging.join(dest), 0o644)?;
     }
     write(&staging.join("etc/os-release"), &os_release(inputs.version))?;
     write(&staging.join("etc/hosts"), HOSTS)?;

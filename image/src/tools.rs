@@ -19,6 +19,8 @@ pub enum Tool {
     Depmod,
     Mksquashfs,
     Zstd,
+    Ldd,
+    Mke2fs,
     GrubMkrescue,
     Xorriso,
     Mformat,
@@ -35,6 +37,8 @@ impl Tool {
         Tool::Depmod,
         Tool::Mksquashfs,
         Tool::Zstd,
+        Tool::Ldd,
+        Tool::Mke2fs,
     ];
     /// Extra tools for the ISO.
     pub const ISO: &[Tool] = &[
@@ -54,6 +58,8 @@ impl Tool {
             Tool::Depmod => "depmod",
             Tool::Mksquashfs => "mksquashfs",
             Tool::Zstd => "zstd",
+            Tool::Ldd => "ldd",
+            Tool::Mke2fs => "mke2fs",
             Tool::GrubMkrescue => "grub-mkrescue",
             Tool::Xorriso => "xorriso",
             Tool::Mformat => "mformat",
@@ -70,6 +76,8 @@ impl Tool {
             Tool::Depmod => "kmod",
             Tool::Mksquashfs => "squashfs-tools",
             Tool::Zstd => "zstd",
+            Tool::Ldd => "libc-bin",
+            Tool::Mke2fs => "e2fsprogs",
             Tool::GrubMkrescue => "grub-common",
             Tool::Xorriso => "xorriso",
             Tool::Mformat => "mtools",

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libblkid_rs::{BlkidFltr, BlkidProbe, BlkidSafeprobeRet, BlkidSublks, BlkidSublksFlags};
 use nix::mount::{MntFlags, MsFlags};
 use slate_machinery::constants::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
 
@@ -125,7 +124,7 @@ fn read_limited(device: &Path, path: &Path) -> Result<Option<String>, ConfigDriv
 fn find_drive() -> Option<(PathBuf, String)> {
     let start = Instant::now();
     loop {
-        for device in block_devices(Path::new(SYS_CLASS_BLOCK)) {
+        for device in block_devices(Path::new(crate::blockdev::SYS_CLASS_BLOCK)) {
             if let Some(fstype) = probe_label(&device) {
                 return Some((device, fstype));
             }
@@ -139,50 +138,20 @@ fn find_drive() -> Option<(PathBuf, String)> {
     }
 }
 
-const SYS_CLASS_BLOCK: &str = "/sys/class/block";
-
 /// Block devices that may hold a config drive, as `/dev/NAME`, sorted.
 /// Loop and RAM devices are skipped: the root image is a loop device, and
 /// a config drive is always a real (or virtual) disk.
 fn block_devices(sys_class_block: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(sys_class_block) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| !["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)))
-        .map(|name| Path::new("/dev").join(name))
-        .collect();
-    out.sort();
-    out
+    let names = crate::blockdev::names(sys_class_block)
+        .into_iter()
+        .filter(|name| !["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)));
+    crate::blockdev::dev_paths(names).collect()
 }
 
 /// The filesystem type of `device` if it carries the config drive label.
-///
-/// A low-level libblkid probe restricted to the two filesystems a nocloud
-/// drive may use: probing every known superblock type on every device (what
-/// `blkid_probe_all` does) took ~100 ms of a 2 s boot under emulation.
-/// Devices that cannot be opened (an empty CD-ROM) are simply not it.
 fn probe_label(device: &Path) -> Option<String> {
-    let mut probe = BlkidProbe::new_from_filename(device).ok()?;
-    probe.enable_partitions(false).ok()?;
-    probe.enable_superblocks(true).ok()?;
-    probe
-        .set_superblock_flags(BlkidSublksFlags::new(vec![
-            BlkidSublks::Label,
-            BlkidSublks::Type,
-        ]))
-        .ok()?;
-    probe
-        .filter_superblock_type(BlkidFltr::Onlyin, &CONFIG_DRIVE_FILESYSTEMS)
-        .ok()?;
-    if !matches!(probe.do_safeprobe(), Ok(BlkidSafeprobeRet::Success)) {
-        return None;
-    }
-    let label = probe.lookup_value("LABEL").ok()?;
-    (label == CONFIG_DRIVE_LABEL)
-        .then(|| probe.lookup_value("TYPE").ok())
-        .flatten()
+    let (label, fstype) = crate::blockdev::label_and_type(device, &CONFIG_DRIVE_FILESYSTEMS)?;
+    (label == CONFIG_DRIVE_LABEL).then_some(fstype)
 }
 
 /// Filesystems a nocloud config drive may use.

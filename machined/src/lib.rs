@@ -1,35 +1,49 @@
 //! machined owns the machine config.
 //!
-//! # Boot flow (this stage of the project)
-//! 1. Look for a nocloud config drive: a block device labelled `cidata`
-//!    (ISO 9660 or vfat), found with libblkid, whose file `user-data` is the
-//!    machine config YAML ([`configdrive`]).
-//! 2. Parse and validate it. A valid config is published to
+//! # Boot flow
+//! 1. Find the config, in order: the STATE volume ([`disk`], [`state`]), a nocloud
+//!    config drive (a block device labelled `cidata` whose `user-data` is
+//!    the config, [`configdrive`]); else the node is in maintenance mode.
+//! 2. Publish the verdict ([`publish`]): a valid config to
 //!    `/run/slate/machine-config.json` for apid and networkd; otherwise one
-//!    line naming the file, line and error goes to the console and to
-//!    `/run/slate/machine-config.error`, and apid serves in safe mode
-//!    ([`publish`]).
-//! 3. Stay up: init restarts machined if it exits, and a restart would
-//!    just publish the same verdict again.
+//!    line naming the source, line and error to the console and to
+//!    `/run/slate/machine-config.error`, and apid serves in maintenance mode.
+//! 3. Serve the machine service's changing calls on
+//!    `/run/slate/machined.sock` ([`api`]): apply-config with its modes
+//!    ([`node`]), the running config, reboot and shutdown ([`power`]).
+//!
+//! machined never exits on bad input: init would restart it forever.
 //!
 //! # Limitations
-//! STATE persistence, `slate.config=URL`, apply-config and service
-//! supervision come with their own issues.
+//! `slate.config=URL` and service supervision come with their own issues.
 
+pub mod api;
+pub mod blockdev;
 pub mod configdrive;
+pub mod disk;
+pub mod node;
+pub mod power;
 pub mod publish;
+pub mod state;
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use slate_machinery::constants;
+use slate_proto::machine::machine_service_server::MachineServiceServer;
 
-/// Where machined publishes its verdict on the config.
+use crate::node::{Node, Source, Storage};
+use crate::power::Power;
+use crate::publish::Verdict;
+
+/// Where machined publishes its verdict and serves its socket.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub config: PathBuf,
     pub config_error: PathBuf,
     /// Where the config drive is mounted while it is read.
     pub mount_point: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Default for Paths {
@@ -38,28 +52,88 @@ impl Default for Paths {
             config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             mount_point: PathBuf::from(constants::RUN_DIR).join("cidata"),
+            socket: PathBuf::from(constants::MACHINED_SOCKET),
         }
     }
 }
 
-/// Loads and publishes the config, then waits for signals forever.
+/// The process: logging, then [`run`], which never returns.
+pub fn main() -> std::process::ExitCode {
+    slate_machinery::logging::init();
+    run(&Paths::default())
+}
+
+/// Loads and publishes the config, then serves the socket forever.
 pub fn run(paths: &Paths) -> ! {
-    tracing::debug!("looking for the config drive");
-    let verdict = match configdrive::read_user_data(&paths.mount_point) {
-        Ok(Some(found)) => publish::Verdict::from_user_data(&found),
-        Ok(None) => publish::Verdict::Missing,
-        Err(e) => publish::Verdict::Unreadable(format!("{:#}", anyhow::Error::from(e))),
-    };
-    tracing::debug!("config drive read and parsed");
-    if let Err(e) = publish::publish(&verdict, paths) {
-        // Without a published verdict apid falls back to safe mode on its
-        // own after a while; nothing better to do than say why.
-        tracing::error!(
-            "publishing the machine config: {:#}",
-            anyhow::Error::from(e)
-        );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            let mount_point = PathBuf::from(constants::STATE_MOUNT);
+            let state = disk::find_state().and_then(|device| {
+                match disk::mount_state(&device, &mount_point) {
+                    Ok(()) => Some(state::State::new(&mount_point)),
+                    Err(e) => {
+                        tracing::error!("{:#}", anyhow::Error::from(e));
+                        None
+                    }
+                }
+            });
+            let storage = Storage::Disks { mount_point };
+            let node = runtime.block_on(boot(paths, storage, state, Power::Init));
+            if let Err(e) = runtime.block_on(serve(paths, node)) {
+                tracing::error!("{e:#}");
+            }
+        }
+        Err(e) => tracing::error!("starting the runtime: {e}"),
     }
+    // Exiting would only make init restart us into the same failure.
     loop {
         nix::unistd::pause();
     }
+}
+
+/// Finds the config (STATE first, then the config drive) and publishes it.
+pub async fn boot(
+    paths: &Paths,
+    storage: Storage,
+    state: Option<state::State>,
+    power: Power,
+) -> std::sync::Arc<Node> {
+    let stored = state.as_ref().and_then(state::State::load);
+    let node = Node::new(paths.clone(), storage, state, power);
+    if let Some(config) = stored {
+        tracing::info!("machine config from STATE");
+        node.boot(Verdict::valid(config), Source::State).await;
+        return node;
+    }
+    tracing::debug!("looking for the config drive");
+    let mount_point = paths.mount_point.clone();
+    let found =
+        tokio::task::spawn_blocking(move || configdrive::read_user_data(&mount_point)).await;
+    let verdict = match found {
+        Ok(Ok(Some(found))) => Verdict::from_user_data(&found),
+        Ok(Ok(None)) => Verdict::Missing,
+        Ok(Err(e)) => Verdict::Unreadable(format!("{:#}", anyhow::Error::from(e))),
+        Err(e) => Verdict::Unreadable(format!("reading the config drive: {e}")),
+    };
+    node.boot(verdict, Source::ConfigDrive).await;
+    node
+}
+
+/// Serves machined's socket.
+pub async fn serve(paths: &Paths, node: std::sync::Arc<Node>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A socket left by an earlier machined would make bind fail.
+    let _ = std::fs::remove_file(&paths.socket);
+    let listener = tokio::net::UnixListener::bind(&paths.socket)
+        .with_context(|| format!("listening on {}", paths.socket.display()))?;
+    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", paths.socket.display()))?;
+    tonic::transport::Server::builder()
+        .add_service(MachineServiceServer::new(api::MachinedApi::new(node)))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .await
+        .context("serving machined's socket")
 }

@@ -1,7 +1,6 @@
-//! machined: loads the machine config and (later) runs the node's services.
+//! machined: owns the machine config and (later) runs the node's services.
 //! Started and restarted by init.
 
-fn main() {
-    slate_machinery::logging::init();
-    slate_machined::run(&slate_machined::Paths::default());
+fn main() -> std::process::ExitCode {
+    slate_machined::main()
 }

@@ -23,9 +23,16 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn from_user_data(found: &UserData) -> Self {
-        let parsed = MachineConfig::parse(&found.text, &found.source_name());
-        match parsed.and_then(|config| Ok((config.to_json()?, config))) {
-            Ok((json, config)) => Self::Valid {
+        match MachineConfig::parse(&found.text, &found.source_name()) {
+            Ok(config) => Self::valid(config),
+            Err(e) => Self::Invalid(e.to_string()),
+        }
+    }
+
+    /// A config that passed validation.
+    pub fn valid(config: MachineConfig) -> Self {
+        match config.to_json() {
+            Ok(json) => Self::Valid {
                 config: Box::new(config),
                 json,
             },
@@ -51,9 +58,9 @@ pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError>
         }
         Verdict::Invalid(e) => format!("invalid machine config: {e}"),
         Verdict::Unreadable(e) => format!("config drive unreadable: {e}"),
-        Verdict::Missing => {
-            "no machine config: no volume labelled cidata with a user-data file".to_owned()
-        }
+        Verdict::Missing => "no machine config (none on STATE, no volume labelled cidata \
+                             with a user-data file): waiting for apply-config"
+            .to_owned(),
     };
     tracing::error!("{reason}");
     let _ = std::fs::remove_file(&paths.config);
@@ -70,6 +77,7 @@ mod tests {
             config: dir.join("config.json"),
             config_error: dir.join("config.error"),
             mount_point: dir.join("mnt"),
+            socket: dir.join("machined.sock"),
         }
     }
 

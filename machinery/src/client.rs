@@ -144,6 +144,23 @@ pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<Channel,
         })
 }
 
+/// A gRPC channel to a daemon's Unix socket on this node (machined's, for
+/// apid). Connects lazily, and again after the daemon restarted, so the
+/// caller may create it once at start.
+pub fn local(socket: &std::path::Path) -> Channel {
+    let socket = socket.to_owned();
+    // The URI is a placeholder: the connector below decides where to dial.
+    Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(
+        move |_: http::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        },
+    ))
+}
+
 /// The machine API on a channel.
 pub fn machine(channel: Channel) -> MachineServiceClient<Channel> {
     MachineServiceClient::new(channel)

@@ -28,6 +28,19 @@ pub const NETWORK_READY_FILE: &str = "/run/slate/network.ready";
 /// because the root filesystem is read-only.
 pub const RESOLV_CONF_FILE: &str = "/run/slate/resolv.conf";
 
+/// machined's gRPC socket: the machine service's calls that change the
+/// node (apply-config, reboot, …), which apid forwards after checking the
+/// caller's role. Mode 0600: only root daemons reach it.
+pub const MACHINED_SOCKET: &str = "/run/slate/machined.sock";
+
+/// GPT partition name and ext4 label of the STATE volume (machine config,
+/// node keys), and where machined mounts it (mode 0700).
+pub const STATE_LABEL: &str = "STATE";
+pub const STATE_MOUNT: &str = "/run/slate/state";
+
+/// mke2fs in the root image (from Debian's e2fsprogs, see image/src/hostbin.rs).
+pub const MKE2FS_BIN: &str = "/usr/sbin/mke2fs";
+
 /// Where stage 2 finds the daemons it supervises.
 pub const MACHINED_BIN: &str = "/usr/bin/machined";
 pub const APID_BIN: &str = "/usr/bin/apid";

@@ -184,6 +184,34 @@ fn create_parent(path: &Path) -> Result<(), RunError> {
 
 pub use slate_machinery::error::chain as error_chain;
 
+/// The process: logging, a one-thread runtime, [`run`]. Returns only on
+/// failure (init restarts networkd).
+pub fn main() -> std::process::ExitCode {
+    slate_machinery::logging::init();
+    match run_process() {
+        Ok(never) => match never {},
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_process() -> anyhow::Result<std::convert::Infallible> {
+    use anyhow::Context as _;
+    let opts = Options::from_env_with(|k| std::env::var(k).ok());
+    // One thread: networkd waits on a few sockets and timers, and the
+    // multi-thread runtime's worker stacks would be most of its memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime
+        .block_on(run(opts))
+        .context("configuring the network")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

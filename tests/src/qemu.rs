@@ -47,8 +47,11 @@ pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 #[derive(Debug, Clone)]
 pub struct VmOptions {
     pub boot: Boot,
-    /// A config drive image attached as a second virtio disk.
+    /// A config drive image attached as a virtio disk.
     pub config_drive: Option<PathBuf>,
+    /// A raw image attached as the first virtio disk (`/dev/vda`): the
+    /// system disk, where machined keeps STATE.
+    pub system_disk: Option<PathBuf>,
     pub memory_mib: u32,
     /// vCPUs: 2 by default, the smallest shape clouds offer;
     /// `SLATE_SMP` overrides it.
@@ -62,6 +65,7 @@ impl VmOptions {
         Self {
             boot,
             config_drive: None,
+            system_disk: None,
             memory_mib: 1024,
             cpus: default_cpus(),
             extra_cmdline: None,
@@ -162,6 +166,10 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
             cmd.args(["-boot", "d"]);
         }
     }
+    if let Some(disk) = &opts.system_disk {
+        cmd.arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw", disk.display()));
+    }
     if let Some(drive) = &opts.config_drive {
         cmd.arg("-drive").arg(format!(
             "file={},if=virtio,format=raw,readonly=on",
@@ -231,6 +239,18 @@ impl Vm {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until QEMU exits (the guest powered off or, with
+    /// `-no-reboot`, rebooted); false if it still runs at `deadline`.
+    pub async fn wait_for_exit(&mut self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// True while QEMU runs (the guest has not powered off).

@@ -66,7 +66,11 @@ async fn boots_and_answers(boot_kind: Boot) -> (Vm, Bundle) {
         "hostname {:?}; console:\n{tail}",
         v.hostname
     );
-    assert!(!v.safe_mode, "unexpected safe mode: {}", v.safe_mode_reason);
+    assert!(
+        !v.maintenance,
+        "unexpected maintenance mode: {}",
+        v.maintenance_reason
+    );
     assert!(v.uptime_ms > 0 && v.boot_time_unix > 1_500_000_000);
     // The console must show the DHCP lease networkd got from QEMU.
     assert!(
@@ -155,11 +159,14 @@ async fn invalid_config_drive_gives_safe_mode_not_a_crash_loop() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
     let tail = vm.console_tail(80);
-    assert!(v.safe_mode, "node should be in safe mode; console:\n{tail}");
     assert!(
-        v.safe_mode_reason.contains("/user-data: line 3"),
+        v.maintenance,
+        "node should be in maintenance mode; console:\n{tail}"
+    );
+    assert!(
+        v.maintenance_reason.contains("/user-data: line 3"),
         "{}",
-        v.safe_mode_reason
+        v.maintenance_reason
     );
 
     // The console names the file, the line and the error.

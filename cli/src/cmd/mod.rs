@@ -1,7 +1,11 @@
 //! One module per subcommand.
+pub mod apply_config;
+pub mod config_new;
 pub mod gen_config;
+pub mod get;
 pub mod machineconfig;
 mod patch_args;
+pub mod power;
 pub mod processes;
 pub mod validate;
 pub mod version;

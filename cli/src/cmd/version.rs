@@ -38,7 +38,7 @@ struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     boot_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    safe_mode: Option<String>,
+    maintenance: Option<String>,
 }
 
 impl Rows for Row {
@@ -81,7 +81,7 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
         hostname: String::new(),
         uptime_ms: None,
         boot_time: None,
-        safe_mode: None,
+        maintenance: None,
     }];
     let mut ok = true;
     if !args.client {
@@ -96,8 +96,11 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
             .await;
         ok = all_ok;
         for (target, v) in results {
-            if v.safe_mode {
-                eprintln!("warning: {target} is in safe mode: {}", v.safe_mode_reason);
+            if v.maintenance {
+                eprintln!(
+                    "warning: {target} is in maintenance mode: {}",
+                    v.maintenance_reason
+                );
             }
             rows.push(Row {
                 node: target.to_string(),
@@ -110,7 +113,7 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
                 boot_time: OffsetDateTime::from_unix_timestamp(v.boot_time_unix)
                     .ok()
                     .and_then(|t| t.format(&Rfc3339).ok()),
-                safe_mode: v.safe_mode.then_some(v.safe_mode_reason),
+                maintenance: v.maintenance.then_some(v.maintenance_reason),
             });
         }
     }

@@ -9,6 +9,7 @@
 //! does nothing; and the input is bounded ([`MAX_CONFIG_BYTES`]) because a
 //! config arrives from the network and from disks.
 
+pub mod diff;
 pub mod patch;
 mod schema;
 mod validate;

@@ -1,0 +1,86 @@
+//! `slatectl config new --roles os:reader -o reader.slateconfig`: a client
+//! config for another person or tool, with a certificate for one role,
+//! issued by the node (the machine CA key never leaves it). Needs os:admin.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use slate_machinery::clientconfig::{ClientConfig, Context};
+use slate_machinery::pki::{CertAndKey, Role};
+use slate_proto::machine::GenerateClientConfigurationRequest;
+
+use crate::{Global, connect};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Mint a client config for a role (os:admin, os:operator or os:reader).
+    New(NewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The role of the new certificate.
+    #[arg(long = "roles", value_name = "ROLE", value_parser = |s: &str| s.parse::<Role>().map_err(|e| e.to_string()))]
+    pub role: Role,
+    /// Who it is for (the certificate's common name).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Where to write the new client config (mode 0600).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    let ConfigCommand::New(args) = cmd;
+    if args.output.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to overwrite",
+            args.output.display()
+        );
+    }
+    let session = connect::session(global)?;
+    let target = session
+        .targets
+        .first()
+        .context("no node to ask: pass -n HOST")?
+        .clone();
+    let channel = session
+        .connect(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))?;
+    let r = slate_machinery::client::machine(channel)
+        .generate_client_configuration(GenerateClientConfigurationRequest {
+            role: args.role.as_str().to_owned(),
+            name: args.name.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{target}: {}", s.message()))?
+        .into_inner();
+    let name = format!(
+        "{}-{}",
+        target.host,
+        args.role.as_str().trim_start_matches("os:")
+    );
+    let mut config = ClientConfig {
+        context: Some(name.clone()),
+        ..Default::default()
+    };
+    let endpoints = session.targets.iter().map(ToString::to_string).collect();
+    let identity = CertAndKey {
+        cert_pem: r.crt_pem,
+        key_pem: r.key_pem,
+    };
+    config
+        .contexts
+        .insert(name, Context::new(endpoints, &r.ca_pem, &identity));
+    config
+        .save(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!("created {} (role {})", args.output.display(), args.role);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,301 @@
+//! The system disk and its STATE partition.
+//!
+//! Layout (GPT; see docs/architecture.md): partitions 1–4 are left for the
+//! installer (EFI, BIOS, BOOT, META); STATE is partition 5, 100 MiB, ext4
+//! labelled `STATE`, placed after the room those need, so installing later
+//! does not move it. The rest of the disk is left for EPHEMERAL.
+//!
+//! Disks are found by label with libblkid, never by name. A disk is only
+//! partitioned when it is empty (libblkid finds no partition table and no
+//! filesystem on it) or when the config says `install.wipe: true`: a disk
+//! with somebody else's data is never touched.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+use slate_machinery::constants::{MKE2FS_BIN, STATE_LABEL};
+
+const MIB: u64 = 1024 * 1024;
+/// Room before STATE for EFI (100 MiB), BIOS boot (1 MiB), BOOT (1000 MiB,
+/// two kernel+initramfs slots) and META (1 MiB), after the 1 MiB GPT area.
+const STATE_OFFSET: u64 = 1103 * MIB;
+const STATE_SIZE: u64 = 100 * MIB;
+/// Partition number of STATE (1–4 belong to the installer).
+const STATE_NUMBER: u32 = 5;
+/// "Linux filesystem data", 0FC63DAF-8483-4772-8E79-3D69D8477DE4, in GPT's
+/// mixed-endian byte order.
+const LINUX_FS_GUID: [u8; 16] = [
+    0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
+];
+
+use crate::blockdev::{self, SYS_CLASS_BLOCK};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("no disk for STATE: {0}")]
+    NoDisk(String),
+    #[error(
+        "{disk} holds data (a partition table or a filesystem): refusing to partition it; set machine.install.wipe: true to allow it"
+    )]
+    NotEmpty { disk: PathBuf },
+    #[error("{disk} is {size} bytes, too small for the layout (needs {needed})")]
+    TooSmall {
+        disk: PathBuf,
+        size: u64,
+        needed: u64,
+    },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the partition table to {disk}")]
+    Gpt {
+        disk: PathBuf,
+        #[source]
+        source: gptman::Error,
+    },
+    #[error("the kernel did not re-read the partition table of {disk}")]
+    Reread {
+        disk: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0} did not appear after partitioning")]
+    NoPartition(PathBuf),
+    #[error("mke2fs on {device} failed: {detail}")]
+    Mkfs { device: PathBuf, detail: String },
+    #[error("mounting {device} on {path}")]
+    Mount {
+        device: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
+    let path = path.to_owned();
+    move |source| DiskError::Io { op, path, source }
+}
+
+/// The STATE partition, if some disk has one.
+pub fn find_state() -> Option<PathBuf> {
+    blockdev::dev_paths(block_names().into_iter().filter(|name| is_partition(name))).find(|dev| {
+        blockdev::label_and_type(dev, &["ext4"]).is_some_and(|(label, _)| label == STATE_LABEL)
+    })
+}
+
+/// Makes a STATE partition on `wanted` (the config's `install.disk`) or on
+/// the first empty, writable, fixed disk, formats it and returns it.
+pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskError> {
+    let disk = match wanted {
+        Some(disk) => PathBuf::from(disk),
+        None => blockdev::dev_paths(block_names().into_iter().filter(|n| is_candidate_disk(n)))
+            .find(|dev| blockdev::is_blank(dev))
+            .ok_or_else(|| {
+                DiskError::NoDisk(
+                    "no empty, writable, non-removable disk (set machine.install.disk)".into(),
+                )
+            })?,
+    };
+    if !wipe && !blockdev::is_blank(&disk) {
+        return Err(DiskError::NotEmpty { disk });
+    }
+    tracing::info!("creating the STATE partition on {}", disk.display());
+    partition(&disk)?;
+    let device = partition_device(&disk, STATE_NUMBER);
+    let start = Instant::now();
+    while !device.exists() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err(DiskError::NoPartition(device));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(MKE2FS_BIN)
+        .args(["-q", "-F", "-t", "ext4", "-L", STATE_LABEL])
+        .arg(&device)
+        .output()
+        .map_err(io("running mke2fs for", &device))?;
+    if !out.status.success() {
+        return Err(DiskError::Mkfs {
+            device,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(device)
+}
+
+/// Mounts STATE on `mount_point` (created mode 0700).
+pub fn mount_state(device: &Path, mount_point: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(mount_point).map_err(io("creating", mount_point))?;
+    std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("restricting", mount_point))?;
+    nix::mount::mount(
+        Some(device),
+        mount_point,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| DiskError::Mount {
+        device: device.to_owned(),
+        path: mount_point.to_owned(),
+        source,
+    })?;
+    // The volume's own root directory: keys live here.
+    std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("restricting", mount_point))
+}
+
+nix::ioctl_none!(blkrrpart, 0x12, 95);
+
+/// Writes a fresh GPT with the STATE entry, then has the kernel re-read it.
+fn partition(disk: &Path) -> Result<(), DiskError> {
+    let name = disk
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let sector = read_sys_u64(name, "queue/logical_block_size").unwrap_or(512);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(io("opening", disk))?;
+    let size = read_sys_u64(name, "size").map(|s| s * 512).unwrap_or(0);
+    let needed = STATE_OFFSET + STATE_SIZE + MIB;
+    if size < needed {
+        return Err(DiskError::TooSmall {
+            disk: disk.to_owned(),
+            size,
+            needed,
+        });
+    }
+    let gpt_err = |source| DiskError::Gpt {
+        disk: disk.to_owned(),
+        source,
+    };
+    let mut gpt = gptman::GPT::new_from(&mut file, sector, random_guid()).map_err(gpt_err)?;
+    gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
+        partition_type_guid: LINUX_FS_GUID,
+        unique_partition_guid: random_guid(),
+        starting_lba: STATE_OFFSET / sector,
+        ending_lba: (STATE_OFFSET + STATE_SIZE) / sector - 1,
+        attribute_bits: 0,
+        partition_name: STATE_LABEL.into(),
+    };
+    gptman::GPT::write_protective_mbr_into(&mut file, sector).map_err(gpt_err)?;
+    gpt.write_into(&mut file).map_err(gpt_err)?;
+    file.flush().map_err(io("flushing", disk))?;
+    file.sync_all().map_err(io("syncing", disk))?;
+    // SAFETY: BLKRRPART takes no argument; the descriptor is an open block
+    // device that lives until the end of this function.
+    unsafe { blkrrpart(file.as_raw_fd()) }.map_err(|source| DiskError::Reread {
+        disk: disk.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// A random (version 4) GUID from the kernel's CSPRNG.
+fn random_guid() -> [u8; 16] {
+    let mut g = [0u8; 16];
+    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        // "xxxxxxxx-xxxx-…": the kernel's own UUIDv4, as text.
+        let hex: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .filter(u8::is_ascii_hexdigit)
+            .collect();
+        for (i, pair) in hex.chunks(2).take(16).enumerate() {
+            g[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("0"), 16).unwrap_or(0);
+        }
+    }
+    g
+}
+
+/// `/dev/vda` + 5 → `/dev/vda5`; `/dev/nvme0n1` + 5 → `/dev/nvme0n1p5`.
+fn partition_device(disk: &Path, number: u32) -> PathBuf {
+    let text = disk.display().to_string();
+    if text.ends_with(|c: char| c.is_ascii_digit()) {
+        PathBuf::from(format!("{text}p{number}"))
+    } else {
+        PathBuf::from(format!("{text}{number}"))
+    }
+}
+
+fn block_names() -> Vec<String> {
+    blockdev::names(Path::new(SYS_CLASS_BLOCK))
+}
+
+fn is_partition(name: &str) -> bool {
+    Path::new(SYS_CLASS_BLOCK)
+        .join(name)
+        .join("partition")
+        .exists()
+}
+
+/// A whole, fixed, writable disk: not a partition, not removable or
+/// read-only (CD-ROMs, config drives), not a loop, RAM or mapper device.
+fn is_candidate_disk(name: &str) -> bool {
+    !["loop", "ram", "zram", "sr", "dm-", "md"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        && !is_partition(name)
+        && read_sys_u64(name, "removable") == Some(0)
+        && read_sys_u64(name, "ro") == Some(0)
+}
+
+fn read_sys_u64(name: &str, attr: &str) -> Option<u64> {
+    std::fs::read_to_string(Path::new(SYS_CLASS_BLOCK).join(name).join(attr))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_device_names() {
+        assert_eq!(
+            partition_device(Path::new("/dev/vda"), 5),
+            Path::new("/dev/vda5")
+        );
+        assert_eq!(
+            partition_device(Path::new("/dev/nvme0n1"), 5),
+            Path::new("/dev/nvme0n1p5")
+        );
+    }
+
+    #[test]
+    fn a_fresh_table_places_state_where_the_layout_says() {
+        // gptman on an in-memory "disk" of 2 GiB: what partition() writes.
+        let mut disk = std::io::Cursor::new(vec![0u8; (2048 * MIB) as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
+        gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
+            partition_type_guid: LINUX_FS_GUID,
+            unique_partition_guid: [2; 16],
+            starting_lba: STATE_OFFSET / 512,
+            ending_lba: (STATE_OFFSET + STATE_SIZE) / 512 - 1,
+            attribute_bits: 0,
+            partition_name: STATE_LABEL.into(),
+        };
+        gpt.write_into(&mut disk).unwrap();
+        let read = gptman::GPT::read_from(&mut disk, 512).unwrap();
+        let (n, entry) = read.iter().find(|(_, e)| e.is_used()).unwrap();
+        assert_eq!(n, STATE_NUMBER);
+        assert_eq!(entry.partition_name.as_str(), "STATE");
+        assert_eq!(entry.size().unwrap() * 512, STATE_SIZE);
+    }
+}

@@ -1,0 +1,339 @@
+//! The node's machine config at run time: what runs, what is staged, and
+//! how a new config is applied (`slatectl apply-config`).
+//!
+//! One writer: every change goes through [`Node`]'s lock, so two clients
+//! applying at once are serialized and never interleave a half-applied
+//! config. "Applied live" means published to `/run/slate` (where apid and
+//! networkd pick it up) and stored on STATE; "reboot" means stored, then
+//! init is asked to reboot; "staged" means stored only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use slate_machinery::config::diff::{Change, diff};
+use slate_machinery::config::{MachineConfig, Mode};
+use slate_proto::machine::{ApplyConfigurationResponse, ApplyMode};
+use tokio::sync::Mutex;
+use tonic::Status;
+
+use crate::Paths;
+use crate::power::{Action, Power};
+use crate::publish::{Verdict, publish};
+use crate::state::State;
+
+/// Where the running config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    State,
+    ConfigDrive,
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::ConfigDrive => "cidata",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// Default of `--timeout` for `--mode try`.
+const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    paths: Paths,
+    storage: Storage,
+    /// The mounted STATE volume, once there is one.
+    state: std::sync::Mutex<Option<State>>,
+    power: Power,
+    inner: Mutex<Inner>,
+}
+
+/// Where configs are kept.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The node's disks: STATE is created on the system disk with the
+    /// first config, and mounted here.
+    Disks { mount_point: std::path::PathBuf },
+    /// A fixed STATE (tests), or none at all: configs last until reboot.
+    Fixed(Option<State>),
+}
+
+#[derive(Default)]
+struct Inner {
+    running: Option<(MachineConfig, Source)>,
+    staged: Option<MachineConfig>,
+    /// A `try` in progress: the config to go back to, and the timer.
+    rollback: Option<(Option<(MachineConfig, Source)>, tokio::task::AbortHandle)>,
+}
+
+impl Node {
+    /// `state` is the STATE volume found at boot, if any.
+    pub fn new(paths: Paths, storage: Storage, state: Option<State>, power: Power) -> Arc<Self> {
+        let state = match &storage {
+            Storage::Fixed(fixed) => fixed.clone(),
+            Storage::Disks { .. } => state,
+        };
+        Arc::new(Self {
+            paths,
+            storage,
+            state: std::sync::Mutex::new(state),
+            power,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    fn state(&self) -> Option<State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The STATE volume, created on the system disk if the node has none
+    /// yet and `config` allows it.
+    async fn ensure_state(&self, config: &MachineConfig) -> Result<Option<State>, String> {
+        if let Some(state) = self.state() {
+            return Ok(Some(state));
+        }
+        let Storage::Disks { mount_point } = &self.storage else {
+            return Ok(None);
+        };
+        let (disk, wipe) = (
+            config.machine.install.disk.clone(),
+            config.machine.install.wipe,
+        );
+        let mount_point = mount_point.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let device = crate::disk::create_state(disk.as_deref(), wipe)?;
+            crate::disk::mount_state(&device, &mount_point)?;
+            Ok::<_, crate::disk::DiskError>(State::new(mount_point))
+        })
+        .await
+        .map_err(|e| format!("creating STATE: {e}"))?
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        tracing::info!("STATE created and mounted");
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(made.clone());
+        Ok(Some(made))
+    }
+
+    /// Publishes the boot verdict; a valid config becomes the running one
+    /// and, when it came from a config drive, is kept on STATE so the next
+    /// boot finds it there.
+    pub async fn boot(&self, verdict: Verdict, source: Source) {
+        if let Verdict::Valid { config, .. } = &verdict {
+            if source != Source::State
+                && let Err(e) = self.store(config).await
+            {
+                tracing::warn!("the config is not kept across reboots: {}", e.message());
+            }
+            self.inner.lock().await.running = Some(((**config).clone(), source));
+        }
+        if let Err(e) = publish(&verdict, &self.paths) {
+            tracing::error!(
+                "publishing the machine config: {:#}",
+                anyhow::Error::from(e)
+            );
+        }
+    }
+
+    pub fn power(&self) -> &Power {
+        &self.power
+    }
+
+    /// The running config with where it came from, and the staged one.
+    pub async fn configs(&self) -> (Option<(MachineConfig, Source)>, Option<MachineConfig>) {
+        let inner = self.inner.lock().await;
+        (inner.running.clone(), inner.staged.clone())
+    }
+
+    /// Validates `data` and applies it as `mode` asks. Nothing changes on
+    /// the node unless every check passed.
+    pub async fn apply(
+        self: &Arc<Self>,
+        data: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+        try_timeout: Option<Duration>,
+    ) -> Result<ApplyConfigurationResponse, Status> {
+        let new = MachineConfig::parse_bytes(data, "config", Mode::Cloud)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut inner = self.inner.lock().await;
+        let running = inner.running.as_ref().map(|(c, _)| c);
+        if let Some(old) = running
+            && old.machine.ca.crt != new.machine.ca.crt
+        {
+            return Err(Status::failed_precondition(
+                "this config belongs to another cluster: its machine CA (machine.ca.crt) is not \
+                 the node's; reset the node to move it to another cluster",
+            ));
+        }
+        let changes = match running {
+            Some(old) => diff(old, &new),
+            None => Vec::new(),
+        };
+        let reboot_by: Vec<String> = changes
+            .iter()
+            .filter(|c| c.needs_reboot())
+            .map(|c| c.path().to_owned())
+            .collect();
+        // A node without a config takes its first one live.
+        let needs_reboot = !reboot_by.is_empty();
+        let mode = match mode {
+            ApplyMode::Auto if needs_reboot => ApplyMode::Reboot,
+            ApplyMode::Auto => ApplyMode::NoReboot,
+            ApplyMode::NoReboot | ApplyMode::Try if needs_reboot => {
+                return Err(Status::failed_precondition(format!(
+                    "these changes need a reboot, which --mode {} does not allow: {}",
+                    mode_name(mode),
+                    reboot_by.join(", ")
+                )));
+            }
+            other => other,
+        };
+        if matches!(mode, ApplyMode::Staged | ApplyMode::Reboot) && !dry_run {
+            match self.ensure_state(&new).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Status::failed_precondition(format!(
+                        "--mode {} needs the STATE partition to keep the config across the \
+                         reboot, and this node has none",
+                        mode_name(mode)
+                    )));
+                }
+                Err(e) => return Err(Status::failed_precondition(e)),
+            }
+        }
+        let first = running.is_none();
+        let summary = summary(mode, first, changes.is_empty(), dry_run);
+        let response = ApplyConfigurationResponse {
+            changes: changes.iter().map(Change::to_string).collect(),
+            reboot_required_by: reboot_by,
+            summary,
+            mode: mode as i32,
+        };
+        if dry_run {
+            return Ok(response);
+        }
+
+        // Any apply confirms (ends) a try in progress.
+        let previous = inner.running.clone();
+        let rollback_to = match inner.rollback.take() {
+            Some((before_try, timer)) => {
+                timer.abort();
+                if mode == ApplyMode::Try {
+                    before_try
+                } else {
+                    None
+                }
+            }
+            None => previous,
+        };
+        match mode {
+            ApplyMode::Staged => {
+                self.store(&new).await?;
+                inner.staged = Some(new);
+            }
+            ApplyMode::Reboot => {
+                self.store(&new).await?;
+                inner.staged = Some(new);
+                self.power.request(Action::Reboot);
+            }
+            ApplyMode::Try => {
+                // Live only: a reboot during the try boots the old config.
+                self.go_live(&mut inner, new, Source::Api);
+                let timeout = try_timeout.unwrap_or(DEFAULT_TRY_TIMEOUT);
+                let node = Arc::clone(self);
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    node.roll_back().await;
+                });
+                inner.rollback = Some((rollback_to, timer.abort_handle()));
+            }
+            ApplyMode::NoReboot | ApplyMode::Auto => {
+                self.store(&new).await?;
+                inner.staged = None;
+                self.go_live(&mut inner, new, Source::Api);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Keeps `config` on STATE (created if need be). Without any STATE the
+    /// config still applies, until the next boot; the console says so.
+    async fn store(&self, config: &MachineConfig) -> Result<(), Status> {
+        match self.ensure_state(config).await {
+            Ok(Some(state)) => state
+                .save(config)
+                .map_err(|e| Status::internal(format!("{:#}", anyhow::Error::from(e)))),
+            Ok(None) => {
+                tracing::warn!("no STATE partition: the config lasts until the next boot");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("no STATE partition ({e}): the config lasts until the next boot");
+                Ok(())
+            }
+        }
+    }
+
+    fn go_live(&self, inner: &mut Inner, config: MachineConfig, source: Source) {
+        let verdict = Verdict::valid(config.clone());
+        if let Err(e) = publish(&verdict, &self.paths) {
+            tracing::error!(
+                "publishing the machine config: {:#}",
+                anyhow::Error::from(e)
+            );
+        }
+        inner.running = Some((config, source));
+    }
+
+    /// The `try` timer ran out unconfirmed: back to the config before it.
+    async fn roll_back(&self) {
+        let mut inner = self.inner.lock().await;
+        let Some((before, _)) = inner.rollback.take() else {
+            return;
+        };
+        match before {
+            Some((config, source)) => {
+                tracing::warn!("try-mode config not confirmed in time: rolling back");
+                self.go_live(&mut inner, config, source);
+            }
+            None => {
+                tracing::warn!("try-mode config not confirmed in time: back to maintenance mode");
+                inner.running = None;
+                if let Err(e) = publish(&Verdict::Missing, &self.paths) {
+                    tracing::error!("publishing: {:#}", anyhow::Error::from(e));
+                }
+            }
+        }
+    }
+}
+
+fn mode_name(mode: ApplyMode) -> &'static str {
+    match mode {
+        ApplyMode::Auto => "auto",
+        ApplyMode::NoReboot => "no-reboot",
+        ApplyMode::Reboot => "reboot",
+        ApplyMode::Staged => "staged",
+        ApplyMode::Try => "try",
+    }
+}
+
+fn summary(mode: ApplyMode, first: bool, unchanged: bool, dry_run: bool) -> String {
+    let what = match (first, unchanged) {
+        (true, _) => "the node's first config",
+        (false, true) => "a config identical to the running one",
+        (false, false) => "the config",
+    };
+    let how = match mode {
+        ApplyMode::NoReboot | ApplyMode::Auto => "applied live",
+        ApplyMode::Reboot => "saved; the node reboots into it",
+        ApplyMode::Staged => "staged for the next boot",
+        ApplyMode::Try => "applied live on trial; it rolls back unless confirmed by another apply",
+    };
+    if dry_run {
+        format!("dry run: {what} would be {how}")
+    } else {
+        format!("{what}: {how}")
+    }
+}

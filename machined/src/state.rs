@@ -1,0 +1,116 @@
+//! The STATE volume: the machine config that survives reboots.
+//!
+//! Files (mode 0600, written atomically: temp file, fsync, rename, fsync
+//! of the directory):
+//! - `config.yaml`: the config the node boots with;
+//! - `config.prev.yaml`: the one before it, the last good config to fall
+//!   back to if `config.yaml` does not validate (a bug, a bit flip).
+//!
+//! A half-written file is never loaded: a write either replaced
+//! `config.yaml` whole or left the old one.
+
+use std::path::{Path, PathBuf};
+
+use slate_machinery::config::{MachineConfig, Mode};
+use slate_machinery::fs::{AtomicWriteError, copy_atomic, write_atomic};
+
+const CONFIG: &str = "config.yaml";
+const PREVIOUS: &str = "config.prev.yaml";
+
+/// A mounted STATE volume.
+#[derive(Debug, Clone)]
+pub struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stored config, falling back to the previous one when the current
+    /// one is unreadable or invalid. `Ok(None)`: nothing stored yet.
+    pub fn load(&self) -> Option<MachineConfig> {
+        for name in [CONFIG, PREVIOUS] {
+            let path = self.dir.join(name);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::error!("reading {}: {e}", path.display());
+                    continue;
+                }
+            };
+            match MachineConfig::parse_bytes(&bytes, &format!("STATE:/{name}"), Mode::Cloud) {
+                Ok(config) => {
+                    if name == PREVIOUS {
+                        tracing::warn!("booting the previous config from STATE");
+                    }
+                    return Some(config);
+                }
+                Err(e) => tracing::error!("ignoring the stored config: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Stores `config` as the one to boot with; the current one becomes
+    /// the previous.
+    pub fn save(&self, config: &MachineConfig) -> Result<(), StateError> {
+        let yaml = config.to_yaml().map_err(StateError::Serialize)?;
+        let current = self.dir.join(CONFIG);
+        if current.exists() {
+            copy_atomic(&current, &self.dir.join(PREVIOUS), 0o600)?;
+        }
+        write_atomic(&current, yaml.as_bytes(), 0o600)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("serializing the config")]
+    Serialize(#[source] slate_machinery::config::ConfigError),
+    #[error("writing to STATE")]
+    Write(#[from] AtomicWriteError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(host: &str) -> MachineConfig {
+        let mut c = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "t".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .worker;
+        c.machine.network.hostname = Some(host.into());
+        c
+    }
+
+    #[test]
+    fn saves_and_falls_back_to_the_last_good_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new(dir.path());
+        assert!(state.load().is_none());
+        state.save(&config("a")).unwrap();
+        state.save(&config("b")).unwrap();
+        assert_eq!(
+            state.load().unwrap().machine.network.hostname.as_deref(),
+            Some("b")
+        );
+        // A torn or corrupted current file: the previous one boots.
+        std::fs::write(dir.path().join(CONFIG), "version: v1alpha1\nmachine: [").unwrap();
+        assert_eq!(
+            state.load().unwrap().machine.network.hostname.as_deref(),
+            Some("a")
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The machine config lifecycle on a real node, driven by the slatectl
+//! binary as a user runs it: maintenance mode, `apply-config --insecure`,
+//! persistence on STATE across a reboot, roles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slate_machinery::client::Target;
+use slate_machinery::tls;
+use slate_tests::api;
+use slate_tests::artifacts::Artifacts;
+use slate_tests::console;
+use slate_tests::qemu::{Boot, Vm, VmOptions};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// slatectl from the same build as this test.
+fn slatectl_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<triple>/release/deps/qemu_config-… → target/<triple>/release/slatectl
+    exe.parent().unwrap().parent().unwrap().join("slatectl")
+}
+
+fn slatectl(args: &[&str]) -> Output {
+    let out = Command::new(slatectl_path())
+        .args(args)
+        .env_remove("SLATECONFIG")
+        .output()
+        .expect("running slatectl (make build)");
+    eprintln!(
+        "$ slatectl {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// slatectl with a client config against one node.
+fn slatectl_as(config: &Path, node: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--config", config.to_str().unwrap(), "-n", node];
+    all.extend_from_slice(args);
+    slatectl(&all)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A sparse 2 GiB system disk, as a fresh cloud VM has.
+fn blank_disk(dir: &Path) -> PathBuf {
+    let path = dir.join("system.raw");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(2 << 30).unwrap();
+    path
+}
+
+fn start(a: &Artifacts, disk: &Path, dir: &Path, name: &str) -> Vm {
+    let mut opts = VmOptions::new(Boot::kernel(a));
+    opts.system_disk = Some(disk.to_owned());
+    Vm::start(&opts, Some(&dir.join(name))).expect("starting QEMU")
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn maintenance_apply_config_and_state_across_reboot() {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = slatectl(&[
+        "gen",
+        "config",
+        "life",
+        "https://127.0.0.1:6443",
+        "--additional-sans",
+        "127.0.0.1",
+        "-o",
+        d.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let cp = d.join("controlplane.yaml");
+    let client = d.join("slateconfig");
+    let disk = blank_disk(d);
+
+    // 1. No config anywhere: maintenance mode, reachable without certificates.
+    let mut vm = start(&a, &disk, d, "console-1.log");
+    let insecure = Arc::new(tls::client_insecure().unwrap());
+    let v = api::wait_for_version(&mut vm, insecure.clone(), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(v.maintenance, "console:\n{}", vm.console_tail(80));
+    assert!(
+        console::find_line(&vm.console, "maintenance-mode certificate fingerprint").is_some(),
+        "the console shows the fingerprint:\n{}",
+        vm.console_tail(80)
+    );
+    let node = vm.endpoint();
+
+    // A broken config is refused with its problems; the node stays in maintenance.
+    let bad = d.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cp)
+            .unwrap()
+            .replace("https://127.0.0.1:6443", "http://nowhere"),
+    )
+    .unwrap();
+    let out = slatectl(&[
+        "-n",
+        &node,
+        "--insecure",
+        "apply-config",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cluster.controlPlane.endpoint"),
+        "{}",
+        text(&out)
+    );
+
+    // 2. apply-config --insecure: configured, and STATE is made on the blank disk.
+    let out = slatectl(&[
+        "-n",
+        &node,
+        "--insecure",
+        "apply-config",
+        "-f",
+        cp.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\nconsole:\n{}",
+        text(&out),
+        vm.console_tail(80)
+    );
+    assert!(
+        text(&out).contains("first config: applied live"),
+        "{}",
+        text(&out)
+    );
+    let target = Target::parse(&node).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = slatectl_as(&client, &node, &["version"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin never served; console:\n{}",
+            vm.console_tail(80)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        api::version(&target, insecure.clone()).await.is_err(),
+        "insecure clients must be refused once configured"
+    );
+    assert!(
+        console::find_line(&vm.console, "STATE created and mounted").is_some(),
+        "console:\n{}",
+        vm.console_tail(80)
+    );
+
+    // 3. Roles: a minted reader may read but not reboot.
+    let reader = d.join("reader.slateconfig");
+    let out = slatectl_as(
+        &client,
+        &node,
+        &[
+            "config",
+            "new",
+            "--roles",
+            "os:reader",
+            "-o",
+            reader.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = slatectl_as(&reader, &node, &["version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = slatectl_as(&reader, &node, &["reboot"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
+    let out = slatectl_as(&reader, &node, &["get", "machineconfig"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("<redacted>"), "{}", text(&out));
+
+    // A config with errors is refused with its messages; the old one keeps running.
+    let out = slatectl_as(
+        &client,
+        &node,
+        &["apply-config", "-f", bad.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cluster.controlPlane.endpoint"),
+        "{}",
+        text(&out)
+    );
+
+    // try: applied live, rolled back when not confirmed in time.
+    let trial = d.join("trial.yaml");
+    let out = slatectl(&[
+        "machineconfig",
+        "patch",
+        cp.to_str().unwrap(),
+        "--patch",
+        "machine: {certSANs: [trial.example]}",
+        "-o",
+        trial.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shows_trial = || {
+        let out = slatectl_as(&client, &node, &["get", "machineconfig"]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out).contains("trial.example")
+    };
+    let out = slatectl_as(
+        &client,
+        &node,
+        &[
+            "apply-config",
+            "-f",
+            trial.to_str().unwrap(),
+            "--mode",
+            "try",
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("~ machine.certSANs"), "{}", text(&out));
+    assert!(shows_trial(), "the try config runs");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !shows_trial(),
+        "rolled back after 3 s; console:\n{}",
+        vm.console_tail(40)
+    );
+
+    // 4. Reboot in order; QEMU runs with -no-reboot, so the VM ends.
+    let out = slatectl_as(&client, &node, &["reboot"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        vm.wait_for_exit(Instant::now() + Duration::from_secs(60))
+            .await,
+        "the node did not go down; console:\n{}",
+        vm.console_tail(80)
+    );
+    drop(vm);
+
+    // 5. Booted again, without any config drive: the config comes from STATE.
+    let mut vm = start(&a, &disk, d, "console-2.log");
+    let ctx = slate_machinery::clientconfig::ClientConfig::load(&client).unwrap();
+    let ctx = &ctx.contexts["life"];
+    let admin =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let v = api::wait_for_version(&mut vm, admin, BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!v.maintenance);
+    let node = vm.endpoint();
+    let out = slatectl_as(&client, &node, &["get", "machineconfig", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["source"], "state", "{doc}");
+    assert_eq!(doc["config"]["cluster"]["name"], "life");
+    assert_eq!(doc["config"]["machine"]["token"], "<redacted>");
+}
