@@ -1,7 +1,8 @@
 //! machined owns the machine config.
 //!
 //! # Boot flow
-//! 1. Find the config, in order: the STATE volume ([`disk`], [`state`]), a nocloud
+//! 1. Find the config, in order: the STATE volume ([`disk`], [`state`]),
+//!    `slate.config=URL` on the kernel command line ([`url`]), a nocloud
 //!    config drive (a block device labelled `cidata` whose `user-data` is
 //!    the config, [`configdrive`]); else the node is in maintenance mode.
 //! 2. Publish the verdict ([`publish`]): a valid config to
@@ -25,6 +26,7 @@ pub mod node;
 pub mod power;
 pub mod publish;
 pub mod state;
+pub mod url;
 
 use std::path::PathBuf;
 
@@ -94,7 +96,8 @@ pub fn run(paths: &Paths) -> ! {
     }
 }
 
-/// Finds the config (STATE first, then the config drive) and publishes it.
+/// Finds the config (STATE, then `slate.config=URL`, then the config
+/// drive) and publishes it.
 pub async fn boot(
     paths: &Paths,
     storage: Storage,
@@ -106,6 +109,29 @@ pub async fn boot(
     if let Some(config) = stored {
         tracing::info!("machine config from STATE");
         node.boot(Verdict::valid(config), Source::State).await;
+        return node;
+    }
+    let cmdline = std::fs::read_to_string(constants::PROC_CMDLINE).unwrap_or_default();
+    if let Some(url) = url::from_cmdline(&cmdline) {
+        // The first attempt without an address could only fail.
+        wait_for_network(std::time::Duration::from_secs(30)).await;
+        tracing::info!("fetching the machine config from {url}");
+        let verdict = match url::fetch_with_retries(&url).await {
+            Ok(body) => {
+                match slate_machinery::config::MachineConfig::parse_bytes(
+                    &body,
+                    &url,
+                    slate_machinery::config::Mode::Cloud,
+                ) {
+                    Ok(config) => Verdict::valid(config),
+                    Err(e) => Verdict::Invalid(e.to_string()),
+                }
+            }
+            Err(e) => {
+                Verdict::Unreadable(format!("slate.config={url}: {:#}", anyhow::Error::from(e)))
+            }
+        };
+        node.boot(verdict, Source::Url).await;
         return node;
     }
     tracing::debug!("looking for the config drive");
@@ -120,6 +146,18 @@ pub async fn boot(
     };
     node.boot(verdict, Source::ConfigDrive).await;
     node
+}
+
+/// Waits until networkd has published the node's first address.
+async fn wait_for_network(limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(constants::NETWORK_READY_FILE).exists() {
+        if start.elapsed() > limit {
+            tracing::warn!("no network address after {limit:?}; trying anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Serves machined's socket.

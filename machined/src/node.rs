@@ -25,6 +25,7 @@ use crate::state::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     State,
+    Url,
     ConfigDrive,
     Api,
 }
@@ -33,6 +34,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::State => "state",
+            Self::Url => "url",
             Self::ConfigDrive => "cidata",
             Self::Api => "api",
         }

@@ -57,7 +57,7 @@ pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError>
             return Ok(());
         }
         Verdict::Invalid(e) => format!("invalid machine config: {e}"),
-        Verdict::Unreadable(e) => format!("config drive unreadable: {e}"),
+        Verdict::Unreadable(e) => format!("machine config unreadable: {e}"),
         Verdict::Missing => "no machine config (none on STATE, no volume labelled cidata \
                              with a user-data file): waiting for apply-config"
             .to_owned(),

@@ -17,7 +17,7 @@ pub const MACHINE_CONFIG_FILE: &str = "/run/slate/machine-config.json";
 
 /// Written by machined instead of [`MACHINE_CONFIG_FILE`] when the config it
 /// found is unusable: one human-readable line naming the file, line and error.
-/// apid then serves in safe mode.
+/// apid then serves in maintenance mode.
 pub const MACHINE_CONFIG_ERROR_FILE: &str = "/run/slate/machine-config.error";
 
 /// Written by networkd (atomically) once the first non-loopback address is

@@ -209,7 +209,7 @@ impl ServerKey {
     }
 }
 
-/// A self-signed server certificate for `key`, for safe mode where no CA
+/// A self-signed server certificate for `key`, for maintenance mode where no CA
 /// is known.
 pub fn self_signed_server(
     key: &ServerKey,

@@ -74,7 +74,7 @@ pub fn server_mtls(identity: &CertAndKey, ca_pem: &str) -> Result<ServerConfig, 
     server(identity, |b| b.with_client_cert_verifier(verifier))
 }
 
-/// apid in safe mode: no CA to check clients against, so no client
+/// apid in maintenance mode: no CA to check clients against, so no client
 /// certificates; the handlers allow only calls that are safe without one.
 pub fn server_anonymous(identity: &CertAndKey) -> Result<ServerConfig, TlsError> {
     server(identity, |b| b.with_no_client_auth())

@@ -141,7 +141,7 @@ async fn iso_boots_with_uefi() {
 
 #[tokio::test]
 #[ignore = "boots QEMU: run by `make test`"]
-async fn invalid_config_drive_gives_safe_mode_not_a_crash_loop() {
+async fn invalid_config_drive_gives_maintenance_mode_not_a_crash_loop() {
     let a = Artifacts::find().unwrap();
     let bundle = cluster();
     // Break the YAML on a known line: an unclosed flow sequence on line 3.

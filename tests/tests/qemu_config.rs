@@ -276,3 +276,88 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     assert_eq!(doc["config"]["cluster"]["name"], "life");
     assert_eq!(doc["config"]["machine"]["token"], "<redacted>");
 }
+
+/// A small HTTP server on the host's loopback that QEMU's user network
+/// shows the guest as 10.0.2.2: the first request gets 503 (the node must
+/// retry), the next ones the config. Returns the port and a request counter.
+async fn serve_config(body: String) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = Arc::clone(&count);
+    tokio::spawn(async move {
+        // Bounded: the test makes a handful of requests at most.
+        for _ in 0..20 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let n = served.fetch_add(1, Ordering::SeqCst);
+            let reply = if n == 0 {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn config_from_a_url_on_the_kernel_command_line() {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = slatectl(&[
+        "gen",
+        "config",
+        "net",
+        "https://127.0.0.1:6443",
+        "--additional-sans",
+        "127.0.0.1",
+        "-o",
+        d.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let (port, requests) =
+        serve_config(std::fs::read_to_string(d.join("controlplane.yaml")).unwrap()).await;
+    let mut opts = VmOptions::new(Boot::kernel(&a));
+    opts.extra_cmdline = Some(format!(
+        "slate.config=http://10.0.2.2:{port}/controlplane.yaml"
+    ));
+    let mut vm = Vm::start(&opts, Some(&d.join("console.log"))).unwrap();
+    let client = slate_machinery::clientconfig::ClientConfig::load(&d.join("slateconfig")).unwrap();
+    let ctx = &client.contexts["net"];
+    let admin =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let v = api::wait_for_version(&mut vm, admin, BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!v.maintenance, "{}", v.maintenance_reason);
+    assert!(
+        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the 503 was retried"
+    );
+    assert!(
+        console::find_line(&vm.console, "(attempt 1)").is_some_and(|l| l.contains("503")),
+        "the failed attempt is on the console:\n{}",
+        vm.console_tail(40)
+    );
+    let out = slatectl_as(
+        &d.join("slateconfig"),
+        &vm.endpoint(),
+        &["get", "machineconfig", "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["source"], "url");
+}

@@ -1,0 +1,258 @@
+//! `slate.config=URL` on the kernel command line: the machine config from
+//! an HTTP(S) server, as PXE and some clouds hand it out.
+//!
+//! The fetch retries with backoff (the network may still be coming up, the
+//! server may be restarting), says each failure on the console, bounds the
+//! body to the largest config there can be, and trusts the Mozilla roots
+//! (`webpki-roots`) for https: the image has no CA bundle of its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use slate_machinery::config::MAX_CONFIG_BYTES;
+
+/// The kernel argument naming the URL.
+pub const CMDLINE_KEY: &str = "slate.config=";
+/// How long to keep trying before the node gives up and waits in
+/// maintenance mode.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The URL given on `cmdline`, if any.
+pub fn from_cmdline(cmdline: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(CMDLINE_KEY))
+        .map(str::to_owned)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0:?} is not an http:// or https:// URL with a host")]
+    BadUrl(String),
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {host}")]
+    Tls {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP")]
+    Http(#[from] hyper::Error),
+    #[error("the server answered {0}")]
+    Status(http::StatusCode),
+    #[error("the config is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Fetches `url`, retrying until it answers 200 or [`GIVE_UP_AFTER`].
+pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, fetch(url)).await {
+            Ok(Ok(body)) => return Ok(body),
+            Ok(Err(FetchError::BadUrl(u))) => return Err(FetchError::BadUrl(u)),
+            Ok(Err(e)) if start.elapsed() >= GIVE_UP_AFTER => return Err(e),
+            Err(_) if start.elapsed() >= GIVE_UP_AFTER => {
+                return Err(FetchError::Timeout(REQUEST_TIMEOUT));
+            }
+            Ok(Err(e)) => tracing::warn!(
+                "fetching the machine config from {url} (attempt {attempt}): {:#}; retrying in {delay:?}",
+                anyhow::Error::from(e)
+            ),
+            Err(_) => tracing::warn!(
+                "fetching the machine config from {url} (attempt {attempt}): no answer within {REQUEST_TIMEOUT:?}; retrying"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        attempt += 1;
+    }
+}
+
+struct Parsed<'a> {
+    tls: bool,
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+}
+
+fn parse(url: &str) -> Option<Parsed<'_>> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, p.parse().ok()?),
+            None if after.is_empty() => (h, default_port),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, default_port),
+        }
+    };
+    (!host.is_empty() && port != 0).then_some(Parsed {
+        tls,
+        host,
+        port,
+        path,
+    })
+}
+
+/// One GET.
+pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
+    let u = parse(url).ok_or_else(|| FetchError::BadUrl(url.to_owned()))?;
+    let addr = if u.host.contains(':') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
+    };
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|source| FetchError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    if u.tls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let config = rustls::ClientConfig::builder_with_provider(slate_machinery::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FetchError::Tls {
+                host: u.host.to_owned(),
+                source: std::io::Error::other(e),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(u.host.to_owned())
+            .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|source| FetchError::Tls {
+                host: u.host.to_owned(),
+                source,
+            })?;
+        get(TokioIo::new(stream), &u).await
+    } else {
+        get(TokioIo::new(tcp), &u).await
+    }
+}
+
+async fn get<T>(io: T, u: &Parsed<'_>) -> Result<Vec<u8>, FetchError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = http::Request::get(u.path)
+        .header(http::header::HOST, u.host)
+        .header(http::header::USER_AGENT, "slate-machined")
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| FetchError::BadUrl(u.path.to_owned()))?;
+    let response = sender.send_request(request).await?;
+    if response.status() != http::StatusCode::OK {
+        return Err(FetchError::Status(response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_CONFIG_BYTES)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(h) => FetchError::Http(*h),
+            Err(_) => FetchError::TooLarge,
+        })?;
+    Ok(body.to_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_comes_from_the_command_line() {
+        assert_eq!(
+            from_cmdline("console=ttyS0 slate.config=http://10.0.2.2:8080/cp.yaml quiet")
+                .as_deref(),
+            Some("http://10.0.2.2:8080/cp.yaml")
+        );
+        assert_eq!(from_cmdline("console=ttyS0 quiet"), None);
+    }
+
+    #[test]
+    fn urls_are_parsed_or_refused() {
+        let p = parse("https://cfg.example.com/nodes/a.yaml").unwrap();
+        assert!(p.tls && p.host == "cfg.example.com" && p.port == 443 && p.path == "/nodes/a.yaml");
+        let p = parse("http://[fd00::1]:8080").unwrap();
+        assert!(!p.tls && p.host == "fd00::1" && p.port == 8080 && p.path == "/");
+        for bad in [
+            "ftp://x/y",
+            "http://",
+            "http://h:0/",
+            "http://h:x/",
+            "http://[::1/",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// A local server that fails first, then serves: the fetch retries, and
+    /// an oversized answer is refused.
+    #[tokio::test]
+    async fn retries_until_served_and_bounds_the_body() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for (i, body) in [
+                "",
+                "version: v1alpha1\n",
+                &"#".repeat(MAX_CONFIG_BYTES + 10),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let status = if i == 0 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/cp.yaml");
+        let body = fetch_with_retries(&url).await.unwrap();
+        assert_eq!(body, b"version: v1alpha1\n");
+        assert!(matches!(fetch(&url).await, Err(FetchError::TooLarge)));
+    }
+}
