@@ -24,6 +24,10 @@ pub const MACHINE_CONFIG_ERROR_FILE: &str = "/run/slate/machine-config.error";
 /// configured: one line per address, `IFNAME ADDRESS/PREFIX SOURCE`.
 pub const NETWORK_READY_FILE: &str = "/run/slate/network.ready";
 
+/// The addresses networkd's reconciler added, one `IFNAME CIDR` a line: it
+/// removes only those, also after a restart.
+pub const NETWORKD_OWNED_FILE: &str = "/run/slate/networkd-owned";
+
 /// resolv.conf written by networkd; `/etc/resolv.conf` in the image links here
 /// because the root filesystem is read-only.
 pub const RESOLV_CONF_FILE: &str = "/run/slate/resolv.conf";

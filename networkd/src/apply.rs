@@ -355,7 +355,7 @@ impl Applier {
 }
 
 /// The errno of a netlink error reply.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
         _ => None,

@@ -15,10 +15,18 @@
 //! other daemons wait for ([`ready`]). One tokio current-thread runtime, so
 //! the idle daemon is a single thread of a few MB.
 //!
+//! Beside it, the [`reconcile`]r keeps `machine.network.interfaces` of the
+//! published machine config applied: links (MTU, up, VLAN, bond, bridge,
+//! dummy, device selectors), static addresses and routes, restored on
+//! every kernel event and changed when the config changes.
+//!
 //! # Limitations
-//! One link, IPv4 only; no ARP conflict check (DHCPDECLINE) before using an
-//! address; no DHCPRELEASE on shutdown; the MTU set from DHCP is not
-//! restored when the lease goes; no machine config yet (only `ip=`).
+//! DHCP runs on one link (the first Ethernet link or `ip=`'s), IPv4 only,
+//! whatever `dhcp:` the config sets per interface; no ARP conflict check
+//! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
+//! MTU set from DHCP is not restored when the lease goes. The config's
+//! hostname, nameservers, search domains and time servers are not applied
+//! yet.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -32,6 +40,7 @@ pub mod hostname;
 pub mod ipv4;
 pub mod link;
 pub mod ready;
+pub mod reconcile;
 pub mod resolv;
 
 /// Paths and switches; production values from [`Options::default`], tests
@@ -43,6 +52,10 @@ pub struct Options {
     pub sysfs: PathBuf,
     pub resolv_conf: PathBuf,
     pub ready_file: PathBuf,
+    /// machined's published config, whose `machine.network` is reconciled.
+    pub config_file: PathBuf,
+    /// The addresses networkd added (see [`reconcile`]).
+    pub owned_file: PathBuf,
     /// Off when running inside `ip netns exec`, which shares the host's
     /// UTS namespace.
     pub set_hostname: bool,
@@ -55,6 +68,8 @@ impl Default for Options {
             sysfs: "/sys".into(),
             resolv_conf: constants::RESOLV_CONF_FILE.into(),
             ready_file: constants::NETWORK_READY_FILE.into(),
+            config_file: constants::MACHINE_CONFIG_FILE.into(),
+            owned_file: constants::NETWORKD_OWNED_FILE.into(),
             set_hostname: true,
         }
     }
@@ -75,6 +90,8 @@ impl Options {
         path("SLATE_NETWORKD_SYSFS", &mut opts.sysfs);
         path("SLATE_NETWORKD_RESOLV_CONF", &mut opts.resolv_conf);
         path("SLATE_NETWORKD_READY_FILE", &mut opts.ready_file);
+        path("SLATE_NETWORKD_CONFIG", &mut opts.config_file);
+        path("SLATE_NETWORKD_OWNED_FILE", &mut opts.owned_file);
         if get("SLATE_NETWORKD_SET_HOSTNAME").as_deref() == Some("0") {
             opts.set_hostname = false;
         }
@@ -112,6 +129,11 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
 
     let (connection, handle, _) = rtnetlink::new_connection().map_err(RunError::Netlink)?;
     tokio::spawn(connection);
+    tokio::spawn(reconcile::run(
+        opts.sysfs.clone(),
+        opts.config_file.clone(),
+        opts.owned_file.clone(),
+    ));
 
     let lo = link::by_name(&handle, "lo").await?;
     link::set_up(&handle, &lo).await?;

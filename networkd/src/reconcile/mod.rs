@@ -1,0 +1,199 @@
+//! The reconciler: it keeps links, addresses and routes as
+//! `machine.network` says, whatever happens to them.
+//!
+//! Each pass reads the kernel's state, computes the desired state from the
+//! config ([`desired`]), plans the difference ([`model::plan`]) and carries
+//! it out ([`netlink`]). Passes run when the config changes and whenever
+//! the kernel reports a link, address or route change (so an address
+//! deleted by hand is back within milliseconds), plus a slow timer as a
+//! safety net. A pass with nothing to do writes nothing.
+//!
+//! networkd removes only what it added: routes carry its protocol number,
+//! and the addresses it added are remembered in a file on /run, so a
+//! restarted networkd still knows them.
+
+pub mod desired;
+pub mod model;
+pub mod netlink;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use rtnetlink::{Handle, MulticastGroup};
+use slate_machinery::config::{MachineConfig, Network};
+use slate_machinery::fs::write_atomic;
+
+use model::{Addr, Op};
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Operations carried out (each is one or more netlink writes).
+    pub done: Vec<Op>,
+    /// Operations that failed, with why.
+    pub failed: Vec<String>,
+    /// Interfaces the config names that are not there (yet).
+    pub missing: Vec<String>,
+}
+
+pub struct Reconciler {
+    handle: Handle,
+    sysfs: PathBuf,
+    owned_file: PathBuf,
+    owned: BTreeSet<Addr>,
+}
+
+impl Reconciler {
+    /// `owned_file` remembers the addresses networkd added (see the module
+    /// docs); it is read now if it exists.
+    pub fn new(handle: Handle, sysfs: PathBuf, owned_file: PathBuf) -> Self {
+        let owned = std::fs::read_to_string(&owned_file)
+            .ok()
+            .map(|t| parse_owned(&t))
+            .unwrap_or_default();
+        Self {
+            handle,
+            sysfs,
+            owned_file,
+            owned,
+        }
+    }
+
+    /// One pass: read, plan, apply.
+    pub async fn pass(&mut self, network: &Network) -> Result<Report, netlink::NetlinkError> {
+        let actual = netlink::read(&self.handle, &self.sysfs).await?;
+        let desired = desired::desired(network, &actual.links);
+        let ops = model::plan(&desired, &actual, &self.owned);
+        let mut report = Report {
+            missing: desired.missing,
+            ..Default::default()
+        };
+        let owned_before = self.owned.clone();
+        for op in ops {
+            match netlink::execute(&self.handle, &op).await {
+                Ok(()) => {
+                    match &op {
+                        Op::AddAddress(a) => {
+                            self.owned.insert(a.clone());
+                        }
+                        Op::DelAddress(a) => {
+                            self.owned.remove(a);
+                        }
+                        _ => {}
+                    }
+                    report.done.push(op);
+                }
+                Err(e) => report.failed.push(slate_machinery::error::chain(&e)),
+            }
+        }
+        // Forget addresses that are neither wanted nor there any more.
+        self.owned
+            .retain(|a| desired.addresses.contains(a) || actual.addresses.contains(a));
+        if self.owned != owned_before {
+            let text: String = self
+                .owned
+                .iter()
+                .map(|a| format!("{} {}\n", a.ifname, a.net))
+                .collect();
+            if let Err(e) = write_atomic(&self.owned_file, text.as_bytes(), 0o644) {
+                tracing::warn!("{}", slate_machinery::error::chain(&e));
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn parse_owned(text: &str) -> BTreeSet<Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let (ifname, net) = l.split_once(' ')?;
+            Some(Addr {
+                ifname: ifname.to_owned(),
+                net: net.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Reads the network half of the published config, if there is one.
+fn read_network(config_file: &Path) -> Option<Network> {
+    let text = std::fs::read_to_string(config_file).ok()?;
+    MachineConfig::from_json(&text, &config_file.display().to_string())
+        .map(|c| c.machine.network)
+        .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
+        .ok()
+}
+
+/// How often the published config is checked, and the safety-net pass.
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+const SAFETY_NET: Duration = Duration::from_secs(30);
+/// Kernel events come in bursts (a link going up brings addresses and
+/// routes); one pass after the burst is enough.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Reconciles for ever: on config changes, kernel events and a timer.
+pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf) {
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ];
+    let (connection, handle, mut events) = match rtnetlink::new_multicast_connection(&groups) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reconciler: opening rtnetlink: {e}");
+            return;
+        }
+    };
+    tokio::spawn(connection);
+    let mut reconciler = Reconciler::new(handle, sysfs, owned_file);
+    let mut network: Option<Network> = None;
+    let mut last_missing: Vec<String> = Vec::new();
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    let mut safety = tokio::time::interval(SAFETY_NET);
+    loop {
+        let mut due = false;
+        tokio::select! {
+            _ = poll.tick() => {
+                let now = read_network(&config_file);
+                if now != network {
+                    network = now;
+                    due = true;
+                }
+            }
+            Some(_) = events.next() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+                due = true;
+            }
+            _ = safety.tick() => due = true,
+        }
+        let Some(net) = network.as_ref().filter(|n| !n.interfaces.is_empty()) else {
+            continue;
+        };
+        if !due {
+            continue;
+        }
+        match reconciler.pass(net).await {
+            Ok(report) => {
+                for op in &report.done {
+                    tracing::info!("network: {op}");
+                }
+                for failure in &report.failed {
+                    tracing::warn!("network: {failure}");
+                }
+                if report.missing != last_missing {
+                    for m in &report.missing {
+                        tracing::warn!("network: {m}; waiting for it");
+                    }
+                    last_missing = report.missing;
+                }
+            }
+            Err(e) => tracing::warn!("network: {}", slate_machinery::error::chain(&e)),
+        }
+    }
+}

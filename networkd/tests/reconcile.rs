@@ -1,0 +1,334 @@
+//! The reconciler against the real kernel, in a network namespace of the
+//! test thread's own (unshare(CLONE_NEWNET)): nothing touches the host's
+//! network, and the namespace disappears with the thread, also when an
+//! assertion fails. Root only; skipped with a message otherwise. Needs `ip`
+//! (iproute2) to make veth pairs and to play the operator.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use slate_machinery::config::Network;
+use slate_networkd::reconcile::Reconciler;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `body` on a thread in a fresh network namespace with its own
+/// current-thread runtime. Children (`ip`) inherit the namespace.
+fn in_netns<F>(name: &str, body: F)
+where
+    F: AsyncFnOnce() + Send + 'static,
+{
+    if !is_root() {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: needs root");
+        return;
+    }
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread, which owns no netlink
+        // socket yet.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        ip(&["link", "set", "lo", "up"]);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body());
+    })
+    .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn network(yaml: &str) -> Network {
+    slate_machinery::yaml::from_str(yaml).unwrap()
+}
+
+/// Links that exist already (veth pairs): every kernel has them.
+const CONFIG: &str = "interfaces:
+  - interface: veth0
+    mtu: 1400
+    addresses: [10.1.0.5/24, 'fd00:1::5/64']
+    routes:
+      - {network: 10.9.0.0/16, gateway: 10.1.0.1}
+      - {network: 'fd00:9::/48', gateway: 'fd00:1::1', metric: 50}
+  - interface: veth2
+    addresses: [10.3.0.1/32]
+";
+
+/// Links networkd creates: VLAN, bond and dummy drivers, which the Debian
+/// kernel of the image has but a minimal host kernel may lack.
+const VIRTUAL: &str = "interfaces:
+  - interface: veth0
+    addresses: [10.1.0.5/24]
+    vlans:
+      - {vlanId: 10, addresses: [10.10.0.5/24]}
+  - interface: bond0
+    bond: {interfaces: [veth2, veth4], mode: active-backup}
+    addresses: [10.2.0.5/24]
+  - interface: dummy0
+    dummy: true
+    addresses: [10.4.0.1/32]
+";
+
+/// Whether this kernel can make the link kinds of [`VIRTUAL`].
+fn kernel_has_virtual_links() -> bool {
+    ["dummy", "bond"].iter().all(|kind| {
+        let name = format!("probe-{kind}");
+        let ok = Command::new("ip")
+            .args(["link", "add", &name, "type", kind])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            ip(&["link", "del", &name]);
+        }
+        ok
+    })
+}
+
+fn veths() {
+    for (a, b) in [("veth0", "veth1"), ("veth2", "veth3"), ("veth4", "veth5")] {
+        ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    }
+}
+
+fn reconciler(dir: &Path) -> Reconciler {
+    let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+    tokio::spawn(conn);
+    Reconciler::new(handle, PathBuf::from("/sys"), dir.join("owned"))
+}
+
+#[test]
+fn links_addresses_and_routes_converge_and_a_second_pass_writes_nothing() {
+    in_netns("converge", async || {
+        veths();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reconciler(dir.path());
+        let net = network(CONFIG);
+        let first = r.pass(&net).await.unwrap();
+        assert!(first.failed.is_empty(), "{:?}", first.failed);
+        assert!(first.missing.is_empty(), "{:?}", first.missing);
+        assert_eq!(
+            first.done.len(),
+            8,
+            "mtu, 2 × up, 3 addresses, 2 routes: {:?}",
+            first.done
+        );
+
+        let addrs = ip(&["-o", "addr"]);
+        for want in [
+            "veth0 inet 10.1.0.5/24",
+            "veth0 inet6 fd00:1::5/64",
+            "veth2 inet 10.3.0.1/32",
+        ] {
+            assert!(
+                addrs.lines().any(|l| squash(l).contains(want)),
+                "{want} missing:\n{addrs}"
+            );
+        }
+        let veth0 = ip(&["link", "show", "veth0"]);
+        assert!(
+            veth0.contains("mtu 1400") && veth0.contains(",UP"),
+            "{veth0}"
+        );
+        let routes = ip(&["route", "show", "proto", "115"]);
+        assert!(
+            routes.contains("10.9.0.0/16 via 10.1.0.1 dev veth0"),
+            "{routes}"
+        );
+        let routes6 = ip(&["-6", "route", "show", "proto", "115"]);
+        assert!(
+            routes6.contains("fd00:9::/48 via fd00:1::1 dev veth0")
+                && routes6.contains("metric 50"),
+            "{routes6}"
+        );
+
+        // Nothing changed: the second pass plans and writes nothing.
+        let second = r.pass(&net).await.unwrap();
+        assert!(second.done.is_empty(), "{:?}", second.done);
+        assert!(second.failed.is_empty(), "{:?}", second.failed);
+    });
+}
+
+#[test]
+fn vlan_bond_and_dummy_links_are_created() {
+    in_netns("virtual links", async || {
+        if !kernel_has_virtual_links() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED vlan_bond_and_dummy_links_are_created: this kernel has no dummy/bond \
+                 drivers (the image's Debian kernel has them)"
+            );
+            return;
+        }
+        veths();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reconciler(dir.path());
+        let net = network(VIRTUAL);
+        let first = r.pass(&net).await.unwrap();
+        assert!(first.failed.is_empty(), "{:?}", first.failed);
+        let addrs = ip(&["-o", "-4", "addr"]);
+        for want in [
+            "veth0.10 inet 10.10.0.5/24",
+            "bond0 inet 10.2.0.5/24",
+            "dummy0 inet 10.4.0.1/32",
+        ] {
+            assert!(
+                addrs.lines().any(|l| squash(l).contains(want)),
+                "{want}:\n{addrs}"
+            );
+        }
+        let vlan = ip(&["-d", "link", "show", "veth0.10"]);
+        assert!(vlan.contains("vlan protocol 802.1Q id 10"), "{vlan}");
+        for member in ["veth2", "veth4"] {
+            let l = ip(&["link", "show", member]);
+            assert!(l.contains("master bond0"), "{l}");
+        }
+        let second = r.pass(&net).await.unwrap();
+        assert!(second.done.is_empty(), "{:?}", second.done);
+    });
+}
+
+#[test]
+fn only_networkd_s_own_addresses_and_routes_are_removed() {
+    in_netns("ownership", async || {
+        veths();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reconciler(dir.path());
+        r.pass(&network(CONFIG)).await.unwrap();
+        // Someone else's address and route on the same link.
+        ip(&["addr", "add", "10.1.0.99/24", "dev", "veth0"]);
+        ip(&[
+            "route",
+            "add",
+            "10.77.0.0/16",
+            "via",
+            "10.1.0.1",
+            "dev",
+            "veth0",
+        ]);
+        // The config drops 10.1.0.5 and its routes.
+        let smaller = network("interfaces:\n  - interface: veth0\n    addresses: [10.1.0.6/24]\n");
+        let report = r.pass(&smaller).await.unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let addrs = ip(&["-o", "-4", "addr", "show", "veth0"]);
+        assert!(!addrs.contains("10.1.0.5/24"), "{addrs}");
+        assert!(
+            addrs.contains("10.1.0.6/24") && addrs.contains("10.1.0.99/24"),
+            "{addrs}"
+        );
+        let routes = ip(&["route"]);
+        assert!(!routes.contains("10.9.0.0/16"), "{routes}");
+        assert!(routes.contains("10.77.0.0/16"), "{routes}");
+        // A restarted networkd (a new reconciler) still knows what it added.
+        let mut again = reconciler(dir.path());
+        let report = again
+            .pass(&network("interfaces:\n  - interface: veth0\n"))
+            .await
+            .unwrap();
+        let addrs = ip(&["-o", "-4", "addr", "show", "veth0"]);
+        assert!(!addrs.contains("10.1.0.6/24"), "{addrs}; {:?}", report.done);
+        assert!(addrs.contains("10.1.0.99/24"), "{addrs}");
+    });
+}
+
+#[test]
+fn a_deleted_address_and_route_come_back_within_a_second() {
+    in_netns("restore", async || {
+        veths();
+        let dir = tempfile::tempdir().unwrap();
+        // The published config, as machined writes it.
+        let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "net".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .worker;
+        config.machine.network = network(CONFIG);
+        let config_file = dir.path().join("config.json");
+        std::fs::write(&config_file, config.to_json().unwrap()).unwrap();
+        tokio::spawn(slate_networkd::reconcile::run(
+            PathBuf::from("/sys"),
+            config_file.clone(),
+            dir.path().join("owned"),
+        ));
+        wait_for("the first pass", || {
+            ip(&["-o", "-4", "addr", "show", "veth2"]).contains("10.3.0.1/32")
+        })
+        .await;
+
+        ip(&["addr", "del", "10.1.0.5/24", "dev", "veth0"]);
+        let t = Instant::now();
+        wait_for("the address to come back", || {
+            ip(&["-o", "-4", "addr", "show", "veth0"]).contains("10.1.0.5/24")
+        })
+        .await;
+        let address_back = t.elapsed();
+        // The kernel dropped the route with the address; it came back too.
+        wait_for("the route to come back", || {
+            ip(&["route"]).contains("10.9.0.0/16 via 10.1.0.1")
+        })
+        .await;
+        assert!(
+            address_back < Duration::from_secs(1),
+            "restored after {address_back:?}"
+        );
+
+        ip(&["route", "del", "10.9.0.0/16"]);
+        let t = Instant::now();
+        wait_for("the route to come back", || {
+            ip(&["route"]).contains("10.9.0.0/16 via 10.1.0.1")
+        })
+        .await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "route restored after {:?}",
+            t.elapsed()
+        );
+
+        // A config change takes effect without a restart.
+        config.machine.network.interfaces[1].addresses = vec!["10.3.0.2/32".into()];
+        std::fs::write(&config_file, config.to_json().unwrap()).unwrap();
+        wait_for("the new veth2 address", || {
+            let a = ip(&["-o", "-4", "addr", "show", "veth2"]);
+            a.contains("10.3.0.2/32") && !a.contains("10.3.0.1/32")
+        })
+        .await;
+    });
+}
+
+/// Polls `check` every 20 ms for up to 5 s.
+async fn wait_for(what: &str, check: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `ip -o` pads with variable spaces and backslashes; compare words only.
+fn squash(s: &str) -> String {
+    s.split_whitespace()
+        .filter(|w| *w != "\\")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
