@@ -16,11 +16,14 @@ pub enum Access {
 }
 
 /// Checks `request` against `access`. `maintenance` is the reason apid is
-/// in maintenance mode, if it is.
+/// in maintenance mode, if it is; `ca_der` the machine CA clients must
+/// hold a certificate of (checked again here: a connection may have been
+/// accepted under an earlier config's CA).
 pub fn authorize<T>(
     request: &Request<T>,
     access: Access,
     maintenance: Option<&str>,
+    ca_der: Option<&[u8]>,
 ) -> Result<(), Status> {
     if let Some(reason) = maintenance {
         return match access {
@@ -38,6 +41,13 @@ pub fn authorize<T>(
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    if let Some(ca) = ca_der
+        && !pki::issued_by(leaf, ca)
+    {
+        return Err(Status::unauthenticated(
+            "the client certificate is not from this node's machine CA",
+        ));
+    }
     let role = pki::role_of(leaf)
         .map_err(|e| Status::permission_denied(format!("client certificate: {e}")))?;
     if role.allows(needed) {

@@ -1,7 +1,7 @@
 //! What apid waits for at start: machined's verdict on the machine config
 //! and, for the server certificate's names, the node's first address.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
@@ -78,17 +78,6 @@ pub async fn wait_for_mode(paths: &Paths) -> Mode {
     }
 }
 
-async fn wait_for_file(path: &Path, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if path.exists() {
-            return true;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    false
-}
-
 /// Builds the TLS configuration for `mode` with the server key `key`.
 pub async fn tls_for(
     mode: &Mode,
@@ -96,7 +85,7 @@ pub async fn tls_for(
     paths: &Paths,
 ) -> anyhow::Result<ServerConfig> {
     use anyhow::Context as _;
-    if !wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
+    if !slate_machinery::fs::wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
         tracing::warn!(
             "no network address after {}s; certificate names only hostname and loopback",
             NETWORK_WAIT.as_secs()

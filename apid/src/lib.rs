@@ -20,8 +20,8 @@
 //!
 //! # Limitations
 //! - No proxying to other nodes yet (`-n` through `-e`).
-//! - The server certificate is issued once at start; apid does not yet
-//!   re-issue it when the node's addresses change.
+//! - The server certificate is re-issued when the config changes, but not
+//!   yet when the node's addresses change.
 
 pub mod auth;
 pub mod boot;

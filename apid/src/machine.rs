@@ -39,10 +39,24 @@ impl MachineApi {
     }
 
     fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        authorize(request, access, self.maintenance().as_deref())
+        let (maintenance, ca) = {
+            let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
+            let ca = match &*mode {
+                Mode::Configured(c) => c
+                    .machine
+                    .ca
+                    .crt_pem()
+                    .ok()
+                    .and_then(|pem| slate_machinery::pki::pem_to_der(&pem).ok()),
+                Mode::Maintenance(_) => None,
+            };
+            (mode.maintenance().map(str::to_owned), ca)
+        };
+        authorize(request, access, maintenance.as_deref(), ca.as_deref())
     }
 
     fn machined(&self) -> MachineServiceClient<Channel> {
+        // Cheap: a handle to one shared connection.
         self.machined.clone()
     }
 
@@ -66,16 +80,17 @@ impl MachineApi {
 /// Forwards a call to machined, keeping its status (a validation error
 /// stays InvalidArgument with machined's message); an unreachable machined
 /// is named as such.
+/// Takes a fresh request: the caller's metadata is never passed on.
 async fn forward<T, R, F, Fut>(
     client: MachineServiceClient<Channel>,
-    request: T,
+    request: Request<T>,
     call: F,
 ) -> Result<Response<R>, Status>
 where
     F: FnOnce(MachineServiceClient<Channel>, Request<T>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
-    call(client, Request::new(request)).await.map_err(|s| {
+    call(client, request).await.map_err(|s| {
         if s.code() == tonic::Code::Unavailable {
             Status::unavailable(format!("machined is not answering: {}", s.message()))
         } else {
@@ -108,12 +123,18 @@ impl MachineService for MachineApi {
         &self,
         request: Request<ApplyConfigurationRequest>,
     ) -> Result<Response<ApplyConfigurationResponse>, Status> {
+        let anonymous = self.maintenance().is_some();
         self.authorize(&request, Access::RoleOrMaintenance(Role::Admin))?;
-        forward(
-            self.machined(),
-            request.into_inner(),
-            |mut c, r| async move { c.apply_configuration(r).await },
-        )
+        let mut forwarded = Request::new(request.into_inner());
+        if anonymous {
+            forwarded.metadata_mut().insert(
+                slate_machinery::constants::UNAUTHENTICATED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        forward(self.machined(), forwarded, |mut c, r| async move {
+            c.apply_configuration(r).await
+        })
         .await
     }
 
@@ -129,7 +150,7 @@ impl MachineService for MachineApi {
         self.authorize(&request, Access::Role(needed))?;
         forward(
             self.machined(),
-            request.into_inner(),
+            Request::new(request.into_inner()),
             |mut c, r| async move { c.get_machine_config(r).await },
         )
         .await
@@ -169,7 +190,7 @@ impl MachineService for MachineApi {
         self.authorize(&request, Access::Role(Role::Operator))?;
         forward(
             self.machined(),
-            request.into_inner(),
+            Request::new(request.into_inner()),
             |mut c, r| async move { c.reboot(r).await },
         )
         .await
@@ -182,7 +203,7 @@ impl MachineService for MachineApi {
         self.authorize(&request, Access::Role(Role::Operator))?;
         forward(
             self.machined(),
-            request.into_inner(),
+            Request::new(request.into_inner()),
             |mut c, r| async move { c.shutdown(r).await },
         )
         .await

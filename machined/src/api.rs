@@ -48,12 +48,18 @@ impl MachineService for MachinedApi {
         &self,
         request: Request<ApplyConfigurationRequest>,
     ) -> Result<Response<ApplyConfigurationResponse>, Status> {
+        let anonymous = request
+            .metadata()
+            .contains_key(slate_machinery::constants::UNAUTHENTICATED_HEADER);
         let r = request.into_inner();
         let mode = ApplyMode::try_from(r.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", r.mode)))?;
         let timeout =
             (r.try_timeout_seconds > 0).then(|| Duration::from_secs(r.try_timeout_seconds.into()));
-        let response = self.node.apply(&r.data, mode, r.dry_run, timeout).await?;
+        let response = self
+            .node
+            .apply(&r.data, mode, r.dry_run, timeout, anonymous)
+            .await?;
         tracing::info!("apply-config: {}", response.summary);
         Ok(Response::new(response))
     }

@@ -13,6 +13,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -106,6 +107,16 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
                 )
             })?,
     };
+    let name = disk
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if is_partition(name) {
+        return Err(DiskError::NoDisk(format!(
+            "{} is a partition; machine.install.disk must name a whole disk",
+            disk.display()
+        )));
+    }
     if !wipe && !blockdev::is_blank(&disk) {
         return Err(DiskError::NotEmpty { disk });
     }
@@ -156,6 +167,16 @@ pub fn mount_state(device: &Path, mount_point: &Path) -> Result<(), DiskError> {
         .map_err(io("restricting", mount_point))
 }
 
+/// Whether something is mounted on `path` (it lies on another device than
+/// its parent directory).
+pub fn is_mounted(path: &Path) -> bool {
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    match (dev(path), path.parent().and_then(dev)) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
+    }
+}
+
 nix::ioctl_none!(blkrrpart, 0x12, 95);
 
 /// Writes a fresh GPT with the STATE entry, then has the kernel re-read it.
@@ -165,11 +186,14 @@ fn partition(disk: &Path) -> Result<(), DiskError> {
         .and_then(|n| n.to_str())
         .unwrap_or_default();
     let sector = read_sys_u64(name, "queue/logical_block_size").unwrap_or(512);
+    // O_EXCL on a block device: refused while anything has it mounted or
+    // otherwise claimed.
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_EXCL)
         .open(disk)
-        .map_err(io("opening", disk))?;
+        .map_err(io("opening (exclusively)", disk))?;
     let size = read_sys_u64(name, "size").map(|s| s * 512).unwrap_or(0);
     let needed = STATE_OFFSET + STATE_SIZE + MIB;
     if size < needed {

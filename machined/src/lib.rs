@@ -16,7 +16,7 @@
 //! machined never exits on bad input: init would restart it forever.
 //!
 //! # Limitations
-//! `slate.config=URL` and service supervision come with their own issues.
+//! Service supervision comes with its own issue.
 
 pub mod api;
 pub mod blockdev;
@@ -31,6 +31,7 @@ pub mod url;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use slate_machinery::config::MachineConfig;
 use slate_machinery::constants;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
 
@@ -74,6 +75,10 @@ pub fn run(paths: &Paths) -> ! {
         Ok(runtime) => {
             let mount_point = PathBuf::from(constants::STATE_MOUNT);
             let state = disk::find_state().and_then(|device| {
+                // Mounted already when init restarted machined.
+                if disk::is_mounted(&mount_point) {
+                    return Some(state::State::new(&mount_point));
+                }
                 match disk::mount_state(&device, &mount_point) {
                     Ok(()) => Some(state::State::new(&mount_point)),
                     Err(e) => {
@@ -104,6 +109,24 @@ pub async fn boot(
     state: Option<state::State>,
     power: Power,
 ) -> std::sync::Arc<Node> {
+    // machined restarted by init (the published files are on tmpfs, so
+    // they exist only within this boot): carry on with the running config,
+    // which may be a `try`, not with what STATE holds for the next boot.
+    if let Ok(text) = std::fs::read_to_string(&paths.config)
+        && let Ok(config) = MachineConfig::from_json(&text, "published config")
+    {
+        let node = Node::new(paths.clone(), storage, state, power);
+        tracing::info!("machined restarted: keeping the running config");
+        node.boot(Verdict::valid(config), Source::Published).await;
+        return node;
+    }
+    if let Some(s) = &state {
+        match s.promote_staged() {
+            Ok(true) => tracing::info!("the staged config is now the node's config"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("promoting the staged config: {:#}", anyhow::Error::from(e)),
+        }
+    }
     let stored = state.as_ref().and_then(state::State::load);
     let node = Node::new(paths.clone(), storage, state, power);
     if let Some(config) = stored {
@@ -114,13 +137,17 @@ pub async fn boot(
     let cmdline = std::fs::read_to_string(constants::PROC_CMDLINE).unwrap_or_default();
     if let Some(url) = url::from_cmdline(&cmdline) {
         // The first attempt without an address could only fail.
-        wait_for_network(std::time::Duration::from_secs(30)).await;
-        tracing::info!("fetching the machine config from {url}");
+        let network = std::path::Path::new(constants::NETWORK_READY_FILE);
+        if !slate_machinery::fs::wait_for_file(network, std::time::Duration::from_secs(30)).await {
+            tracing::warn!("no network address after 30 s; fetching anyway");
+        }
+        tracing::info!("fetching the machine config from {}", url::redacted(&url));
+        let shown = url::redacted(&url);
         let verdict = match url::fetch_with_retries(&url).await {
             Ok(body) => {
-                match slate_machinery::config::MachineConfig::parse_bytes(
+                match MachineConfig::parse_bytes(
                     &body,
-                    &url,
+                    &shown,
                     slate_machinery::config::Mode::Cloud,
                 ) {
                     Ok(config) => Verdict::valid(config),
@@ -146,18 +173,6 @@ pub async fn boot(
     };
     node.boot(verdict, Source::ConfigDrive).await;
     node
-}
-
-/// Waits until networkd has published the node's first address.
-async fn wait_for_network(limit: std::time::Duration) {
-    let start = std::time::Instant::now();
-    while !std::path::Path::new(constants::NETWORK_READY_FILE).exists() {
-        if start.elapsed() > limit {
-            tracing::warn!("no network address after {limit:?}; trying anyway");
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// Serves machined's socket.

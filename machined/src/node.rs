@@ -28,6 +28,8 @@ pub enum Source {
     Url,
     ConfigDrive,
     Api,
+    /// What machined had published before it was restarted.
+    Published,
 }
 
 impl Source {
@@ -37,6 +39,7 @@ impl Source {
             Self::Url => "url",
             Self::ConfigDrive => "cidata",
             Self::Api => "api",
+            Self::Published => "published",
         }
     }
 }
@@ -106,14 +109,19 @@ impl Node {
         );
         let mount_point = mount_point.clone();
         let made = tokio::task::spawn_blocking(move || {
-            let device = crate::disk::create_state(disk.as_deref(), wipe)?;
+            // A STATE that exists but did not mount at boot is mounted, never
+            // replaced by a new one.
+            let device = match crate::disk::find_state() {
+                Some(device) => device,
+                None => crate::disk::create_state(disk.as_deref(), wipe)?,
+            };
             crate::disk::mount_state(&device, &mount_point)?;
             Ok::<_, crate::disk::DiskError>(State::new(mount_point))
         })
         .await
         .map_err(|e| format!("creating STATE: {e}"))?
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-        tracing::info!("STATE created and mounted");
+        tracing::info!("STATE mounted");
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(made.clone());
         Ok(Some(made))
     }
@@ -122,8 +130,11 @@ impl Node {
     /// and, when it came from a config drive, is kept on STATE so the next
     /// boot finds it there.
     pub async fn boot(&self, verdict: Verdict, source: Source) {
+        if let Some(staged) = self.state().and_then(|s| s.load_staged()) {
+            self.inner.lock().await.staged = Some(staged);
+        }
         if let Verdict::Valid { config, .. } = &verdict {
-            if source != Source::State
+            if matches!(source, Source::Url | Source::ConfigDrive)
                 && let Err(e) = self.store(config).await
             {
                 tracing::warn!("the config is not kept across reboots: {}", e.message());
@@ -150,16 +161,26 @@ impl Node {
 
     /// Validates `data` and applies it as `mode` asks. Nothing changes on
     /// the node unless every check passed.
+    /// `anonymous`: apid let the call through because the node was in
+    /// maintenance mode; refused if the node has a config by now (apid
+    /// switches to mutual TLS a moment after the first config).
     pub async fn apply(
         self: &Arc<Self>,
         data: &[u8],
         mode: ApplyMode,
         dry_run: bool,
         try_timeout: Option<Duration>,
+        anonymous: bool,
     ) -> Result<ApplyConfigurationResponse, Status> {
         let new = MachineConfig::parse_bytes(data, "config", Mode::Cloud)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::publish::usable_machine_ca(&new).map_err(Status::invalid_argument)?;
         let mut inner = self.inner.lock().await;
+        if anonymous && inner.running.is_some() {
+            return Err(Status::permission_denied(
+                "the node has a config: apply-config needs a client certificate of its machine CA",
+            ));
+        }
         let running = inner.running.as_ref().map(|(c, _)| c);
         if let Some(old) = running
             && old.machine.ca.crt != new.machine.ca.crt
@@ -217,31 +238,35 @@ impl Node {
             return Ok(response);
         }
 
-        // Any apply confirms (ends) a try in progress.
-        let previous = inner.running.clone();
-        let rollback_to = match inner.rollback.take() {
-            Some((before_try, timer)) => {
+        // Any successful apply confirms (ends) a try in progress; a failed
+        // one leaves it running, timer and all.
+        let confirm = |inner: &mut Inner| {
+            if let Some((_, timer)) = inner.rollback.take() {
                 timer.abort();
-                if mode == ApplyMode::Try {
-                    before_try
-                } else {
-                    None
-                }
             }
-            None => previous,
         };
         match mode {
             ApplyMode::Staged => {
-                self.store(&new).await?;
+                self.store_staged(&new).await?;
+                confirm(&mut inner);
                 inner.staged = Some(new);
             }
             ApplyMode::Reboot => {
                 self.store(&new).await?;
+                confirm(&mut inner);
                 inner.staged = Some(new);
                 self.power.request(Action::Reboot);
             }
             ApplyMode::Try => {
-                // Live only: a reboot during the try boots the old config.
+                // Back to what ran before the first try of a series.
+                let rollback_to = match inner.rollback.take() {
+                    Some((before, timer)) => {
+                        timer.abort();
+                        before
+                    }
+                    None => inner.running.clone(),
+                };
+                // Live only: a reboot during the try boots what STATE holds.
                 self.go_live(&mut inner, new, Source::Api);
                 let timeout = try_timeout.unwrap_or(DEFAULT_TRY_TIMEOUT);
                 let node = Arc::clone(self);
@@ -253,19 +278,36 @@ impl Node {
             }
             ApplyMode::NoReboot | ApplyMode::Auto => {
                 self.store(&new).await?;
+                confirm(&mut inner);
                 inner.staged = None;
+                if let Some(state) = self.state() {
+                    state.clear_staged();
+                }
                 self.go_live(&mut inner, new, Source::Api);
             }
         }
         Ok(response)
     }
 
-    /// Keeps `config` on STATE (created if need be). Without any STATE the
-    /// config still applies, until the next boot; the console says so.
+    /// Keeps `config` on STATE (created if need be) as the one to boot.
+    /// Without any STATE the config still applies, until the next boot;
+    /// the console says so.
     async fn store(&self, config: &MachineConfig) -> Result<(), Status> {
+        self.store_with(config, State::save).await
+    }
+
+    /// Keeps `config` on STATE for the next boot, beside the current one.
+    async fn store_staged(&self, config: &MachineConfig) -> Result<(), Status> {
+        self.store_with(config, State::save_staged).await
+    }
+
+    async fn store_with(
+        &self,
+        config: &MachineConfig,
+        save: fn(&State, &MachineConfig) -> Result<(), crate::state::StateError>,
+    ) -> Result<(), Status> {
         match self.ensure_state(config).await {
-            Ok(Some(state)) => state
-                .save(config)
+            Ok(Some(state)) => save(&state, config)
                 .map_err(|e| Status::internal(format!("{:#}", anyhow::Error::from(e)))),
             Ok(None) => {
                 tracing::warn!("no STATE partition: the config lasts until the next boot");
@@ -337,5 +379,52 @@ fn summary(mode: ApplyMode, first: bool, unchanged: bool, dry_run: bool) -> Stri
         format!("dry run: {what} would be {how}")
     } else {
         format!("{what}: {how}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(dir: &std::path::Path) -> Paths {
+        Paths {
+            config: dir.join("config.json"),
+            config_error: dir.join("config.error"),
+            mount_point: dir.join("mnt"),
+            socket: dir.join("machined.sock"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_apply_is_refused_once_the_node_has_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "t".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .worker;
+        let yaml = config.to_yaml().unwrap();
+        let node = Node::new(
+            paths(dir.path()),
+            Storage::Fixed(None),
+            None,
+            Power::Record(Default::default()),
+        );
+        node.boot(Verdict::Missing, Source::ConfigDrive).await;
+        // Maintenance mode: the first config may come without a certificate.
+        node.apply(yaml.as_bytes(), ApplyMode::Auto, false, None, true)
+            .await
+            .unwrap();
+        // apid may not have switched to mutual TLS yet: machined refuses.
+        let err = node
+            .apply(yaml.as_bytes(), ApplyMode::Auto, false, None, true)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        node.apply(yaml.as_bytes(), ApplyMode::Auto, true, None, false)
+            .await
+            .unwrap();
     }
 }

@@ -29,8 +29,12 @@ impl Verdict {
         }
     }
 
-    /// A config that passed validation.
+    /// A config that passed validation; refused if apid could not issue
+    /// its certificate from the machine CA (the node would be unreachable).
     pub fn valid(config: MachineConfig) -> Self {
+        if let Err(e) = usable_machine_ca(&config) {
+            return Self::Invalid(e);
+        }
         match config.to_json() {
             Ok(json) => Self::Valid {
                 config: Box::new(config),
@@ -39,6 +43,19 @@ impl Verdict {
             Err(e) => Self::Invalid(e.to_string()),
         }
     }
+}
+
+/// The machine CA's certificate and key load together as a CA.
+pub fn usable_machine_ca(config: &MachineConfig) -> Result<(), String> {
+    let ca = &config.machine.ca;
+    let crt = ca.crt_pem().map_err(|e| format!("machine.ca.crt: {e}"))?;
+    let key = ca
+        .key_pem()
+        .map_err(|e| format!("machine.ca.key: {e}"))?
+        .ok_or("machine.ca.key: is required")?;
+    slate_machinery::pki::Authority::from_pem(&crt, &key)
+        .map(drop)
+        .map_err(|e| format!("machine.ca: {e}"))
 }
 
 /// Writes the config or the error file (and removes the other one), and

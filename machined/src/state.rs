@@ -3,11 +3,14 @@
 //! Files (mode 0600, written atomically: temp file, fsync, rename, fsync
 //! of the directory):
 //! - `config.yaml`: the config the node boots with;
-//! - `config.prev.yaml`: the one before it, the last good config to fall
-//!   back to if `config.yaml` does not validate (a bug, a bit flip).
+//! - `config.prev.yaml`: the one `config.yaml` replaced, loaded if
+//!   `config.yaml` does not validate (a bug, a bit flip);
+//! - `config.staged.yaml`: a config applied with `--mode staged`, which
+//!   becomes `config.yaml` at the next boot ([`State::promote_staged`]),
+//!   not when machined is merely restarted.
 //!
-//! A half-written file is never loaded: a write either replaced
-//! `config.yaml` whole or left the old one.
+//! A half-written file is never loaded: a write either replaced the file
+//! whole or left the old one.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,7 @@ use slate_machinery::fs::{AtomicWriteError, copy_atomic, write_atomic};
 
 const CONFIG: &str = "config.yaml";
 const PREVIOUS: &str = "config.prev.yaml";
+const STAGED: &str = "config.staged.yaml";
 
 /// A mounted STATE volume.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ impl State {
     }
 
     /// The stored config, falling back to the previous one when the current
-    /// one is unreadable or invalid. `Ok(None)`: nothing stored yet.
+    /// one is unreadable or invalid; `None` when nothing is stored yet.
     pub fn load(&self) -> Option<MachineConfig> {
         for name in [CONFIG, PREVIOUS] {
             let path = self.dir.join(name);
@@ -56,6 +60,37 @@ impl State {
             }
         }
         None
+    }
+
+    /// At boot: a staged config becomes the one to boot with.
+    pub fn promote_staged(&self) -> Result<bool, StateError> {
+        let staged = self.dir.join(STAGED);
+        let Some(config) = self.load_staged() else {
+            return Ok(false);
+        };
+        self.save(&config)?;
+        let _ = std::fs::remove_file(staged);
+        Ok(true)
+    }
+
+    /// The staged config, if a valid one is there.
+    pub fn load_staged(&self) -> Option<MachineConfig> {
+        let bytes = std::fs::read(self.dir.join(STAGED)).ok()?;
+        MachineConfig::parse_bytes(&bytes, &format!("STATE:/{STAGED}"), Mode::Cloud)
+            .map_err(|e| tracing::error!("ignoring the staged config: {e}"))
+            .ok()
+    }
+
+    /// Stores `config` for the next boot.
+    pub fn save_staged(&self, config: &MachineConfig) -> Result<(), StateError> {
+        let yaml = config.to_yaml().map_err(StateError::Serialize)?;
+        write_atomic(&self.dir.join(STAGED), yaml.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// Drops a staged config (a newer one was applied live).
+    pub fn clear_staged(&self) {
+        let _ = std::fs::remove_file(self.dir.join(STAGED));
     }
 
     /// Stores `config` as the one to boot with; the current one becomes

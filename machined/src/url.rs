@@ -55,11 +55,31 @@ pub enum FetchError {
     Timeout(Duration),
 }
 
+/// `url` without what may be a credential (`user:pass@`, the query): how
+/// it is shown on the console and to maintenance-mode clients.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = match rest.split_once('/') {
+        Some((authority, path)) => {
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{host}/{path}")
+        }
+        None => rest.rsplit_once('@').map_or(rest, |(_, h)| h).to_owned(),
+    };
+    if scheme.is_empty() {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
 /// Fetches `url`, retrying until it answers 200 or [`GIVE_UP_AFTER`].
 pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1;
+    let shown = redacted(url);
     loop {
         match tokio::time::timeout(REQUEST_TIMEOUT, fetch(url)).await {
             Ok(Ok(body)) => return Ok(body),
@@ -69,11 +89,11 @@ pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
                 return Err(FetchError::Timeout(REQUEST_TIMEOUT));
             }
             Ok(Err(e)) => tracing::warn!(
-                "fetching the machine config from {url} (attempt {attempt}): {:#}; retrying in {delay:?}",
+                "fetching the machine config from {shown} (attempt {attempt}): {:#}; retrying in {delay:?}",
                 anyhow::Error::from(e)
             ),
             Err(_) => tracing::warn!(
-                "fetching the machine config from {url} (attempt {attempt}): no answer within {REQUEST_TIMEOUT:?}; retrying"
+                "fetching the machine config from {shown} (attempt {attempt}): no answer within {REQUEST_TIMEOUT:?}; retrying"
             ),
         }
         tokio::time::sleep(delay).await;
@@ -84,8 +104,7 @@ pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
 
 struct Parsed<'a> {
     tls: bool,
-    host: &'a str,
-    port: u16,
+    target: slate_machinery::client::Target,
     path: &'a str,
 }
 
@@ -100,35 +119,14 @@ fn parse(url: &str) -> Option<Parsed<'_>> {
         None => (rest, "/"),
     };
     let default_port = if tls { 443 } else { 80 };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']')?;
-        match after.strip_prefix(':') {
-            Some(p) => (h, p.parse().ok()?),
-            None if after.is_empty() => (h, default_port),
-            None => return None,
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (authority, default_port),
-        }
-    };
-    (!host.is_empty() && port != 0).then_some(Parsed {
-        tls,
-        host,
-        port,
-        path,
-    })
+    let target = slate_machinery::client::Target::parse_with_port(authority, default_port).ok()?;
+    Some(Parsed { tls, target, path })
 }
 
 /// One GET.
 pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
     let u = parse(url).ok_or_else(|| FetchError::BadUrl(url.to_owned()))?;
-    let addr = if u.host.contains(':') {
-        format!("[{}]:{}", u.host, u.port)
-    } else {
-        format!("{}:{}", u.host, u.port)
-    };
+    let addr = u.target.to_string();
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|source| FetchError::Connect {
@@ -141,18 +139,18 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
         let config = rustls::ClientConfig::builder_with_provider(slate_machinery::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| FetchError::Tls {
-                host: u.host.to_owned(),
+                host: u.target.host.clone(),
                 source: std::io::Error::other(e),
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = rustls_pki_types::ServerName::try_from(u.host.to_owned())
+        let name = rustls_pki_types::ServerName::try_from(u.target.host.clone())
             .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
             .map_err(|source| FetchError::Tls {
-                host: u.host.to_owned(),
+                host: u.target.host.clone(),
                 source,
             })?;
         get(TokioIo::new(stream), &u).await
@@ -170,7 +168,7 @@ where
         let _ = conn.await;
     });
     let request = http::Request::get(u.path)
-        .header(http::header::HOST, u.host)
+        .header(http::header::HOST, u.target.host.as_str())
         .header(http::header::USER_AGENT, "slate-machined")
         .body(Empty::<Bytes>::new())
         .map_err(|_| FetchError::BadUrl(u.path.to_owned()))?;
@@ -203,11 +201,25 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(
+            redacted("https://user:pw@cfg.example.com/a.yaml?sig=secret#x"),
+            "https://cfg.example.com/a.yaml"
+        );
+        assert_eq!(
+            redacted("http://10.0.2.2:8080/cp.yaml"),
+            "http://10.0.2.2:8080/cp.yaml"
+        );
+        assert_eq!(redacted("http://t@h?q"), "http://h");
+    }
+
+    #[test]
     fn urls_are_parsed_or_refused() {
         let p = parse("https://cfg.example.com/nodes/a.yaml").unwrap();
-        assert!(p.tls && p.host == "cfg.example.com" && p.port == 443 && p.path == "/nodes/a.yaml");
+        assert!(p.tls && p.target.host == "cfg.example.com" && p.target.port == 443);
+        assert_eq!(p.path, "/nodes/a.yaml");
         let p = parse("http://[fd00::1]:8080").unwrap();
-        assert!(!p.tls && p.host == "fd00::1" && p.port == 8080 && p.path == "/");
+        assert!(!p.tls && p.target.host == "fd00::1" && p.target.port == 8080 && p.path == "/");
         for bad in [
             "ftp://x/y",
             "http://",

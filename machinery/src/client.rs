@@ -23,7 +23,13 @@ pub struct Target {
 }
 
 impl Target {
+    /// `host` or `host:port`, apid's port by default.
     pub fn parse(s: &str) -> Result<Self, ClientError> {
+        Self::parse_with_port(s, APID_PORT)
+    }
+
+    /// `host` or `host:port` (IPv6 in brackets), `default_port` without one.
+    pub fn parse_with_port(s: &str, default_port: u16) -> Result<Self, ClientError> {
         let bad = || ClientError::BadTarget(s.to_owned());
         let s = s.trim();
         if s.is_empty() {
@@ -44,7 +50,7 @@ impl Target {
         };
         let port = match port {
             Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
-            None => APID_PORT,
+            None => default_port,
         };
         if host.is_empty() {
             return Err(bad());

@@ -45,6 +45,13 @@ pub const STATE_MOUNT: &str = "/run/slate/state";
 /// mke2fs in the root image (from Debian's e2fsprogs, see image/src/hostbin.rs).
 pub const MKE2FS_BIN: &str = "/usr/sbin/mke2fs";
 
+/// Set by apid on a call it forwards to machined without a client
+/// certificate (allowed only in maintenance mode). machined refuses such a
+/// call once the node has a config, closing the moment between the first
+/// config and apid's switch to mutual TLS. Only root daemons reach
+/// machined's socket, and apid never forwards its callers' metadata.
+pub const UNAUTHENTICATED_HEADER: &str = "x-slate-unauthenticated";
+
 /// Where stage 2 finds the daemons it supervises.
 pub const MACHINED_BIN: &str = "/usr/bin/machined";
 pub const APID_BIN: &str = "/usr/bin/apid";

@@ -38,6 +38,20 @@ pub enum AtomicWriteError {
     },
 }
 
+/// Waits until `path` exists (another daemon published it), checking every
+/// 10 ms: the files daemons hand over appear once per boot on tmpfs, so the
+/// check costs nothing and keeps boot latency low. False after `limit`.
+pub async fn wait_for_file(path: &Path, limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if path.exists() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// Writes `data` to `path` with the given mode: temporary file in the same
 /// directory, fsync, rename over `path`, fsync the directory. On failure the
 /// temporary file is removed and `path` keeps its old content.

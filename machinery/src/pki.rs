@@ -83,6 +83,8 @@ pub enum PkiError {
     ParseCert(String),
     #[error("the certificate names no role in its Organization")]
     NoRole,
+    #[error("the private key does not belong to the CA certificate")]
+    KeyMismatch,
 }
 
 /// A certificate with its private key, both PEM.
@@ -149,6 +151,11 @@ impl Authority {
             return Err(PkiError::NotACa);
         }
         let key = KeyPair::from_pem(key_pem).map_err(PkiError::ParseKey)?;
+        // Nor does it check that the key belongs to the certificate: a
+        // mismatch would sign certificates that fail every verification.
+        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(PkiError::KeyMismatch);
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(PkiError::ParseCa)?;
         Ok(Self { issuer })
     }
@@ -283,6 +290,19 @@ pub fn role_of(cert_der: &[u8]) -> Result<Role, PkiError> {
         .ok_or(PkiError::NoRole)
 }
 
+/// Whether `cert_der` carries a valid signature of the CA `ca_der`. TLS
+/// checked this at the handshake; apid checks again per call, because a
+/// long-lived connection may outlive the CA it was accepted under.
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(cert_der),
+        x509_parser::parse_x509_certificate(ca_der),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// SHA-256 fingerprint of a DER certificate, as colon-separated hex, which
 /// is how the console prints it for people to compare.
 pub fn fingerprint(cert_der: &[u8]) -> String {
@@ -298,6 +318,31 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_with_another_key_is_refused() {
+        let a = generate_ca("a").unwrap();
+        let b = generate_ca("b").unwrap();
+        assert!(Authority::from_pem(&a.cert_pem, &a.key_pem).is_ok());
+        assert!(matches!(
+            Authority::from_pem(&a.cert_pem, &b.key_pem),
+            Err(PkiError::KeyMismatch)
+        ));
+    }
+
+    #[test]
+    fn issued_by_tells_its_ca_from_another() {
+        let ca = generate_ca("a").unwrap();
+        let other = generate_ca("b").unwrap();
+        let client = Authority::from_pem(&ca.cert_pem, &ca.key_pem)
+            .unwrap()
+            .issue_client("c", Role::Reader)
+            .unwrap();
+        let der = |pem: &str| pem_to_der(pem).unwrap();
+        assert!(issued_by(&der(&client.cert_pem), &der(&ca.cert_pem)));
+        assert!(!issued_by(&der(&client.cert_pem), &der(&other.cert_pem)));
+        assert!(!issued_by(b"junk", &der(&ca.cert_pem)));
+    }
 
     #[test]
     fn client_certificate_carries_its_role() {

@@ -165,7 +165,8 @@ async fn maintenance_apply_config_and_state_across_reboot() {
         "insecure clients must be refused once configured"
     );
     assert!(
-        console::find_line(&vm.console, "STATE created and mounted").is_some(),
+        console::find_line(&vm.console, "creating the STATE partition on /dev/vda").is_some()
+            && console::find_line(&vm.console, "STATE mounted").is_some(),
         "console:\n{}",
         vm.console_tail(80)
     );

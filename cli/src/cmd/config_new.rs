@@ -1,6 +1,7 @@
 //! `slatectl config new --roles os:reader -o reader.slateconfig`: a client
 //! config for another person or tool, with a certificate for one role,
-//! issued by the node (the machine CA key never leaves it). Needs os:admin.
+//! issued by the node from the machine CA in its config, so the client
+//! needs no CA key. Needs os:admin.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The machine config schema, `version: v1alpha1`.
 //!
-//! Every field is documented here; `docs/config-reference.md` is the user's
+//! Every field is documented here; `docs/config.md` is the user's
 //! copy of these comments. Unknown fields are errors everywhere, so a typo
 //! never silently does nothing. Empty and default fields are left out when a
 //! config is written, which keeps generated configs short.
