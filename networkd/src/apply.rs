@@ -17,7 +17,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use crate::hostname::{self, Hostname};
 use crate::ipv4;
 use crate::link::{self, LinkInfo};
-use crate::ready::{self, ReadyFile, Source};
+use crate::ready::{self, SharedReady, Source};
 use crate::resolv;
 
 /// Below this an MTU from the network is more likely a mistake than a real
@@ -93,7 +93,7 @@ impl Setup {
     fn protocol(&self) -> RouteProtocol {
         match self.source {
             Source::Dhcp => RouteProtocol::Dhcp,
-            Source::Static => RouteProtocol::Static,
+            Source::Static | Source::Config => RouteProtocol::Static,
         }
     }
 }
@@ -139,7 +139,7 @@ pub enum ApplyError {
 pub struct Applier {
     handle: Handle,
     resolv_conf: PathBuf,
-    ready: ReadyFile,
+    ready: SharedReady,
     hostname: Hostname,
     /// The `ip=` hostname, which wins over DHCP's.
     hostname_override: Option<String>,
@@ -149,7 +149,7 @@ impl Applier {
     pub fn new(
         handle: Handle,
         resolv_conf: PathBuf,
-        ready: ReadyFile,
+        ready: SharedReady,
         hostname: Hostname,
         hostname_override: Option<String>,
     ) -> Self {
@@ -160,6 +160,10 @@ impl Applier {
             hostname,
             hostname_override,
         }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, ready::ReadyFile> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the hostname before any address exists (the `ip=` one or the
@@ -227,7 +231,7 @@ impl Applier {
             Ok(false) => {}
             Err(e) => tracing::warn!("{}", crate::error_chain(&e)),
         }
-        self.ready.set(ready::Entry {
+        self.ready().set(ready::Entry {
             ifname: link.name.clone(),
             address: new.address,
             prefix_len: new.prefix_len,
@@ -239,7 +243,7 @@ impl Applier {
     /// Removes what `setup` added (lease lost); the ready file follows.
     pub async fn remove(&mut self, link: &LinkInfo, setup: &Setup) -> Result<(), ApplyError> {
         self.remove_network(link, setup).await;
-        self.ready.remove(&link.name, setup.source)?;
+        self.ready().remove(&link.name, setup.source)?;
         Ok(())
     }
 

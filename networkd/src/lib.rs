@@ -22,7 +22,9 @@
 //!
 //! # Limitations
 //! DHCP runs on one link (the first Ethernet link or `ip=`'s), IPv4 only,
-//! whatever `dhcp:` the config sets per interface; no ARP conflict check
+//! from boot on, whatever `dhcp:` the config sets per interface: networkd
+//! does not wait for the config, to keep DHCP off the boot's critical path
+//! (boot with `ip=off` to leave every link to the config); no ARP conflict check
 //! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
 //! hostname, nameservers, search domains and time servers are not applied
@@ -129,19 +131,22 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
 
     let (connection, handle, _) = rtnetlink::new_connection().map_err(RunError::Netlink)?;
     tokio::spawn(connection);
-    tokio::spawn(reconcile::run(
-        opts.sysfs.clone(),
-        opts.config_file.clone(),
-        opts.owned_file.clone(),
-    ));
 
     let lo = link::by_name(&handle, "lo").await?;
     link::set_up(&handle, &lo).await?;
 
-    for path in [&opts.resolv_conf, &opts.ready_file] {
+    for path in [&opts.resolv_conf, &opts.ready_file, &opts.owned_file] {
         create_parent(path)?;
     }
-    let ready = ready::ReadyFile::new(&opts.ready_file)?;
+    let ready: ready::SharedReady = std::sync::Arc::new(std::sync::Mutex::new(
+        ready::ReadyFile::new(&opts.ready_file)?,
+    ));
+    tokio::spawn(reconcile::run(
+        opts.sysfs.clone(),
+        opts.config_file.clone(),
+        opts.owned_file.clone(),
+        ready.clone(),
+    ));
     let hostname_override = match &config {
         cmdline::IpConfig::Dhcp { hostname, .. } => hostname.clone(),
         cmdline::IpConfig::Static(s) => s.hostname.clone(),
@@ -157,7 +162,7 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
 
     match config {
         cmdline::IpConfig::Off => {
-            tracing::info!("ip=off: only loopback is configured");
+            tracing::info!("no automatic configuration: loopback and the machine config only");
         }
         cmdline::IpConfig::Static(s) => {
             let link = link::wait_for(&handle, s.device.as_deref(), &opts.sysfs).await?;

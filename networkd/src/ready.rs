@@ -12,13 +12,19 @@ use std::path::{Path, PathBuf};
 pub enum Source {
     Dhcp,
     Static,
+    /// A static address of `machine.network` (the reconciler's).
+    Config,
 }
+
+/// The ready file, shared by the DHCP/`ip=` path and the reconciler.
+pub type SharedReady = std::sync::Arc<std::sync::Mutex<ReadyFile>>;
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Source::Dhcp => "dhcp",
             Source::Static => "static",
+            Source::Config => "config",
         })
     }
 }

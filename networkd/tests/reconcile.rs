@@ -263,13 +263,25 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
         config.machine.network = network(CONFIG);
         let config_file = dir.path().join("config.json");
         std::fs::write(&config_file, config.to_json().unwrap()).unwrap();
+        let ready_path = dir.path().join("network.ready");
+        let ready = std::sync::Arc::new(std::sync::Mutex::new(
+            slate_networkd::ready::ReadyFile::new(&ready_path).unwrap(),
+        ));
         tokio::spawn(slate_networkd::reconcile::run(
             PathBuf::from("/sys"),
             config_file.clone(),
             dir.path().join("owned"),
+            ready,
         ));
         wait_for("the first pass", || {
             ip(&["-o", "-4", "addr", "show", "veth2"]).contains("10.3.0.1/32")
+        })
+        .await;
+        // apid waits for this file: the configured addresses are announced.
+        wait_for("the ready file", || {
+            std::fs::read_to_string(&ready_path).is_ok_and(|t| {
+                t.contains("veth0 10.1.0.5/24 config") && t.contains("veth2 10.3.0.1/32 config")
+            })
         })
         .await;
 

@@ -220,3 +220,46 @@ async fn static_address_from_the_kernel_command_line() {
         "DHCP ran despite ip=; console:\n{tail}"
     );
 }
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn static_address_from_the_machine_config() {
+    let a = Artifacts::find().unwrap();
+    let mut bundle = cluster();
+    // QEMU forwards the API port to 10.0.2.15: the config gives eth0 that
+    // address and the default route; `ip=off` leaves eth0 to the config.
+    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+        "interfaces:
+  - interface: eth0
+    mtu: 1400
+    addresses: [10.0.2.15/24]
+    routes: [{network: 0.0.0.0/0, gateway: 10.0.2.2}]
+",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("cidata.iso");
+    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::kernel(&a));
+    opts.config_drive = Some(drive);
+    opts.extra_cmdline = Some("ip=off".into());
+    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
+    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tail = vm.console_tail(80);
+    for line in [
+        "network: eth0: add 10.0.2.15/24",
+        "network: eth0: mtu 1400",
+        "network: eth0: route 0.0.0.0/0 via 10.0.2.2",
+    ] {
+        assert!(
+            console::find_line(&vm.console, line).is_some(),
+            "no {line:?}; console:\n{tail}"
+        );
+    }
+    assert!(
+        console::find_line(&vm.console, "via dhcp").is_none(),
+        "DHCP ran despite ip=off; console:\n{tail}"
+    );
+}

@@ -27,6 +27,8 @@ use slate_machinery::fs::write_atomic;
 
 use model::{Addr, Op};
 
+use crate::ready::{Entry, SharedReady, Source};
+
 /// What one pass did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -36,6 +38,8 @@ pub struct Report {
     pub failed: Vec<String>,
     /// Interfaces the config names that are not there (yet).
     pub missing: Vec<String>,
+    /// The addresses the config asks for.
+    pub wanted: BTreeSet<Addr>,
 }
 
 pub struct Reconciler {
@@ -68,6 +72,7 @@ impl Reconciler {
         let ops = model::plan(&desired, &actual, &self.owned);
         let mut report = Report {
             missing: desired.missing,
+            wanted: desired.addresses.clone(),
             ..Default::default()
         };
         let owned_before = self.owned.clone();
@@ -133,8 +138,36 @@ const SAFETY_NET: Duration = Duration::from_secs(30);
 /// routes); one pass after the burst is enough.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// Keeps the ready file's `config` entries to the configured IPv4
+/// addresses that are in place (one per link, as the file holds).
+fn sync_ready(ready: &SharedReady, wanted: &BTreeSet<Addr>, listed: &mut BTreeSet<String>) {
+    let mut file = ready.lock().unwrap_or_else(|e| e.into_inner());
+    let mut now = BTreeSet::new();
+    for a in wanted {
+        if let ipnet::IpNet::V4(v4) = a.net
+            && now.insert(a.ifname.clone())
+        {
+            let entry = Entry {
+                ifname: a.ifname.clone(),
+                address: v4.addr(),
+                prefix_len: v4.prefix_len(),
+                source: Source::Config,
+            };
+            if let Err(e) = file.set(entry) {
+                tracing::warn!("{}", slate_machinery::error::chain(&e));
+            }
+        }
+    }
+    for gone in listed.difference(&now) {
+        if let Err(e) = file.remove(gone, Source::Config) {
+            tracing::warn!("{}", slate_machinery::error::chain(&e));
+        }
+    }
+    *listed = now;
+}
+
 /// Reconciles for ever: on config changes, kernel events and a timer.
-pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf) {
+pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf, ready: SharedReady) {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -153,6 +186,7 @@ pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf) {
     let mut reconciler = Reconciler::new(handle, sysfs, owned_file);
     let mut network: Option<Network> = None;
     let mut last_missing: Vec<String> = Vec::new();
+    let mut listed = BTreeSet::new();
     let mut poll = tokio::time::interval(CONFIG_POLL);
     let mut safety = tokio::time::interval(SAFETY_NET);
     loop {
@@ -185,6 +219,9 @@ pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf) {
                 }
                 for failure in &report.failed {
                     tracing::warn!("network: {failure}");
+                }
+                if report.failed.is_empty() {
+                    sync_ready(&ready, &report.wanted, &mut listed);
                 }
                 if report.missing != last_missing {
                     for m in &report.missing {
