@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["slate/machine/v1/machine.proto"];
+const PROTOS: &[&str] = &[
+    "slate/machine/v1/machine.proto",
+    "slate/resource/v1/resource.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;

@@ -17,6 +17,7 @@ pub struct Paths {
     pub config_error: PathBuf,
     pub network_ready: PathBuf,
     pub machined_socket: PathBuf,
+    pub networkd_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]

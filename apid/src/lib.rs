@@ -28,6 +28,7 @@ pub mod boot;
 pub mod listener;
 pub mod live;
 pub mod machine;
+pub mod resource;
 pub mod sysinfo;
 
 use std::net::SocketAddr;
@@ -113,6 +114,10 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     ));
     let machined =
         slate_machinery::client::machine(slate_machinery::client::local(&paths.machined_socket));
+    let networkd = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
+        slate_machinery::client::local(&paths.networkd_socket),
+    );
+    let resources = resource::ResourceApi::new(machine::Authorizer::new(mode.clone()), networkd);
     let service = machine::MachineApi::new(mode, machined);
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -131,6 +136,9 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     tonic::transport::Server::builder()
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))
+        .add_service(
+            slate_proto::resource::resource_service_server::ResourceServiceServer::new(resources),
+        )
         .serve_with_incoming(listener::tls_incoming(listener, tls_rx))
         .await
         .context("serving gRPC")
@@ -144,6 +152,7 @@ impl Default for Paths {
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             network_ready: PathBuf::from(constants::NETWORK_READY_FILE),
             machined_socket: PathBuf::from(constants::MACHINED_SOCKET),
+            networkd_socket: PathBuf::from(constants::NETWORKD_SOCKET),
         }
     }
 }

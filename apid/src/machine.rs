@@ -22,23 +22,24 @@ use crate::boot::Mode;
 use crate::live::SharedMode;
 use crate::sysinfo;
 
-pub struct MachineApi {
+/// Checks callers against the current mode: one per service, sharing it.
+#[derive(Clone)]
+pub struct Authorizer {
     mode: SharedMode,
-    machined: MachineServiceClient<Channel>,
 }
 
-impl MachineApi {
-    pub fn new(mode: SharedMode, machined: MachineServiceClient<Channel>) -> Self {
-        Self { mode, machined }
+impl Authorizer {
+    pub fn new(mode: SharedMode) -> Self {
+        Self { mode }
     }
 
     /// Why the node is in maintenance mode, if it is.
-    fn maintenance(&self) -> Option<String> {
+    pub fn maintenance(&self) -> Option<String> {
         let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
         mode.maintenance().map(str::to_owned)
     }
 
-    fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+    pub fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
         let (maintenance, ca) = {
             let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
             let ca = match &*mode {
@@ -53,6 +54,30 @@ impl MachineApi {
             (mode.maintenance().map(str::to_owned), ca)
         };
         authorize(request, access, maintenance.as_deref(), ca.as_deref())
+    }
+}
+
+pub struct MachineApi {
+    auth: Authorizer,
+    mode: SharedMode,
+    machined: MachineServiceClient<Channel>,
+}
+
+impl MachineApi {
+    pub fn new(mode: SharedMode, machined: MachineServiceClient<Channel>) -> Self {
+        Self {
+            auth: Authorizer::new(mode.clone()),
+            mode,
+            machined,
+        }
+    }
+
+    fn maintenance(&self) -> Option<String> {
+        self.auth.maintenance()
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        self.auth.check(request, access)
     }
 
     fn machined(&self) -> MachineServiceClient<Channel> {

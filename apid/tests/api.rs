@@ -59,6 +59,7 @@ async fn start(boot: Boot<'_>) -> Node {
         config_error: machined_paths.config_error.clone(),
         network_ready: dir.path().join("network.ready"),
         machined_socket: machined_paths.socket.clone(),
+        networkd_socket: dir.path().join("networkd.sock"),
     };
     std::fs::write(&paths.network_ready, "lo 127.0.0.1/8 static\n").unwrap();
     let state = State::new(&state_dir);

@@ -40,6 +40,49 @@ pub fn print<T: Rows + Serialize>(format: Format, items: &[T]) -> anyhow::Result
     Ok(())
 }
 
+/// Rows given as JSON objects (resources): the table shows `columns`
+/// (header, field) after a NODE column; YAML and JSON show every field.
+pub fn print_values(
+    format: Format,
+    columns: &[(&str, &str)],
+    rows: &[serde_json::Value],
+) -> anyhow::Result<()> {
+    match format {
+        Format::Table => {
+            let mut table = Table::new();
+            let header: Vec<&str> = std::iter::once("NODE")
+                .chain(columns.iter().map(|(h, _)| *h))
+                .collect();
+            table.load_style(NOTHING).set_header(header);
+            for row in rows {
+                table.add_row(
+                    std::iter::once(cell(&row["node"]))
+                        .chain(columns.iter().map(|(_, k)| cell(&row[*k])))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            for column in table.column_iter_mut() {
+                column.set_padding((0, 3));
+            }
+            for line in table.to_string().lines() {
+                println!("{}", line.trim_end());
+            }
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Format::Yaml => print!("{}", slate_machinery::yaml::to_string(&rows)?),
+    }
+    Ok(())
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `1d2h`, `3h4m`, `5m6s`, `7s`: precise enough for an uptime column.
 pub fn human_duration(ms: u64) -> String {
     let s = ms / 1000;

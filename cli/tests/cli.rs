@@ -111,6 +111,7 @@ fn version_shows_the_client_and_the_node() {
         config_error: state.join("config.error"),
         network_ready: state.join("network.ready"),
         machined_socket: state.join("machined.sock"),
+        networkd_socket: state.join("networkd.sock"),
     };
     // apid runs on its own thread with its own runtime, as in the node;
     // the thread ends with the test process.

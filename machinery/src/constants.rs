@@ -37,6 +37,10 @@ pub const RESOLV_CONF_FILE: &str = "/run/slate/resolv.conf";
 /// caller's role. Mode 0600: only root daemons reach it.
 pub const MACHINED_SOCKET: &str = "/run/slate/machined.sock";
 
+/// networkd's resource socket: links, addresses and routes, which apid
+/// forwards `get` calls for. Mode 0600.
+pub const NETWORKD_SOCKET: &str = "/run/slate/networkd.sock";
+
 /// GPT partition name and ext4 label of the STATE volume (machine config,
 /// node keys), and where machined mounts it (mode 0700).
 pub const STATE_LABEL: &str = "STATE";

@@ -44,6 +44,7 @@ pub mod link;
 pub mod ready;
 pub mod reconcile;
 pub mod resolv;
+pub mod status;
 
 /// Paths and switches; production values from [`Options::default`], tests
 /// override them.
@@ -58,6 +59,8 @@ pub struct Options {
     pub config_file: PathBuf,
     /// The addresses networkd added (see [`reconcile`]).
     pub owned_file: PathBuf,
+    /// Where networkd serves its resources ([`status`]).
+    pub socket: PathBuf,
     /// Off when running inside `ip netns exec`, which shares the host's
     /// UTS namespace.
     pub set_hostname: bool,
@@ -72,6 +75,7 @@ impl Default for Options {
             ready_file: constants::NETWORK_READY_FILE.into(),
             config_file: constants::MACHINE_CONFIG_FILE.into(),
             owned_file: constants::NETWORKD_OWNED_FILE.into(),
+            socket: constants::NETWORKD_SOCKET.into(),
             set_hostname: true,
         }
     }
@@ -94,6 +98,7 @@ impl Options {
         path("SLATE_NETWORKD_READY_FILE", &mut opts.ready_file);
         path("SLATE_NETWORKD_CONFIG", &mut opts.config_file);
         path("SLATE_NETWORKD_OWNED_FILE", &mut opts.owned_file);
+        path("SLATE_NETWORKD_SOCKET", &mut opts.socket);
         if get("SLATE_NETWORKD_SET_HOSTNAME").as_deref() == Some("0") {
             opts.set_hostname = false;
         }
@@ -135,11 +140,21 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
     let lo = link::by_name(&handle, "lo").await?;
     link::set_up(&handle, &lo).await?;
 
-    for path in [&opts.resolv_conf, &opts.ready_file, &opts.owned_file] {
+    for path in [
+        &opts.resolv_conf,
+        &opts.ready_file,
+        &opts.owned_file,
+        &opts.socket,
+    ] {
         create_parent(path)?;
     }
     let ready: ready::SharedReady = std::sync::Arc::new(std::sync::Mutex::new(
         ready::ReadyFile::new(&opts.ready_file)?,
+    ));
+    tokio::spawn(status::serve(
+        opts.socket.clone(),
+        handle.clone(),
+        opts.sysfs.clone(),
     ));
     tokio::spawn(reconcile::run(
         opts.sysfs.clone(),

@@ -344,3 +344,92 @@ fn squash(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[test]
+fn status_lists_and_watches_addresses() {
+    use futures::StreamExt as _;
+    use slate_proto::resource::resource_service_client::ResourceServiceClient;
+    use slate_proto::resource::watch_event::Kind;
+    use slate_proto::resource::{ListRequest, WatchRequest};
+    in_netns("status", async || {
+        veths();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reconciler(dir.path());
+        r.pass(&network(CONFIG)).await.unwrap();
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        let socket = dir.path().join("networkd.sock");
+        tokio::spawn(slate_networkd::status::serve(
+            socket.clone(),
+            handle,
+            PathBuf::from("/sys"),
+        ));
+        wait_for("the socket", || socket.exists()).await;
+        let mut client = ResourceServiceClient::new(slate_machinery::client::local(&socket));
+        let list = client
+            .list(ListRequest {
+                r#type: "addresses".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resources;
+        let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
+        assert!(ids.contains(&"veth0/10.1.0.5/24"), "{ids:?}");
+        let spec: serde_json::Value = serde_json::from_str(
+            &list
+                .iter()
+                .find(|r| r.id == "veth0/10.1.0.5/24")
+                .unwrap()
+                .spec_json,
+        )
+        .unwrap();
+        assert_eq!(spec["family"], "inet");
+        let routes = client
+            .list(ListRequest {
+                r#type: "routes".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resources;
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.spec_json.contains("\"protocol\":\"slate\"")
+                    && r.id.starts_with("veth0/10.9.0.0/16")),
+            "{routes:?}"
+        );
+        let err = client
+            .list(ListRequest {
+                r#type: "pods".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
+        // Watch: the snapshot, a bookmark, then a change as it happens.
+        let mut events = client
+            .watch(WatchRequest {
+                r#type: "addresses".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            let e = events.next().await.unwrap().unwrap();
+            if e.kind == Kind::Bookmark as i32 {
+                break;
+            }
+            assert_eq!(e.kind, Kind::Existing as i32);
+        }
+        ip(&["addr", "add", "10.1.0.77/24", "dev", "veth0"]);
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("a change within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.kind, Kind::Created as i32);
+        assert_eq!(e.resource.unwrap().id, "veth0/10.1.0.77/24");
+    });
+}

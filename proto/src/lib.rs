@@ -5,6 +5,11 @@ pub mod machine {
     tonic::include_proto!("slate.machine.v1");
 }
 
+/// `slate.resource.v1`: typed state (links, addresses, routes, …).
+pub mod resource {
+    tonic::include_proto!("slate.resource.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every Slate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));

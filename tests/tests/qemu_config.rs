@@ -102,6 +102,19 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     );
     let node = vm.endpoint();
 
+    // Links can be listed without a certificate, to see what to configure.
+    let out = slatectl(&["-n", &node, "--insecure", "get", "links", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "eth0" && l["up"] == true),
+        "{links}"
+    );
+
     // A broken config is refused with its problems; the node stays in maintenance.
     let bad = d.join("bad.yaml");
     std::fs::write(
@@ -169,6 +182,34 @@ async fn maintenance_apply_config_and_state_across_reboot() {
             && console::find_line(&vm.console, "STATE mounted").is_some(),
         "console:\n{}",
         vm.console_tail(80)
+    );
+
+    // The node's addresses and routes, as a table.
+    let out = slatectl_as(&client, &node, &["get", "addresses"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&out);
+    assert!(
+        table.starts_with("NODE") && table.contains("ADDRESS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("eth0") && l.contains("10.0.2.15/24")),
+        "{table}"
+    );
+    let out = slatectl_as(&client, &node, &["get", "routes", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["destination"] == "0.0.0.0/0"
+                && r["gateway"] == "10.0.2.2"
+                && r["protocol"] == "dhcp"),
+        "{routes}"
     );
 
     // 3. Roles: a minted reader may read but not reboot.

@@ -1,12 +1,18 @@
-//! `slatectl get TYPE`: the node's state by type. Only `machineconfig`
-//! exists yet; the resource service of the design notes will add the rest
-//! through this same command.
+//! `slatectl get TYPE [-o table|yaml|json] [-w]`: the nodes' state by type,
+//! one code path for every resource type (links, addresses, routes), plus
+//! the machine config.
 
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
+use slate_machinery::client::Target;
 use slate_proto::machine::GetMachineConfigRequest;
+use slate_proto::resource::resource_service_client::ResourceServiceClient;
+use slate_proto::resource::watch_event::Kind;
+use slate_proto::resource::{ListRequest, WatchRequest};
 
+use crate::output::{self, Format};
 use crate::{Global, connect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -14,13 +20,53 @@ pub enum ResourceType {
     /// The running machine config (secrets redacted).
     #[value(name = "machineconfig", alias = "machineconfigs", alias = "mc")]
     MachineConfig,
+    /// Network links.
+    #[value(alias = "link")]
+    Links,
+    /// IP addresses.
+    #[value(alias = "address", alias = "addr")]
+    Addresses,
+    /// Routes of the main table.
+    #[value(alias = "route")]
+    Routes,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    #[default]
-    Yaml,
-    Json,
+impl ResourceType {
+    fn api_name(self) -> &'static str {
+        match self {
+            Self::MachineConfig => "machineconfig",
+            Self::Links => "links",
+            Self::Addresses => "addresses",
+            Self::Routes => "routes",
+        }
+    }
+
+    /// Table columns: header and spec field.
+    fn columns(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::MachineConfig => &[],
+            Self::Links => &[
+                ("NAME", "name"),
+                ("KIND", "kind"),
+                ("MTU", "mtu"),
+                ("UP", "up"),
+                ("MAC", "mac"),
+                ("CONTROLLER", "controller"),
+            ],
+            Self::Addresses => &[
+                ("LINK", "link"),
+                ("ADDRESS", "address"),
+                ("FAMILY", "family"),
+            ],
+            Self::Routes => &[
+                ("LINK", "link"),
+                ("DESTINATION", "destination"),
+                ("GATEWAY", "gateway"),
+                ("METRIC", "metric"),
+                ("PROTOCOL", "protocol"),
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -28,17 +74,127 @@ pub struct GetArgs {
     /// What to show.
     #[arg(value_enum)]
     pub kind: ResourceType,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    pub output: Format,
-    /// Show private keys, tokens and secrets (needs os:admin).
+    /// Output format (machineconfig: yaml or json).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Format>,
+    /// Keep running and print each change (not for machineconfig).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Show private keys, tokens and secrets (machineconfig; needs os:admin).
     #[arg(long)]
     pub insecure_show_secrets: bool,
 }
 
 pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
-    let ResourceType::MachineConfig = args.kind;
     let session = connect::session(global)?;
+    if args.kind == ResourceType::MachineConfig {
+        anyhow::ensure!(!args.watch, "--watch is not available for machineconfig");
+        return machine_config(&session, args).await;
+    }
+    anyhow::ensure!(
+        !args.insecure_show_secrets,
+        "--insecure-show-secrets is only for machineconfig"
+    );
+    let format = args.output.unwrap_or(Format::Table);
+    if args.watch {
+        return watch(&session, args.kind, format).await;
+    }
+    let kind = args.kind.api_name();
+    let (results, ok) = session
+        .for_each(|channel| async move {
+            ResourceServiceClient::new(channel)
+                .list(ListRequest {
+                    r#type: kind.into(),
+                })
+                .await
+                .map(|r| r.into_inner().resources)
+        })
+        .await;
+    let mut rows = Vec::new();
+    for (target, resources) in results {
+        for r in resources {
+            rows.push(row(&target, &r.spec_json));
+        }
+    }
+    output::print_values(format, args.kind.columns(), &rows)?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A resource as `{"node": …, <spec fields>}`.
+fn row(target: &Target, spec_json: &str) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(spec_json).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("node".into(), target.to_string().into());
+    }
+    v
+}
+
+/// Follows one node: the current resources, then each change, as lines.
+async fn watch(
+    session: &connect::Session,
+    kind: ResourceType,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        session.targets.len() == 1,
+        "--watch follows one node: pass one -n"
+    );
+    let target = session.targets[0].clone();
+    let channel = session
+        .connect(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))?;
+    let mut events = ResourceServiceClient::new(channel)
+        .watch(WatchRequest {
+            r#type: kind.api_name().into(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{target}: {}", s.message()))?
+        .into_inner();
+    let columns = kind.columns();
+    if format == Format::Table {
+        let header: Vec<&str> = std::iter::once("EVENT")
+            .chain(columns.iter().map(|(h, _)| *h))
+            .collect();
+        println!("{}", header.join("\t"));
+    }
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| anyhow::anyhow!("{target}: {}", s.message()))?;
+        let Some(resource) = event.resource else {
+            continue;
+        }; // the bookmark
+        let what = match Kind::try_from(event.kind).unwrap_or(Kind::Updated) {
+            Kind::Existing => "existing",
+            Kind::Created => "created",
+            Kind::Updated => "updated",
+            Kind::Deleted => "deleted",
+            Kind::Bookmark => continue,
+        };
+        let mut value = row(&target, &resource.spec_json);
+        match format {
+            Format::Table => {
+                let cells: Vec<String> = std::iter::once(what.to_owned())
+                    .chain(columns.iter().map(|(_, k)| output::cell(&value[*k])))
+                    .collect();
+                println!("{}", cells.join("\t"));
+            }
+            Format::Json | Format::Yaml => {
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("event".into(), what.into());
+                }
+                println!("{}", serde_json::to_string(&value)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn machine_config(session: &connect::Session, args: GetArgs) -> anyhow::Result<ExitCode> {
     let show_secrets = args.insecure_show_secrets;
     let (results, ok) = session
         .for_each(|channel| async move {
@@ -50,8 +206,8 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
         .await;
     let many = session.targets.len() > 1;
     for (target, r) in results {
-        match args.output {
-            Format::Yaml => {
+        match args.output.unwrap_or(Format::Yaml) {
+            Format::Yaml | Format::Table => {
                 if many {
                     println!("# node {target} (from {})", r.source);
                 }

@@ -151,7 +151,7 @@ fn our_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteS
     })
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
