@@ -143,6 +143,8 @@ pub struct Applier {
     hostname: Hostname,
     /// The `ip=` hostname, which wins over DHCP's.
     hostname_override: Option<String>,
+    /// The machine config's hostname and DNS, which win over both.
+    config: crate::overrides::SharedOverrides,
 }
 
 impl Applier {
@@ -152,6 +154,7 @@ impl Applier {
         ready: SharedReady,
         hostname: Hostname,
         hostname_override: Option<String>,
+        config: crate::overrides::SharedOverrides,
     ) -> Self {
         Applier {
             handle,
@@ -159,7 +162,22 @@ impl Applier {
             ready,
             hostname,
             hostname_override,
+            config,
         }
+    }
+
+    fn config(&self) -> crate::overrides::Overrides {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The configured hostname, else the `ip=` one.
+    fn preferred_hostname(&self) -> Option<String> {
+        self.config()
+            .hostname
+            .or_else(|| self.hostname_override.clone())
     }
 
     fn ready(&self) -> std::sync::MutexGuard<'_, ready::ReadyFile> {
@@ -169,7 +187,8 @@ impl Applier {
     /// Sets the hostname before any address exists (the `ip=` one or the
     /// MAC-derived fallback), so the node has a name even without DHCP.
     pub fn initial_hostname(&mut self, link: &LinkInfo) -> Result<(), ApplyError> {
-        let name = hostname::choose(self.hostname_override.as_deref(), None, &link.mac);
+        let preferred = self.preferred_hostname();
+        let name = hostname::choose(preferred.as_deref(), None, &link.mac);
         if self.hostname.set(&name)? {
             tracing::info!("hostname {name}");
         }
@@ -215,17 +234,14 @@ impl Applier {
             );
         }
         let resolv_changed = old.is_none_or(|o| o.dns != new.dns || o.search != new.search);
-        if resolv_changed && (!new.dns.is_empty() || new.search.is_some()) {
-            warn_on_err(
-                resolv::write(&self.resolv_conf, &new.dns, new.search.as_deref())
-                    .map_err(ApplyError::from),
-            );
+        let config_owns_resolv = self.config().owns_resolv();
+        if resolv_changed && !config_owns_resolv && (!new.dns.is_empty() || new.search.is_some()) {
+            let dns: Vec<IpAddr> = new.dns.iter().copied().map(IpAddr::V4).collect();
+            let search: Vec<&str> = new.search.as_deref().into_iter().collect();
+            warn_on_err(resolv::write(&self.resolv_conf, &dns, &search).map_err(ApplyError::from));
         }
-        let name = hostname::choose(
-            self.hostname_override.as_deref(),
-            new.hostname.as_deref(),
-            &link.mac,
-        );
+        let preferred = self.preferred_hostname();
+        let name = hostname::choose(preferred.as_deref(), new.hostname.as_deref(), &link.mac);
         match self.hostname.set(&name) {
             Ok(true) => tracing::info!("hostname {name}"),
             Ok(false) => {}

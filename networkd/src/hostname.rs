@@ -1,7 +1,7 @@
 //! The node's hostname: which one wins, and setting it in the kernel.
 //!
-//! Order (until the machine config adds its own): the hostname in `ip=`, then
-//! the one the DHCP server hands out, then `slate-` and the last three bytes
+//! Order: the machine config's `machine.network.hostname`, the hostname in
+//! `ip=`, then the one the DHCP server hands out, then `slate-` and the last three bytes
 //! of the link's MAC, so every node has a stable, distinct name from its
 //! first boot even without DHCP.
 

@@ -27,8 +27,8 @@
 //! (boot with `ip=off` to leave every link to the config); no ARP conflict check
 //! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
-//! hostname, nameservers, search domains and time servers are not applied
-//! yet.
+//! hostname, nameservers and search domains win over DHCP's
+//! ([`overrides`]); its time servers are not used yet (no NTP client).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,7 @@ pub mod dhcp;
 pub mod hostname;
 pub mod ipv4;
 pub mod link;
+pub mod overrides;
 pub mod ready;
 pub mod reconcile;
 pub mod resolv;
@@ -156,12 +157,16 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         handle.clone(),
         opts.sysfs.clone(),
     ));
-    tokio::spawn(reconcile::run(
-        opts.sysfs.clone(),
-        opts.config_file.clone(),
-        opts.owned_file.clone(),
-        ready.clone(),
-    ));
+    let overrides = overrides::SharedOverrides::default();
+    tokio::spawn(reconcile::run(reconcile::Context {
+        sysfs: opts.sysfs.clone(),
+        config_file: opts.config_file.clone(),
+        owned_file: opts.owned_file.clone(),
+        ready: ready.clone(),
+        overrides: overrides.clone(),
+        resolv_conf: opts.resolv_conf.clone(),
+        set_hostname: opts.set_hostname,
+    }));
     let hostname_override = match &config {
         cmdline::IpConfig::Dhcp { hostname, .. } => hostname.clone(),
         cmdline::IpConfig::Static(s) => s.hostname.clone(),
@@ -173,6 +178,7 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         ready,
         hostname::Hostname::new(opts.set_hostname),
         hostname_override.clone(),
+        overrides,
     );
 
     match config {

@@ -3,7 +3,7 @@
 //! [`slate_machinery::constants::RESOLV_CONF_FILE`] because `/etc` is
 //! read-only.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// glibc and musl read at most three `nameserver` lines.
@@ -19,26 +19,27 @@ pub enum ResolvError {
     },
 }
 
-/// The file's content: who wrote it, the name servers, the search domain.
-pub fn render(nameservers: &[Ipv4Addr], search: Option<&str>) -> String {
+/// The file's content: who wrote it, the name servers, the search domains.
+pub fn render(nameservers: &[IpAddr], search: &[&str]) -> String {
     let mut out = String::from("# Written by slate networkd.\n");
     for ns in nameservers.iter().take(MAX_NAMESERVERS) {
         out.push_str(&format!("nameserver {ns}\n"));
     }
     // A domain from the network is untrusted text: only plain domain names
     // get in, so it cannot inject `options` or other lines.
-    if let Some(domain) = search.filter(|d| crate::hostname::is_valid(d)) {
-        out.push_str(&format!("search {domain}\n"));
+    let domains: Vec<&str> = search
+        .iter()
+        .copied()
+        .filter(|d| crate::hostname::is_valid(d))
+        .collect();
+    if !domains.is_empty() {
+        out.push_str(&format!("search {}\n", domains.join(" ")));
     }
     out
 }
 
 /// Writes [`render`]'s output to `path` (mode 0644: every process resolves).
-pub fn write(
-    path: &Path,
-    nameservers: &[Ipv4Addr],
-    search: Option<&str>,
-) -> Result<(), ResolvError> {
+pub fn write(path: &Path, nameservers: &[IpAddr], search: &[&str]) -> Result<(), ResolvError> {
     slate_machinery::fs::write_atomic(path, render(nameservers, search).as_bytes(), 0o644).map_err(
         |source| ResolvError::Write {
             path: path.to_owned(),
@@ -53,18 +54,18 @@ mod tests {
 
     #[test]
     fn renders_nameservers_and_search() {
-        let ns: Vec<Ipv4Addr> = ["10.0.2.3", "1.1.1.1", "8.8.8.8", "9.9.9.9"]
+        let ns: Vec<IpAddr> = ["10.0.2.3", "1.1.1.1", "8.8.8.8", "9.9.9.9"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(
-            render(&ns, Some("example.com")),
+            render(&ns, &["example.com"]),
             "# Written by slate networkd.\n\
              nameserver 10.0.2.3\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n\
              search example.com\n"
         );
         assert_eq!(
-            render(&[], Some("evil\noptions ndots:15")),
+            render(&[], &["evil\noptions ndots:15"]),
             "# Written by slate networkd.\n"
         );
     }
@@ -73,7 +74,7 @@ mod tests {
     fn writes_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
-        write(&path, &["10.0.2.3".parse().unwrap()], None).unwrap();
+        write(&path, &["10.0.2.3".parse().unwrap()], &[]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("nameserver 10.0.2.3\n"), "{text}");
     }

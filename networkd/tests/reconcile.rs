@@ -261,20 +261,36 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
         .unwrap()
         .worker;
         config.machine.network = network(CONFIG);
+        config.machine.network.nameservers = vec!["10.1.0.53".into(), "fd00:1::53".into()];
+        config.machine.network.search_domains = vec!["cluster.example".into()];
         let config_file = dir.path().join("config.json");
         std::fs::write(&config_file, config.to_json().unwrap()).unwrap();
         let ready_path = dir.path().join("network.ready");
         let ready = std::sync::Arc::new(std::sync::Mutex::new(
             slate_networkd::ready::ReadyFile::new(&ready_path).unwrap(),
         ));
+        let resolv = dir.path().join("resolv.conf");
         tokio::spawn(slate_networkd::reconcile::run(
-            PathBuf::from("/sys"),
-            config_file.clone(),
-            dir.path().join("owned"),
-            ready,
+            slate_networkd::reconcile::Context {
+                sysfs: PathBuf::from("/sys"),
+                config_file: config_file.clone(),
+                owned_file: dir.path().join("owned"),
+                ready,
+                overrides: Default::default(),
+                resolv_conf: resolv.clone(),
+                // The thread shares the host's UTS namespace.
+                set_hostname: false,
+            },
         ));
         wait_for("the first pass", || {
             ip(&["-o", "-4", "addr", "show", "veth2"]).contains("10.3.0.1/32")
+        })
+        .await;
+        // The config's DNS servers and search domains make resolv.conf.
+        wait_for("resolv.conf", || {
+            std::fs::read_to_string(&resolv).is_ok_and(|t| {
+                t.contains("nameserver 10.1.0.53\nnameserver fd00:1::53\nsearch cluster.example\n")
+            })
         })
         .await;
         // apid waits for this file: the configured addresses are announced.

@@ -229,7 +229,9 @@ async fn static_address_from_the_machine_config() {
     // QEMU forwards the API port to 10.0.2.15: the config gives eth0 that
     // address and the default route; `ip=off` leaves eth0 to the config.
     bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
-        "interfaces:
+        "hostname: cfg-node
+nameservers: [10.0.2.3]
+interfaces:
   - interface: eth0
     mtu: 1400
     addresses: [10.0.2.15/24]
@@ -244,10 +246,20 @@ async fn static_address_from_the_machine_config() {
     opts.config_drive = Some(drive);
     opts.extra_cmdline = Some("ip=off".into());
     let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
-    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+    let mut v = api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    // The reconciler names the node within a poll of the config.
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    for _ in 0..50 {
+        if v.hostname == "cfg-node" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        v = api::version(&target, admin_tls(&bundle)).await.unwrap();
+    }
     let tail = vm.console_tail(80);
+    assert_eq!(v.hostname, "cfg-node", "console:\n{tail}");
     for line in [
         "network: eth0: add 10.0.2.15/24",
         "network: eth0: mtu 1400",

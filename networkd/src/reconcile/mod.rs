@@ -27,6 +27,8 @@ use slate_machinery::fs::write_atomic;
 
 use model::{Addr, Op};
 
+use crate::hostname::Hostname;
+use crate::overrides::{Overrides, SharedOverrides};
 use crate::ready::{Entry, SharedReady, Source};
 
 /// What one pass did.
@@ -166,8 +168,49 @@ fn sync_ready(ready: &SharedReady, wanted: &BTreeSet<Addr>, listed: &mut BTreeSe
     *listed = now;
 }
 
+/// What the reconciler works with.
+pub struct Context {
+    pub sysfs: PathBuf,
+    /// machined's published config.
+    pub config_file: PathBuf,
+    /// The addresses networkd added.
+    pub owned_file: PathBuf,
+    pub ready: SharedReady,
+    /// The config's hostname and DNS, shared with the DHCP path.
+    pub overrides: SharedOverrides,
+    pub resolv_conf: PathBuf,
+    /// Off in tests that share the host's UTS namespace.
+    pub set_hostname: bool,
+}
+
+/// Applies the config's hostname and DNS when they change.
+fn apply_overrides(ctx: &Context, network: Option<&Network>, hostname: &mut Hostname) {
+    let new = network.map(Overrides::from_network).unwrap_or_default();
+    let changed = {
+        let mut shared = ctx.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *shared != new;
+        *shared = new.clone();
+        changed
+    };
+    if !changed {
+        return;
+    }
+    if let Some(name) = &new.hostname {
+        match hostname.set(name) {
+            Ok(true) => tracing::info!("hostname {name} (machine config)"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{}", slate_machinery::error::chain(&e)),
+        }
+    }
+    if new.owns_resolv()
+        && let Err(e) = crate::resolv::write(&ctx.resolv_conf, &new.nameservers, &new.search_refs())
+    {
+        tracing::warn!("{}", slate_machinery::error::chain(&e));
+    }
+}
+
 /// Reconciles for ever: on config changes, kernel events and a timer.
-pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf, ready: SharedReady) {
+pub async fn run(ctx: Context) {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -183,7 +226,8 @@ pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf, read
         }
     };
     tokio::spawn(connection);
-    let mut reconciler = Reconciler::new(handle, sysfs, owned_file);
+    let mut reconciler = Reconciler::new(handle, ctx.sysfs.clone(), ctx.owned_file.clone());
+    let mut hostname = Hostname::new(ctx.set_hostname);
     let mut network: Option<Network> = None;
     let mut last_missing: Vec<String> = Vec::new();
     let mut listed = BTreeSet::new();
@@ -193,9 +237,10 @@ pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf, read
         let mut due = false;
         tokio::select! {
             _ = poll.tick() => {
-                let now = read_network(&config_file);
+                let now = read_network(&ctx.config_file);
                 if now != network {
                     network = now;
+                    apply_overrides(&ctx, network.as_ref(), &mut hostname);
                     due = true;
                 }
             }
@@ -221,7 +266,7 @@ pub async fn run(sysfs: PathBuf, config_file: PathBuf, owned_file: PathBuf, read
                     tracing::warn!("network: {failure}");
                 }
                 if report.failed.is_empty() {
-                    sync_ready(&ready, &report.wanted, &mut listed);
+                    sync_ready(&ctx.ready, &report.wanted, &mut listed);
                 }
                 if report.missing != last_missing {
                     for m in &report.missing {
