@@ -15,4 +15,5 @@ pub mod bench;
 pub mod configdrive;
 pub mod console;
 pub mod floor;
+pub mod netbench;
 pub mod qemu;
