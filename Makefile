@@ -11,7 +11,7 @@ KERNEL   ?= cloud
 # Debian packages the build, the image and the tests need.
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
-	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base openssl
+	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base chrony openssl
 
 .PHONY: deps build image run test unit-test qemu-test bench fuzz lint fmt clean
 

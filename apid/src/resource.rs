@@ -15,7 +15,7 @@ use crate::auth::Access;
 use crate::machine::Authorizer;
 
 /// The types networkd owns; every other type is unknown for now.
-const NETWORKD_TYPES: &[&str] = &["links", "addresses", "routes"];
+const NETWORKD_TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
 
 pub struct ResourceApi {
     auth: Authorizer,

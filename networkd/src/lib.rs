@@ -28,7 +28,9 @@
 //! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
 //! hostname, nameservers and search domains win over DHCP's
-//! ([`overrides`]); its time servers are not used yet (no NTP client).
+//! ([`overrides`]); time is kept by an SNTP client
+//! against `machine.time.servers` ([`timesync`]); NTP servers from DHCP are
+//! not used yet.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,7 @@ pub mod ready;
 pub mod reconcile;
 pub mod resolv;
 pub mod status;
+pub mod timesync;
 
 /// Paths and switches; production values from [`Options::default`], tests
 /// override them.
@@ -62,6 +65,9 @@ pub struct Options {
     pub owned_file: PathBuf,
     /// Where networkd serves its resources ([`status`]).
     pub socket: PathBuf,
+    /// Keep the clock synced ([`timesync`]); off in namespace tests, which
+    /// share the host's clock.
+    pub sync_time: bool,
     /// Off when running inside `ip netns exec`, which shares the host's
     /// UTS namespace.
     pub set_hostname: bool,
@@ -77,6 +83,7 @@ impl Default for Options {
             config_file: constants::MACHINE_CONFIG_FILE.into(),
             owned_file: constants::NETWORKD_OWNED_FILE.into(),
             socket: constants::NETWORKD_SOCKET.into(),
+            sync_time: true,
             set_hostname: true,
         }
     }
@@ -102,6 +109,9 @@ impl Options {
         path("SLATE_NETWORKD_SOCKET", &mut opts.socket);
         if get("SLATE_NETWORKD_SET_HOSTNAME").as_deref() == Some("0") {
             opts.set_hostname = false;
+        }
+        if get("SLATE_NETWORKD_SYNC_TIME").as_deref() == Some("0") {
+            opts.sync_time = false;
         }
         opts
     }
@@ -152,11 +162,16 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
     let ready: ready::SharedReady = std::sync::Arc::new(std::sync::Mutex::new(
         ready::ReadyFile::new(&opts.ready_file)?,
     ));
+    let time = timesync::SharedTimeStatus::default();
     tokio::spawn(status::serve(
         opts.socket.clone(),
         handle.clone(),
         opts.sysfs.clone(),
+        time.clone(),
     ));
+    if opts.sync_time {
+        tokio::spawn(timesync::run(opts.config_file.clone(), time));
+    }
     let overrides = overrides::SharedOverrides::default();
     tokio::spawn(reconcile::run(reconcile::Context {
         sysfs: opts.sysfs.clone(),

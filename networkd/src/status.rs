@@ -1,4 +1,5 @@
-//! networkd's state as resources (`links`, `addresses`, `routes`), served
+//! networkd's state as resources (`links`, `addresses`, `routes`,
+//! `timestatus`), served
 //! on its Unix socket with the `slate.resource.v1` service; apid forwards
 //! `slatectl get links|addresses|routes [-w]` here.
 //!
@@ -22,9 +23,10 @@ use slate_proto::resource::{ListRequest, ListResponse, Resource, WatchEvent, Wat
 use tonic::{Request, Response, Status};
 
 use crate::reconcile::netlink;
+use crate::timesync::SharedTimeStatus;
 
 /// The types networkd owns.
-pub const TYPES: &[&str] = &["links", "addresses", "routes"];
+pub const TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
 
 #[derive(Serialize)]
 struct LinkSpec {
@@ -57,11 +59,16 @@ struct RouteSpec {
 pub struct StatusApi {
     handle: Handle,
     sysfs: PathBuf,
+    time: SharedTimeStatus,
 }
 
 impl StatusApi {
-    pub fn new(handle: Handle, sysfs: PathBuf) -> Self {
-        Self { handle, sysfs }
+    pub fn new(handle: Handle, sysfs: PathBuf, time: SharedTimeStatus) -> Self {
+        Self {
+            handle,
+            sysfs,
+            time,
+        }
     }
 }
 
@@ -77,6 +84,7 @@ fn resource(kind: &str, id: String, spec: &impl Serialize) -> Resource {
 pub async fn snapshot(
     handle: &Handle,
     sysfs: &std::path::Path,
+    time: &SharedTimeStatus,
     kind: &str,
 ) -> Result<BTreeMap<String, Resource>, Status> {
     if !TYPES.contains(&kind) {
@@ -84,6 +92,13 @@ pub async fn snapshot(
             "networkd has no resource type {kind:?} (it has {})",
             TYPES.join(", ")
         )));
+    }
+    if kind == "timestatus" {
+        let status = time.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        return Ok(BTreeMap::from([(
+            "node".to_owned(),
+            resource(kind, "node".into(), &status),
+        )]));
     }
     let unavailable =
         |e: netlink::NetlinkError| Status::unavailable(slate_machinery::error::chain(&e));
@@ -187,7 +202,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>
 impl ResourceService for StatusApi {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let kind = request.into_inner().r#type;
-        let all = snapshot(&self.handle, &self.sysfs, &kind).await?;
+        let all = snapshot(&self.handle, &self.sysfs, &self.time, &kind).await?;
         Ok(Response::new(ListResponse {
             resources: all.into_values().collect(),
         }))
@@ -200,7 +215,7 @@ impl ResourceService for StatusApi {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let kind = request.into_inner().r#type;
-        let mut current = snapshot(&self.handle, &self.sysfs, &kind).await?;
+        let mut current = snapshot(&self.handle, &self.sysfs, &self.time, &kind).await?;
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
@@ -213,6 +228,7 @@ impl ResourceService for StatusApi {
         let conn = tokio::spawn(conn);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let sysfs = self.sysfs.clone();
+        let time = self.time.clone();
         tokio::spawn(async move {
             let event = |kind: Kind, r: Resource| WatchEvent {
                 kind: kind as i32,
@@ -236,7 +252,7 @@ impl ResourceService for StatusApi {
                 // Events come in bursts; one read after the burst.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
-                let Ok(now) = snapshot(&handle, &sysfs, &kind).await else {
+                let Ok(now) = snapshot(&handle, &sysfs, &time, &kind).await else {
                     continue;
                 };
                 let mut changes = Vec::new();
@@ -268,7 +284,7 @@ impl ResourceService for StatusApi {
 }
 
 /// Serves the status on `socket` (mode 0600) until the process ends.
-pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf) {
+pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, time: SharedTimeStatus) {
     use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::remove_file(&socket);
     let listener = match tokio::net::UnixListener::bind(&socket) {
@@ -280,7 +296,7 @@ pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf) {
     };
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
     let service = slate_proto::resource::resource_service_server::ResourceServiceServer::new(
-        StatusApi::new(handle, sysfs),
+        StatusApi::new(handle, sysfs, time),
     );
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(service)

@@ -112,6 +112,8 @@ impl Netns {
             .env("SLATE_NETWORKD_READY_FILE", self.path("run/network.ready"))
             // `ip netns exec` shares the host's UTS namespace.
             .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
+            // The namespace shares the host's clock: never set it.
+            .env("SLATE_NETWORKD_SYNC_TIME", "0")
             .env("SLATE_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)

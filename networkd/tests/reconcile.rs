@@ -379,6 +379,7 @@ fn status_lists_and_watches_addresses() {
             socket.clone(),
             handle,
             PathBuf::from("/sys"),
+            Default::default(),
         ));
         wait_for("the socket", || socket.exists()).await;
         let mut client = ResourceServiceClient::new(slate_machinery::client::local(&socket));
@@ -447,5 +448,90 @@ fn status_lists_and_watches_addresses() {
             .unwrap();
         assert_eq!(e.kind, Kind::Created as i32);
         assert_eq!(e.resource.unwrap().id, "veth0/10.1.0.77/24");
+    });
+}
+
+/// Records corrections instead of changing the host's clock.
+#[derive(Default)]
+struct Recorder(Vec<slate_networkd::timesync::Action>);
+
+impl slate_networkd::timesync::Clock for Recorder {
+    fn apply(&mut self, action: slate_networkd::timesync::Action) -> std::io::Result<()> {
+        self.0.push(action);
+        Ok(())
+    }
+}
+
+#[test]
+fn time_syncs_against_chrony_and_reports_a_lost_server() {
+    use slate_networkd::timesync::{Action, STEP_LIMIT, sync_once};
+    if !Path::new("/usr/sbin/chronyd").exists() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED time_syncs_against_chrony: chronyd not installed (make deps)"
+        );
+        return;
+    }
+    in_netns("time", async || {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("chrony.conf");
+        // An NTP server on this namespace's loopback that serves the local
+        // clock and never touches it (-x).
+        std::fs::write(
+            &conf,
+            format!(
+                "local stratum 8\nallow 127.0.0.1\nbindaddress 127.0.0.1\nport 123\ncmdport 0\npidfile {}\n",
+                dir.path().join("chronyd.pid").display()
+            ),
+        )
+        .unwrap();
+        let mut chrony = Command::new("/usr/sbin/chronyd")
+            .args(["-x", "-d", "-f"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = slate_networkd::timesync::SharedTimeStatus::default();
+        let mut clock = Recorder::default();
+        let servers = vec!["127.0.0.1".to_owned()];
+        let start = Instant::now();
+        while !sync_once(&mut clock, &servers, &status).await {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no sync: {:?}",
+                status.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let s = status.lock().unwrap().clone();
+        assert!(s.synced && s.error.is_none(), "{s:?}");
+        assert_eq!(s.server.as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.stratum, Some(8), "chrony serves its local stratum");
+        // The same clock on both ends: the offset is tiny, and was slewed
+        // or left alone, never stepped.
+        assert!(s.offset_ms.unwrap().abs() < STEP_LIMIT * 1000.0, "{s:?}");
+        assert!(
+            clock
+                .0
+                .iter()
+                .all(|a| !matches!(a, Action::Step(o) if o.abs() > 0.01)),
+            "{:?}",
+            clock.0
+        );
+
+        // The server goes away: the status says so, and stays synced.
+        let _ = chrony.kill();
+        let _ = chrony.wait();
+        assert!(!sync_once(&mut clock, &servers, &status).await);
+        let s = status.lock().unwrap().clone();
+        assert!(s.synced, "the clock keeps its last correction: {s:?}");
+        assert!(
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("127.0.0.1")),
+            "{s:?}"
+        );
     });
 }

@@ -212,6 +212,13 @@ async fn maintenance_apply_config_and_state_across_reboot() {
         "{routes}"
     );
 
+    // No time servers configured: not synced, and the status says why.
+    let out = slatectl_as(&client, &node, &["get", "timestatus", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let time: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(time[0]["synced"], false, "{time}");
+    assert_eq!(time[0]["error"], "no time servers: set machine.time.servers", "{time}");
+
     // 3. Roles: a minted reader may read but not reboot.
     let reader = d.join("reader.slateconfig");
     let out = slatectl_as(

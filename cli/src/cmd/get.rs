@@ -29,6 +29,9 @@ pub enum ResourceType {
     /// Routes of the main table.
     #[value(alias = "route")]
     Routes,
+    /// Whether the clock is synced, with which server and offset.
+    #[value(name = "timestatus", alias = "time")]
+    TimeStatus,
 }
 
 impl ResourceType {
@@ -38,6 +41,7 @@ impl ResourceType {
             Self::Links => "links",
             Self::Addresses => "addresses",
             Self::Routes => "routes",
+            Self::TimeStatus => "timestatus",
         }
     }
 
@@ -64,6 +68,13 @@ impl ResourceType {
                 ("GATEWAY", "gateway"),
                 ("METRIC", "metric"),
                 ("PROTOCOL", "protocol"),
+            ],
+            Self::TimeStatus => &[
+                ("SYNCED", "synced"),
+                ("SERVER", "server"),
+                ("OFFSET_MS", "offset_ms"),
+                ("STRATUM", "stratum"),
+                ("ERROR", "error"),
             ],
         }
     }

@@ -235,8 +235,8 @@ pub struct Time {
     /// Turn time synchronisation off (the clock is then never stepped).
     #[serde(default, skip_serializing_if = "is_default")]
     pub disabled: bool,
-    /// NTP servers (host names or addresses); by default `pool.ntp.org`
-    /// and any the DHCP server offers.
+    /// NTP servers (host names or addresses). None by default: the node
+    /// does not reach out to a public pool unless told to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
 }
