@@ -35,7 +35,18 @@ pub const STAGE1_COMMON: &[&str] = &[
 /// the daemons start: not needed to mount the root, reach the network or
 /// read a config drive, and ~60 ms of module initialisation under
 /// emulation that would otherwise delay the API (docs/boot-time.md).
-pub const LATE: &[&str] = &["virtio_scsi", "virtio_console", "overlay"];
+///
+/// The link drivers networkd creates links with (VLAN, dummy, bridge) are
+/// here too: the image has no modprobe, so the kernel cannot load them on
+/// demand when a link of that kind is created.
+pub const LATE: &[&str] = &[
+    "virtio_scsi",
+    "virtio_console",
+    "overlay",
+    "8021q",
+    "dummy",
+    "bridge",
+];
 
 /// Bare-metal disk controllers and common NICs, added for `--kernel metal`.
 pub const STAGE1_METAL: &[&str] = &[

@@ -275,3 +275,80 @@ interfaces:
         "DHCP ran despite ip=off; console:\n{tail}"
     );
 }
+
+/// VLAN and dummy links from the config, created by networkd in the image's
+/// own Debian kernel (the development host's kernel has no such drivers),
+/// and seen through `slatectl get`'s resources.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn vlan_and_dummy_links_from_the_machine_config() {
+    use slate_proto::resource::ListRequest;
+    use slate_proto::resource::resource_service_client::ResourceServiceClient;
+    let a = Artifacts::find().unwrap();
+    let mut bundle = cluster();
+    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+        "interfaces:
+  - interface: eth0
+    dhcp: true
+    vlans: [{vlanId: 10, addresses: [10.10.0.5/24]}]
+  - interface: dummy0
+    dummy: true
+    addresses: [10.99.0.1/32]
+",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = boot(
+        Boot::kernel(&a),
+        &bundle.controlplane.to_yaml().unwrap(),
+        &dir,
+    );
+    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    let list = async |kind: &str| -> Vec<serde_json::Value> {
+        let channel = slate_machinery::client::connect(&target, admin_tls(&bundle))
+            .await
+            .unwrap();
+        ResourceServiceClient::new(channel)
+            .list(ListRequest {
+                r#type: kind.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resources
+            .iter()
+            .map(|r| serde_json::from_str(&r.spec_json).unwrap())
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let links = list("links").await;
+        let addresses = list("addresses").await;
+        let has_link = |name: &str, kind: &str| {
+            links
+                .iter()
+                .any(|l| l["name"] == name && l["kind"] == kind && l["up"] == true)
+        };
+        let has_addr = |link: &str, addr: &str| {
+            addresses
+                .iter()
+                .any(|x| x["link"] == link && x["address"] == addr)
+        };
+        if has_link("eth0.10", "vlan")
+            && has_link("dummy0", "dummy")
+            && has_addr("eth0.10", "10.10.0.5/24")
+            && has_addr("dummy0", "10.99.0.1/32")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "links {links:?}\naddresses {addresses:?}\nconsole:\n{}",
+            vm.console_tail(60)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

@@ -217,7 +217,10 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     assert!(out.status.success(), "{}", text(&out));
     let time: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(time[0]["synced"], false, "{time}");
-    assert_eq!(time[0]["error"], "no time servers: set machine.time.servers", "{time}");
+    assert_eq!(
+        time[0]["error"], "no time servers: set machine.time.servers",
+        "{time}"
+    );
 
     // 3. Roles: a minted reader may read but not reboot.
     let reader = d.join("reader.slateconfig");

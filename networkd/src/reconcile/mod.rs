@@ -139,6 +139,7 @@ const SAFETY_NET: Duration = Duration::from_secs(30);
 /// Kernel events come in bursts (a link going up brings addresses and
 /// routes); one pass after the burst is enough.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Keeps the ready file's `config` entries to the configured IPv4
 /// addresses that are in place (one per link, as the file holds).
@@ -233,9 +234,22 @@ pub async fn run(ctx: Context) {
     let mut listed = BTreeSet::new();
     let mut poll = tokio::time::interval(CONFIG_POLL);
     let mut safety = tokio::time::interval(SAFETY_NET);
+    // After a failed operation (a link driver still loading, a link not yet
+    // there), try again soon rather than at the next safety-net pass.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let mut due = false;
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = retry => {
+                retry_at = None;
+                due = true;
+            }
             _ = poll.tick() => {
                 let now = read_network(&ctx.config_file);
                 if now != network {
@@ -264,6 +278,9 @@ pub async fn run(ctx: Context) {
                 }
                 for failure in &report.failed {
                     tracing::warn!("network: {failure}");
+                }
+                if !report.failed.is_empty() || !report.missing.is_empty() {
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
                 if report.failed.is_empty() {
                     sync_ready(&ctx.ready, &report.wanted, &mut listed);
