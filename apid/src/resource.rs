@@ -15,7 +15,7 @@ use crate::auth::Access;
 use crate::machine::Authorizer;
 
 /// The types networkd owns; every other type is unknown for now.
-const NETWORKD_TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
+use slate_machinery::constants::NETWORKD_RESOURCE_TYPES as NETWORKD_TYPES;
 
 pub struct ResourceApi {
     auth: Authorizer,

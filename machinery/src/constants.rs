@@ -41,6 +41,9 @@ pub const MACHINED_SOCKET: &str = "/run/slate/machined.sock";
 /// forwards `get` calls for. Mode 0600.
 pub const NETWORKD_SOCKET: &str = "/run/slate/networkd.sock";
 
+/// The resource types networkd owns (apid routes them there).
+pub const NETWORKD_RESOURCE_TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
+
 /// GPT partition name and ext4 label of the STATE volume (machine config,
 /// node keys), and where machined mounts it (mode 0700).
 pub const STATE_LABEL: &str = "STATE";

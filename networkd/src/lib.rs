@@ -247,6 +247,14 @@ fn create_parent(path: &Path) -> Result<(), RunError> {
 
 pub use slate_machinery::error::chain as error_chain;
 
+/// machined's published config, if there is a valid one.
+pub(crate) fn published_config(path: &Path) -> Option<slate_machinery::config::MachineConfig> {
+    let text = std::fs::read_to_string(path).ok()?;
+    slate_machinery::config::MachineConfig::from_json(&text, &path.display().to_string())
+        .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
+        .ok()
+}
+
 /// The process: logging, a one-thread runtime, [`run`]. Returns only on
 /// failure (init restarts networkd).
 pub fn main() -> std::process::ExitCode {

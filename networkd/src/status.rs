@@ -8,14 +8,14 @@
 //! nothing polls.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
-use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
-use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+use futures::Stream;
+use netlink_packet_route::route::RouteProtocol;
+use rtnetlink::Handle;
 use serde::Serialize;
 use slate_proto::resource::resource_service_server::ResourceService;
 use slate_proto::resource::watch_event::Kind;
@@ -26,7 +26,7 @@ use crate::reconcile::netlink;
 use crate::timesync::SharedTimeStatus;
 
 /// The types networkd owns.
-pub const TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
+pub use slate_machinery::constants::NETWORKD_RESOURCE_TYPES as TYPES;
 
 #[derive(Serialize)]
 struct LinkSpec {
@@ -53,13 +53,16 @@ struct RouteSpec {
     gateway: Option<String>,
     metric: u32,
     protocol: String,
-    table: u32,
 }
+
+/// Open watches at most: each holds a netlink socket and a task.
+const MAX_WATCHES: usize = 16;
 
 pub struct StatusApi {
     handle: Handle,
     sysfs: PathBuf,
     time: SharedTimeStatus,
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatusApi {
@@ -68,6 +71,7 @@ impl StatusApi {
             handle,
             sysfs,
             time,
+            watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)),
         }
     }
 }
@@ -140,56 +144,24 @@ pub async fn snapshot(
             }
         }
         _ => {
-            for template in [
-                RouteMessageBuilder::<Ipv4Addr>::new().build(),
-                RouteMessageBuilder::<Ipv6Addr>::new().build(),
-            ] {
-                let mut stream = handle.route().get(template).execute();
-                while let Some(msg) = stream
-                    .try_next()
-                    .await
-                    .map_err(|e| Status::unavailable(format!("reading routes: {e}")))?
-                {
-                    let (mut dst, mut gw, mut oif, mut metric, mut table) =
-                        (None, None, None, 0, u32::from(msg.header.table));
-                    for attr in &msg.attributes {
-                        match attr {
-                            RouteAttribute::Destination(a) => dst = netlink::ip_of(a),
-                            RouteAttribute::Gateway(a) => gw = netlink::ip_of(a),
-                            RouteAttribute::Oif(i) => oif = Some(*i),
-                            RouteAttribute::Priority(p) => metric = *p,
-                            RouteAttribute::Table(t) => table = *t,
-                            _ => {}
-                        }
-                    }
-                    // Local and broadcast routes are the kernel's bookkeeping.
-                    if table != 254 {
-                        continue;
-                    }
-                    let v6 =
-                        msg.header.address_family == netlink_packet_route::AddressFamily::Inet6;
-                    let destination = match dst {
-                        Some(ip) => format!("{ip}/{}", msg.header.destination_prefix_length),
-                        None if v6 => "::/0".into(),
-                        None => "0.0.0.0/0".into(),
-                    };
-                    let link = oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default();
-                    let protocol = match msg.header.protocol {
-                        RouteProtocol::Other(netlink::PROTO_SLATE) => "slate".to_owned(),
-                        // Display is "Dhcp" but "kernel": one spelling, as `ip route` has.
-                        p => p.to_string().to_lowercase(),
-                    };
-                    let id = format!("{link}/{destination}/{metric}");
-                    let spec = RouteSpec {
-                        link,
-                        destination,
-                        gateway: gw.map(|g| g.to_string()),
-                        metric,
-                        protocol,
-                        table,
-                    };
-                    out.insert(id.clone(), resource(kind, id, &spec));
-                }
+            let routes = netlink::main_routes(handle, &names)
+                .await
+                .map_err(unavailable)?;
+            for r in routes {
+                let protocol = match r.protocol {
+                    RouteProtocol::Other(netlink::PROTO_SLATE) => "slate".to_owned(),
+                    // Display is "Dhcp" but "kernel": one spelling, as `ip route` has.
+                    p => p.to_string().to_lowercase(),
+                };
+                let id = format!("{}/{}/{}", r.spec.ifname, r.spec.dst, r.spec.metric);
+                let spec = RouteSpec {
+                    link: r.spec.ifname,
+                    destination: r.spec.dst.to_string(),
+                    gateway: r.spec.gateway.map(|g| g.to_string()),
+                    metric: r.spec.metric,
+                    protocol,
+                };
+                out.insert(id.clone(), resource(kind, id, &spec));
             }
         }
     }
@@ -215,67 +187,67 @@ impl ResourceService for StatusApi {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let kind = request.into_inner().r#type;
-        let mut current = snapshot(&self.handle, &self.sysfs, &self.time, &kind).await?;
-        let groups = [
-            MulticastGroup::Link,
-            MulticastGroup::Ipv4Ifaddr,
-            MulticastGroup::Ipv6Ifaddr,
-            MulticastGroup::Ipv4Route,
-            MulticastGroup::Ipv6Route,
-        ];
-        let (conn, handle, mut events) = rtnetlink::new_multicast_connection(&groups)
-            .map_err(|e| Status::unavailable(format!("opening rtnetlink: {e}")))?;
+        let permit = Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("already {MAX_WATCHES} watches open; try later"))
+        })?;
+        // Subscribe first, then read: a change in between is not lost.
+        let (conn, handle, mut events) =
+            rtnetlink::new_multicast_connection(&netlink::EVENT_GROUPS)
+                .map_err(|e| Status::unavailable(format!("opening rtnetlink: {e}")))?;
         let conn = tokio::spawn(conn);
+        let mut current = snapshot(&handle, &self.sysfs, &self.time, &kind).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let sysfs = self.sysfs.clone();
         let time = self.time.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let event = |kind: Kind, r: Resource| WatchEvent {
                 kind: kind as i32,
                 resource: Some(r),
             };
-            for r in current.values() {
-                if tx.send(Ok(event(Kind::Existing, r.clone()))).await.is_err() {
-                    conn.abort();
-                    return;
-                }
-            }
-            let bookmark = WatchEvent {
+            let mut initial: Vec<WatchEvent> = current
+                .values()
+                .map(|r| event(Kind::Existing, r.clone()))
+                .collect();
+            initial.push(WatchEvent {
                 kind: Kind::Bookmark as i32,
                 resource: None,
-            };
-            if tx.send(Ok(bookmark)).await.is_err() {
-                conn.abort();
-                return;
-            }
-            while events.next().await.is_some() {
-                // Events come in bursts; one read after the burst.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+            });
+            // The time status changes without a kernel event: look again
+            // every few seconds for that type.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut pending = initial;
+            loop {
+                for e in pending.drain(..) {
+                    if tx.send(Ok(e)).await.is_err() {
+                        conn.abort();
+                        return; // the client went away
+                    }
+                }
+                tokio::select! {
+                    // A client that left is noticed now, not at the next change.
+                    _ = tx.closed() => break,
+                    more = netlink::next_burst(&mut events) => if !more { break },
+                    _ = tick.tick(), if kind == "timestatus" => {}
+                }
                 let Ok(now) = snapshot(&handle, &sysfs, &time, &kind).await else {
                     continue;
                 };
-                let mut changes = Vec::new();
                 for (id, r) in &now {
                     match current.get(id) {
-                        None => changes.push(event(Kind::Created, r.clone())),
-                        Some(old) if old != r => changes.push(event(Kind::Updated, r.clone())),
+                        None => pending.push(event(Kind::Created, r.clone())),
+                        Some(old) if old != r => pending.push(event(Kind::Updated, r.clone())),
                         Some(_) => {}
                     }
                 }
                 for (id, r) in &current {
                     if !now.contains_key(id) {
-                        changes.push(event(Kind::Deleted, r.clone()));
-                    }
-                }
-                for c in changes {
-                    if tx.send(Ok(c)).await.is_err() {
-                        conn.abort();
-                        return; // the client went away
+                        pending.push(event(Kind::Deleted, r.clone()));
                     }
                 }
                 current = now;
             }
+            conn.abort();
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

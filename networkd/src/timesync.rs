@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use slate_machinery::config::{MachineConfig, Time};
+use slate_machinery::config::Time;
 
 /// Offsets below this are not worth a step at the first sync.
 const STEP_MIN: f64 = 0.001;
@@ -157,9 +157,7 @@ pub async fn sync_once(
 }
 
 fn read_time(config_file: &std::path::Path) -> Time {
-    std::fs::read_to_string(config_file)
-        .ok()
-        .and_then(|t| MachineConfig::from_json(&t, "published config").ok())
+    crate::published_config(config_file)
         .map(|c| c.machine.time)
         .unwrap_or_default()
 }

@@ -320,6 +320,29 @@ cluster:
     }
 
     #[test]
+    fn two_routes_to_one_destination_at_one_metric_are_refused() {
+        let text = MINIMAL.replace(
+            "  ca:\n    crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==\n    key:",
+            "  network:
+    interfaces:
+      - interface: eth0
+        addresses: [10.0.0.5/24]
+        routes: [{network: 0.0.0.0/0, gateway: 10.0.0.1}]
+      - interface: eth1
+        addresses: [10.1.0.5/24]
+        routes: [{network: 0.0.0.0/0, gateway: 10.1.0.1}]
+  ca:
+    crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==
+    key:",
+        );
+        let err = MachineConfig::parse(&text, "f").unwrap_err().to_string();
+        assert!(
+            err.contains("interfaces[1].routes[0].network: 0.0.0.0/0 with metric 1024 is already routed at machine.network.interfaces[0].routes[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn metal_mode_needs_an_install_disk() {
         assert!(MachineConfig::parse_for(MINIMAL, "f", Mode::Cloud).is_ok());
         let err = MachineConfig::parse_for(MINIMAL, "f", Mode::Metal).unwrap_err();

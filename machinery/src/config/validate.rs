@@ -214,6 +214,39 @@ fn network(n: &super::schema::Network, p: &mut Problems) {
             }
         }
     }
+    // The kernel keeps one route per destination and metric: two would
+    // fight over it.
+    let mut route_keys: HashMap<(IpNet, u32), String> = HashMap::new();
+    for (i, iface) in n.interfaces.iter().enumerate() {
+        let base = format!("machine.network.interfaces[{i}]");
+        let lists = std::iter::once((base.clone(), &iface.routes)).chain(
+            iface
+                .vlans
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (format!("{base}.vlans[{j}]"), &v.routes)),
+        );
+        for (path, routes) in lists {
+            for (k, r) in routes.iter().enumerate() {
+                let Ok(net) = r.network.parse::<IpNet>() else {
+                    continue;
+                };
+                let metric = r.metric.unwrap_or(1024);
+                let here = format!("{path}.routes[{k}]");
+                if let Some(first) = route_keys.get(&(net.trunc(), metric)) {
+                    p.add(
+                        format!("{here}.network"),
+                        format!(
+                            "{} with metric {metric} is already routed at {first}; give one a different metric",
+                            net.trunc()
+                        ),
+                    );
+                } else {
+                    route_keys.insert((net.trunc(), metric), here);
+                }
+            }
+        }
+    }
     for (i, ns) in n.nameservers.iter().enumerate() {
         if ns.parse::<IpAddr>().is_err() {
             p.add(

@@ -118,7 +118,13 @@ fn add_network(d: &mut Desired, ifname: &str, addresses: &[String], routes: &[Ro
             ifname: ifname.to_owned(),
             dst: dst.trunc(),
             gateway: r.gateway.as_deref().and_then(|g| g.parse().ok()),
-            metric: r.metric.unwrap_or(DEFAULT_METRIC),
+            // The kernel stores an IPv6 metric of 0 as 1024: ask for what
+            // it will report, or every pass would re-add the route.
+            metric: match r.metric {
+                Some(0) if dst.addr().is_ipv6() => DEFAULT_METRIC,
+                Some(m) => m,
+                None => DEFAULT_METRIC,
+            },
         });
     }
 }

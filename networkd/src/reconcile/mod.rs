@@ -16,13 +16,12 @@ pub mod desired;
 pub mod model;
 pub mod netlink;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use rtnetlink::{Handle, MulticastGroup};
-use slate_machinery::config::{MachineConfig, Network};
+use rtnetlink::Handle;
+use slate_machinery::config::Network;
 use slate_machinery::fs::write_atomic;
 
 use model::{Addr, Op};
@@ -40,8 +39,8 @@ pub struct Report {
     pub failed: Vec<String>,
     /// Interfaces the config names that are not there (yet).
     pub missing: Vec<String>,
-    /// The addresses the config asks for.
-    pub wanted: BTreeSet<Addr>,
+    /// The configured addresses that are in place after the pass.
+    pub present: BTreeSet<Addr>,
 }
 
 pub struct Reconciler {
@@ -74,16 +73,22 @@ impl Reconciler {
         let ops = model::plan(&desired, &actual, &self.owned);
         let mut report = Report {
             missing: desired.missing,
-            wanted: desired.addresses.clone(),
+
             ..Default::default()
         };
         let owned_before = self.owned.clone();
+        let mut present: BTreeSet<Addr> = desired
+            .addresses
+            .intersection(&actual.addresses)
+            .cloned()
+            .collect();
         for op in ops {
             match netlink::execute(&self.handle, &op).await {
                 Ok(()) => {
                     match &op {
                         Op::AddAddress(a) => {
                             self.owned.insert(a.clone());
+                            present.insert(a.clone());
                         }
                         Op::DelAddress(a) => {
                             self.owned.remove(a);
@@ -95,6 +100,7 @@ impl Reconciler {
                 Err(e) => report.failed.push(slate_machinery::error::chain(&e)),
             }
         }
+        report.present = present;
         // Forget addresses that are neither wanted nor there any more.
         self.owned
             .retain(|a| desired.addresses.contains(a) || actual.addresses.contains(a));
@@ -126,42 +132,41 @@ fn parse_owned(text: &str) -> BTreeSet<Addr> {
 
 /// Reads the network half of the published config, if there is one.
 fn read_network(config_file: &Path) -> Option<Network> {
-    let text = std::fs::read_to_string(config_file).ok()?;
-    MachineConfig::from_json(&text, &config_file.display().to_string())
-        .map(|c| c.machine.network)
-        .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
-        .ok()
+    crate::published_config(config_file).map(|c| c.machine.network)
 }
 
 /// How often the published config is checked, and the safety-net pass.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
 const SAFETY_NET: Duration = Duration::from_secs(30);
-/// Kernel events come in bursts (a link going up brings addresses and
-/// routes); one pass after the burst is enough.
-const DEBOUNCE: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Keeps the ready file's `config` entries to the configured IPv4
-/// addresses that are in place (one per link, as the file holds).
-fn sync_ready(ready: &SharedReady, wanted: &BTreeSet<Addr>, listed: &mut BTreeSet<String>) {
-    let mut file = ready.lock().unwrap_or_else(|e| e.into_inner());
-    let mut now = BTreeSet::new();
-    for a in wanted {
-        if let ipnet::IpNet::V4(v4) = a.net
-            && now.insert(a.ifname.clone())
-        {
-            let entry = Entry {
+/// addresses in place (one per link, as the file holds), writing the file
+/// only when they change.
+fn sync_ready(ready: &SharedReady, present: &BTreeSet<Addr>, listed: &mut BTreeMap<String, Entry>) {
+    let mut now = BTreeMap::new();
+    for a in present {
+        if let ipnet::IpNet::V4(v4) = a.net {
+            now.entry(a.ifname.clone()).or_insert(Entry {
                 ifname: a.ifname.clone(),
                 address: v4.addr(),
                 prefix_len: v4.prefix_len(),
                 source: Source::Config,
-            };
-            if let Err(e) = file.set(entry) {
-                tracing::warn!("{}", slate_machinery::error::chain(&e));
-            }
+            });
         }
     }
-    for gone in listed.difference(&now) {
+    if now == *listed {
+        return;
+    }
+    let mut file = ready.lock().unwrap_or_else(|e| e.into_inner());
+    for (ifname, entry) in &now {
+        if listed.get(ifname) != Some(entry)
+            && let Err(e) = file.set(entry.clone())
+        {
+            tracing::warn!("{}", slate_machinery::error::chain(&e));
+        }
+    }
+    for gone in listed.keys().filter(|k| !now.contains_key(*k)) {
         if let Err(e) = file.remove(gone, Source::Config) {
             tracing::warn!("{}", slate_machinery::error::chain(&e));
         }
@@ -212,26 +217,21 @@ fn apply_overrides(ctx: &Context, network: Option<&Network>, hostname: &mut Host
 
 /// Reconciles for ever: on config changes, kernel events and a timer.
 pub async fn run(ctx: Context) {
-    let groups = [
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-    ];
-    let (connection, handle, mut events) = match rtnetlink::new_multicast_connection(&groups) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reconciler: opening rtnetlink: {e}");
-            return;
-        }
-    };
+    let (connection, handle, mut events) =
+        match rtnetlink::new_multicast_connection(&netlink::EVENT_GROUPS) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reconciler: opening rtnetlink: {e}");
+                return;
+            }
+        };
     tokio::spawn(connection);
     let mut reconciler = Reconciler::new(handle, ctx.sysfs.clone(), ctx.owned_file.clone());
     let mut hostname = Hostname::new(ctx.set_hostname);
     let mut network: Option<Network> = None;
     let mut last_missing: Vec<String> = Vec::new();
-    let mut listed = BTreeSet::new();
+    let mut listed = BTreeMap::new();
+    let mut backoff = RETRY;
     let mut poll = tokio::time::interval(CONFIG_POLL);
     let mut safety = tokio::time::interval(SAFETY_NET);
     // After a failed operation (a link driver still loading, a link not yet
@@ -258,14 +258,12 @@ pub async fn run(ctx: Context) {
                     due = true;
                 }
             }
-            Some(_) = events.next() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
-                due = true;
-            }
+            true = netlink::next_burst(&mut events) => due = true,
             _ = safety.tick() => due = true,
         }
-        let Some(net) = network.as_ref().filter(|n| !n.interfaces.is_empty()) else {
+        // No config (maintenance mode): nothing to keep. A config without
+        // interfaces still gets passes, which take back what networkd added.
+        let Some(net) = network.as_ref() else {
             continue;
         };
         if !due {
@@ -279,12 +277,16 @@ pub async fn run(ctx: Context) {
                 for failure in &report.failed {
                     tracing::warn!("network: {failure}");
                 }
-                if !report.failed.is_empty() || !report.missing.is_empty() {
-                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                // Retry what failed soon, then less and less often: a
+                // failure that repeats (an MTU the NIC refuses) must not
+                // keep the daemon busy.
+                if report.failed.is_empty() && report.missing.is_empty() {
+                    backoff = RETRY;
+                } else {
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(SAFETY_NET);
                 }
-                if report.failed.is_empty() {
-                    sync_ready(&ctx.ready, &report.wanted, &mut listed);
-                }
+                sync_ready(&ctx.ready, &report.present, &mut listed);
                 if report.missing != last_missing {
                     for m in &report.missing {
                         tracing::warn!("network: {m}; waiting for it");

@@ -112,8 +112,8 @@ pub enum Op {
     SetMtu { ifname: String, mtu: u32 },
     SetUp { ifname: String },
     DelRoute(RouteSpec),
-    DelAddress(Addr),
     AddAddress(Addr),
+    DelAddress(Addr),
     AddRoute(RouteSpec),
 }
 
@@ -184,21 +184,22 @@ pub fn plan(desired: &Desired, actual: &Actual, owned: &BTreeSet<Addr>) -> Vec<O
         }
     }
 
-    // Routes go before addresses: removing an address takes the routes
-    // through it along.
+    // Old routes first (removing an address takes the routes through it
+    // along); new addresses before old ones go, so a link never loses its
+    // last address, and its routes, on the way from one to the other.
     for route in &actual.routes {
         if !desired.routes.contains(route) {
             ops.push(Op::DelRoute(route.clone()));
         }
     }
-    for addr in owned {
-        if !desired.addresses.contains(addr) && actual.addresses.contains(addr) {
-            ops.push(Op::DelAddress(addr.clone()));
-        }
-    }
     for addr in &desired.addresses {
         if !actual.addresses.contains(addr) {
             ops.push(Op::AddAddress(addr.clone()));
+        }
+    }
+    for addr in owned {
+        if !desired.addresses.contains(addr) && actual.addresses.contains(addr) {
+            ops.push(Op::DelAddress(addr.clone()));
         }
     }
     for route in &desired.routes {
@@ -349,8 +350,8 @@ mod tests {
             ops,
             [
                 "eth0: remove route 0.0.0.0/0",
-                "eth0: remove 10.0.0.5/24",
                 "eth0: add 10.0.0.6/24",
+                "eth0: remove 10.0.0.5/24",
             ]
         );
     }

@@ -18,6 +18,32 @@ use rtnetlink::{
 
 use super::model::{Actual, ActualLink, Addr, Kind, Op, RouteSpec};
 
+/// The rtnetlink groups whose events may change what networkd keeps or
+/// shows.
+pub const EVENT_GROUPS: [rtnetlink::MulticastGroup; 5] = [
+    rtnetlink::MulticastGroup::Link,
+    rtnetlink::MulticastGroup::Ipv4Ifaddr,
+    rtnetlink::MulticastGroup::Ipv6Ifaddr,
+    rtnetlink::MulticastGroup::Ipv4Route,
+    rtnetlink::MulticastGroup::Ipv6Route,
+];
+
+/// Waits for the next burst of kernel events and swallows the rest of it
+/// (a link going up brings addresses and routes): one re-read per burst.
+/// `false` when the event source is gone.
+pub async fn next_burst<S>(events: &mut S) -> bool
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt as _;
+    if events.next().await.is_none() {
+        return false;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::ZERO, events.next()).await {}
+    true
+}
+
 /// Protocol number of networkd's routes (`ip route` shows `proto 115`):
 /// how networkd tells its routes from the kernel's, DHCP's and anyone
 /// else's, and removes only its own. Unassigned in iproute2's rt_protos.
@@ -106,18 +132,12 @@ pub async fn read(handle: &Handle, sysfs: &Path) -> Result<Actual, NetlinkError>
         }
     }
 
-    let mut routes = BTreeSet::new();
-    for template in [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ] {
-        let mut stream = handle.route().get(template).execute();
-        while let Some(msg) = stream.try_next().await.map_err(dump("routes"))? {
-            if let Some(route) = our_route(&msg, &names) {
-                routes.insert(route);
-            }
-        }
-    }
+    let routes = main_routes(handle, &names)
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol == RouteProtocol::from(PROTO_SLATE) && !r.spec.ifname.is_empty())
+        .map(|r| r.spec)
+        .collect();
     Ok(Actual {
         links,
         addresses,
@@ -125,29 +145,70 @@ pub async fn read(handle: &Handle, sysfs: &Path) -> Result<Actual, NetlinkError>
     })
 }
 
-fn our_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteSpec> {
-    if msg.header.protocol != RouteProtocol::from(PROTO_SLATE) || msg.header.table != MAIN_TABLE {
-        return None;
+/// A route of the main table as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct KernelRoute {
+    /// `ifname` is empty for a route without an output link.
+    pub spec: RouteSpec,
+    pub protocol: RouteProtocol,
+}
+
+/// Every IPv4 and IPv6 route of the main table (local and broadcast routes
+/// live in other tables and are the kernel's bookkeeping).
+pub async fn main_routes(
+    handle: &Handle,
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<KernelRoute>, NetlinkError> {
+    let mut out = Vec::new();
+    for template in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut stream = handle.route().get(template).execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "routes",
+                source,
+            })?
+        {
+            if let Some(route) = parse_route(&msg, names) {
+                out.push(route);
+            }
+        }
     }
+    Ok(out)
+}
+
+fn parse_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<KernelRoute> {
     let (mut dst, mut gateway, mut oif, mut metric) = (None, None, None, 0);
+    let mut table = u32::from(msg.header.table);
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst = ip_of(a),
             RouteAttribute::Gateway(a) => gateway = ip_of(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::Table(t) => table = *t,
             _ => {}
         }
+    }
+    if table != u32::from(MAIN_TABLE) {
+        return None;
     }
     let dst = dst.unwrap_or(match msg.header.address_family {
         netlink_packet_route::AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     });
-    Some(RouteSpec {
-        ifname: names.get(&oif?)?.clone(),
-        dst: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
-        gateway,
-        metric,
+    Some(KernelRoute {
+        spec: RouteSpec {
+            ifname: oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
+            dst: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
+            gateway,
+            metric,
+        },
+        protocol: msg.header.protocol,
     })
 }
 
@@ -230,14 +291,17 @@ pub async fn execute(handle: &Handle, op: &Op) -> Result<(), NetlinkError> {
                 .execute()
                 .await
                 .map_err(fail)?;
-            link.set(LinkUnspec::new_with_index(i).controller(c).build())
+            let joined = link
+                .set(LinkUnspec::new_with_index(i).controller(c).build())
                 .execute()
-                .await
-                .map_err(fail)?;
-            link.set(LinkUnspec::new_with_index(i).up().build())
+                .await;
+            // Up again whether or not it joined: a failed join must not
+            // leave the link down.
+            let up = link
+                .set(LinkUnspec::new_with_index(i).up().build())
                 .execute()
-                .await
-                .map_err(fail)
+                .await;
+            joined.and(up).map_err(fail)
         }
         Op::SetMtu { ifname, mtu } => link
             .set(
@@ -257,13 +321,18 @@ pub async fn execute(handle: &Handle, op: &Op) -> Result<(), NetlinkError> {
             .execute()
             .await
             .map_err(fail),
-        Op::AddAddress(a) => handle
-            .address()
-            .add(index(&a.ifname).await?, a.net.addr(), a.net.prefix_len())
-            .replace()
-            .execute()
-            .await
-            .map_err(fail),
+        Op::AddAddress(a) => {
+            if a.net.addr().is_ipv4() {
+                promote_secondaries(&a.ifname);
+            }
+            handle
+                .address()
+                .add(index(&a.ifname).await?, a.net.addr(), a.net.prefix_len())
+                .replace()
+                .execute()
+                .await
+                .map_err(fail)
+        }
         Op::DelAddress(a) => {
             let Ok(i) = index(&a.ifname).await else {
                 return Ok(()); // the link is gone, and the address with it
@@ -288,14 +357,12 @@ pub async fn execute(handle: &Handle, op: &Op) -> Result<(), NetlinkError> {
             .map_err(fail)
         }
         Op::AddRoute(r) => {
+            // No replace: the kernel keys a replace on destination and
+            // metric alone, so it would overwrite another owner's route
+            // (DHCP's, the kernel's) or another link's. A clash fails and
+            // is reported instead.
             let msg = route_message(r, index(&r.ifname).await?);
-            handle
-                .route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(fail)
+            handle.route().add(msg).execute().await.map_err(fail)
         }
         Op::DelRoute(r) => {
             let Ok(i) = index(&r.ifname).await else {
