@@ -237,7 +237,13 @@ impl Applier {
         let config_owns_resolv = self.config().owns_resolv();
         if resolv_changed && !config_owns_resolv && (!new.dns.is_empty() || new.search.is_some()) {
             let dns: Vec<IpAddr> = new.dns.iter().copied().map(IpAddr::V4).collect();
-            let search: Vec<&str> = new.search.as_deref().into_iter().collect();
+            let config = self.config();
+            // The config's search domains, if any, else DHCP's.
+            let search: Vec<&str> = if config.search.is_empty() {
+                new.search.as_deref().into_iter().collect()
+            } else {
+                config.search_refs()
+            };
             warn_on_err(resolv::write(&self.resolv_conf, &dns, &search).map_err(ApplyError::from));
         }
         let preferred = self.preferred_hostname();

@@ -30,9 +30,10 @@ impl Overrides {
         }
     }
 
-    /// Whether the config decides resolv.conf.
+    /// Whether the config decides resolv.conf: when it names nameservers.
+    /// Search domains alone are combined with DHCP's servers instead.
     pub fn owns_resolv(&self) -> bool {
-        !self.nameservers.is_empty() || !self.search.is_empty()
+        !self.nameservers.is_empty()
     }
 
     pub fn search_refs(&self) -> Vec<&str> {

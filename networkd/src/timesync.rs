@@ -18,6 +18,8 @@ use slate_machinery::config::Time;
 const STEP_MIN: f64 = 0.001;
 /// Offsets beyond this are stepped even after the first sync.
 pub const STEP_LIMIT: f64 = 1.0;
+/// How close a confirming sample must be to step after the first sync.
+const CONFIRM_WINDOW: f64 = 0.1;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Poll intervals: quick until the first sync, then relaxed.
 const UNSYNCED_POLL: Duration = Duration::from_secs(5);
@@ -120,7 +122,22 @@ pub async fn sync_once(
         match client.synchronize(server.as_str()).await {
             Ok(result) => {
                 let offset = result.clock_offset().as_secs_f64();
-                let action = decide(offset, synced_before);
+                let mut action = decide(offset, synced_before);
+                // Once synced, one reply alone may not jump the clock: a
+                // second sample must agree (a forged or broken answer
+                // would otherwise move time by anything).
+                if synced_before && matches!(action, Action::Step(_)) {
+                    let again = client.synchronize(server.as_str()).await;
+                    let agrees = again.is_ok_and(|r| {
+                        (r.clock_offset().as_secs_f64() - offset).abs() < CONFIRM_WINDOW
+                    });
+                    if !agrees {
+                        tracing::warn!(
+                            "time: {server} says the clock is {offset:+.3} s off, but a second sample disagrees; not stepping"
+                        );
+                        action = Action::Nothing;
+                    }
+                }
                 if let Err(e) = clock.apply(action) {
                     last_error = format!("{server}: setting the clock: {e}");
                     continue;
