@@ -61,6 +61,15 @@ fn main() -> anyhow::Result<()> {
     };
     let mut opts = VmOptions::new(boot);
     opts.config_drive = Some(drive);
+    // A sparse system disk that outlives the VM: the node keeps its config
+    // on STATE there, so `apply-config` and `reboot` behave as on a server.
+    let disk = dir.join("system.raw");
+    if !disk.exists() {
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(4 << 30))
+            .with_context(|| format!("creating {}", disk.display()))?;
+    }
+    opts.system_disk = Some(disk);
     // slatectl is built beside this binary by `make build`.
     let slatectl = std::env::current_exe()
         .ok()
