@@ -451,6 +451,22 @@ fn status_lists_and_watches_addresses() {
     });
 }
 
+/// A child that is killed when dropped: also when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Records corrections instead of changing the host's clock.
 #[derive(Default)]
 struct Recorder(Vec<slate_networkd::timesync::Action>);
@@ -486,13 +502,15 @@ fn time_syncs_against_chrony_and_reports_a_lost_server() {
             ),
         )
         .unwrap();
-        let mut chrony = Command::new("/usr/sbin/chronyd")
-            .args(["-x", "-d", "-f"])
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut chrony = Killed(
+            Command::new("/usr/sbin/chronyd")
+                .args(["-x", "-d", "-f"])
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let status = slate_networkd::timesync::SharedTimeStatus::default();
         let mut clock = Recorder::default();
         let servers = vec!["127.0.0.1".to_owned()];
@@ -522,8 +540,7 @@ fn time_syncs_against_chrony_and_reports_a_lost_server() {
         );
 
         // The server goes away: the status says so, and stays synced.
-        let _ = chrony.kill();
-        let _ = chrony.wait();
+        chrony.kill();
         assert!(!sync_once(&mut clock, &servers, &status).await);
         let s = status.lock().unwrap().clone();
         assert!(s.synced, "the clock keeps its last correction: {s:?}");
