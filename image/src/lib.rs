@@ -184,6 +184,13 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
         .into_iter()
         .filter(|m| !stage1.ordered.contains(m))
         .collect();
+    let links: Vec<String> = index
+        .resolve(modules::LINK_DRIVERS)
+        .map_err(Error::Modules)?
+        .ordered
+        .into_iter()
+        .filter(|m| !stage1.ordered.contains(m) && !late.contains(m))
+        .collect();
     for name in stage1.missing.iter().chain(&root_mods.missing) {
         tracing::warn!("module {name} is not in kernel {}: skipped", kernel.release);
     }
@@ -200,6 +207,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
                 kernel: &kernel,
                 modules: &shipped,
                 late_modules: &late,
+                link_modules: &links,
                 version: env!("CARGO_PKG_VERSION"),
                 epoch,
             },

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use slate_machinery::constants::LATE_MODULE_LIST;
+use slate_machinery::constants::{LATE_MODULE_LIST, LINK_MODULE_LIST};
 
 use crate::exec::{self, ExecError};
 use crate::kernel::Kernel;
@@ -69,6 +69,8 @@ pub struct Inputs<'a> {
     pub modules: &'a [String],
     /// Modules init loads in stage 2, in load order (also in `modules`).
     pub late_modules: &'a [String],
+    /// Link drivers init loads once the node has an address (also in `modules`).
+    pub link_modules: &'a [String],
     pub version: &'a str,
     pub epoch: u64,
 }
@@ -124,15 +126,16 @@ pub fn build(tools: &Toolbox, work: &Path, inputs: &Inputs) -> Result<PathBuf, R
         .map(|l| format!("{l}\n"))
         .collect();
     write(&dest.join("modules.order"), &order)?;
-    let late: String = inputs
-        .late_modules
-        .iter()
-        .map(|m| format!("/lib/modules/{release}/{m}\n"))
-        .collect();
-    write(
-        &staging.join(LATE_MODULE_LIST.trim_start_matches('/')),
-        &late,
-    )?;
+    for (list, modules) in [
+        (LATE_MODULE_LIST, inputs.late_modules),
+        (LINK_MODULE_LIST, inputs.link_modules),
+    ] {
+        let text: String = modules
+            .iter()
+            .map(|m| format!("/lib/modules/{release}/{m}\n"))
+            .collect();
+        write(&staging.join(list.trim_start_matches('/')), &text)?;
+    }
     exec::run(
         tools
             .command(Tool::Depmod)

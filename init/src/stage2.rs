@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use slate_machinery::constants::{LATE_MODULE_LIST, PROC_CMDLINE, RUN_DIR};
+use slate_machinery::constants::{
+    LATE_MODULE_LIST, LINK_MODULE_LIST, NETWORK_READY_FILE, PROC_CMDLINE, RUN_DIR,
+};
 
 use crate::cmdline::Cmdline;
 use crate::host::{Host, RealHost};
@@ -62,7 +64,7 @@ pub fn run(cfg: &Config) -> ! {
         log!("{}", console::chain(&e));
     }
 
-    load_late_modules(Path::new(LATE_MODULE_LIST));
+    load_late_modules(Path::new(LATE_MODULE_LIST), Path::new(LINK_MODULE_LIST));
     log!("stage 2: starting daemons");
     let mut host = RealHost::default();
     let mut sup = Supervisor::new(DAEMONS, BackoffPolicy::default(), host.now());
@@ -81,7 +83,7 @@ pub fn run(cfg: &Config) -> ! {
 /// priority, so that they load while the daemons start without delaying
 /// them. The child is reaped like any orphan. A missing list (an image
 /// without late modules) is not an error.
-fn load_late_modules(list: &Path) {
+fn load_late_modules(list: &Path, links: &Path) {
     if !list.exists() {
         return;
     }
@@ -95,6 +97,23 @@ fn load_late_modules(list: &Path) {
                 match crate::modules::load_list(list) {
                     Ok(s) => log!("late modules: {s}"),
                     Err(e) => log!("{}", console::chain(&e)),
+                }
+                // The link drivers wait until the node has an address (or
+                // 10 s): loading them costs CPU the daemons need on the way
+                // to a reachable API, and nothing needs them before.
+                if links.exists() {
+                    let ready = Path::new(NETWORK_READY_FILE);
+                    for _ in 0..100 {
+                        if ready.exists() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    match crate::modules::load_list(links) {
+                        Ok(s) => log!("link drivers: {s}"),
+                        Err(e) => log!("{}", console::chain(&e)),
+                    }
                 }
             });
             // SAFETY: ends the child without running the parent's cleanup.

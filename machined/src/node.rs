@@ -134,18 +134,21 @@ impl Node {
             self.inner.lock().await.staged = Some(staged);
         }
         if let Verdict::Valid { config, .. } = &verdict {
-            if matches!(source, Source::Url | Source::ConfigDrive)
-                && let Err(e) = self.store(config).await
-            {
-                tracing::warn!("the config is not kept across reboots: {}", e.message());
-            }
             self.inner.lock().await.running = Some(((**config).clone(), source));
         }
+        // Publish first: apid and networkd wait for it, and keeping the
+        // config (which may partition and format a disk) need not delay them.
         if let Err(e) = publish(&verdict, &self.paths) {
             tracing::error!(
                 "publishing the machine config: {:#}",
                 anyhow::Error::from(e)
             );
+        }
+        if let Verdict::Valid { config, .. } = &verdict
+            && matches!(source, Source::Url | Source::ConfigDrive)
+            && let Err(e) = self.store(config).await
+        {
+            tracing::warn!("the config is not kept across reboots: {}", e.message());
         }
     }
 
