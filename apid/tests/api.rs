@@ -48,12 +48,7 @@ async fn start(boot: Boot<'_>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     std::fs::create_dir(&state_dir).unwrap();
-    let machined_paths = slate_machined::Paths {
-        config: dir.path().join("config.json"),
-        config_error: dir.path().join("config.error"),
-        mount_point: dir.path().join("cidata"),
-        socket: dir.path().join("machined.sock"),
-    };
+    let machined_paths = slate_machined::Paths::under(dir.path());
     let paths = slate_apid::Paths {
         config: machined_paths.config.clone(),
         config_error: machined_paths.config_error.clone(),

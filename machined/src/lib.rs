@@ -49,6 +49,18 @@ pub struct Paths {
     pub socket: PathBuf,
 }
 
+impl Paths {
+    /// Every path inside `dir`: for tests, which must not touch /run.
+    pub fn under(dir: &std::path::Path) -> Self {
+        Self {
+            config: dir.join("config.json"),
+            config_error: dir.join("config.error"),
+            mount_point: dir.join("cidata"),
+            socket: dir.join("machined.sock"),
+        }
+    }
+}
+
 impl Default for Paths {
     fn default() -> Self {
         Self {

@@ -390,12 +390,7 @@ mod tests {
     use super::*;
 
     fn paths(dir: &std::path::Path) -> Paths {
-        Paths {
-            config: dir.join("config.json"),
-            config_error: dir.join("config.error"),
-            mount_point: dir.join("mnt"),
-            socket: dir.join("machined.sock"),
-        }
+        Paths::under(dir)
     }
 
     #[tokio::test]

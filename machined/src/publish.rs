@@ -90,12 +90,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn paths(dir: &std::path::Path) -> Paths {
-        Paths {
-            config: dir.join("config.json"),
-            config_error: dir.join("config.error"),
-            mount_point: dir.join("mnt"),
-            socket: dir.join("machined.sock"),
-        }
+        Paths::under(dir)
     }
 
     #[test]

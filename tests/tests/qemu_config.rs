@@ -61,6 +61,29 @@ fn blank_disk(dir: &Path) -> PathBuf {
     path
 }
 
+/// `slatectl gen config NAME` into `dir`, reachable through QEMU's forward.
+fn gen_config(name: &str, dir: &Path) {
+    let out = slatectl(&[
+        "gen",
+        "config",
+        name,
+        "https://127.0.0.1:6443",
+        "--additional-sans",
+        "127.0.0.1",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The admin TLS identity of context `name` in `dir`'s slateconfig.
+fn admin(dir: &Path, name: &str) -> Arc<rustls::ClientConfig> {
+    let client =
+        slate_machinery::clientconfig::ClientConfig::load(&dir.join("slateconfig")).unwrap();
+    let ctx = &client.contexts[name];
+    Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap())
+}
+
 fn start(a: &Artifacts, disk: &Path, dir: &Path, name: &str) -> Vm {
     let mut opts = VmOptions::new(Boot::kernel(a));
     opts.system_disk = Some(disk.to_owned());
@@ -73,17 +96,7 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     let a = Artifacts::find().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = slatectl(&[
-        "gen",
-        "config",
-        "life",
-        "https://127.0.0.1:6443",
-        "--additional-sans",
-        "127.0.0.1",
-        "-o",
-        d.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    gen_config("life", d);
     let cp = d.join("controlplane.yaml");
     let client = d.join("slateconfig");
     let disk = blank_disk(d);
@@ -312,10 +325,7 @@ async fn maintenance_apply_config_and_state_across_reboot() {
 
     // 5. Booted again, without any config drive: the config comes from STATE.
     let mut vm = start(&a, &disk, d, "console-2.log");
-    let ctx = slate_machinery::clientconfig::ClientConfig::load(&client).unwrap();
-    let ctx = &ctx.contexts["life"];
-    let admin =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let admin = admin(d, "life");
     let v = api::wait_for_version(&mut vm, admin, BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -369,17 +379,7 @@ async fn config_from_a_url_on_the_kernel_command_line() {
     let a = Artifacts::find().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = slatectl(&[
-        "gen",
-        "config",
-        "net",
-        "https://127.0.0.1:6443",
-        "--additional-sans",
-        "127.0.0.1",
-        "-o",
-        d.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    gen_config("net", d);
     let (port, requests) =
         serve_config(std::fs::read_to_string(d.join("controlplane.yaml")).unwrap()).await;
     let mut opts = VmOptions::new(Boot::kernel(&a));
@@ -387,10 +387,7 @@ async fn config_from_a_url_on_the_kernel_command_line() {
         "slate.config=http://10.0.2.2:{port}/controlplane.yaml"
     ));
     let mut vm = Vm::start(&opts, Some(&d.join("console.log"))).unwrap();
-    let client = slate_machinery::clientconfig::ClientConfig::load(&d.join("slateconfig")).unwrap();
-    let ctx = &client.contexts["net"];
-    let admin =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let admin = admin(d, "net");
     let v = api::wait_for_version(&mut vm, admin, BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
