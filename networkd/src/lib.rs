@@ -21,10 +21,11 @@
 //! every kernel event and changed when the config changes.
 //!
 //! # Limitations
-//! DHCP runs on one link (the first Ethernet link or `ip=`'s), IPv4 only,
-//! from boot on, whatever `dhcp:` the config sets per interface: networkd
-//! does not wait for the config, to keep DHCP off the boot's critical path
-//! (boot with `ip=off` to leave every link to the config); no ARP conflict check
+//! DHCPv4 only. At boot DHCP starts on the first Ethernet link (or `ip=`'s)
+//! without waiting for the config, to keep it off the boot's critical path
+//! (boot with `ip=off` to leave every link to the config); the config's
+//! `dhcp: true` links get a client of their own when the config arrives
+//! ([`dhcp::links`]); no ARP conflict check
 //! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
 //! hostname, nameservers and search domains win over DHCP's
@@ -173,6 +174,13 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         tokio::spawn(timesync::run(opts.config_file.clone(), time));
     }
     let overrides = overrides::SharedOverrides::default();
+    let dhcp_links = dhcp::links::DhcpLinks::new(
+        handle.clone(),
+        opts.resolv_conf.clone(),
+        ready.clone(),
+        overrides.clone(),
+        opts.set_hostname,
+    );
     tokio::spawn(reconcile::run(reconcile::Context {
         sysfs: opts.sysfs.clone(),
         config_file: opts.config_file.clone(),
@@ -181,20 +189,14 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         overrides: overrides.clone(),
         resolv_conf: opts.resolv_conf.clone(),
         set_hostname: opts.set_hostname,
+        dhcp: Some(dhcp_links.clone()),
     }));
     let hostname_override = match &config {
         cmdline::IpConfig::Dhcp { hostname, .. } => hostname.clone(),
         cmdline::IpConfig::Static(s) => s.hostname.clone(),
         cmdline::IpConfig::Off => None,
     };
-    let mut applier = apply::Applier::new(
-        handle.clone(),
-        opts.resolv_conf.clone(),
-        ready,
-        hostname::Hostname::new(opts.set_hostname),
-        hostname_override.clone(),
-        overrides,
-    );
+    let mut applier = dhcp_links.applier(hostname_override.clone());
 
     match config {
         cmdline::IpConfig::Off => {
@@ -227,6 +229,8 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
             let link = link::wait_for(&handle, device.as_deref(), &opts.sysfs).await?;
             link::set_up(&handle, &link).await?;
             applier.initial_hostname(&link)?;
+            // The config may ask for DHCP here too: one client is enough.
+            dhcp_links.claim(&link.name);
             return Ok(dhcp::client::run(&link, &mut applier, hostname_override).await?);
         }
     }

@@ -110,6 +110,13 @@ impl Netns {
             .env("SLATE_NETWORKD_SYSFS", self.path("sys"))
             .env("SLATE_NETWORKD_RESOLV_CONF", self.path("resolv.conf"))
             .env("SLATE_NETWORKD_READY_FILE", self.path("run/network.ready"))
+            // Everything else networkd keeps under /run, in the test's dir.
+            .env(
+                "SLATE_NETWORKD_CONFIG",
+                self.path("run/machine-config.json"),
+            )
+            .env("SLATE_NETWORKD_OWNED_FILE", self.path("run/networkd-owned"))
+            .env("SLATE_NETWORKD_SOCKET", self.path("run/networkd.sock"))
             // `ip netns exec` shares the host's UTS namespace.
             .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
             // The namespace shares the host's clock: never set it.
@@ -202,6 +209,55 @@ impl Drop for Netns {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+}
+
+/// `ip=off` and a machine config that asks for DHCP on the link by name:
+/// the client runs there because the config says so.
+#[test]
+fn dhcp_where_the_machine_config_asks_for_it() {
+    if let Some(why) = skip_reason() {
+        skipped("dhcp_where_the_machine_config_asks_for_it", &why);
+        return;
+    }
+    let tag = format!("slc{}", std::process::id() % 100_000);
+    let (server, client) = (format!("{tag}s"), format!("{tag}c"));
+    let mut ns = Netns::new(&tag);
+    run(&[
+        "ip",
+        "-n",
+        &server,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        &server,
+    ]);
+    ns.start_dnsmasq(&server);
+    let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        cluster_name: "dhcp".into(),
+        endpoint: "https://10.0.0.1:6443".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .worker;
+    config.machine.network = slate_machinery::yaml::from_str(&format!(
+        "interfaces:\n  - interface: {client}\n    dhcp: true\n"
+    ))
+    .unwrap();
+    std::fs::create_dir_all(ns.path("run")).unwrap();
+    std::fs::write(
+        ns.path("run/machine-config.json"),
+        config.to_json().unwrap(),
+    )
+    .unwrap();
+    ns.start_networkd(&client, "console=ttyS0 ip=off\n");
+
+    let ready = ns.wait_ready();
+    assert!(
+        ready.starts_with(&format!("{client} 10.99.0.")) && ready.trim_end().ends_with(" dhcp"),
+        "{ready:?}\n{}",
+        ns.logs()
+    );
 }
 
 #[test]

@@ -280,6 +280,7 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
                 resolv_conf: resolv.clone(),
                 // The thread shares the host's UTS namespace.
                 set_hostname: false,
+                dhcp: None,
             },
         ));
         wait_for("the first pass", || {

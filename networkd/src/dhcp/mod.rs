@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod lease;
+pub mod links;
 pub mod socket;
 pub mod state;
 

@@ -130,7 +130,7 @@ fn add_network(d: &mut Desired, ifname: &str, addresses: &[String], routes: &[Ro
 }
 
 /// A link matches when every property the selector sets matches.
-fn matches(sel: &DeviceSelector, link: &ActualLink) -> bool {
+pub fn matches(sel: &DeviceSelector, link: &ActualLink) -> bool {
     let mac = sel
         .hardware_addr
         .as_ref()

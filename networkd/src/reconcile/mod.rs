@@ -41,6 +41,8 @@ pub struct Report {
     pub missing: Vec<String>,
     /// The configured addresses that are in place after the pass.
     pub present: BTreeSet<Addr>,
+    /// The links as read at the start of the pass.
+    pub links: Vec<model::ActualLink>,
 }
 
 pub struct Reconciler {
@@ -101,6 +103,7 @@ impl Reconciler {
             }
         }
         report.present = present;
+        report.links = actual.links.clone();
         // Forget addresses that are neither wanted nor there any more.
         self.owned
             .retain(|a| desired.addresses.contains(a) || actual.addresses.contains(a));
@@ -187,6 +190,43 @@ pub struct Context {
     pub resolv_conf: PathBuf,
     /// Off in tests that share the host's UTS namespace.
     pub set_hostname: bool,
+    /// Starts DHCP on the links the config asks it for (`None`: not here).
+    pub dhcp: Option<crate::dhcp::links::DhcpLinks>,
+}
+
+/// The links the config wants a DHCP client on, by name (a VLAN's name is
+/// `LINK.ID`; links chosen by deviceSelector are resolved by the pass).
+fn dhcp_links(network: &Network, present: &[model::ActualLink]) -> Vec<String> {
+    let desired = desired::desired(network, present);
+    let mut out = Vec::new();
+    for iface in network.interfaces.iter().filter(|i| !i.ignore) {
+        let name = iface.interface.clone().or_else(|| {
+            let sel = iface.device_selector.as_ref()?;
+            // The same resolution as the pass: the first link it matched.
+            desired
+                .links
+                .iter()
+                .find(|l| {
+                    l.kind == model::Kind::Existing
+                        && present
+                            .iter()
+                            .any(|p| p.name == l.name && desired::matches(sel, p))
+                })
+                .map(|l| l.name.clone())
+        });
+        let Some(name) = name else { continue };
+        if iface.dhcp {
+            out.push(name.clone());
+        }
+        out.extend(
+            iface
+                .vlans
+                .iter()
+                .filter(|v| v.dhcp)
+                .map(|v| format!("{name}.{}", v.vlan_id)),
+        );
+    }
+    out
 }
 
 /// Applies the config's hostname and DNS when they change.
@@ -287,6 +327,11 @@ pub async fn run(ctx: Context) {
                     backoff = (backoff * 2).min(SAFETY_NET);
                 }
                 sync_ready(&ctx.ready, &report.present, &mut listed);
+                if let Some(dhcp) = &ctx.dhcp {
+                    for ifname in dhcp_links(net, &report.links) {
+                        dhcp.ensure(&ifname);
+                    }
+                }
                 if report.missing != last_missing {
                     for m in &report.missing {
                         tracing::warn!("network: {m}; waiting for it");

@@ -1,0 +1,101 @@
+//! DHCP clients on the links the machine config asks for (`dhcp: true`),
+//! beside the one networkd starts at boot on the first link or `ip=`'s.
+//! One client per link, each with an applier of its own that shares the
+//! ready file and the config's overrides.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rtnetlink::Handle;
+
+use crate::apply::Applier;
+use crate::hostname::Hostname;
+use crate::link;
+use crate::overrides::SharedOverrides;
+use crate::ready::SharedReady;
+
+/// Starts DHCP clients, at most one per link.
+#[derive(Clone)]
+pub struct DhcpLinks {
+    handle: Handle,
+    resolv_conf: PathBuf,
+    ready: SharedReady,
+    overrides: SharedOverrides,
+    set_hostname: bool,
+    running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl DhcpLinks {
+    pub fn new(
+        handle: Handle,
+        resolv_conf: PathBuf,
+        ready: SharedReady,
+        overrides: SharedOverrides,
+        set_hostname: bool,
+    ) -> Self {
+        Self {
+            handle,
+            resolv_conf,
+            ready,
+            overrides,
+            set_hostname,
+            running: Arc::default(),
+        }
+    }
+
+    /// Marks `ifname` as having a client (the boot one); false if it had.
+    pub fn claim(&self, ifname: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ifname.to_owned())
+    }
+
+    fn release(&self, ifname: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ifname);
+    }
+
+    /// An applier for one link's client.
+    pub fn applier(&self, hostname_override: Option<String>) -> Applier {
+        Applier::new(
+            self.handle.clone(),
+            self.resolv_conf.clone(),
+            self.ready.clone(),
+            Hostname::new(self.set_hostname),
+            hostname_override,
+            self.overrides.clone(),
+        )
+    }
+
+    /// Starts a client on `ifname` unless one runs there. A link that does
+    /// not exist (yet) is released, to be tried again on the next call.
+    pub fn ensure(&self, ifname: &str) {
+        if !self.claim(ifname) {
+            return;
+        }
+        let this = self.clone();
+        let ifname = ifname.to_owned();
+        tokio::spawn(async move {
+            let link = match link::by_name(&this.handle, &ifname).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!("DHCP on {ifname}: {}", crate::error_chain(&e));
+                    this.release(&ifname);
+                    return;
+                }
+            };
+            if let Err(e) = link::set_up(&this.handle, &link).await {
+                tracing::warn!("{}", crate::error_chain(&e));
+            }
+            let mut applier = this.applier(None);
+            // The client runs for ever; it returns only on a socket error.
+            let Err(e) = super::client::run(&link, &mut applier, None).await;
+            tracing::warn!("DHCP on {ifname}: {}", crate::error_chain(&e));
+            this.release(&ifname);
+        });
+    }
+}
