@@ -94,6 +94,26 @@ impl Netns {
         ns
     }
 
+    /// Namespaces named after `prefix` and this process, with dnsmasq
+    /// serving 10.99.0.0/24 on the server end; returns the client link.
+    fn with_dhcp_server(prefix: &str) -> (Netns, String) {
+        let tag = format!("{prefix}{}", std::process::id() % 100_000);
+        let (server, client) = (format!("{tag}s"), format!("{tag}c"));
+        let mut ns = Netns::new(&tag);
+        run(&[
+            "ip",
+            "-n",
+            &server,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            &server,
+        ]);
+        ns.start_dnsmasq(&server);
+        (ns, client)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -219,20 +239,7 @@ fn dhcp_where_the_machine_config_asks_for_it() {
         skipped("dhcp_where_the_machine_config_asks_for_it", &why);
         return;
     }
-    let tag = format!("slc{}", std::process::id() % 100_000);
-    let (server, client) = (format!("{tag}s"), format!("{tag}c"));
-    let mut ns = Netns::new(&tag);
-    run(&[
-        "ip",
-        "-n",
-        &server,
-        "addr",
-        "add",
-        "10.99.0.1/24",
-        "dev",
-        &server,
-    ]);
-    ns.start_dnsmasq(&server);
+    let (mut ns, client) = Netns::with_dhcp_server("slc");
     let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
         cluster_name: "dhcp".into(),
         endpoint: "https://10.0.0.1:6443".into(),
@@ -266,20 +273,7 @@ fn dhcp_from_dnsmasq() {
         skipped("dhcp_from_dnsmasq", &why);
         return;
     }
-    let tag = format!("sld{}", std::process::id() % 100_000);
-    let (server, client) = (format!("{tag}s"), format!("{tag}c"));
-    let mut ns = Netns::new(&tag);
-    run(&[
-        "ip",
-        "-n",
-        &server,
-        "addr",
-        "add",
-        "10.99.0.1/24",
-        "dev",
-        &server,
-    ]);
-    ns.start_dnsmasq(&server);
+    let (mut ns, client) = Netns::with_dhcp_server("sld");
     // No ip=: DHCP on the first (fake-sysfs) Ethernet link.
     ns.start_networkd(&client, "console=ttyS0 quiet\n");
 
