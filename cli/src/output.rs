@@ -79,6 +79,9 @@ pub fn cell(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "-".into(),
         serde_json::Value::String(s) => s.clone(),
+        // A list reads as `a,b` in a table cell; empty as `-`.
+        serde_json::Value::Array(items) if items.is_empty() => "-".into(),
+        serde_json::Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }

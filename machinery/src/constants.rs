@@ -42,7 +42,15 @@ pub const MACHINED_SOCKET: &str = "/run/slate/machined.sock";
 pub const NETWORKD_SOCKET: &str = "/run/slate/networkd.sock";
 
 /// The resource types networkd owns (apid routes them there).
-pub const NETWORKD_RESOURCE_TYPES: &[&str] = &["links", "addresses", "routes", "timestatus"];
+pub const NETWORKD_RESOURCE_TYPES: &[&str] = &[
+    "links",
+    "addresses",
+    "routes",
+    "hostname",
+    "resolvers",
+    "networkstatus",
+    "timestatus",
+];
 
 /// GPT partition name and ext4 label of the STATE volume (machine config,
 /// node keys), and where machined mounts it (mode 0700).

@@ -1,5 +1,6 @@
 //! Applying an IPv4 configuration (static or from a DHCP lease) to a link:
-//! address, routes, MTU, resolv.conf, hostname, and the ready file.
+//! address, routes, MTU, and the ready file; the hostname and name servers
+//! it brings go to [`crate::names`].
 //!
 //! Routes carry the protocol of their source (`dhcp` or `static`) so later
 //! code, and an operator with `ip route`, can tell ours from anyone else's
@@ -7,18 +8,16 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use netlink_packet_route::address::{AddressAttribute, CacheInfo};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::hostname::{self, Hostname};
 use crate::ipv4;
 use crate::link::{self, LinkInfo};
+use crate::names::{Contribution, SharedNames};
 use crate::ready::{self, SharedReady, Source};
-use crate::resolv;
 
 /// Below this an MTU from the network is more likely a mistake than a real
 /// link (576 is the datagram size every IPv4 host must accept).
@@ -128,71 +127,28 @@ pub enum ApplyError {
     #[error(transparent)]
     Link(#[from] link::LinkError),
     #[error(transparent)]
-    Resolv(#[from] resolv::ResolvError),
-    #[error(transparent)]
-    Hostname(#[from] hostname::HostnameError),
-    #[error(transparent)]
     Ready(#[from] ready::ReadyError),
 }
 
 /// Applies [`Setup`]s through netlink and the files they feed.
 pub struct Applier {
     handle: Handle,
-    resolv_conf: PathBuf,
     ready: SharedReady,
-    hostname: Hostname,
-    /// The `ip=` hostname, which wins over DHCP's.
-    hostname_override: Option<String>,
-    /// The machine config's hostname and DNS, which win over both.
-    config: crate::overrides::SharedOverrides,
+    /// Hostname and resolv.conf, decided with the other sources.
+    names: SharedNames,
 }
 
 impl Applier {
-    pub fn new(
-        handle: Handle,
-        resolv_conf: PathBuf,
-        ready: SharedReady,
-        hostname: Hostname,
-        hostname_override: Option<String>,
-        config: crate::overrides::SharedOverrides,
-    ) -> Self {
+    pub fn new(handle: Handle, ready: SharedReady, names: SharedNames) -> Self {
         Applier {
             handle,
-            resolv_conf,
             ready,
-            hostname,
-            hostname_override,
-            config,
+            names,
         }
-    }
-
-    fn config(&self) -> crate::overrides::Overrides {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The configured hostname, else the `ip=` one.
-    fn preferred_hostname(&self) -> Option<String> {
-        self.config()
-            .hostname
-            .or_else(|| self.hostname_override.clone())
     }
 
     fn ready(&self) -> std::sync::MutexGuard<'_, ready::ReadyFile> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sets the hostname before any address exists (the `ip=` one or the
-    /// MAC-derived fallback), so the node has a name even without DHCP.
-    pub fn initial_hostname(&mut self, link: &LinkInfo) -> Result<(), ApplyError> {
-        let preferred = self.preferred_hostname();
-        let name = hostname::choose(preferred.as_deref(), None, &link.mac);
-        if self.hostname.set(&name)? {
-            tracing::info!("hostname {name}");
-        }
-        Ok(())
     }
 
     /// Moves `link` from `old` (what this source applied last, if anything)
@@ -233,25 +189,17 @@ impl Applier {
                     .map_err(ApplyError::from),
             );
         }
-        let resolv_changed = old.is_none_or(|o| o.dns != new.dns || o.search != new.search);
-        let config_owns_resolv = self.config().owns_resolv();
-        if resolv_changed && !config_owns_resolv && (!new.dns.is_empty() || new.search.is_some()) {
-            let dns: Vec<IpAddr> = new.dns.iter().copied().map(IpAddr::V4).collect();
-            let config = self.config();
-            // The config's search domains, if any, else DHCP's.
-            let search: Vec<&str> = if config.search.is_empty() {
-                new.search.as_deref().into_iter().collect()
-            } else {
-                config.search_refs()
-            };
-            warn_on_err(resolv::write(&self.resolv_conf, &dns, &search).map_err(ApplyError::from));
-        }
-        let preferred = self.preferred_hostname();
-        let name = hostname::choose(preferred.as_deref(), new.hostname.as_deref(), &link.mac);
-        match self.hostname.set(&name) {
-            Ok(true) => tracing::info!("hostname {name}"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("{}", crate::error_chain(&e)),
+        // A static `ip=` setup is the cmdline's say; a lease is its link's.
+        let contribution = Contribution {
+            hostname: new.hostname.clone(),
+            nameservers: new.dns.iter().copied().map(IpAddr::V4).collect(),
+            search: new.search.iter().cloned().collect(),
+        };
+        match new.source {
+            Source::Dhcp => self.names.set_lease(&link.name, Some(contribution)),
+            Source::Static => self.names.set_cmdline(contribution),
+            // The reconciler hands the config's names over itself.
+            Source::Config => {}
         }
         self.ready().set(ready::Entry {
             ifname: link.name.clone(),
@@ -265,6 +213,9 @@ impl Applier {
     /// Removes what `setup` added (lease lost); the ready file follows.
     pub async fn remove(&mut self, link: &LinkInfo, setup: &Setup) -> Result<(), ApplyError> {
         self.remove_network(link, setup).await;
+        if setup.source == Source::Dhcp {
+            self.names.set_lease(&link.name, None);
+        }
         self.ready().remove(&link.name, setup.source)?;
         Ok(())
     }

@@ -1,9 +1,5 @@
-//! The node's hostname: which one wins, and setting it in the kernel.
-//!
-//! Order: the machine config's `machine.network.hostname`, the hostname in
-//! `ip=`, then the one the DHCP server hands out, then `slate-` and the last three bytes
-//! of the link's MAC, so every node has a stable, distinct name from its
-//! first boot even without DHCP.
+//! Host names: what is a valid one, the `slate-` fallback, and setting it
+//! in the kernel. Which source wins is [`crate::names`]' business.
 
 /// Linux's limit (`__NEW_UTS_LEN`).
 const MAX_LEN: usize = 64;
@@ -41,46 +37,16 @@ pub fn fallback(mac: &[u8]) -> String {
     format!("slate-{hex}")
 }
 
-/// Picks the hostname by the order in the module docs.
-pub fn choose(cmdline: Option<&str>, dhcp: Option<&str>, mac: &[u8]) -> String {
-    cmdline
-        .or(dhcp.filter(|h| is_valid(h)))
-        .map(str::to_owned)
-        .unwrap_or_else(|| fallback(mac))
-}
-
-/// Sets the kernel hostname, remembering the last one set so an unchanged
-/// name (every DHCP renewal) costs nothing.
-#[derive(Debug, Default)]
-pub struct Hostname {
-    enabled: bool,
-    current: Option<String>,
-}
-
-impl Hostname {
-    /// `enabled: false` is for tests run with `ip netns exec`, which shares
-    /// the host's UTS namespace.
-    pub fn new(enabled: bool) -> Self {
-        Hostname {
-            enabled,
-            current: None,
-        }
+/// Sets the kernel hostname; `enabled: false` (tests run with `ip netns
+/// exec`, which share the host's UTS namespace) only pretends.
+pub fn set(name: &str, enabled: bool) -> Result<(), HostnameError> {
+    if enabled {
+        nix::unistd::sethostname(name).map_err(|source| HostnameError::Set {
+            name: name.to_owned(),
+            source,
+        })?;
     }
-
-    /// Sets `name`; returns whether it changed.
-    pub fn set(&mut self, name: &str) -> Result<bool, HostnameError> {
-        if self.current.as_deref() == Some(name) {
-            return Ok(false);
-        }
-        if self.enabled {
-            nix::unistd::sethostname(name).map_err(|source| HostnameError::Set {
-                name: name.to_owned(),
-                source,
-            })?;
-        }
-        self.current = Some(name.to_owned());
-        Ok(true)
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -99,20 +65,8 @@ mod tests {
     }
 
     #[test]
-    fn choice_order() {
+    fn fallback_from_mac() {
         let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
         assert_eq!(fallback(&mac), "slate-123456");
-        assert_eq!(choose(Some("a"), Some("b"), &mac), "a");
-        assert_eq!(choose(None, Some("b"), &mac), "b");
-        assert_eq!(choose(None, Some("bad name"), &mac), "slate-123456");
-        assert_eq!(choose(None, None, &mac), "slate-123456");
-    }
-
-    #[test]
-    fn disabled_setter_tracks_changes() {
-        let mut h = Hostname::new(false);
-        assert!(h.set("a").unwrap());
-        assert!(!h.set("a").unwrap());
-        assert!(h.set("b").unwrap());
     }
 }

@@ -28,8 +28,8 @@
 //! ([`dhcp::links`]); no ARP conflict check
 //! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
-//! hostname, nameservers and search domains win over DHCP's
-//! ([`overrides`]); time is kept by an SNTP client
+//! hostname, nameservers and search domains win over `ip=`'s and DHCP's
+//! ([`names`]); time is kept by an SNTP client
 //! against `machine.time.servers` ([`timesync`]); NTP servers from DHCP are
 //! not used yet.
 
@@ -44,7 +44,7 @@ pub mod dhcp;
 pub mod hostname;
 pub mod ipv4;
 pub mod link;
-pub mod overrides;
+pub mod names;
 pub mod ready;
 pub mod reconcile;
 pub mod resolv;
@@ -164,39 +164,32 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         ready::ReadyFile::new(&opts.ready_file)?,
     ));
     let time = timesync::SharedTimeStatus::default();
+    let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
+    let network_status = reconcile::SharedNetworkStatus::default();
     tokio::spawn(status::serve(
         opts.socket.clone(),
         handle.clone(),
         opts.sysfs.clone(),
-        time.clone(),
+        status::Sources {
+            time: time.clone(),
+            names: names.clone(),
+            network: network_status.clone(),
+        },
     ));
     if opts.sync_time {
         tokio::spawn(timesync::run(opts.config_file.clone(), time));
     }
-    let overrides = overrides::SharedOverrides::default();
-    let dhcp_links = dhcp::links::DhcpLinks::new(
-        handle.clone(),
-        opts.resolv_conf.clone(),
-        ready.clone(),
-        overrides.clone(),
-        opts.set_hostname,
-    );
+    let dhcp_links = dhcp::links::DhcpLinks::new(handle.clone(), ready.clone(), names.clone());
     tokio::spawn(reconcile::run(reconcile::Context {
         sysfs: opts.sysfs.clone(),
         config_file: opts.config_file.clone(),
         owned_file: opts.owned_file.clone(),
         ready: ready.clone(),
-        overrides: overrides.clone(),
-        resolv_conf: opts.resolv_conf.clone(),
-        set_hostname: opts.set_hostname,
+        names: names.clone(),
+        status: network_status,
         dhcp: Some(dhcp_links.clone()),
     }));
-    let hostname_override = match &config {
-        cmdline::IpConfig::Dhcp { hostname, .. } => hostname.clone(),
-        cmdline::IpConfig::Static(s) => s.hostname.clone(),
-        cmdline::IpConfig::Off => None,
-    };
-    let mut applier = dhcp_links.applier(hostname_override.clone());
+    let mut applier = dhcp_links.applier();
 
     match config {
         cmdline::IpConfig::Off => {
@@ -205,7 +198,7 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         cmdline::IpConfig::Static(s) => {
             let link = link::wait_for(&handle, s.device.as_deref(), &opts.sysfs).await?;
             link::set_up(&handle, &link).await?;
-            applier.initial_hostname(&link)?;
+            names.offer_fallback(&link.mac);
             let setup = apply::Setup {
                 source: ready::Source::Static,
                 address: s.address,
@@ -218,20 +211,24 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
                     .collect(),
                 dns: s.dns,
                 search: None,
-                hostname: None,
+                hostname: s.hostname.clone(),
                 mtu: None,
                 server: None,
             };
             applier.apply(&link, None, &setup).await?;
             tracing::info!("{}", setup.summary(&link.name));
         }
-        cmdline::IpConfig::Dhcp { device, .. } => {
+        cmdline::IpConfig::Dhcp { device, hostname } => {
             let link = link::wait_for(&handle, device.as_deref(), &opts.sysfs).await?;
             link::set_up(&handle, &link).await?;
-            applier.initial_hostname(&link)?;
+            names.set_cmdline(names::Contribution {
+                hostname: hostname.clone(),
+                ..Default::default()
+            });
+            names.offer_fallback(&link.mac);
             // The config may ask for DHCP here too: one client is enough.
             dhcp_links.claim(&link.name);
-            return Ok(dhcp::client::run(&link, &mut applier, hostname_override).await?);
+            return Ok(dhcp::client::run(&link, &mut applier, hostname).await?);
         }
     }
     // Nothing more to do until the machine config arrives; stay alive so

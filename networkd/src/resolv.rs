@@ -39,13 +39,13 @@ pub fn render(nameservers: &[IpAddr], search: &[&str]) -> String {
 }
 
 /// Writes [`render`]'s output to `path` (mode 0644: every process resolves).
-pub fn write(path: &Path, nameservers: &[IpAddr], search: &[&str]) -> Result<(), ResolvError> {
-    slate_machinery::fs::write_atomic(path, render(nameservers, search).as_bytes(), 0o644).map_err(
-        |source| ResolvError::Write {
+pub fn write_text(path: &Path, text: &str) -> Result<(), ResolvError> {
+    slate_machinery::fs::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+        ResolvError::Write {
             path: path.to_owned(),
             source,
-        },
-    )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -74,7 +74,7 @@ mod tests {
     fn writes_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
-        write(&path, &["10.0.2.3".parse().unwrap()], &[]).unwrap();
+        write_text(&path, &render(&["10.0.2.3".parse().unwrap()], &[])).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("nameserver 10.0.2.3\n"), "{text}");
     }

@@ -1,11 +1,11 @@
-//! networkd's state as resources (`links`, `addresses`, `routes`,
-//! `timestatus`), served
-//! on its Unix socket with the `slate.resource.v1` service; apid forwards
-//! `slatectl get links|addresses|routes [-w]` here.
+//! networkd's state as resources, served on its Unix socket with the
+//! `slate.resource.v1` service; apid forwards `slatectl get TYPE [-w]` here.
 //!
-//! The kernel is the source of truth, so a List reads it afresh and a
-//! Watch re-reads it after each rtnetlink event and sends what changed:
-//! nothing polls.
+//! `links`, `addresses` and `routes` come from the kernel, the source of
+//! truth: a List reads it afresh and a Watch re-reads it after each
+//! rtnetlink event and sends what changed. `hostname`, `resolvers` and
+//! `networkstatus` are networkd's own decisions, and wake a Watch when they
+//! change; only `timestatus` is looked at every few seconds.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,8 +22,49 @@ use slate_proto::resource::watch_event::Kind;
 use slate_proto::resource::{ListRequest, ListResponse, Resource, WatchEvent, WatchRequest};
 use tonic::{Request, Response, Status};
 
-use crate::reconcile::netlink;
+use crate::names::SharedNames;
+use crate::reconcile::{SharedNetworkStatus, netlink};
 use crate::timesync::SharedTimeStatus;
+
+/// What networkd decided, beside what the kernel says.
+#[derive(Clone)]
+pub struct Sources {
+    pub time: SharedTimeStatus,
+    pub names: SharedNames,
+    pub network: SharedNetworkStatus,
+}
+
+impl Sources {
+    /// The singleton resource of a type networkd keeps itself, if `kind`
+    /// is one. Its id is `node`.
+    fn own(&self, kind: &str) -> Option<Resource> {
+        let spec_json = match kind {
+            "timestatus" => json(&*self.time.lock().unwrap_or_else(|e| e.into_inner())),
+            "hostname" => json(&self.names.hostname()),
+            "resolvers" => json(&self.names.resolvers()),
+            "networkstatus" => json(&self.network.get()),
+            _ => return None,
+        };
+        Some(Resource {
+            r#type: kind.to_owned(),
+            id: "node".to_owned(),
+            spec_json,
+        })
+    }
+
+    /// Wakes when one of networkd's own resources of `kind` changes.
+    fn changes(&self, kind: &str) -> Option<tokio::sync::watch::Receiver<()>> {
+        match kind {
+            "hostname" | "resolvers" => Some(self.names.subscribe()),
+            "networkstatus" => Some(self.network.subscribe()),
+            _ => None,
+        }
+    }
+}
+
+fn json(spec: &impl Serialize) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
 
 /// The types networkd owns.
 pub use slate_machinery::constants::NETWORKD_RESOURCE_TYPES as TYPES;
@@ -61,16 +102,16 @@ const MAX_WATCHES: usize = 16;
 pub struct StatusApi {
     handle: Handle,
     sysfs: PathBuf,
-    time: SharedTimeStatus,
+    sources: Sources,
     watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatusApi {
-    pub fn new(handle: Handle, sysfs: PathBuf, time: SharedTimeStatus) -> Self {
+    pub fn new(handle: Handle, sysfs: PathBuf, sources: Sources) -> Self {
         Self {
             handle,
             sysfs,
-            time,
+            sources,
             watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)),
         }
     }
@@ -80,7 +121,7 @@ fn resource(kind: &str, id: String, spec: &impl Serialize) -> Resource {
     Resource {
         r#type: kind.to_owned(),
         id,
-        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+        spec_json: json(spec),
     }
 }
 
@@ -88,7 +129,7 @@ fn resource(kind: &str, id: String, spec: &impl Serialize) -> Resource {
 pub async fn snapshot(
     handle: &Handle,
     sysfs: &std::path::Path,
-    time: &SharedTimeStatus,
+    sources: &Sources,
     kind: &str,
 ) -> Result<BTreeMap<String, Resource>, Status> {
     if !TYPES.contains(&kind) {
@@ -97,12 +138,8 @@ pub async fn snapshot(
             TYPES.join(", ")
         )));
     }
-    if kind == "timestatus" {
-        let status = time.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        return Ok(BTreeMap::from([(
-            "node".to_owned(),
-            resource(kind, "node".into(), &status),
-        )]));
+    if let Some(own) = sources.own(kind) {
+        return Ok(BTreeMap::from([(own.id.clone(), own)]));
     }
     let unavailable =
         |e: netlink::NetlinkError| Status::unavailable(slate_machinery::error::chain(&e));
@@ -174,7 +211,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>
 impl ResourceService for StatusApi {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let kind = request.into_inner().r#type;
-        let all = snapshot(&self.handle, &self.sysfs, &self.time, &kind).await?;
+        let all = snapshot(&self.handle, &self.sysfs, &self.sources, &kind).await?;
         Ok(Response::new(ListResponse {
             resources: all.into_values().collect(),
         }))
@@ -195,10 +232,11 @@ impl ResourceService for StatusApi {
             rtnetlink::new_multicast_connection(&netlink::EVENT_GROUPS)
                 .map_err(|e| Status::unavailable(format!("opening rtnetlink: {e}")))?;
         let conn = tokio::spawn(conn);
-        let mut current = snapshot(&handle, &self.sysfs, &self.time, &kind).await?;
+        let mut current = snapshot(&handle, &self.sysfs, &self.sources, &kind).await?;
+        let mut own_changes = self.sources.changes(&kind);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let sysfs = self.sysfs.clone();
-        let time = self.time.clone();
+        let sources = self.sources.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let event = |kind: Kind, r: Resource| WatchEvent {
@@ -229,8 +267,14 @@ impl ResourceService for StatusApi {
                     _ = tx.closed() => break,
                     more = netlink::next_burst(&mut events) => if !more { break },
                     _ = tick.tick(), if kind == "timestatus" => {}
+                    Ok(()) = async {
+                        match own_changes.as_mut() {
+                            Some(rx) => rx.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                 }
-                let Ok(now) = snapshot(&handle, &sysfs, &time, &kind).await else {
+                let Ok(now) = snapshot(&handle, &sysfs, &sources, &kind).await else {
                     continue;
                 };
                 for (id, r) in &now {
@@ -256,7 +300,7 @@ impl ResourceService for StatusApi {
 }
 
 /// Serves the status on `socket` (mode 0600) until the process ends.
-pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, time: SharedTimeStatus) {
+pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, sources: Sources) {
     use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::remove_file(&socket);
     let listener = match tokio::net::UnixListener::bind(&socket) {
@@ -268,7 +312,7 @@ pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, time: Shared
     };
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
     let service = slate_proto::resource::resource_service_server::ResourceServiceServer::new(
-        StatusApi::new(handle, sysfs, time),
+        StatusApi::new(handle, sysfs, sources),
     );
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(service)

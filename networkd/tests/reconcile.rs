@@ -270,16 +270,17 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
             slate_networkd::ready::ReadyFile::new(&ready_path).unwrap(),
         ));
         let resolv = dir.path().join("resolv.conf");
+        // The thread shares the host's UTS namespace: no sethostname.
+        let names = slate_networkd::names::SharedNames::new(resolv.clone(), false);
+        let status = slate_networkd::reconcile::SharedNetworkStatus::default();
         tokio::spawn(slate_networkd::reconcile::run(
             slate_networkd::reconcile::Context {
                 sysfs: PathBuf::from("/sys"),
                 config_file: config_file.clone(),
                 owned_file: dir.path().join("owned"),
                 ready,
-                overrides: Default::default(),
-                resolv_conf: resolv.clone(),
-                // The thread shares the host's UTS namespace.
-                set_hostname: false,
+                names: names.clone(),
+                status: status.clone(),
                 dhcp: None,
             },
         ));
@@ -292,6 +293,15 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
             std::fs::read_to_string(&resolv).is_ok_and(|t| {
                 t.contains("nameserver 10.1.0.53\nnameserver fd00:1::53\nsearch cluster.example\n")
             })
+        })
+        .await;
+        assert_eq!(
+            names.resolvers().source,
+            slate_networkd::names::NameSource::Config
+        );
+        wait_for("networkstatus converged", || {
+            let s = status.get();
+            s.configured && s.converged
         })
         .await;
         // apid waits for this file: the configured addresses are announced.
@@ -339,6 +349,25 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
             a.contains("10.3.0.2/32") && !a.contains("10.3.0.1/32")
         })
         .await;
+
+        // A link the config names that is not there: reported in the
+        // status, and configured as soon as it appears.
+        let ghost = network("interfaces:\n  - interface: ghost0\n    addresses: [10.5.0.1/24]\n");
+        config.machine.network.interfaces.extend(ghost.interfaces);
+        std::fs::write(&config_file, config.to_json().unwrap()).unwrap();
+        wait_for("ghost0 reported missing", || {
+            let s = status.get();
+            !s.converged && s.missing.iter().any(|m| m.contains("ghost0"))
+        })
+        .await;
+        ip(&[
+            "link", "add", "ghost0", "type", "veth", "peer", "name", "ghost1",
+        ]);
+        wait_for("ghost0's address", || {
+            ip(&["-o", "-4", "addr", "show", "ghost0"]).contains("10.5.0.1/24")
+        })
+        .await;
+        wait_for("networkstatus converged again", || status.get().converged).await;
     });
 }
 
@@ -376,11 +405,16 @@ fn status_lists_and_watches_addresses() {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
         let socket = dir.path().join("networkd.sock");
+        let names = slate_networkd::names::SharedNames::new(dir.path().join("resolv.conf"), false);
         tokio::spawn(slate_networkd::status::serve(
             socket.clone(),
             handle,
             PathBuf::from("/sys"),
-            Default::default(),
+            slate_networkd::status::Sources {
+                time: Default::default(),
+                names: names.clone(),
+                network: Default::default(),
+            },
         ));
         wait_for("the socket", || socket.exists()).await;
         let mut client = ResourceServiceClient::new(slate_machinery::client::local(&socket));
@@ -449,6 +483,58 @@ fn status_lists_and_watches_addresses() {
             .unwrap();
         assert_eq!(e.kind, Kind::Created as i32);
         assert_eq!(e.resource.unwrap().id, "veth0/10.1.0.77/24");
+
+        // networkd's own decisions: listed, and a change is pushed.
+        let mut hostnames = client
+            .watch(WatchRequest {
+                r#type: "hostname".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = hostnames.next().await.unwrap().unwrap();
+        assert!(
+            first
+                .resource
+                .unwrap()
+                .spec_json
+                .contains("\"source\":\"none\""),
+            "no source has named the node yet"
+        );
+        names.set_lease(
+            "veth0",
+            Some(slate_networkd::names::Contribution {
+                hostname: Some("from-dhcp".into()),
+                nameservers: vec!["10.1.0.53".parse().unwrap()],
+                search: Vec::new(),
+            }),
+        );
+        let e = loop {
+            let e = tokio::time::timeout(Duration::from_secs(5), hostnames.next())
+                .await
+                .expect("a hostname change within 5 s")
+                .unwrap()
+                .unwrap();
+            if e.kind != Kind::Bookmark as i32 {
+                break e;
+            }
+        };
+        assert_eq!(e.kind, Kind::Updated as i32);
+        let spec: serde_json::Value = serde_json::from_str(&e.resource.unwrap().spec_json).unwrap();
+        assert_eq!(
+            (spec["hostname"].as_str(), spec["source"].as_str()),
+            (Some("from-dhcp"), Some("dhcp"))
+        );
+        let resolvers = client
+            .list(ListRequest {
+                r#type: "resolvers".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resources;
+        let spec: serde_json::Value = serde_json::from_str(&resolvers[0].spec_json).unwrap();
+        assert_eq!(spec["nameservers"], serde_json::json!(["10.1.0.53"]));
     });
 }
 

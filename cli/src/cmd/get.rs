@@ -29,6 +29,14 @@ pub enum ResourceType {
     /// Routes of the main table.
     #[value(alias = "route")]
     Routes,
+    /// The node's hostname and which source chose it.
+    Hostname,
+    /// Name servers and search domains in use, and their source.
+    #[value(alias = "resolver", alias = "dns")]
+    Resolvers,
+    /// Whether the config's network is in place, and what is missing.
+    #[value(name = "networkstatus", alias = "netstatus")]
+    NetworkStatus,
     /// Whether the clock is synced, with which server and offset.
     #[value(name = "timestatus", alias = "time")]
     TimeStatus,
@@ -41,6 +49,9 @@ impl ResourceType {
             Self::Links => "links",
             Self::Addresses => "addresses",
             Self::Routes => "routes",
+            Self::Hostname => "hostname",
+            Self::Resolvers => "resolvers",
+            Self::NetworkStatus => "networkstatus",
             Self::TimeStatus => "timestatus",
         }
     }
@@ -68,6 +79,18 @@ impl ResourceType {
                 ("GATEWAY", "gateway"),
                 ("METRIC", "metric"),
                 ("PROTOCOL", "protocol"),
+            ],
+            Self::Hostname => &[("HOSTNAME", "hostname"), ("SOURCE", "source")],
+            Self::Resolvers => &[
+                ("NAMESERVERS", "nameservers"),
+                ("SEARCH", "search"),
+                ("SOURCE", "source"),
+            ],
+            Self::NetworkStatus => &[
+                ("CONFIGURED", "configured"),
+                ("CONVERGED", "converged"),
+                ("MISSING", "missing"),
+                ("FAILED", "failed"),
             ],
             Self::TimeStatus => &[
                 ("SYNCED", "synced"),

@@ -1,45 +1,33 @@
 //! DHCP clients on the links the machine config asks for (`dhcp: true`),
 //! beside the one networkd starts at boot on the first link or `ip=`'s.
 //! One client per link, each with an applier of its own that shares the
-//! ready file and the config's overrides.
+//! ready file and the node's [`crate::names`].
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rtnetlink::Handle;
 
 use crate::apply::Applier;
-use crate::hostname::Hostname;
 use crate::link;
-use crate::overrides::SharedOverrides;
+use crate::names::SharedNames;
 use crate::ready::SharedReady;
 
 /// Starts DHCP clients, at most one per link.
 #[derive(Clone)]
 pub struct DhcpLinks {
     handle: Handle,
-    resolv_conf: PathBuf,
     ready: SharedReady,
-    overrides: SharedOverrides,
-    set_hostname: bool,
+    names: SharedNames,
     running: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl DhcpLinks {
-    pub fn new(
-        handle: Handle,
-        resolv_conf: PathBuf,
-        ready: SharedReady,
-        overrides: SharedOverrides,
-        set_hostname: bool,
-    ) -> Self {
+    pub fn new(handle: Handle, ready: SharedReady, names: SharedNames) -> Self {
         Self {
             handle,
-            resolv_conf,
             ready,
-            overrides,
-            set_hostname,
+            names,
             running: Arc::default(),
         }
     }
@@ -60,15 +48,8 @@ impl DhcpLinks {
     }
 
     /// An applier for one link's client.
-    pub fn applier(&self, hostname_override: Option<String>) -> Applier {
-        Applier::new(
-            self.handle.clone(),
-            self.resolv_conf.clone(),
-            self.ready.clone(),
-            Hostname::new(self.set_hostname),
-            hostname_override,
-            self.overrides.clone(),
-        )
+    pub fn applier(&self) -> Applier {
+        Applier::new(self.handle.clone(), self.ready.clone(), self.names.clone())
     }
 
     /// Starts a client on `ifname` unless one runs there. A link that does
@@ -91,7 +72,7 @@ impl DhcpLinks {
             if let Err(e) = link::set_up(&this.handle, &link).await {
                 tracing::warn!("{}", crate::error_chain(&e));
             }
-            let mut applier = this.applier(None);
+            let mut applier = this.applier();
             // The client runs for ever; it returns only on a socket error.
             let Err(e) = super::client::run(&link, &mut applier, None).await;
             tracing::warn!("DHCP on {ifname}: {}", crate::error_chain(&e));

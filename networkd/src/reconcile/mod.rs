@@ -26,9 +26,60 @@ use slate_machinery::fs::write_atomic;
 
 use model::{Addr, Op};
 
-use crate::hostname::Hostname;
-use crate::overrides::{Overrides, SharedOverrides};
+use crate::names::SharedNames;
 use crate::ready::{Entry, SharedReady, Source};
+
+/// The `networkstatus` resource: whether the config is in place, and what
+/// keeps it from being so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkStatus {
+    /// A machine config is being applied (false: maintenance mode).
+    pub configured: bool,
+    /// The last pass left everything as the config says.
+    pub converged: bool,
+    /// Interfaces the config names that are not there; retried.
+    pub missing: Vec<String>,
+    /// Operations that failed in the last pass, with why; retried.
+    pub failed: Vec<String>,
+}
+
+/// [`NetworkStatus`], shared with the status service, which is woken on
+/// each change.
+#[derive(Clone)]
+pub struct SharedNetworkStatus {
+    status: std::sync::Arc<std::sync::Mutex<NetworkStatus>>,
+    changed: std::sync::Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Default for SharedNetworkStatus {
+    fn default() -> Self {
+        Self {
+            status: Default::default(),
+            changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(())),
+        }
+    }
+}
+
+impl SharedNetworkStatus {
+    pub fn get(&self) -> NetworkStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, new: NetworkStatus) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if *status != new {
+            *status = new;
+            self.changed.send_replace(());
+        }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+}
 
 /// What one pass did.
 #[derive(Debug, Default)]
@@ -185,11 +236,10 @@ pub struct Context {
     /// The addresses networkd added.
     pub owned_file: PathBuf,
     pub ready: SharedReady,
-    /// The config's hostname and DNS, shared with the DHCP path.
-    pub overrides: SharedOverrides,
-    pub resolv_conf: PathBuf,
-    /// Off in tests that share the host's UTS namespace.
-    pub set_hostname: bool,
+    /// Gets the config's hostname and DNS.
+    pub names: SharedNames,
+    /// Where each pass's outcome is published.
+    pub status: SharedNetworkStatus,
     /// Starts DHCP on the links the config asks it for (`None`: not here).
     pub dhcp: Option<crate::dhcp::links::DhcpLinks>,
 }
@@ -229,30 +279,20 @@ fn dhcp_links(network: &Network, present: &[model::ActualLink]) -> Vec<String> {
     out
 }
 
-/// Applies the config's hostname and DNS when they change.
-fn apply_overrides(ctx: &Context, network: Option<&Network>, hostname: &mut Hostname) {
-    let new = network.map(Overrides::from_network).unwrap_or_default();
-    let changed = {
-        let mut shared = ctx.overrides.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = *shared != new;
-        *shared = new.clone();
-        changed
-    };
-    if !changed {
-        return;
-    }
-    if let Some(name) = &new.hostname {
-        match hostname.set(name) {
-            Ok(true) => tracing::info!("hostname {name} (machine config)"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("{}", slate_machinery::error::chain(&e)),
-        }
-    }
-    if new.owns_resolv()
-        && let Err(e) = crate::resolv::write(&ctx.resolv_conf, &new.nameservers, &new.search_refs())
-    {
-        tracing::warn!("{}", slate_machinery::error::chain(&e));
-    }
+/// The MAC of the first NIC (a link with a device), for the fallback
+/// hostname.
+fn first_nic_mac(links: &[model::ActualLink]) -> Option<Vec<u8>> {
+    links
+        .iter()
+        .filter(|l| l.driver.is_some() || !l.bus_paths.is_empty())
+        .find_map(|l| {
+            let bytes: Result<Vec<u8>, _> = l
+                .mac
+                .split(':')
+                .map(|b| u8::from_str_radix(b, 16))
+                .collect();
+            bytes.ok().filter(|b| b.len() == 6)
+        })
 }
 
 /// Reconciles for ever: on config changes, kernel events and a timer.
@@ -267,7 +307,6 @@ pub async fn run(ctx: Context) {
         };
     tokio::spawn(connection);
     let mut reconciler = Reconciler::new(handle, ctx.sysfs.clone(), ctx.owned_file.clone());
-    let mut hostname = Hostname::new(ctx.set_hostname);
     let mut network: Option<Network> = None;
     let mut last_missing: Vec<String> = Vec::new();
     let mut listed = BTreeMap::new();
@@ -294,7 +333,7 @@ pub async fn run(ctx: Context) {
                 let now = read_network(&ctx.config_file);
                 if now != network {
                     network = now;
-                    apply_overrides(&ctx, network.as_ref(), &mut hostname);
+                    ctx.names.set_config(network.as_ref());
                     due = true;
                 }
             }
@@ -304,6 +343,7 @@ pub async fn run(ctx: Context) {
         // No config (maintenance mode): nothing to keep. A config without
         // interfaces still gets passes, which take back what networkd added.
         let Some(net) = network.as_ref() else {
+            ctx.status.set(NetworkStatus::default());
             continue;
         };
         if !due {
@@ -327,6 +367,15 @@ pub async fn run(ctx: Context) {
                     backoff = (backoff * 2).min(SAFETY_NET);
                 }
                 sync_ready(&ctx.ready, &report.present, &mut listed);
+                if let Some(mac) = first_nic_mac(&report.links) {
+                    ctx.names.offer_fallback(&mac);
+                }
+                ctx.status.set(NetworkStatus {
+                    configured: true,
+                    converged: report.failed.is_empty() && report.missing.is_empty(),
+                    missing: report.missing.clone(),
+                    failed: report.failed.clone(),
+                });
                 if let Some(dhcp) = &ctx.dhcp {
                     for ifname in dhcp_links(net, &report.links) {
                         dhcp.ensure(&ifname);
@@ -339,7 +388,16 @@ pub async fn run(ctx: Context) {
                     last_missing = report.missing;
                 }
             }
-            Err(e) => tracing::warn!("network: {}", slate_machinery::error::chain(&e)),
+            Err(e) => {
+                let why = slate_machinery::error::chain(&e);
+                tracing::warn!("network: {why}");
+                ctx.status.set(NetworkStatus {
+                    configured: true,
+                    converged: false,
+                    missing: Vec::new(),
+                    failed: vec![why],
+                });
+            }
         }
     }
 }
