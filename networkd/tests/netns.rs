@@ -62,6 +62,9 @@ fn output(args: &[&str]) -> String {
 struct Netns {
     names: Vec<String>,
     children: Vec<Child>,
+    dnsmasq: Option<Child>,
+    /// The server namespace and extra arguments, to start dnsmasq again.
+    dnsmasq_args: (String, Vec<String>),
     dir: tempfile::TempDir,
 }
 
@@ -74,6 +77,8 @@ impl Netns {
         let mut ns = Netns {
             names: Vec::new(),
             children: Vec::new(),
+            dnsmasq: None,
+            dnsmasq_args: (server.clone(), Vec::new()),
             dir: tempfile::tempdir().unwrap(),
         };
         for name in [&server, &client] {
@@ -95,8 +100,9 @@ impl Netns {
     }
 
     /// Namespaces named after `prefix` and this process, with dnsmasq
-    /// serving 10.99.0.0/24 on the server end; returns the client link.
-    fn with_dhcp_server(prefix: &str) -> (Netns, String) {
+    /// serving 10.99.0.0/24 on the server end (`extra`: more dnsmasq
+    /// arguments); returns the client link.
+    fn with_dhcp_server(prefix: &str, extra: &[&str]) -> (Netns, String) {
         let tag = format!("{prefix}{}", std::process::id() % 100_000);
         let (server, client) = (format!("{tag}s"), format!("{tag}c"));
         let mut ns = Netns::new(&tag);
@@ -110,7 +116,8 @@ impl Netns {
             "dev",
             &server,
         ]);
-        ns.start_dnsmasq(&server);
+        ns.dnsmasq_args = (server, extra.iter().map(|a| (*a).to_owned()).collect());
+        ns.start_dnsmasq();
         (ns, client)
     }
 
@@ -149,14 +156,20 @@ impl Netns {
         self.children.push(child);
     }
 
-    fn start_dnsmasq(&mut self, server: &str) {
-        let log = File::create(self.path("dnsmasq.log")).unwrap();
+    /// Starts dnsmasq (again), appending to its log.
+    fn start_dnsmasq(&mut self) {
+        let server = self.dnsmasq_args.0.clone();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.path("dnsmasq.log"))
+            .unwrap();
         let leases = self.path("leases");
         let child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                server,
+                &server,
                 "dnsmasq",
                 "--no-daemon",
                 "--conf-file=/dev/null",
@@ -176,11 +189,19 @@ impl Netns {
                 "--log-dhcp",
             ])
             .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .args(&self.dnsmasq_args.1)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("starting dnsmasq");
-        self.children.push(child);
+        self.dnsmasq = Some(child);
+    }
+
+    fn stop_dnsmasq(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Waits (bounded) for the ready file, the result networkd promises.
@@ -191,7 +212,7 @@ impl Netns {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 return text;
             }
-            for child in &mut self.children {
+            for child in self.children.iter_mut().chain(self.dnsmasq.as_mut()) {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("a helper exited early ({status})\n{}", self.logs());
                 }
@@ -220,6 +241,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        self.stop_dnsmasq();
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
@@ -239,7 +261,7 @@ fn dhcp_where_the_machine_config_asks_for_it() {
         skipped("dhcp_where_the_machine_config_asks_for_it", &why);
         return;
     }
-    let (mut ns, client) = Netns::with_dhcp_server("slc");
+    let (mut ns, client) = Netns::with_dhcp_server("slc", &[]);
     let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
         cluster_name: "dhcp".into(),
         endpoint: "https://10.0.0.1:6443".into(),
@@ -273,7 +295,7 @@ fn dhcp_from_dnsmasq() {
         skipped("dhcp_from_dnsmasq", &why);
         return;
     }
-    let (mut ns, client) = Netns::with_dhcp_server("sld");
+    let (mut ns, client) = Netns::with_dhcp_server("sld", &[]);
     // No ip=: DHCP on the first (fake-sysfs) Ethernet link.
     ns.start_networkd(&client, "console=ttyS0 quiet\n");
 
@@ -319,6 +341,98 @@ fn dhcp_from_dnsmasq() {
         )),
         "{log}"
     );
+}
+
+/// The whole life of a lease against dnsmasq: renewed while the server
+/// answers; kept after the server is gone, through RENEWING and REBINDING,
+/// until it expires; then removed with its route and name server; and a
+/// new one taken when the server is back. dnsmasq's shortest lease is two
+/// minutes, so this test takes about 2.5 minutes; T1 and T2 are set to
+/// 4 s and 8 s so the renewal and the rebinding start at once.
+#[test]
+fn a_lease_is_renewed_outlives_its_server_until_expiry_and_comes_back() {
+    if let Some(why) = skip_reason() {
+        skipped(
+            "a_lease_is_renewed_outlives_its_server_until_expiry_and_comes_back",
+            &why,
+        );
+        return;
+    }
+    const LEASE: Duration = Duration::from_secs(120);
+    let (mut ns, client) = Netns::with_dhcp_server(
+        "sll",
+        &["--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8"],
+    );
+    ns.start_networkd(&client, "console=ttyS0 quiet\n");
+    let ready = ns.wait_ready();
+    let address = ready.split(' ').nth(1).unwrap().to_owned();
+    let has_address = || {
+        output(&["ip", "-n", &client, "-4", "addr", "show", "dev", &client])
+            .contains(&format!("inet {address}"))
+    };
+    let has_route = || {
+        output(&["ip", "-n", &client, "-4", "route", "show", "default"])
+            .contains("default via 10.99.0.1")
+    };
+    let resolv_path = ns.path("resolv.conf");
+    let resolv = || std::fs::read_to_string(&resolv_path).unwrap_or_default();
+    assert!(resolv().contains("nameserver 10.99.0.1\n"), "{}", resolv());
+
+    // Renewed at T1: dnsmasq acknowledges a second REQUEST.
+    let acks = |ns: &Netns| {
+        std::fs::read_to_string(ns.path("dnsmasq.log"))
+            .unwrap_or_default()
+            .matches("DHCPACK(")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acks(&ns) < 2 {
+        assert!(Instant::now() < deadline, "no renewal\n{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ns.stop_dnsmasq();
+    let stopped = Instant::now();
+
+    // Past T2, REBINDING with nobody answering: the lease still holds.
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(
+        has_address() && has_route(),
+        "lost before expiry\n{}",
+        ns.logs()
+    );
+
+    // At expiry (two minutes after the last ACK) it goes, with its route
+    // and its name server.
+    let deadline = stopped + LEASE + Duration::from_secs(15);
+    while has_address() {
+        assert!(Instant::now() < deadline, "kept past expiry\n{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let gone_after = stopped.elapsed();
+    assert!(
+        gone_after > LEASE - Duration::from_secs(10),
+        "gone {gone_after:?} after the server, before the lease ran out\n{}",
+        ns.logs()
+    );
+    // The kernel ends the address at its lifetime; networkd's own timer,
+    // at the same expiry, takes the rest away.
+    let lost = format!("{client}: lost DHCP lease on");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ns.logs().contains(&lost) {
+        assert!(Instant::now() < deadline, "{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!has_route(), "the default route outlived the lease");
+    assert!(!resolv().contains("10.99.0.1"), "{}", resolv());
+
+    // The server is back: a new lease (the same address, from its lease file).
+    ns.start_dnsmasq();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(has_address() && has_route()) {
+        assert!(Instant::now() < deadline, "no new lease\n{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]

@@ -50,3 +50,26 @@ pub async fn version(
         .await?
         .into_inner())
 }
+
+/// The specs of every resource of `kind` (`links`, `addresses`, …), read
+/// with `slatectl get`'s List on a fresh connection.
+pub async fn list(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+    kind: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use slate_proto::resource::ListRequest;
+    use slate_proto::resource::resource_service_client::ResourceServiceClient;
+    let channel = client::connect(target, tls).await?;
+    let resources = ResourceServiceClient::new(channel)
+        .list(ListRequest {
+            r#type: kind.into(),
+        })
+        .await?
+        .into_inner()
+        .resources;
+    resources
+        .iter()
+        .map(|r| serde_json::from_str(&r.spec_json).with_context(|| format!("{kind} {}", r.id)))
+        .collect()
+}

@@ -58,6 +58,12 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Extra kernel arguments (kernel boot only).
     pub extra_cmdline: Option<String>,
+    /// virtio NICs `nic0`, `nic1`, … (the guest's eth0, eth1, …); with
+    /// more than one they share QEMU's user network through a hub, as two
+    /// ports of a server on one switch.
+    pub nics: u32,
+    /// A QEMU human monitor on this Unix socket, for [`Vm::monitor`].
+    pub monitor: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -69,6 +75,8 @@ impl VmOptions {
             memory_mib: 1024,
             cpus: default_cpus(),
             extra_cmdline: None,
+            nics: 1,
+            monitor: None,
         }
     }
 }
@@ -81,6 +89,7 @@ pub struct Vm {
     pub console: PathBuf,
     /// When QEMU was started.
     pub started: Instant,
+    monitor: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -132,11 +141,26 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
     .args([
         "-netdev",
         &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:50000"),
-    ])
-    .args(["-device", "virtio-net-pci,netdev=net0"])
+    ]);
+    if opts.nics <= 1 {
+        cmd.args(["-device", "virtio-net-pci,netdev=net0,id=nic0"]);
+    } else {
+        cmd.args(["-netdev", "hubport,id=uplink,hubid=0,netdev=net0"]);
+        for i in 0..opts.nics {
+            cmd.args(["-netdev", &format!("hubport,id=port{i},hubid=0")])
+                .args([
+                    "-device",
+                    &format!("virtio-net-pci,netdev=port{i},id=nic{i}"),
+                ]);
+        }
+    }
+    if let Some(monitor) = &opts.monitor {
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()));
+    }
     // Clouds give VMs an RNG (virtio-rng or RDRAND); without one the
     // guest's key generation waits for the kernel to gather entropy.
-    .args(["-device", "virtio-rng-pci"]);
+    cmd.args(["-device", "virtio-rng-pci"]);
     match &opts.boot {
         Boot::Kernel {
             vmlinuz,
@@ -205,8 +229,38 @@ impl Vm {
             api_port,
             console,
             started,
+            monitor: opts.monitor.clone(),
             _dir: dir,
         })
+    }
+
+    /// Runs one QEMU monitor command (e.g. `set_link nic0 off`) and
+    /// returns its output; needs [`VmOptions::monitor`].
+    pub fn monitor(&self, command: &str) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let path = self
+            .monitor
+            .as_ref()
+            .context("the VM was started without a monitor socket")?;
+        let mut stream = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to QEMU's monitor {}", path.display()))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        // The banner ends in a prompt; the command's output ends in the next.
+        let mut out = Vec::new();
+        let mut prompts = 0;
+        let mut buf = [0u8; 1024];
+        let mut sent = false;
+        while prompts < 2 {
+            let n = stream.read(&mut buf).context("reading QEMU's monitor")?;
+            anyhow::ensure!(n > 0, "QEMU's monitor closed");
+            out.extend_from_slice(&buf[..n]);
+            prompts = String::from_utf8_lossy(&out).matches("(qemu)").count();
+            if prompts >= 1 && !sent {
+                stream.write_all(format!("{command}\n").as_bytes())?;
+                sent = true;
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// The apid endpoint as slatectl takes it.

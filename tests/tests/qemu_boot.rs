@@ -282,8 +282,6 @@ interfaces:
 #[tokio::test]
 #[ignore = "boots QEMU: run by `make test`"]
 async fn vlan_and_dummy_links_from_the_machine_config() {
-    use slate_proto::resource::ListRequest;
-    use slate_proto::resource::resource_service_client::ResourceServiceClient;
     let a = Artifacts::find().unwrap();
     let mut bundle = cluster();
     bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
@@ -307,22 +305,7 @@ async fn vlan_and_dummy_links_from_the_machine_config() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let target = Target::parse(&vm.endpoint()).unwrap();
-    let list = async |kind: &str| -> Vec<serde_json::Value> {
-        let channel = slate_machinery::client::connect(&target, admin_tls(&bundle))
-            .await
-            .unwrap();
-        ResourceServiceClient::new(channel)
-            .list(ListRequest {
-                r#type: kind.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .resources
-            .iter()
-            .map(|r| serde_json::from_str(&r.spec_json).unwrap())
-            .collect()
-    };
+    let list = async |kind: &str| api::list(&target, admin_tls(&bundle), kind).await.unwrap();
     let start = std::time::Instant::now();
     loop {
         let links = list("links").await;
@@ -351,4 +334,82 @@ async fn vlan_and_dummy_links_from_the_machine_config() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+}
+
+/// An active-backup bond over two NICs (on one QEMU hub, as two ports on
+/// one switch) carries the node's only address. Cutting either member's
+/// link (QEMU's `set_link`) leaves the API reachable through the other;
+/// the bonding driver comes from the image's Debian kernel.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn a_bond_keeps_the_api_reachable_when_either_link_is_cut() {
+    let a = Artifacts::find().unwrap();
+    let mut bundle = cluster();
+    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+        "interfaces:
+  - interface: bond0
+    bond: {interfaces: [eth0, eth1], mode: active-backup}
+    addresses: [10.0.2.15/24]
+    routes: [{network: 0.0.0.0/0, gateway: 10.0.2.2}]
+",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("cidata.iso");
+    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::kernel(&a));
+    opts.config_drive = Some(drive);
+    opts.extra_cmdline = Some("ip=off".into());
+    opts.nics = 2;
+    opts.monitor = Some(dir.path().join("monitor.sock"));
+    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
+    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    let links = api::list(&target, admin_tls(&bundle), "links")
+        .await
+        .unwrap();
+    let tail = vm.console_tail(60);
+    let link = |name: &str| links.iter().find(|l| l["name"] == name).cloned();
+    let bond = link("bond0").unwrap_or_else(|| panic!("no bond0: {links:?}\n{tail}"));
+    assert_eq!((&bond["kind"], &bond["up"]), (&"bond".into(), &true.into()));
+    for member in ["eth0", "eth1"] {
+        let l = link(member).unwrap();
+        assert_eq!(l["controller"], "bond0", "{l:?}\n{tail}");
+    }
+
+    // One link down, then the other (the first back up): the API answers
+    // through whichever member is left.
+    for (cut, restore) in [("nic0", None), ("nic1", Some("nic0"))] {
+        if let Some(nic) = restore {
+            vm.monitor(&format!("set_link {nic} on")).unwrap();
+        }
+        vm.monitor(&format!("set_link {cut} off")).unwrap();
+        // miimon notices within 100 ms; give TCG a few seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match api::version(&target, admin_tls(&bundle)).await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no answer with {cut} cut: {e:#}\n{}",
+                    vm.console_tail(40)
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Both cut: nothing answers, so the cuts above were real.
+    vm.monitor("set_link nic0 off").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        api::version(&target, admin_tls(&bundle)),
+    )
+    .await;
+    assert!(
+        !matches!(answer, Ok(Ok(_))),
+        "the API answered with both links cut"
+    );
 }
