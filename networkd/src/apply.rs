@@ -130,6 +130,33 @@ pub enum ApplyError {
     Ready(#[from] ready::ReadyError),
 }
 
+/// Adds (or, replacing, refreshes) `address/prefix_len` on link `index`
+/// with `(preferred, valid)` lifetimes in seconds, or forever with `None`.
+/// With a lifetime the kernel removes the address itself at the end, so
+/// even a networkd that died cannot keep a stale lease.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    address: IpAddr,
+    prefix_len: u8,
+    lifetimes: Option<(u32, u32)>,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = handle
+        .address()
+        .add(index, address, prefix_len)
+        // Replace: a renewal only refreshes the lifetimes, and a restart
+        // of networkd finds its own address still there.
+        .replace();
+    let (preferred, valid) = lifetimes.unwrap_or((INFINITY_LIFE_TIME, INFINITY_LIFE_TIME));
+    let mut cache = CacheInfo::default();
+    cache.ifa_preferred = preferred;
+    cache.ifa_valid = valid;
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::CacheInfo(cache));
+    req.execute().await
+}
+
 /// Applies [`Setup`]s through netlink and the files they feed.
 pub struct Applier {
     handle: Handle,
@@ -243,31 +270,23 @@ impl Applier {
     }
 
     async fn add_address(&self, link: &LinkInfo, setup: &Setup) -> Result<(), ApplyError> {
-        let mut req = self
-            .handle
-            .address()
-            .add(link.index, IpAddr::V4(setup.address), setup.prefix_len)
-            // Replace: a renewal only refreshes the lifetimes, and a restart
-            // of networkd finds its own address still there.
-            .replace();
         let life = setup
             .lifetime
-            .map(|d| u32::try_from(d.as_secs()).unwrap_or(INFINITY_LIFE_TIME))
-            .unwrap_or(INFINITY_LIFE_TIME);
-        let mut cache = CacheInfo::default();
-        cache.ifa_preferred = life;
-        cache.ifa_valid = life;
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::CacheInfo(cache));
-        req.execute()
-            .await
-            .map_err(|source| ApplyError::AddAddress {
-                ifname: link.name.clone(),
-                address: setup.address,
-                prefix_len: setup.prefix_len,
-                source,
-            })
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(INFINITY_LIFE_TIME));
+        add_address(
+            &self.handle,
+            link.index,
+            IpAddr::V4(setup.address),
+            setup.prefix_len,
+            life.map(|l| (l, l)),
+        )
+        .await
+        .map_err(|source| ApplyError::AddAddress {
+            ifname: link.name.clone(),
+            address: setup.address,
+            prefix_len: setup.prefix_len,
+            source,
+        })
     }
 
     fn route_message(

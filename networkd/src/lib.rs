@@ -41,6 +41,7 @@ use slate_machinery::constants;
 pub mod apply;
 pub mod cmdline;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
 pub mod link;

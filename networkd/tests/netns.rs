@@ -1,256 +1,14 @@
 //! Real-kernel tests: the built `networkd` runs in a network namespace of
-//! its own (`ip netns exec`), against dnsmasq in a second namespace joined
-//! by a veth pair. Nothing touches the host's network. Root only; skipped
-//! with a message otherwise. Needs `ip` (iproute2) and `dnsmasq`
-//! (Debian `dnsmasq-base`).
+//! its own, against dnsmasq in a second namespace joined by a veth pair
+//! ([`slate_tests::netns`]). Root only; skipped with a message otherwise.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Why the test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "dnsmasq"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
-}
+use slate_tests::netns::{Netns, output, skip_reason, skipped};
 
-/// Straight to stderr: libtest captures `eprintln!` of passing tests, and a
-/// skip must be visible.
-fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why} (needs root, ip, dnsmasq)"
-    );
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn run(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(status.success(), "{args:?}: {status}");
-}
-
-fn output(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces and processes of one test; all of it goes away on drop, also
-/// when an assertion failed.
-struct Netns {
-    names: Vec<String>,
-    children: Vec<Child>,
-    dnsmasq: Option<Child>,
-    /// The server namespace and extra arguments, to start dnsmasq again.
-    dnsmasq_args: (String, Vec<String>),
-    dir: tempfile::TempDir,
-}
-
-impl Netns {
-    /// Namespaces `<tag>s` (server) and `<tag>c` (client) joined by veth
-    /// `<tag>s` / `<tag>c`.
-    fn new(tag: &str) -> Netns {
-        let server = format!("{tag}s");
-        let client = format!("{tag}c");
-        let mut ns = Netns {
-            names: Vec::new(),
-            children: Vec::new(),
-            dnsmasq: None,
-            dnsmasq_args: (server.clone(), Vec::new()),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for name in [&server, &client] {
-            // A leftover from an aborted run would make `add` fail.
-            let _ = Command::new("ip")
-                .args(["netns", "del", name])
-                .stderr(Stdio::null())
-                .status();
-            run(&["ip", "netns", "add", name]);
-            ns.names.push(name.clone());
-            run(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        }
-        run(&[
-            "ip", "link", "add", &server, "netns", &server, "type", "veth", "peer", "name",
-            &client, "netns", &client,
-        ]);
-        run(&["ip", "-n", &server, "link", "set", &server, "up"]);
-        ns
-    }
-
-    /// Namespaces named after `prefix` and this process, with dnsmasq
-    /// serving 10.99.0.0/24 on the server end (`extra`: more dnsmasq
-    /// arguments); returns the client link.
-    fn with_dhcp_server(prefix: &str, extra: &[&str]) -> (Netns, String) {
-        let tag = format!("{prefix}{}", std::process::id() % 100_000);
-        let (server, client) = (format!("{tag}s"), format!("{tag}c"));
-        let mut ns = Netns::new(&tag);
-        run(&[
-            "ip",
-            "-n",
-            &server,
-            "addr",
-            "add",
-            "10.99.0.1/24",
-            "dev",
-            &server,
-        ]);
-        ns.dnsmasq_args = (server, extra.iter().map(|a| (*a).to_owned()).collect());
-        ns.start_dnsmasq();
-        (ns, client)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Starts `networkd` in the client namespace with `cmdline` and a fake
-    /// sysfs in which the veth looks like a NIC.
-    fn start_networkd(&mut self, client: &str, cmdline: &str) {
-        std::fs::write(self.path("cmdline"), cmdline).unwrap();
-        std::fs::create_dir_all(self.path(&format!("sys/class/net/{client}/device"))).unwrap();
-        let log = File::create(self.path("networkd.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", client, env!("CARGO_BIN_EXE_networkd")])
-            .env("SLATE_NETWORKD_CMDLINE", self.path("cmdline"))
-            .env("SLATE_NETWORKD_SYSFS", self.path("sys"))
-            .env("SLATE_NETWORKD_RESOLV_CONF", self.path("resolv.conf"))
-            .env("SLATE_NETWORKD_READY_FILE", self.path("run/network.ready"))
-            // Everything else networkd keeps under /run, in the test's dir.
-            .env(
-                "SLATE_NETWORKD_CONFIG",
-                self.path("run/machine-config.json"),
-            )
-            .env("SLATE_NETWORKD_OWNED_FILE", self.path("run/networkd-owned"))
-            .env("SLATE_NETWORKD_SOCKET", self.path("run/networkd.sock"))
-            // `ip netns exec` shares the host's UTS namespace.
-            .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
-            // The namespace shares the host's clock: never set it.
-            .env("SLATE_NETWORKD_SYNC_TIME", "0")
-            .env("SLATE_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting networkd");
-        self.children.push(child);
-    }
-
-    /// Starts dnsmasq (again), appending to its log.
-    fn start_dnsmasq(&mut self) {
-        let server = self.dnsmasq_args.0.clone();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.path("dnsmasq.log"))
-            .unwrap();
-        let leases = self.path("leases");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &server,
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-            ])
-            .arg(format!("--interface={server}"))
-            .args([
-                "--bind-interfaces",
-                "--user=root",
-                "--dhcp-authoritative",
-                // Offers without dnsmasq's 3 s ping check of a new address.
-                "--no-ping",
-                "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
-                "--dhcp-option=option:router,10.99.0.1",
-                "--dhcp-option=option:dns-server,10.99.0.1",
-                "--dhcp-option=option:domain-name,test.example",
-                "--log-dhcp",
-            ])
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .args(&self.dnsmasq_args.1)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting dnsmasq");
-        self.dnsmasq = Some(child);
-    }
-
-    fn stop_dnsmasq(&mut self) {
-        if let Some(mut child) = self.dnsmasq.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits (bounded) for the ready file, the result networkd promises.
-    fn wait_ready(&mut self) -> String {
-        let path = self.path("run/network.ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                return text;
-            }
-            for child in self.children.iter_mut().chain(self.dnsmasq.as_mut()) {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("a helper exited early ({status})\n{}", self.logs());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no ready file after 30 s\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn logs(&self) -> String {
-        ["networkd.log", "dnsmasq.log"]
-            .iter()
-            .map(|f| {
-                format!(
-                    "--- {f}\n{}",
-                    std::fs::read_to_string(self.path(f)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.stop_dnsmasq();
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for name in &self.names {
-            // Deleting the namespace also deletes the veth end inside it.
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
+fn networkd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_networkd"))
 }
 
 /// `ip=off` and a machine config that asks for DHCP on the link by name:
@@ -262,24 +20,10 @@ fn dhcp_where_the_machine_config_asks_for_it() {
         return;
     }
     let (mut ns, client) = Netns::with_dhcp_server("slc", &[]);
-    let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
-        cluster_name: "dhcp".into(),
-        endpoint: "https://10.0.0.1:6443".into(),
-        ..Default::default()
-    })
-    .unwrap()
-    .worker;
-    config.machine.network = slate_machinery::yaml::from_str(&format!(
+    ns.write_network_config(&format!(
         "interfaces:\n  - interface: {client}\n    dhcp: true\n"
-    ))
-    .unwrap();
-    std::fs::create_dir_all(ns.path("run")).unwrap();
-    std::fs::write(
-        ns.path("run/machine-config.json"),
-        config.to_json().unwrap(),
-    )
-    .unwrap();
-    ns.start_networkd(&client, "console=ttyS0 ip=off\n");
+    ));
+    ns.start_networkd(networkd(), &client, "console=ttyS0 ip=off\n");
 
     let ready = ns.wait_ready();
     assert!(
@@ -287,6 +31,65 @@ fn dhcp_where_the_machine_config_asks_for_it() {
         "{ready:?}\n{}",
         ns.logs()
     );
+}
+
+/// `dhcp6: true`: an address and DNS from dnsmasq's DHCPv6 server (which
+/// also sends router advertisements with the managed flag).
+#[test]
+fn dhcp6_address_and_dns_from_dnsmasq() {
+    if let Some(why) = skip_reason() {
+        skipped("dhcp6_address_and_dns_from_dnsmasq", &why);
+        return;
+    }
+    let (mut ns, client) = Netns::with_dhcp_server(
+        "sl6",
+        &[
+            "--dhcp-range=fd00:99::50,fd00:99::60,64,2m",
+            "--enable-ra",
+            "--dhcp-option=option6:dns-server,[fd00:99::1]",
+            "--dhcp-option=option6:domain-search,v6.example",
+        ],
+    );
+    ns.write_network_config(&format!(
+        "interfaces:\n  - interface: {client}\n    dhcp6: true\n"
+    ));
+    ns.start_networkd(networkd(), &client, "console=ttyS0 ip=off\n");
+
+    // The link-local address passes DAD (~1 s) before the first SOLICIT
+    // can leave.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        let addrs = output(&[
+            "ip", "-n", &client, "-6", "-o", "addr", "show", "dev", &client,
+        ]);
+        if let Some(line) = addrs
+            .lines()
+            .find(|l| l.contains("inet6 fd00:99::") && l.contains("/128"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DHCPv6 address: {addrs}\n{}",
+            ns.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        address.contains("valid_lft") && !address.contains("valid_lft forever"),
+        "the lease's lifetime: {address}"
+    );
+    let resolv_path = ns.path("resolv.conf");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resolv = std::fs::read_to_string(&resolv_path).unwrap_or_default();
+        if resolv.contains("nameserver fd00:99::1\n") && resolv.contains("search v6.example\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{resolv}\n{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ns.logs().contains("DHCPREPLY("), "{}", ns.logs());
 }
 
 #[test]
@@ -297,7 +100,7 @@ fn dhcp_from_dnsmasq() {
     }
     let (mut ns, client) = Netns::with_dhcp_server("sld", &[]);
     // No ip=: DHCP on the first (fake-sysfs) Ethernet link.
-    ns.start_networkd(&client, "console=ttyS0 quiet\n");
+    ns.start_networkd(networkd(), &client, "console=ttyS0 quiet\n");
 
     let ready = ns.wait_ready();
     let line = ready.trim_end();
@@ -363,7 +166,7 @@ fn a_lease_is_renewed_outlives_its_server_until_expiry_and_comes_back() {
         "sll",
         &["--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8"],
     );
-    ns.start_networkd(&client, "console=ttyS0 quiet\n");
+    ns.start_networkd(networkd(), &client, "console=ttyS0 quiet\n");
     let ready = ns.wait_ready();
     let address = ready.split(' ').nth(1).unwrap().to_owned();
     let has_address = || {
@@ -445,6 +248,7 @@ fn static_from_cmdline() {
     let client = format!("{tag}c");
     let mut ns = Netns::new(&tag);
     ns.start_networkd(
+        networkd(),
         &client,
         &format!("ip=10.98.0.5::10.98.0.1:255.255.255.0:node1:{client}:off:10.98.0.53\n"),
     );

@@ -7,7 +7,9 @@
 //! - [`console`]: waiting for console lines and showing the tail on failure;
 //! - [`api`]: waiting until apid answers `Version`.
 //! - [`artifacts`]: where the built image is;
-//! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against.
+//! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
+//! - [`netns`]: network namespaces with dnsmasq and networkd, for
+//!   networkd's tests and [`netbench`].
 
 pub mod api;
 pub mod artifacts;
@@ -16,4 +18,5 @@ pub mod configdrive;
 pub mod console;
 pub mod floor;
 pub mod netbench;
+pub mod netns;
 pub mod qemu;

@@ -1,8 +1,13 @@
-//! `make bench`, network part: the reconciler's writes and time per pass
-//! with 100 addresses and 100 routes on a veth link, in a network namespace
-//! of a thread's own (root only). What it shows: a pass costs netlink
-//! writes in proportion to what changed, not to what is configured.
+//! `make bench`, network part (root only, network namespaces):
+//! - the reconciler's writes and time per pass with 100 addresses and 100
+//!   routes on a veth link, in a namespace of a thread's own. What it
+//!   shows: a pass costs netlink writes in proportion to what changed, not
+//!   to what is configured;
+//! - networkd's start to its first address configured (the ready file,
+//!   written right after the address is in place): static from `ip=`, and
+//!   by DHCP against dnsmasq in a neighbouring namespace.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -10,6 +15,8 @@ use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_machinery::config::Network;
 use slate_networkd::reconcile::Reconciler;
+
+use crate::netns::{self, Netns};
 
 const ADDRESSES: usize = 100;
 const ROUTES: usize = 100;
@@ -94,12 +101,85 @@ fn passes() -> anyhow::Result<Vec<Pass>> {
     .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
 }
 
-/// Prints the table, or why it could not run.
+/// Runs of each startup measurement.
+const STARTS: usize = 5;
+
+/// Seconds from spawning networkd to its ready file, `STARTS` times, each
+/// in fresh namespaces; `dhcp` against dnsmasq, else a static `ip=`.
+fn startups(networkd: &Path, dhcp: bool) -> Vec<f64> {
+    (0..STARTS)
+        .map(|_| {
+            let (mut ns, client, cmdline) = if dhcp {
+                let (ns, client) = Netns::with_dhcp_server("sbd", &[]);
+                (ns, client, "console=ttyS0 quiet\n".to_owned())
+            } else {
+                let tag = format!("sbs{}", std::process::id() % 100_000);
+                let client = format!("{tag}c");
+                let cmdline = format!("ip=10.98.0.5::10.98.0.1:255.255.255.0:node1:{client}:off\n");
+                (Netns::new(&tag), client, cmdline)
+            };
+            let start = Instant::now();
+            ns.start_networkd(networkd, &client, &cmdline);
+            ns.wait_ready();
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0])
+}
+
+/// The startup table; `Err` says why it could not run.
+fn startup_table() -> anyhow::Result<Table> {
+    if let Some(why) = netns::skip_reason() {
+        bail!("{why}");
+    }
+    // Built beside this binary by `make build`.
+    let networkd = std::env::current_exe()?
+        .parent()
+        .context("the benchmark's directory")?
+        .join("networkd");
+    anyhow::ensure!(
+        networkd.exists(),
+        "no {}: run `make build`",
+        networkd.display()
+    );
+    let rows = std::panic::catch_unwind(|| {
+        [
+            ("static address from ip=", startups(&networkd, false)),
+            ("DHCP lease from dnsmasq", startups(&networkd, true)),
+        ]
+    })
+    .map_err(|_| anyhow::anyhow!("a namespace step failed (see above)"))?;
+    let mut t = Table::new();
+    t.load_style(ASCII_MARKDOWN).set_header(vec![
+        format!("networkd start → address configured (median of {STARTS})"),
+        "median (ms)".into(),
+        "min (ms)".into(),
+    ]);
+    for (what, times) in rows {
+        let (median, min) = median(times);
+        t.add_row(vec![
+            what.to_owned(),
+            format!("{:.1}", median * 1000.0),
+            format!("{:.1}", min * 1000.0),
+        ]);
+    }
+    Ok(t)
+}
+
+/// Prints the tables, or why they could not be made.
 pub fn run() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("\nnetwork benchmark skipped: needs root (network namespaces)");
         return;
+    }
+    match startup_table() {
+        Ok(t) => println!("\n{t}"),
+        Err(e) => println!("\nnetworkd startup benchmark failed: {e:#}"),
     }
     match passes() {
         Ok(passes) => {

@@ -127,6 +127,10 @@ pub struct Interface {
     /// Run the DHCPv4 client on this link.
     #[serde(default, skip_serializing_if = "is_default")]
     pub dhcp: bool,
+    /// Run the DHCPv6 client on this link (addresses and DNS; SLAAC from
+    /// router advertisements is the kernel's, always on).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dhcp6: bool,
     /// Static addresses in CIDR notation, e.g. `10.0.0.5/24`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
@@ -190,6 +194,9 @@ pub struct Vlan {
     /// Run the DHCPv4 client on the VLAN link.
     #[serde(default, skip_serializing_if = "is_default")]
     pub dhcp: bool,
+    /// Run the DHCPv6 client on the VLAN link.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dhcp6: bool,
     /// Static addresses in CIDR notation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,

@@ -1,4 +1,5 @@
-//! DHCP clients on the links the machine config asks for (`dhcp: true`),
+//! DHCP clients on the links the machine config asks for (`dhcp: true`,
+//! and DHCPv6 for `dhcp6: true`),
 //! beside the one networkd starts at boot on the first link or `ip=`'s.
 //! One client per link, each with an applier of its own that shares the
 //! ready file and the node's [`crate::names`].
@@ -50,6 +51,33 @@ impl DhcpLinks {
     /// An applier for one link's client.
     pub fn applier(&self) -> Applier {
         Applier::new(self.handle.clone(), self.ready.clone(), self.names.clone())
+    }
+
+    /// Starts a DHCPv6 client on `ifname` unless one runs there.
+    pub fn ensure6(&self, ifname: &str) {
+        let key = format!("{ifname}/dhcp6");
+        if !self.claim(&key) {
+            return;
+        }
+        let this = self.clone();
+        let ifname = ifname.to_owned();
+        tokio::spawn(async move {
+            let link = match link::by_name(&this.handle, &ifname).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!("DHCPv6 on {ifname}: {}", crate::error_chain(&e));
+                    this.release(&key);
+                    return;
+                }
+            };
+            if let Err(e) = link::set_up(&this.handle, &link).await {
+                tracing::warn!("{}", crate::error_chain(&e));
+            }
+            let Err(e) =
+                crate::dhcp6::client::run(this.handle.clone(), link, this.names.clone()).await;
+            tracing::warn!("DHCPv6 on {ifname}: {}", crate::error_chain(&e));
+            this.release(&key);
+        });
     }
 
     /// Starts a client on `ifname` unless one runs there. A link that does

@@ -244,9 +244,17 @@ pub struct Context {
     pub dhcp: Option<crate::dhcp::links::DhcpLinks>,
 }
 
-/// The links the config wants a DHCP client on, by name (a VLAN's name is
+/// A link the config wants a DHCP client on, and which ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DhcpWant {
+    ifname: String,
+    v4: bool,
+    v6: bool,
+}
+
+/// The links the config wants DHCP clients on, by name (a VLAN's name is
 /// `LINK.ID`; links chosen by deviceSelector are resolved by the pass).
-fn dhcp_links(network: &Network, present: &[model::ActualLink]) -> Vec<String> {
+fn dhcp_links(network: &Network, present: &[model::ActualLink]) -> Vec<DhcpWant> {
     let desired = desired::desired(network, present);
     let mut out = Vec::new();
     for iface in network.interfaces.iter().filter(|i| !i.ignore) {
@@ -265,17 +273,18 @@ fn dhcp_links(network: &Network, present: &[model::ActualLink]) -> Vec<String> {
                 .map(|l| l.name.clone())
         });
         let Some(name) = name else { continue };
-        if iface.dhcp {
-            out.push(name.clone());
-        }
-        out.extend(
-            iface
-                .vlans
-                .iter()
-                .filter(|v| v.dhcp)
-                .map(|v| format!("{name}.{}", v.vlan_id)),
-        );
+        out.push(DhcpWant {
+            ifname: name.clone(),
+            v4: iface.dhcp,
+            v6: iface.dhcp6,
+        });
+        out.extend(iface.vlans.iter().map(|v| DhcpWant {
+            ifname: format!("{name}.{}", v.vlan_id),
+            v4: v.dhcp,
+            v6: v.dhcp6,
+        }));
     }
+    out.retain(|w| w.v4 || w.v6);
     out
 }
 
@@ -377,8 +386,13 @@ pub async fn run(ctx: Context) {
                     failed: report.failed.clone(),
                 });
                 if let Some(dhcp) = &ctx.dhcp {
-                    for ifname in dhcp_links(net, &report.links) {
-                        dhcp.ensure(&ifname);
+                    for want in dhcp_links(net, &report.links) {
+                        if want.v4 {
+                            dhcp.ensure(&want.ifname);
+                        }
+                        if want.v6 {
+                            dhcp.ensure6(&want.ifname);
+                        }
                     }
                 }
                 if report.missing != last_missing {

@@ -1,0 +1,310 @@
+//! Network namespaces for networkd's real-kernel tests and benchmarks: the
+//! built `networkd` runs in a namespace of its own (`ip netns exec`),
+//! against dnsmasq in a second namespace joined by a veth pair. Nothing
+//! touches the host's network, and everything goes away on drop. Root
+//! only. Needs `ip` (iproute2) and `dnsmasq` (Debian `dnsmasq-base`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why namespaces cannot be used here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "dnsmasq"] {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!("{tool} not installed"));
+        }
+    }
+    None
+}
+
+/// Straight to stderr: libtest captures `eprintln!` of passing tests, and a
+/// skip must be visible.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (needs root, ip, dnsmasq)"
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command that must succeed.
+pub fn run(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(status.success(), "{args:?}: {status}");
+}
+
+/// A command's stdout; it must succeed.
+pub fn output(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Namespaces and processes of one test; all of it goes away on drop, also
+/// when an assertion failed.
+pub struct Netns {
+    names: Vec<String>,
+    children: Vec<Child>,
+    dnsmasq: Option<Child>,
+    /// The server namespace and extra arguments, to start dnsmasq again.
+    dnsmasq_args: (String, Vec<String>),
+    dnsmasq_starts: usize,
+    dir: tempfile::TempDir,
+}
+
+impl Netns {
+    /// Namespaces `<tag>s` (server) and `<tag>c` (client) joined by veth
+    /// `<tag>s` / `<tag>c`.
+    pub fn new(tag: &str) -> Netns {
+        let server = format!("{tag}s");
+        let client = format!("{tag}c");
+        let mut ns = Netns {
+            names: Vec::new(),
+            children: Vec::new(),
+            dnsmasq: None,
+            dnsmasq_args: (server.clone(), Vec::new()),
+            dnsmasq_starts: 0,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for name in [&server, &client] {
+            // A leftover from an aborted run would make `add` fail.
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(Stdio::null())
+                .status();
+            run(&["ip", "netns", "add", name]);
+            ns.names.push(name.clone());
+            run(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        }
+        run(&[
+            "ip", "link", "add", &server, "netns", &server, "type", "veth", "peer", "name",
+            &client, "netns", &client,
+        ]);
+        run(&["ip", "-n", &server, "link", "set", &server, "up"]);
+        ns
+    }
+
+    /// Namespaces named after `prefix` and this process, with dnsmasq
+    /// serving 10.99.0.0/24 on the server end, which also has fd00:99::1/64
+    /// for DHCPv6 (`extra`: more dnsmasq arguments, e.g. a DHCPv6 range);
+    /// returns the client link.
+    pub fn with_dhcp_server(prefix: &str, extra: &[&str]) -> (Netns, String) {
+        let tag = format!("{prefix}{}", std::process::id() % 100_000);
+        let (server, client) = (format!("{tag}s"), format!("{tag}c"));
+        let mut ns = Netns::new(&tag);
+        run(&[
+            "ip",
+            "-n",
+            &server,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            &server,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &server,
+            "addr",
+            "add",
+            "fd00:99::1/64",
+            "dev",
+            &server,
+            "nodad",
+        ]);
+        ns.dnsmasq_args = (server, extra.iter().map(|a| (*a).to_owned()).collect());
+        ns.start_dnsmasq();
+        (ns, client)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Publishes a machine config whose `machine.network` is `yaml`, where
+    /// networkd reads it (machined's published config).
+    pub fn write_network_config(&self, yaml: &str) {
+        let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "netns".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .expect("generating a config")
+        .worker;
+        config.machine.network = slate_machinery::yaml::from_str(yaml).expect("network yaml");
+        std::fs::create_dir_all(self.path("run")).unwrap();
+        std::fs::write(
+            self.path("run/machine-config.json"),
+            config.to_json().unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Starts the `networkd` binary at `bin` in the client namespace with
+    /// `cmdline` and a fake sysfs in which the veth looks like a NIC.
+    pub fn start_networkd(&mut self, bin: &Path, client: &str, cmdline: &str) {
+        std::fs::write(self.path("cmdline"), cmdline).unwrap();
+        std::fs::create_dir_all(self.path(&format!("sys/class/net/{client}/device"))).unwrap();
+        let log = File::create(self.path("networkd.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", client])
+            .arg(bin)
+            .env("SLATE_NETWORKD_CMDLINE", self.path("cmdline"))
+            .env("SLATE_NETWORKD_SYSFS", self.path("sys"))
+            .env("SLATE_NETWORKD_RESOLV_CONF", self.path("resolv.conf"))
+            .env("SLATE_NETWORKD_READY_FILE", self.path("run/network.ready"))
+            // Everything else networkd keeps under /run, in the test's dir.
+            .env(
+                "SLATE_NETWORKD_CONFIG",
+                self.path("run/machine-config.json"),
+            )
+            .env("SLATE_NETWORKD_OWNED_FILE", self.path("run/networkd-owned"))
+            .env("SLATE_NETWORKD_SOCKET", self.path("run/networkd.sock"))
+            // `ip netns exec` shares the host's UTS namespace.
+            .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
+            // The namespace shares the host's clock: never set it.
+            .env("SLATE_NETWORKD_SYNC_TIME", "0")
+            .env("SLATE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting networkd");
+        self.children.push(child);
+    }
+
+    /// Starts dnsmasq (again), appending to its log.
+    pub fn start_dnsmasq(&mut self) {
+        let server = self.dnsmasq_args.0.clone();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.path("dnsmasq.log"))
+            .unwrap();
+        let leases = self.path("leases");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server,
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+            ])
+            .arg(format!("--interface={server}"))
+            .args([
+                "--bind-interfaces",
+                "--user=root",
+                "--dhcp-authoritative",
+                // Offers without dnsmasq's 3 s ping check of a new address.
+                "--no-ping",
+                "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m",
+                "--dhcp-option=option:router,10.99.0.1",
+                "--dhcp-option=option:dns-server,10.99.0.1",
+                "--dhcp-option=option:domain-name,test.example",
+                "--log-dhcp",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .args(&self.dnsmasq_args.1)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting dnsmasq");
+        self.dnsmasq = Some(child);
+        // Serving once it has logged its range (another time after a
+        // restart): a client started before would lose its first DISCOVER.
+        let started = |ns: &Netns| {
+            std::fs::read_to_string(ns.path("dnsmasq.log"))
+                .unwrap_or_default()
+                .matches("DHCP, IP range")
+                .count()
+        };
+        let before = self.dnsmasq_starts;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while started(self) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not start\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.dnsmasq_starts += 1;
+    }
+
+    pub fn stop_dnsmasq(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) for the ready file, the result networkd promises.
+    pub fn wait_ready(&mut self) -> String {
+        let path = self.path("run/network.ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return text;
+            }
+            for child in self.children.iter_mut().chain(self.dnsmasq.as_mut()) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("a helper exited early ({status})\n{}", self.logs());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ready file after 30 s\n{}",
+                self.logs()
+            );
+            // Short: the startup benchmark measures with this.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        ["networkd.log", "dnsmasq.log"]
+            .iter()
+            .map(|f| {
+                format!(
+                    "--- {f}\n{}",
+                    std::fs::read_to_string(self.path(f)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.stop_dnsmasq();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.names {
+            // Deleting the namespace also deletes the veth end inside it.
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
