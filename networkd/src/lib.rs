@@ -137,11 +137,23 @@ pub enum RunError {
     Ready(#[from] ready::ReadyError),
     #[error(transparent)]
     Dhcp(#[from] dhcp::client::DhcpError),
+    #[error("installing the SIGTERM handler")]
+    Signal(#[source] std::io::Error),
+    #[error("the boot network task failed: {0}")]
+    Task(String),
 }
 
-/// Configures the network as the command line says and keeps it so. Only
-/// returns on an error that a restart by init may cure.
-pub async fn run(opts: Options) -> Result<Infallible, RunError> {
+/// How long the DHCP clients get to give their leases back on SIGTERM
+/// (init waits longer before SIGKILL).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Configures the network as the command line says and keeps it so.
+/// Returns `Ok` when stopped by SIGTERM (leases released), `Err` on an
+/// error that a restart by init may cure.
+pub async fn run(opts: Options) -> Result<(), RunError> {
+    // First, so a SIGTERM at any point from here on is ours to handle.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Signal)?;
     let config = cmdline::read(&opts.cmdline).unwrap_or_else(|e| {
         tracing::error!("{}; falling back to DHCP", error_chain(&e));
         cmdline::IpConfig::default()
@@ -191,14 +203,44 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
         dhcp: Some(dhcp_links.clone()),
     }));
     let mut applier = dhcp_links.applier();
+    let boot_dhcp = dhcp_links.clone();
+    // Its own task, so a SIGTERM does not drop the boot DHCP client before
+    // it has released its lease.
+    let boot = tokio::spawn(async move {
+        let dhcp_links = boot_dhcp;
+        boot_network(config, &handle, &opts, &names, &dhcp_links, &mut applier).await
+    });
+    tokio::select! {
+        result = boot => match result {
+            Ok(Err(e)) => Err(e),
+            // The boot part never ends otherwise.
+            Ok(Ok(never)) => match never {},
+            Err(e) => Err(RunError::Task(e.to_string())),
+        },
+        _ = terminate.recv() => {
+            tracing::info!("stopping: giving DHCP leases back");
+            dhcp_links.stop(STOP_GRACE).await;
+            Ok(())
+        }
+    }
+}
 
+/// What `ip=` asks for at boot, then nothing more for ever.
+async fn boot_network(
+    config: cmdline::IpConfig,
+    handle: &rtnetlink::Handle,
+    opts: &Options,
+    names: &names::SharedNames,
+    dhcp_links: &dhcp::links::DhcpLinks,
+    applier: &mut apply::Applier,
+) -> Result<Infallible, RunError> {
     match config {
         cmdline::IpConfig::Off => {
             tracing::info!("no automatic configuration: loopback and the machine config only");
         }
         cmdline::IpConfig::Static(s) => {
-            let link = link::wait_for(&handle, s.device.as_deref(), &opts.sysfs).await?;
-            link::set_up(&handle, &link).await?;
+            let link = link::wait_for(handle, s.device.as_deref(), &opts.sysfs).await?;
+            link::set_up(handle, &link).await?;
             names.offer_fallback(&link.mac);
             let setup = apply::Setup {
                 source: ready::Source::Static,
@@ -220,8 +262,8 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
             tracing::info!("{}", setup.summary(&link.name));
         }
         cmdline::IpConfig::Dhcp { device, hostname } => {
-            let link = link::wait_for(&handle, device.as_deref(), &opts.sysfs).await?;
-            link::set_up(&handle, &link).await?;
+            let link = link::wait_for(handle, device.as_deref(), &opts.sysfs).await?;
+            link::set_up(handle, &link).await?;
             names.set_cmdline(names::Contribution {
                 hostname: hostname.clone(),
                 ..Default::default()
@@ -229,7 +271,8 @@ pub async fn run(opts: Options) -> Result<Infallible, RunError> {
             names.offer_fallback(&link.mac);
             // The config may ask for DHCP here too: one client is enough.
             dhcp_links.claim(&link.name);
-            return Ok(dhcp::client::run(&link, &mut applier, hostname).await?);
+            let (stop, _alive) = dhcp_links.stop_signal();
+            dhcp::client::run(&link, applier, hostname, stop).await?;
         }
     }
     // Nothing more to do until the machine config arrives; stay alive so
@@ -257,12 +300,12 @@ pub(crate) fn published_config(path: &Path) -> Option<slate_machinery::config::M
         .ok()
 }
 
-/// The process: logging, a one-thread runtime, [`run`]. Returns only on
-/// failure (init restarts networkd).
+/// The process: logging, a one-thread runtime, [`run`]. Returns on SIGTERM
+/// (success) or on failure (init restarts networkd).
 pub fn main() -> std::process::ExitCode {
     slate_machinery::logging::init();
     match run_process() {
-        Ok(never) => match never {},
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
@@ -270,7 +313,7 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_process() -> anyhow::Result<std::convert::Infallible> {
+fn run_process() -> anyhow::Result<()> {
     use anyhow::Context as _;
     let opts = Options::from_env_with(|k| std::env::var(k).ok());
     // One thread: networkd waits on a few sockets and timers, and the

@@ -144,6 +144,24 @@ fn dhcp_from_dnsmasq() {
         )),
         "{log}"
     );
+
+    // Stopped as init stops it at shutdown: the lease goes back to the
+    // server (DHCPRELEASE) and off the link, and networkd exits cleanly.
+    let status = ns.terminate_networkd();
+    assert!(status.success(), "{status}\n{}", ns.logs());
+    let address = fields[1].split('/').next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // dnsmasq names its own end of the link: `DHCPRELEASE(<server>) <address>`.
+    let released = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("DHCPRELEASE(") && l.contains(&format!(") {address} ")))
+    };
+    while !released(&ns.logs()) {
+        assert!(Instant::now() < deadline, "no DHCPRELEASE\n{}", ns.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addrs = output(&["ip", "-n", &client, "-4", "addr", "show", "dev", &client]);
+    assert!(!addrs.contains(&format!("inet {address}")), "{addrs}");
 }
 
 /// The whole life of a lease against dnsmasq: renewed while the server

@@ -259,6 +259,23 @@ impl Netns {
         }
     }
 
+    /// Sends SIGTERM to networkd (the first child started) and waits up to
+    /// 10 s for it to exit; its exit status.
+    pub fn terminate_networkd(&mut self) -> std::process::ExitStatus {
+        let child = self.children.first_mut().expect("networkd was started");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: plain kill(2) on our own child (`ip netns exec` execs it).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for networkd") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "networkd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits (bounded) for the ready file, the result networkd promises.
     pub fn wait_ready(&mut self) -> String {
         let path = self.path("run/network.ready");

@@ -1,7 +1,6 @@
 //! Runs the DHCP state machine on a link: waits for a datagram or the next
 //! deadline, feeds it in, carries out the actions.
 
-use std::convert::Infallible;
 use std::time::Instant;
 
 use super::socket::{DhcpSocket, SocketError};
@@ -18,12 +17,17 @@ pub enum DhcpError {
     Socket(#[from] SocketError),
 }
 
-/// DHCP on `link` forever. `hostname` (from `ip=`) is sent to the server.
+/// Tells the clients to stop: each gives its lease back and returns.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// DHCP on `link` until `stop` turns true; then the lease is released.
+/// `hostname` (from `ip=`) is sent to the server.
 pub async fn run(
     link: &LinkInfo,
     applier: &mut Applier,
     hostname: Option<String>,
-) -> Result<Infallible, DhcpError> {
+    mut stop: Stop,
+) -> Result<(), DhcpError> {
     let socket = DhcpSocket::bind(&link.name)?;
     let mut client = Client::new(&link.mac, hostname, fastrand::Rng::new(), Instant::now());
     let mut applied: Option<Setup> = None;
@@ -55,6 +59,14 @@ pub async fn run(
                 }
             },
             () = sleep => client.on_timeout(Instant::now()),
+            // The guard wait_for returns is not Send: drop it at once.
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                tracing::info!("{}: stopping DHCP", link.name);
+                for action in client.release(Instant::now()) {
+                    execute(link, &socket, applier, &mut applied, action).await;
+                }
+                return Ok(());
+            }
         };
         for action in actions {
             execute(link, &socket, applier, &mut applied, action).await;

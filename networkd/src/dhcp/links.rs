@@ -21,7 +21,14 @@ pub struct DhcpLinks {
     ready: SharedReady,
     names: SharedNames,
     running: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Held by every DHCPv4 client task; [`DhcpLinks::stop`] waits until
+    /// all are dropped.
+    alive: Arc<tokio::sync::Semaphore>,
 }
+
+/// DHCPv4 clients that can run at once (each holds one permit).
+const MAX_CLIENTS: u32 = 1024;
 
 impl DhcpLinks {
     pub fn new(handle: Handle, ready: SharedReady, names: SharedNames) -> Self {
@@ -30,6 +37,32 @@ impl DhcpLinks {
             ready,
             names,
             running: Arc::default(),
+            stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+            alive: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS as usize)),
+        }
+    }
+
+    /// A stop signal for a client and the permit that says it runs.
+    pub fn stop_signal(
+        &self,
+    ) -> (
+        super::client::Stop,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        (
+            self.stop.subscribe(),
+            Arc::clone(&self.alive).try_acquire_owned().ok(),
+        )
+    }
+
+    /// Stops every DHCPv4 client, each giving its lease back (RELEASE),
+    /// and waits for them up to `grace`. Called on SIGTERM: init waits a
+    /// few seconds before SIGKILL.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        self.stop.send_replace(true);
+        let all = self.alive.acquire_many(MAX_CLIENTS);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("DHCP clients still stopping after {grace:?}");
         }
     }
 
@@ -101,9 +134,11 @@ impl DhcpLinks {
                 tracing::warn!("{}", crate::error_chain(&e));
             }
             let mut applier = this.applier();
-            // The client runs for ever; it returns only on a socket error.
-            let Err(e) = super::client::run(&link, &mut applier, None).await;
-            tracing::warn!("DHCP on {ifname}: {}", crate::error_chain(&e));
+            let (stop, _alive) = this.stop_signal();
+            // The client runs until stopped or a socket error.
+            if let Err(e) = super::client::run(&link, &mut applier, None, stop).await {
+                tracing::warn!("DHCP on {ifname}: {}", crate::error_chain(&e));
+            }
             this.release(&ifname);
         });
     }

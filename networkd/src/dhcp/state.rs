@@ -281,6 +281,33 @@ impl Client {
         }
     }
 
+    /// The client stops (networkd shuts down): a lease held is given back
+    /// with a RELEASE to its server (§4.4.6) and removed; no timer is left.
+    pub fn release(&mut self, now: Instant) -> Vec<Action> {
+        let lease = match std::mem::replace(&mut self.state, State::Init) {
+            State::Bound { lease }
+            | State::Renewing { lease, .. }
+            | State::Rebinding { lease, .. } => lease,
+            other => {
+                self.state = other;
+                self.deadline = None;
+                return Vec::new();
+            }
+        };
+        self.deadline = None;
+        self.new_exchange(now);
+        let mut msg = self.message(now, MessageType::Release, false, lease.address);
+        // RELEASE carries no parameter list and no size: only who we are
+        // and which server's lease this was.
+        msg.opts_mut().remove(OptionCode::ParameterRequestList);
+        msg.opts_mut().remove(OptionCode::MaxMessageSize);
+        msg.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(lease.server));
+        let mut actions = self.send(msg, lease.server);
+        actions.push(Action::Deconfigure(lease));
+        actions
+    }
+
     /// Checks the fixed header before decoding: dhcproto trusts `hlen` and
     /// would index past `chaddr` with a hostile one, and it does not check
     /// the magic cookie.

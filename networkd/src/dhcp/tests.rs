@@ -550,3 +550,22 @@ fn malformed_and_foreign_packets_are_ignored() {
         let _ = c.on_packet(t0, &p);
     }
 }
+
+#[test]
+fn release_gives_the_lease_back_and_stops() {
+    let t0 = Instant::now();
+    let (mut c, lease, t) = bound(t0, lease_opts(3600));
+    let actions = c.release(t);
+    let (msg, to) = sent(&actions);
+    assert_eq!(msg_type(&msg), MessageType::Release);
+    assert_eq!(to, lease.server, "unicast to the lease's server");
+    assert_eq!(msg.ciaddr(), lease.address);
+    assert!(matches!(
+        msg.opts().get(OptionCode::ServerIdentifier),
+        Some(DhcpOption::ServerIdentifier(s)) if *s == lease.server
+    ));
+    assert!(matches!(actions.last(), Some(Action::Deconfigure(l)) if *l == lease));
+    assert_eq!(c.deadline(), None, "a stopped client has no timer");
+    // Nothing held: nothing to release.
+    assert!(client(t0).release(t0).is_empty());
+}
