@@ -25,6 +25,7 @@ pub mod disk;
 pub mod node;
 pub mod power;
 pub mod publish;
+pub mod services;
 pub mod state;
 pub mod url;
 

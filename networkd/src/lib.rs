@@ -21,12 +21,13 @@
 //! every kernel event and changed when the config changes.
 //!
 //! # Limitations
-//! DHCPv4 only. At boot DHCP starts on the first Ethernet link (or `ip=`'s)
+//! DHCPv6 ([`dhcp6`]) only on links the config marks `dhcp6: true`, and
+//! its leases are not released at shutdown. At boot DHCP starts on the first Ethernet link (or `ip=`'s)
 //! without waiting for the config, to keep it off the boot's critical path
 //! (boot with `ip=off` to leave every link to the config); the config's
 //! `dhcp: true` links get a client of their own when the config arrives
 //! ([`dhcp::links`]); no ARP conflict check
-//! (DHCPDECLINE) before using an address; no DHCPRELEASE on shutdown; the
+//! (DHCPDECLINE) before using an address; the
 //! MTU set from DHCP is not restored when the lease goes. The config's
 //! hostname, nameservers and search domains win over `ip=`'s and DHCP's
 //! ([`names`]); time is kept by an SNTP client

@@ -1,0 +1,134 @@
+//! What a service is: how to start it, what it waits for, how it is
+//! limited, checked and restarted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the supervisor needs to run one service.
+#[derive(Clone)]
+pub struct ServiceSpec {
+    /// Short name: `containerd`, `etcd`, `kubelet`; also the cgroup's and
+    /// the log file's name.
+    pub id: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    /// All must hold before the service starts (state Waiting).
+    pub depends: Vec<Condition>,
+    /// Runs before every start (state Preparing): writes config files. An
+    /// error fails this start, which is retried like a crash.
+    pub prepare: Option<Prepare>,
+    pub limits: Limits,
+    pub health: Option<HealthCheck>,
+    pub restart: Restart,
+    /// Between SIGTERM and SIGKILL of the whole cgroup.
+    pub grace: Duration,
+}
+
+/// A pre-start step; its error becomes the Failed event's message.
+pub type Prepare = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+impl ServiceSpec {
+    /// A service running `command` with the defaults: no dependencies, no
+    /// limits, no health check, always restarted (1 s doubling to 30 s),
+    /// 10 s grace.
+    pub fn new(id: &str, command: &[&str]) -> Self {
+        Self {
+            id: id.to_owned(),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            working_dir: None,
+            depends: Vec::new(),
+            prepare: None,
+            limits: Limits::default(),
+            health: None,
+            restart: Restart::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a service waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Another service is Healthy (Running, when it has no health check).
+    Service(String),
+    /// A file exists: how the daemons hand off (`/run/slate/network.ready`,
+    /// `time.synced`, `var.mounted`).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Service(id) => write!(f, "service {id}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// cgroup v2 limits; `None` leaves the kernel's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.max` in bytes: beyond it the kernel reclaims, then kills
+    /// inside the cgroup only.
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: CPU time per 100 ms period, in microseconds.
+    pub cpu_max_us: Option<u64>,
+    /// `pids.max`: processes and threads.
+    pub pids_max: Option<u64>,
+    /// `/proc/PID/oom_score_adj`, -1000..=1000.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// How health is checked, every `interval`, each probe within `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connect to `host:port` succeeds.
+    Tcp(String),
+    /// `GET http://host:port/path` answers 2xx (kubelet's `/healthz`).
+    Http { addr: String, path: String },
+    /// A Unix socket accepts a connection (containerd's).
+    Unix(PathBuf),
+    /// A command exits 0.
+    Exec(Vec<String>),
+}
+
+/// When to start again after the process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    /// Delay before the first restart; doubles with each one.
+    pub initial: Duration,
+    /// The delay stops growing here.
+    pub max: Duration,
+    /// A process that ran this long resets the delay to `initial`.
+    pub reset_after: Duration,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Self {
+            policy: RestartPolicy::Always,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
