@@ -9,11 +9,14 @@ use slate_machinery::version;
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
-    ApplyConfigurationRequest, ApplyConfigurationResponse, GenerateClientConfigurationRequest,
-    GenerateClientConfigurationResponse, GetMachineConfigRequest, GetMachineConfigResponse,
-    ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse, ShutdownRequest,
-    ShutdownResponse, VersionRequest, VersionResponse,
+    ApplyConfigurationRequest, ApplyConfigurationResponse, DmesgRequest,
+    GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
+    GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
+    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest, ServiceActionResponse,
+    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, VersionRequest,
+    VersionResponse,
 };
+use tonic::codec::Streaming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -230,6 +233,64 @@ impl MachineService for MachineApi {
             self.machined(),
             Request::new(request.into_inner()),
             |mut c, r| async move { c.shutdown(r).await },
+        )
+        .await
+    }
+
+    async fn service_list(
+        &self,
+        request: Request<ServiceListRequest>,
+    ) -> Result<Response<ServiceListResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Reader))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.service_list(r).await },
+        )
+        .await
+    }
+
+    async fn service_action(
+        &self,
+        request: Request<ServiceActionRequest>,
+    ) -> Result<Response<ServiceActionResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Operator))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.service_action(r).await },
+        )
+        .await
+    }
+
+    // machined's stream is passed through as it is: each line as it comes,
+    // and the client going away ends machined's side too.
+    type LogsStream = Streaming<LogLine>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        self.authorize(&request, Access::Role(Role::Reader))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.logs(r).await },
+        )
+        .await
+    }
+
+    type DmesgStream = Streaming<LogLine>;
+
+    async fn dmesg(
+        &self,
+        request: Request<DmesgRequest>,
+    ) -> Result<Response<Self::DmesgStream>, Status> {
+        self.authorize(&request, Access::Role(Role::Reader))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.dmesg(r).await },
         )
         .await
     }

@@ -114,6 +114,24 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
 }
 
 impl Session {
+    /// The one node a streaming command follows (`what` names the command
+    /// in the error when several are given).
+    pub fn single(&self, what: &str) -> anyhow::Result<Target> {
+        anyhow::ensure!(
+            self.targets.len() == 1,
+            "{what} follows one node: pass one -n (got {})",
+            self.targets.len()
+        );
+        Ok(self.targets[0].clone())
+    }
+
+    /// [`Session::connect`] with the target named in the error.
+    pub async fn connect_to(&self, target: &Target) -> anyhow::Result<Channel> {
+        self.connect(target)
+            .await
+            .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))
+    }
+
     /// Connects to `target`, retrying only failures that look transient.
     pub async fn connect(&self, target: &Target) -> Result<Channel, ClientError> {
         let mut delay = Duration::from_millis(200);

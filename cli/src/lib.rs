@@ -83,6 +83,14 @@ pub enum Command {
     /// Work on machine config files.
     #[command(subcommand, name = "machineconfig", visible_alias = "mc")]
     MachineConfig(cmd::machineconfig::MachineConfigCommand),
+    /// List the nodes' services with their state and health.
+    Services(cmd::services::ServicesArgs),
+    /// Show a service's state and events, or start, stop or restart it.
+    Service(cmd::services::ServiceArgs),
+    /// Print a service's output (-f to follow).
+    Logs(cmd::services::LogsArgs),
+    /// Print the kernel log (-f to follow).
+    Dmesg(cmd::services::DmesgArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -97,6 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reboot => block_on(cmd::power::run(&cli.global, cmd::power::Action::Reboot)),
         Command::Shutdown => block_on(cmd::power::run(&cli.global, cmd::power::Action::Shutdown)),
         Command::Config(cmd) => block_on(cmd::config_new::run(&cli.global, cmd)),
+        Command::Services(args) => block_on(cmd::services::services(&cli.global, args)),
+        Command::Service(args) => block_on(cmd::services::service(&cli.global, args)),
+        Command::Logs(args) => block_on(cmd::services::logs(&cli.global, args)),
+        Command::Dmesg(args) => block_on(cmd::services::dmesg(&cli.global, args)),
     }
 }
 

@@ -7,26 +7,66 @@ use std::time::Duration;
 
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
-    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode,
+    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, DmesgRequest,
     GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
-    GetMachineConfigRequest, GetMachineConfigResponse, ProcessesRequest, ProcessesResponse,
-    RebootRequest, RebootResponse, ShutdownRequest, ShutdownResponse, VersionRequest,
-    VersionResponse,
+    GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
+    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionKind, ServiceActionRequest,
+    ServiceActionResponse, ServiceEvent, ServiceInfo, ServiceListRequest, ServiceListResponse,
+    ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
 use crate::power::Action;
+use crate::services::{self, Supervisor, SupervisorError};
 
 pub struct MachinedApi {
     node: Arc<Node>,
+    services: Supervisor,
 }
 
 impl MachinedApi {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, services: Supervisor) -> Self {
+        Self { node, services }
     }
 }
+
+fn not_found(e: SupervisorError) -> Status {
+    Status::not_found(e.to_string())
+}
+
+/// A service's status as the API shows it.
+pub fn service_info(s: &services::Status) -> ServiceInfo {
+    let health = match (s.has_health_check, s.healthy) {
+        (false, _) => "",
+        (true, None) => "unknown",
+        (true, Some(true)) => "healthy",
+        (true, Some(false)) => "unhealthy",
+    };
+    ServiceInfo {
+        id: s.id.clone(),
+        state: s.state.as_str().to_owned(),
+        health: health.to_owned(),
+        pid: s.pid.unwrap_or(0),
+        restarts: s.restarts,
+        events: s
+            .events
+            .iter()
+            .map(|e| ServiceEvent {
+                time_unix_ms: e
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                state: e.state.as_str().to_owned(),
+                message: e.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Lines buffered per stream before a slow client holds the sender back.
+const STREAM_BUFFER: usize = 256;
 
 #[tonic::async_trait]
 impl MachineService for MachinedApi {
@@ -113,5 +153,116 @@ impl MachineService for MachinedApi {
     ) -> Result<Response<ShutdownResponse>, Status> {
         self.node.power().request(Action::PowerOff);
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn service_list(
+        &self,
+        request: Request<ServiceListRequest>,
+    ) -> Result<Response<ServiceListResponse>, Status> {
+        let id = request.into_inner().id;
+        let statuses = if id.is_empty() {
+            self.services.list()
+        } else {
+            vec![self.services.status(&id).map_err(not_found)?]
+        };
+        Ok(Response::new(ServiceListResponse {
+            services: statuses.iter().map(service_info).collect(),
+        }))
+    }
+
+    async fn service_action(
+        &self,
+        request: Request<ServiceActionRequest>,
+    ) -> Result<Response<ServiceActionResponse>, Status> {
+        let r = request.into_inner();
+        let command = match ServiceActionKind::try_from(r.action) {
+            Ok(ServiceActionKind::Start) => services::Command::Start,
+            Ok(ServiceActionKind::Stop) => services::Command::Stop,
+            Ok(ServiceActionKind::Restart) => services::Command::Restart,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown service action {}",
+                    r.action
+                )));
+            }
+        };
+        tracing::info!("service {}: {command:?} requested", r.id);
+        self.services
+            .command(&r.id, command)
+            .await
+            .map_err(not_found)?;
+        Ok(Response::new(ServiceActionResponse {}))
+    }
+
+    type LogsStream = ReceiverStream<Result<LogLine, Status>>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        let log = self.services.logs(&r.id).map_err(not_found)?;
+        let (lines, mut follow) = log.tail_and_follow(r.tail.map(|n| n as usize));
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            for line in lines {
+                if tx.send(Ok(LogLine { line })).await.is_err() {
+                    return;
+                }
+            }
+            if !r.follow {
+                return;
+            }
+            loop {
+                let line = tokio::select! {
+                    line = follow.recv() => line,
+                    () = tx.closed() => return,
+                };
+                let line = match line {
+                    Ok(line) => line,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        format!("… {n} lines skipped (the client was too slow)")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(LogLine { line })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type DmesgStream = ReceiverStream<Result<LogLine, Status>>;
+
+    async fn dmesg(
+        &self,
+        request: Request<DmesgRequest>,
+    ) -> Result<Response<Self::DmesgStream>, Status> {
+        let r = request.into_inner();
+        let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let reader = crate::kmsg::stream(
+                std::path::Path::new("/dev/kmsg"),
+                r.follow,
+                r.tail.map(|n| n as usize),
+                lines_tx,
+            );
+            let forward = async {
+                while let Some(line) = lines_rx.recv().await {
+                    if tx.send(Ok(LogLine { line })).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(reader, forward);
+            if let Err(e) = result {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!("reading /dev/kmsg: {e}"))))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -15,13 +15,18 @@
 //!
 //! machined never exits on bad input: init would restart it forever.
 //!
+//! 4. Supervise the node's services ([`services`]): start, restart,
+//!    health, logs; stop them all on SIGTERM (init's shutdown).
+//!
 //! # Limitations
-//! Service supervision comes with its own issue.
+//! No service is registered yet: containerd, etcd and kubelet come with
+//! the image's extensions, which are not built yet.
 
 pub mod api;
 pub mod blockdev;
 pub mod configdrive;
 pub mod disk;
+pub mod kmsg;
 pub mod node;
 pub mod power;
 pub mod publish;
@@ -39,6 +44,7 @@ use slate_proto::machine::machine_service_server::MachineServiceServer;
 use crate::node::{Node, Source, Storage};
 use crate::power::Power;
 use crate::publish::Verdict;
+use crate::services::Supervisor;
 
 /// Where machined publishes its verdict and serves its socket.
 #[derive(Debug, Clone)]
@@ -102,7 +108,15 @@ pub fn run(paths: &Paths) -> ! {
             });
             let storage = Storage::Disks { mount_point };
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
-            if let Err(e) = runtime.block_on(serve(paths, node)) {
+            let services = runtime.block_on(async {
+                let services = Supervisor::new(
+                    PathBuf::from(constants::SERVICES_CGROUP),
+                    Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
+                );
+                tokio::spawn(stop_services_on_sigterm(services.clone()));
+                services
+            });
+            if let Err(e) = runtime.block_on(serve(paths, node, services)) {
                 tracing::error!("{e:#}");
             }
         }
@@ -188,8 +202,29 @@ pub async fn boot(
     node
 }
 
+/// How long the services get to stop when init stops machined (init's own
+/// grace is 10 s before SIGKILL).
+const SERVICES_STOP: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// On SIGTERM (init's shutdown): stop every service, then exit.
+async fn stop_services_on_sigterm(services: Supervisor) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        tracing::error!("cannot handle SIGTERM: services will be killed at shutdown");
+        return;
+    };
+    term.recv().await;
+    tracing::info!("stopping the services");
+    services.stop_all(SERVICES_STOP).await;
+    std::process::exit(0);
+}
+
 /// Serves machined's socket.
-pub async fn serve(paths: &Paths, node: std::sync::Arc<Node>) -> anyhow::Result<()> {
+pub async fn serve(
+    paths: &Paths,
+    node: std::sync::Arc<Node>,
+    services: Supervisor,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     // A socket left by an earlier machined would make bind fail.
     let _ = std::fs::remove_file(&paths.socket);
@@ -198,7 +233,9 @@ pub async fn serve(paths: &Paths, node: std::sync::Arc<Node>) -> anyhow::Result<
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", paths.socket.display()))?;
     tonic::transport::Server::builder()
-        .add_service(MachineServiceServer::new(api::MachinedApi::new(node)))
+        .add_service(MachineServiceServer::new(api::MachinedApi::new(
+            node, services,
+        )))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
         .await
         .context("serving machined's socket")

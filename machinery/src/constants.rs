@@ -55,6 +55,12 @@ pub const NETWORKD_RESOURCE_TYPES: &[&str] = &[
 /// GPT partition name and ext4 label of the STATE volume (machine config,
 /// node keys), and where machined mounts it (mode 0700).
 pub const STATE_LABEL: &str = "STATE";
+
+/// machined's cgroup: one child per service (`slate/containerd`, …).
+pub const SERVICES_CGROUP: &str = "/sys/fs/cgroup/slate";
+
+/// Where the services' logs are kept (rotated, `ID.log`).
+pub const SERVICE_LOG_DIR: &str = "/var/log/slate";
 pub const STATE_MOUNT: &str = "/run/slate/state";
 
 /// mke2fs in the root image (from Debian's e2fsprogs, see image/src/hostbin.rs).

@@ -174,15 +174,8 @@ async fn watch(
     kind: ResourceType,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        session.targets.len() == 1,
-        "--watch follows one node: pass one -n"
-    );
-    let target = session.targets[0].clone();
-    let channel = session
-        .connect(&target)
-        .await
-        .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))?;
+    let target = session.single("--watch")?;
+    let channel = session.connect_to(&target).await?;
     let mut events = ResourceServiceClient::new(channel)
         .watch(WatchRequest {
             r#type: kind.api_name().into(),

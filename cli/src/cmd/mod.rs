@@ -7,5 +7,6 @@ pub mod machineconfig;
 mod patch_args;
 pub mod power;
 pub mod processes;
+pub mod services;
 pub mod validate;
 pub mod version;

@@ -48,21 +48,27 @@ impl Cgroup {
             path: root.to_owned(),
             source,
         })?;
-        let available =
-            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let wanted = [
+        let wanted: Vec<&str> = [
             ("memory", limits.memory_max.is_some()),
             ("cpu", limits.cpu_max_us.is_some()),
             ("pids", limits.pids_max.is_some()),
-        ];
-        for (controller, needed) in wanted {
-            if needed && available.split_whitespace().any(|c| c == controller) {
-                // Already enabled is fine; an error shows up as a missing
-                // limit file below.
-                let _ = std::fs::write(
-                    root.join("cgroup.subtree_control"),
-                    format!("+{controller}"),
-                );
+        ]
+        .into_iter()
+        .filter_map(|(c, needed)| needed.then_some(c))
+        .collect();
+        // A controller reaches `root/id` only if `root`'s parent hands it
+        // to `root` and `root` hands it on. Already enabled is fine; a
+        // failure shows up as a missing limit file below.
+        for dir in root.parent().into_iter().chain([root]) {
+            let available =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            for controller in &wanted {
+                if available.split_whitespace().any(|c| c == *controller) {
+                    let _ = std::fs::write(
+                        dir.join("cgroup.subtree_control"),
+                        format!("+{controller}"),
+                    );
+                }
             }
         }
         let path = root.join(id);
