@@ -7,6 +7,9 @@ BIN      := target/$(TARGET)/release
 CARGO    := RUSTFLAGS="-C target-feature=+crt-static" cargo
 CARGOFLAGS := --release --target $(TARGET) --locked
 KERNEL   ?= cloud
+# Debian packages whose programs form the extension layer (extensions.cpio);
+# `make image EXTENSIONS=` builds without one.
+EXTENSIONS ?= containerd,runc,etcd-server
 
 # Debian packages the build, the image and the tests need.
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
@@ -22,7 +25,7 @@ build:
 	$(CARGO) build $(CARGOFLAGS) --workspace --bins
 
 image: build
-	$(BIN)/slate-image --kernel $(KERNEL) --bin-dir $(BIN) --out _out
+	$(BIN)/slate-image --kernel $(KERNEL) --bin-dir $(BIN) --out _out --debian-extensions $(EXTENSIONS)
 
 run: image
 	$(BIN)/slate-run

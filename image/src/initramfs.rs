@@ -18,6 +18,10 @@ use crate::tools::{Tool, Toolbox};
 /// after its dependencies.
 pub const LOAD_LIST: &str = slate_machinery::constants::STAGE1_MODULE_LIST;
 
+/// Where the extension layer's segment puts its squashfs
+/// ([`crate::extensions`]); init looks for it there.
+pub const EXTENSIONS_PATH: &str = "extensions.sqsh";
+
 /// Mount points and scratch directories init expects.
 const DIRS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "newroot"];
 

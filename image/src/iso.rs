@@ -46,7 +46,15 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IsoError 
 
 /// The GRUB menu. Both consoles are listed; the kernel makes the last one
 /// `/dev/console`, so init's output goes to the serial port.
-pub fn grub_cfg(cmdline: &str) -> String {
+pub fn grub_cfg(cmdline: &str, extensions: bool) -> String {
+    // The extension layer is another initramfs segment, loaded first: the
+    // kernel finds the next archive after an uncompressed one, but not
+    // after a zstd-compressed one.
+    let initrd = if extensions {
+        "/boot/extensions.cpio /boot/initramfs.zst"
+    } else {
+        "/boot/initramfs.zst"
+    };
     format!(
         "insmod all_video\n\
          serial --unit=0 --speed=115200\n\
@@ -56,7 +64,7 @@ pub fn grub_cfg(cmdline: &str) -> String {
          \n\
          menuentry \"Slate\" {{\n\
          \x20   linux /boot/vmlinuz {cmdline}\n\
-         \x20   initrd /boot/initramfs.zst\n\
+         \x20   initrd {initrd}\n\
          }}\n"
     )
 }
@@ -67,6 +75,7 @@ pub fn build(
     work: &Path,
     vmlinuz: &Path,
     initramfs: &Path,
+    extensions: Option<&Path>,
     cmdline: &str,
     epoch: u64,
 ) -> Result<PathBuf, IsoError> {
@@ -75,8 +84,11 @@ pub fn build(
     fs::create_dir_all(boot.join("grub")).map_err(io("creating", &boot))?;
     fs::copy(vmlinuz, boot.join("vmlinuz")).map_err(io("copying", vmlinuz))?;
     fs::copy(initramfs, boot.join("initramfs.zst")).map_err(io("copying", initramfs))?;
+    if let Some(ext) = extensions {
+        fs::copy(ext, boot.join("extensions.cpio")).map_err(io("copying", ext))?;
+    }
     let cfg = boot.join("grub/grub.cfg");
-    fs::write(&cfg, grub_cfg(cmdline)).map_err(io("writing", &cfg))?;
+    fs::write(&cfg, grub_cfg(cmdline, extensions.is_some())).map_err(io("writing", &cfg))?;
 
     let iso = work.join("slate.iso");
     // xorriso 1.5.4 takes `all_file_dates =0` as "unset" and stamps the
@@ -203,11 +215,13 @@ mod tests {
 
     #[test]
     fn grub_cfg_boots_kernel_with_cmdline() {
-        let cfg = grub_cfg("console=tty0 console=ttyS0,115200 quiet");
+        let cfg = grub_cfg("console=tty0 console=ttyS0,115200 quiet", false);
         assert!(cfg.contains("set timeout=1\n"));
         assert!(cfg.contains("menuentry \"Slate\" {\n"));
         assert!(cfg.contains("    linux /boot/vmlinuz console=tty0 console=ttyS0,115200 quiet\n"));
         assert!(cfg.contains("    initrd /boot/initramfs.zst\n"));
+        let cfg = grub_cfg("quiet", true);
+        assert!(cfg.contains("    initrd /boot/extensions.cpio /boot/initramfs.zst\n"));
     }
 
     #[test]

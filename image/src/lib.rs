@@ -21,6 +21,7 @@
 
 pub mod cpio;
 pub mod exec;
+pub mod extensions;
 pub mod hostbin;
 pub mod initramfs;
 pub mod iso;
@@ -70,6 +71,10 @@ pub struct Options {
     pub cmdline_extra: Option<String>,
     /// Build slate.iso (off for quick development loops).
     pub iso: bool,
+    /// Debian packages to take extension programs from ([`extensions::DEBIAN`]).
+    pub debian_extensions: Vec<String>,
+    /// More extension programs (`kubelet=PATH`).
+    pub extensions: Vec<extensions::Extension>,
 }
 
 /// A failed build, naming the step.
@@ -97,6 +102,8 @@ pub enum Error {
     Initramfs(#[source] initramfs::InitramfsError),
     #[error("building slate.iso")]
     Iso(#[source] iso::IsoError),
+    #[error("building the extension layer")]
+    Extensions(#[source] extensions::ExtensionError),
     #[error("installing the outputs")]
     Install(#[source] AtomicWriteError),
     #[error("SOURCE_DATE_EPOCH={epoch} does not fit the 32-bit cpio mtime")]
@@ -165,7 +172,8 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     let direct_cmdline = cmdline(DEFAULT_CMDLINE, opts.cmdline_extra.as_deref());
     let iso_cmdline = cmdline(ISO_CMDLINE, opts.cmdline_extra.as_deref());
 
-    let mut progress = Progress::new(if opts.iso { 5 } else { 4 });
+    let with_extensions = !opts.debian_extensions.is_empty() || !opts.extensions.is_empty();
+    let mut progress = Progress::new(4 + usize::from(opts.iso) + usize::from(with_extensions));
     let kernel = progress.step("fetching the kernel", || {
         kernel::fetch(&tools, opts.kernel, &opts.out.join("cache")).map_err(Error::Kernel)
     })?;
@@ -229,6 +237,17 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
         )
         .map_err(Error::Initramfs)
     })?;
+    let extensions = if with_extensions {
+        Some(progress.step("building extensions.cpio", || {
+            let mut all =
+                extensions::debian(&tools, &opts.debian_extensions, &opts.out.join("cache"))
+                    .map_err(Error::Extensions)?;
+            all.extend(opts.extensions.iter().cloned());
+            extensions::build(&tools, &work, &all, epoch).map_err(Error::Extensions)
+        })?)
+    } else {
+        None
+    };
     let iso = if opts.iso {
         Some(progress.step("building slate.iso", || {
             iso::build(
@@ -236,6 +255,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
                 &work,
                 &kernel.vmlinuz(),
                 &initramfs,
+                extensions.as_deref(),
                 &iso_cmdline,
                 epoch,
             )
@@ -251,6 +271,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
             &kernel.vmlinuz(),
             &initramfs,
             &rootfs,
+            extensions.as_deref(),
             iso.as_deref(),
             &direct_cmdline,
         )
@@ -284,6 +305,7 @@ fn install(
     vmlinuz: &Path,
     initramfs: &Path,
     rootfs: &Path,
+    extensions: Option<&Path>,
     iso: Option<&Path>,
     cmdline: &str,
 ) -> Result<Vec<Output>, AtomicWriteError> {
@@ -292,6 +314,12 @@ fn install(
         ("initramfs.zst", initramfs),
         ("rootfs.sqsh", rootfs),
     ];
+    if let Some(ext) = extensions {
+        files.push(("extensions.cpio", ext));
+    } else {
+        // A stale layer would be booted with a newer base.
+        let _ = fs::remove_file(opts.out.join("extensions.cpio"));
+    }
     if let Some(iso) = iso {
         files.push(("slate.iso", iso));
     } else {

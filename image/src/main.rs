@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use slate_image::{KernelFlavor, Options};
 
-/// Build the Slate boot image: vmlinuz, initramfs.zst, rootfs.sqsh, slate.iso.
+/// Build the Slate boot image: vmlinuz, initramfs.zst, rootfs.sqsh, slate.iso,
+/// and with extensions, extensions.cpio.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -25,6 +26,15 @@ struct Args {
     /// Skip slate.iso (faster development loop).
     #[arg(long)]
     no_iso: bool,
+    /// Debian packages whose programs go into the extension layer
+    /// (extensions.cpio, mounted on /usr/local): containerd, runc,
+    /// etcd-server. Comma-separated; empty for none.
+    #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
+    debian_extensions: Vec<String>,
+    /// Another program for the extension layer, e.g.
+    /// `--extension kubelet=/path/to/kubelet` (repeatable).
+    #[arg(long = "extension", value_name = "NAME=PATH")]
+    extensions: Vec<slate_image::extensions::Extension>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         out: args.out,
         cmdline_extra: args.cmdline,
         iso: !args.no_iso,
+        debian_extensions: args
+            .debian_extensions
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect(),
+        extensions: args.extensions,
     };
     let report = slate_image::build(&opts)?;
     println!("{report}");

@@ -23,7 +23,20 @@ const DAEMON_LINKS: &[&str] = &["usr/bin/machined", "usr/bin/apid", "usr/bin/net
 
 /// Empty mount points and writable-overlay targets.
 const DIRS: &[&str] = &[
-    "dev", "proc", "sys", "run", "tmp", "var", "etc", "mnt", "sbin", "usr", "usr/bin", "usr/sbin",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "var",
+    "etc",
+    "mnt",
+    "sbin",
+    "usr",
+    "usr/bin",
+    "usr/sbin",
+    // Where init mounts the extension layer.
+    "usr/local",
 ];
 
 /// Module index files copied from the package: depmod needs `modules.builtin`

@@ -85,6 +85,11 @@ use std::path::Path;
 
 /// The squashfs root image inside the initramfs. Its presence means stage 1.
 pub const ROOTFS_IMAGE: &str = "/rootfs.sqsh";
+/// The extension layer (containerd, runc, etcd, kubelet), when the image
+/// has one: a second initramfs segment.
+pub const EXTENSIONS_IMAGE: &str = "/extensions.sqsh";
+/// Where the extension layer is mounted inside the new root.
+pub const EXTENSIONS_MOUNT: &str = "usr/local";
 /// Where stage 1 mounts the squashfs before switching to it.
 pub const NEW_ROOT: &str = "/newroot";
 /// Modules stage 1 loads: one absolute path per line, in dependency order.

@@ -28,6 +28,8 @@ pub const RETRY_DELAY: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 pub struct Config {
     pub image: PathBuf,
+    /// The extension layer, mounted on `new_root/usr/local` if present.
+    pub extensions: PathBuf,
     pub new_root: PathBuf,
     pub module_list: PathBuf,
     pub cmdline: PathBuf,
@@ -40,6 +42,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             image: crate::ROOTFS_IMAGE.into(),
+            extensions: crate::EXTENSIONS_IMAGE.into(),
             new_root: crate::NEW_ROOT.into(),
             module_list: crate::MODULE_LIST.into(),
             cmdline: PROC_CMDLINE.into(),
@@ -106,11 +109,35 @@ fn run_inner(cfg: &Config) -> Result<Infallible, Stage1Error> {
     // the mount goes.
     drop(device);
     log!("stage 1: root mounted");
+    if cfg.extensions.exists() {
+        // Not fatal: the node boots without the layer and says so; its
+        // services then report their programs missing.
+        match mount_extensions(cfg) {
+            Ok(()) => log!(
+                "stage 1: extensions mounted on /{}",
+                crate::EXTENSIONS_MOUNT
+            ),
+            Err(e) => log!("stage 1: no extensions: {}", console::chain(&*e)),
+        }
+    }
 
     switch_root::switch_root(&cfg.new_root, MOVED_MOUNTS, &cfg.next_init)
         .map_err(Stage1Error::SwitchRoot)?;
     debug!("switched root; exec {}", cfg.next_init);
     Err(Stage1Error::SwitchRoot(switch_root::exec(&cfg.next_init)))
+}
+
+/// Attaches the extension layer and mounts it read-only inside the new
+/// root, where it stays after switch_root.
+fn mount_extensions(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let device = retry("attaching the extension layer", || {
+        loopdev::attach_read_only(&cfg.loop_control, &cfg.extensions)
+    })?;
+    let target = cfg.new_root.join(crate::EXTENSIONS_MOUNT);
+    retry("mounting the extension layer", || {
+        mounts::mount_read_only(&device.path, &target, "squashfs")
+    })?;
+    Ok(())
 }
 
 /// Run `step` up to [`ATTEMPTS`] times, logging each failure. For steps that

@@ -19,8 +19,8 @@
 //!    health, logs; stop them all on SIGTERM (init's shutdown).
 //!
 //! # Limitations
-//! No service is registered yet: containerd, etcd and kubelet come with
-//! the image's extensions, which are not built yet.
+//! Only containerd runs as a service yet (when the image's extension layer
+//! has it); etcd and kubelet need their configuration written first.
 
 pub mod api;
 pub mod blockdev;
@@ -114,6 +114,17 @@ pub fn run(paths: &Paths) -> ! {
                     Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
                 );
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
+                let specs = services::catalog::specs(std::path::Path::new(
+                    services::catalog::EXTENSIONS_BIN,
+                ));
+                if specs.is_empty() {
+                    tracing::info!("no extension layer on /usr/local: no services to run");
+                }
+                for spec in specs {
+                    if let Err(e) = services.add(spec) {
+                        tracing::error!("{e}");
+                    }
+                }
                 services
             });
             if let Err(e) = runtime.block_on(serve(paths, node, services)) {

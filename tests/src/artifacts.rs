@@ -8,6 +8,8 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     pub rootfs: PathBuf,
     pub iso: PathBuf,
+    /// The extension layer's initramfs segment, if the image has one.
+    pub extensions: Option<PathBuf>,
     /// The kernel command line the image builder chose for direct boot.
     pub cmdline: String,
 }
@@ -33,6 +35,7 @@ impl Artifacts {
             initramfs: dir.join("initramfs.zst"),
             rootfs: dir.join("rootfs.sqsh"),
             iso: dir.join("slate.iso"),
+            extensions: Some(dir.join("extensions.cpio")).filter(|p| p.exists()),
             cmdline: std::fs::read_to_string(dir.join("cmdline"))
                 .unwrap_or_default()
                 .trim()
@@ -46,5 +49,26 @@ impl Artifacts {
             );
         }
         Ok(a)
+    }
+
+    /// The extension layer's segment followed by the initramfs, as one
+    /// file for QEMU's `-initrd` (a bootloader loads the two one after the
+    /// other; the kernel unpacks both). Written to `_out/run/`.
+    pub fn initramfs_with_extensions(&self) -> anyhow::Result<PathBuf> {
+        use anyhow::Context as _;
+        let ext = self
+            .extensions
+            .as_ref()
+            .context("the image has no extension layer: run `make image` (it bundles containerd, runc and etcd)")?;
+        let dir = Self::dir().join("run");
+        std::fs::create_dir_all(&dir)?;
+        let out = dir.join("initramfs+extensions.img");
+        // Uncompressed segment first: the kernel finds the next archive
+        // after an uncompressed one, not after a zstd one.
+        let mut bytes = std::fs::read(ext)?;
+        bytes.extend(std::fs::read(&self.initramfs)?);
+        slate_machinery::fs::write_atomic(&out, &bytes, 0o644)
+            .with_context(|| format!("writing {}", out.display()))?;
+        Ok(out)
     }
 }

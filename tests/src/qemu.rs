@@ -39,6 +39,15 @@ impl Boot {
             cmdline: a.cmdline.clone(),
         }
     }
+
+    /// Direct kernel boot with the extension layer (containerd, runc, etcd).
+    pub fn kernel_with_extensions(a: &Artifacts) -> anyhow::Result<Self> {
+        Ok(Self::Kernel {
+            vmlinuz: a.vmlinuz.clone(),
+            initramfs: a.initramfs_with_extensions()?,
+            cmdline: a.cmdline.clone(),
+        })
+    }
 }
 
 /// Where OVMF lives on Debian (package `ovmf`).

@@ -410,3 +410,114 @@ async fn config_from_a_url_on_the_kernel_command_line() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["source"], "url");
 }
+
+/// The extension layer's containerd, run by machined's supervisor, seen
+/// and driven with slatectl as a user would: `services`, `service ID`,
+/// `logs`, `dmesg`; a restart by an admin, refused to a reader.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn containerd_runs_as_a_service_with_logs_and_a_restart() {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gen_config("svc", d);
+    let drive = d.join("cidata.iso");
+    let user_data = std::fs::read_to_string(d.join("controlplane.yaml")).unwrap();
+    slate_tests::configdrive::build(&user_data, &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::kernel_with_extensions(&a).unwrap());
+    opts.config_drive = Some(drive);
+    let mut vm = Vm::start(&opts, Some(&d.join("console.log"))).expect("starting QEMU");
+    api::wait_for_version(&mut vm, admin(d, "svc"), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let client = d.join("slateconfig");
+    let node = vm.endpoint();
+
+    // containerd comes up and its socket answers (healthy).
+    let services = || {
+        let out = slatectl_as(&client, &node, &["services", "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let containerd = loop {
+        let all = services();
+        let c = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "containerd")
+            .cloned();
+        if let Some(c) = c.filter(|c| c["state"] == "Running" && c["health"] == "healthy") {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerd not healthy: {all}\n{}",
+            vm.console_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let pid = containerd["pid"].as_u64().unwrap();
+    assert!(pid > 1, "{containerd}");
+
+    let out = slatectl_as(&client, &node, &["service", "containerd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("started, pid"), "{}", text(&out));
+    let out = slatectl_as(&client, &node, &["logs", "containerd", "--tail", "50"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("containerd successfully booted"),
+        "{}",
+        text(&out)
+    );
+    let out = slatectl_as(&client, &node, &["dmesg", "--tail", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        5,
+        "{}",
+        text(&out)
+    );
+
+    // A reader may look but not restart.
+    let reader = d.join("reader.slateconfig");
+    let out = slatectl_as(
+        &client,
+        &node,
+        &[
+            "config",
+            "new",
+            "--roles",
+            "os:reader",
+            "-o",
+            reader.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = slatectl_as(&reader, &node, &["services"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = slatectl_as(&reader, &node, &["service", "containerd", "restart"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
+
+    // The admin restarts it: a new process, healthy again.
+    let out = slatectl_as(&client, &node, &["service", "containerd", "restart"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = services();
+        let c = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "containerd")
+            .cloned()
+            .unwrap();
+        if c["state"] == "Running" && c["health"] == "healthy" && c["pid"].as_u64() != Some(pid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {c}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -14,6 +14,7 @@
 //! has its own task, and nothing a service does (a missing binary, a pre-
 //! start error, a hanging health check) reaches the others.
 
+pub mod catalog;
 pub mod cgroup;
 pub mod health;
 pub mod logs;

@@ -56,6 +56,9 @@ fn main() -> anyhow::Result<()> {
             iso: artifacts.iso.clone(),
             uefi: false,
         }
+    } else if artifacts.extensions.is_some() {
+        // containerd, runc and etcd with it, as the ISO boots.
+        Boot::kernel_with_extensions(&artifacts)?
     } else {
         Boot::kernel(&artifacts)
     };

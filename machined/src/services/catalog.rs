@@ -1,0 +1,122 @@
+//! The node's services, as far as the image carries their programs: the
+//! extension layer on `/usr/local` ([`EXTENSIONS_BIN`]) decides what runs.
+//!
+//! Today that is containerd. etcd and kubelet are added with their
+//! configuration (certificates, bootstrap, kubeconfig), which is not
+//! written yet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::spec::{HealthCheck, Limits, Probe, ServiceSpec};
+
+/// Where the extension layer's programs are.
+pub const EXTENSIONS_BIN: &str = "/usr/local/bin";
+/// And their shared libraries.
+pub const EXTENSIONS_LIB: &str = "/usr/local/lib";
+
+/// containerd's socket, where kubelet (CRI) and `ctr` find it.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+const CONTAINERD_CONFIG: &str = "/run/slate/containerd/config.toml";
+
+/// The specs of the services whose programs are in `bin`.
+pub fn specs(bin: &Path) -> Vec<ServiceSpec> {
+    let mut out = Vec::new();
+    if bin.join("containerd").is_file() {
+        out.push(containerd(bin, Path::new(CONTAINERD_CONFIG)));
+    }
+    out
+}
+
+/// containerd with the CRI plugin on, its state under /var (EPHEMERAL on
+/// an installed node) and /run, runc from the extension layer.
+pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
+    let program = bin.join("containerd");
+    let mut spec = ServiceSpec::new(
+        "containerd",
+        &[
+            &program.display().to_string(),
+            "--config",
+            &config.display().to_string(),
+        ],
+    );
+    spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
+    let config: PathBuf = config.to_owned();
+    let runc = bin.join("runc");
+    spec.prepare = Some(Arc::new(move || {
+        let text = containerd_config(&runc);
+        if let Some(dir) = config.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        slate_machinery::fs::write_atomic(&config, text.as_bytes(), 0o644)
+            .map_err(|e| slate_machinery::error::chain(&e))
+    }));
+    spec.health = Some(HealthCheck {
+        probe: Probe::Unix(CONTAINERD_SOCKET.into()),
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    });
+    spec.limits = Limits {
+        // The runtime under every pod: the kernel should pick almost
+        // anything else first.
+        oom_score_adj: Some(-999),
+        ..Limits::default()
+    };
+    spec
+}
+
+/// containerd's config (version 2 schema of containerd 1.6).
+pub fn containerd_config(runc: &Path) -> String {
+    format!(
+        r#"# Written by slate machined at every start of containerd.
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+
+[grpc]
+  address = "{CONTAINERD_SOCKET}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  BinaryName = "{}"
+  SystemdCgroup = false
+"#,
+        runc.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_services_whose_programs_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(specs(dir.path()).is_empty());
+        std::fs::write(dir.path().join("containerd"), "").unwrap();
+        let specs = specs(dir.path());
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].id, "containerd");
+        assert!(specs[0].command[0].ends_with("/containerd"));
+    }
+
+    #[test]
+    fn containerd_writes_its_config_before_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sub/config.toml");
+        let spec = containerd(Path::new("/usr/local/bin"), &config);
+        (spec.prepare.unwrap())().unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            text.contains("BinaryName = \"/usr/local/bin/runc\""),
+            "{text}"
+        );
+        assert!(text.contains(CONTAINERD_SOCKET));
+    }
+}
