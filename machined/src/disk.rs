@@ -1,9 +1,11 @@
-//! The system disk and its STATE partition.
+//! The system disk: its STATE and EPHEMERAL partitions.
 //!
 //! Layout (GPT; see docs/architecture.md): partitions 1–4 are left for the
 //! installer (EFI, BIOS, BOOT, META); STATE is partition 5, 100 MiB, ext4
 //! labelled `STATE`, placed after the room those need, so installing later
-//! does not move it. The rest of the disk is left for EPHEMERAL.
+//! does not move it. EPHEMERAL is partition 6, the rest of the disk, ext4
+//! labelled `EPHEMERAL`, mounted on /var: containerd's images, etcd's data
+//! and the logs live there and survive reboots.
 //!
 //! Disks are found by label with libblkid, never by name. A disk is only
 //! partitioned when it is empty (libblkid finds no partition table and no
@@ -19,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
-use slate_machinery::constants::{MKE2FS_BIN, STATE_LABEL};
+use slate_machinery::constants::{EPHEMERAL_LABEL, MKE2FS_BIN, STATE_LABEL};
 
 const MIB: u64 = 1024 * 1024;
 /// Room before STATE for EFI (100 MiB), BIOS boot (1 MiB), BOOT (1000 MiB,
@@ -28,6 +30,11 @@ const STATE_OFFSET: u64 = 1103 * MIB;
 const STATE_SIZE: u64 = 100 * MIB;
 /// Partition number of STATE (1–4 belong to the installer).
 const STATE_NUMBER: u32 = 5;
+/// EPHEMERAL follows STATE and takes the rest of the disk.
+const EPHEMERAL_NUMBER: u32 = 6;
+/// The smallest EPHEMERAL worth making (a disk with less room gets STATE
+/// only, and /var stays a tmpfs).
+const EPHEMERAL_MIN: u64 = 256 * MIB;
 /// "Linux filesystem data", 0FC63DAF-8483-4772-8E79-3D69D8477DE4, in GPT's
 /// mixed-endian byte order.
 const LINUX_FS_GUID: [u8; 16] = [
@@ -89,8 +96,35 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError
 
 /// The STATE partition, if some disk has one.
 pub fn find_state() -> Option<PathBuf> {
+    find_labelled(STATE_LABEL)
+}
+
+/// The EPHEMERAL partition, if some disk has one.
+pub fn find_ephemeral() -> Option<PathBuf> {
+    find_labelled(EPHEMERAL_LABEL)
+}
+
+fn find_labelled(wanted: &str) -> Option<PathBuf> {
     blockdev::dev_paths(block_names().into_iter().filter(|name| is_partition(name))).find(|dev| {
-        blockdev::label_and_type(dev, &["ext4"]).is_some_and(|(label, _)| label == STATE_LABEL)
+        blockdev::label_and_type(dev, &["ext4"]).is_some_and(|(label, _)| label == wanted)
+    })
+}
+
+/// Mounts EPHEMERAL on `/var` (over the boot's tmpfs): programs run from
+/// it (containerd's snapshots), so no `noexec`.
+pub fn mount_ephemeral(device: &Path, mount_point: &Path) -> Result<(), DiskError> {
+    std::fs::create_dir_all(mount_point).map_err(io("creating", mount_point))?;
+    nix::mount::mount(
+        Some(device),
+        mount_point,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|source| DiskError::Mount {
+        device: device.to_owned(),
+        path: mount_point.to_owned(),
+        source,
     })
 }
 
@@ -123,25 +157,43 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
     tracing::info!("creating the STATE partition on {}", disk.display());
     partition(&disk)?;
     let device = partition_device(&disk, STATE_NUMBER);
+    format(&device, STATE_LABEL)?;
+    let ephemeral = partition_device(&disk, EPHEMERAL_NUMBER);
+    if wait_for_device(&ephemeral).is_ok() {
+        tracing::info!("creating the EPHEMERAL partition on {}", disk.display());
+        format(&ephemeral, EPHEMERAL_LABEL)?;
+    }
+    Ok(device)
+}
+
+fn wait_for_device(device: &Path) -> Result<(), DiskError> {
     let start = Instant::now();
     while !device.exists() {
         if start.elapsed() > Duration::from_secs(5) {
-            return Err(DiskError::NoPartition(device));
+            return Err(DiskError::NoPartition(device.to_owned()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// ext4 labelled `label`; inode tables and the journal are initialised
+/// lazily by the kernel, so a large EPHEMERAL formats in a moment.
+fn format(device: &Path, label: &str) -> Result<(), DiskError> {
+    wait_for_device(device)?;
     let out = Command::new(MKE2FS_BIN)
-        .args(["-q", "-F", "-t", "ext4", "-L", STATE_LABEL])
-        .arg(&device)
+        .args(["-q", "-F", "-t", "ext4", "-L", label])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(device)
         .output()
-        .map_err(io("running mke2fs for", &device))?;
+        .map_err(io("running mke2fs for", device))?;
     if !out.status.success() {
         return Err(DiskError::Mkfs {
-            device,
+            device: device.to_owned(),
             detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    Ok(device)
+    Ok(())
 }
 
 /// Mounts STATE on `mount_point` (created mode 0700).
@@ -208,14 +260,7 @@ fn partition(disk: &Path) -> Result<(), DiskError> {
         source,
     };
     let mut gpt = gptman::GPT::new_from(&mut file, sector, random_guid()).map_err(gpt_err)?;
-    gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
-        partition_type_guid: LINUX_FS_GUID,
-        unique_partition_guid: random_guid(),
-        starting_lba: STATE_OFFSET / sector,
-        ending_lba: (STATE_OFFSET + STATE_SIZE) / sector - 1,
-        attribute_bits: 0,
-        partition_name: STATE_LABEL.into(),
-    };
+    fill_layout(&mut gpt, size, sector);
     gptman::GPT::write_protective_mbr_into(&mut file, sector).map_err(gpt_err)?;
     gpt.write_into(&mut file).map_err(gpt_err)?;
     file.flush().map_err(io("flushing", disk))?;
@@ -227,6 +272,32 @@ fn partition(disk: &Path) -> Result<(), DiskError> {
         source,
     })?;
     Ok(())
+}
+
+/// STATE, and EPHEMERAL in the rest of a disk of `size` bytes when that
+/// is at least [`EPHEMERAL_MIN`].
+fn fill_layout(gpt: &mut gptman::GPT, size: u64, sector: u64) {
+    gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
+        partition_type_guid: LINUX_FS_GUID,
+        unique_partition_guid: random_guid(),
+        starting_lba: STATE_OFFSET / sector,
+        ending_lba: (STATE_OFFSET + STATE_SIZE) / sector - 1,
+        attribute_bits: 0,
+        partition_name: STATE_LABEL.into(),
+    };
+    // The rest, up to the backup GPT (the last 33 sectors; 1 MiB spared).
+    let ephemeral_start = STATE_OFFSET + STATE_SIZE;
+    let ephemeral_end = size.saturating_sub(MIB);
+    if ephemeral_end.saturating_sub(ephemeral_start) >= EPHEMERAL_MIN {
+        gpt[EPHEMERAL_NUMBER] = gptman::GPTPartitionEntry {
+            partition_type_guid: LINUX_FS_GUID,
+            unique_partition_guid: random_guid(),
+            starting_lba: ephemeral_start / sector,
+            ending_lba: ephemeral_end / sector - 1,
+            attribute_bits: 0,
+            partition_name: EPHEMERAL_LABEL.into(),
+        };
+    }
 }
 
 /// A random (version 4) GUID from the kernel's CSPRNG.
@@ -303,23 +374,33 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_table_places_state_where_the_layout_says() {
-        // gptman on an in-memory "disk" of 2 GiB: what partition() writes.
-        let mut disk = std::io::Cursor::new(vec![0u8; (2048 * MIB) as usize]);
+    fn a_fresh_table_places_state_and_ephemeral_where_the_layout_says() {
+        // What partition() writes, on an in-memory "disk" of 2 GiB.
+        let size = 2048 * MIB;
+        let mut disk = std::io::Cursor::new(vec![0u8; size as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
-        gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
-            partition_type_guid: LINUX_FS_GUID,
-            unique_partition_guid: [2; 16],
-            starting_lba: STATE_OFFSET / 512,
-            ending_lba: (STATE_OFFSET + STATE_SIZE) / 512 - 1,
-            attribute_bits: 0,
-            partition_name: STATE_LABEL.into(),
-        };
+        fill_layout(&mut gpt, size, 512);
         gpt.write_into(&mut disk).unwrap();
         let read = gptman::GPT::read_from(&mut disk, 512).unwrap();
-        let (n, entry) = read.iter().find(|(_, e)| e.is_used()).unwrap();
-        assert_eq!(n, STATE_NUMBER);
-        assert_eq!(entry.partition_name.as_str(), "STATE");
-        assert_eq!(entry.size().unwrap() * 512, STATE_SIZE);
+        let used: Vec<_> = read.iter().filter(|(_, e)| e.is_used()).collect();
+        assert_eq!(used.len(), 2);
+        let (n, state) = used[0];
+        assert_eq!((n, state.partition_name.as_str()), (STATE_NUMBER, "STATE"));
+        assert_eq!(state.starting_lba * 512, STATE_OFFSET);
+        assert_eq!(state.size().unwrap() * 512, STATE_SIZE);
+        let (n, eph) = used[1];
+        assert_eq!(
+            (n, eph.partition_name.as_str()),
+            (EPHEMERAL_NUMBER, "EPHEMERAL")
+        );
+        assert_eq!(eph.starting_lba, state.ending_lba + 1);
+        assert_eq!((eph.ending_lba + 1) * 512, size - MIB);
+
+        // Too little room left: STATE only, /var stays a tmpfs.
+        let small = STATE_OFFSET + STATE_SIZE + 100 * MIB;
+        let mut disk = std::io::Cursor::new(vec![0u8; small as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
+        fill_layout(&mut gpt, small, 512);
+        assert_eq!(gpt.iter().filter(|(_, e)| e.is_used()).count(), 1);
     }
 }

@@ -108,6 +108,8 @@ pub fn run(paths: &Paths) -> ! {
             });
             let storage = Storage::Disks { mount_point };
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
+            // Before any service writes to /var.
+            mount_var();
             let services = runtime.block_on(async {
                 let services = Supervisor::new(
                     PathBuf::from(constants::SERVICES_CGROUP),
@@ -137,6 +139,37 @@ pub fn run(paths: &Paths) -> ! {
     loop {
         nix::unistd::pause();
     }
+}
+
+/// Puts EPHEMERAL on /var if the system disk has one (and it is not there
+/// already: machined restarted); else says that /var is the boot's tmpfs.
+fn mount_var() {
+    let var = std::path::Path::new(constants::VAR_DIR);
+    if var_fstype().as_deref() == Some("ext4") {
+        return;
+    }
+    match disk::find_ephemeral() {
+        Some(device) => match disk::mount_ephemeral(&device, var) {
+            Ok(()) => tracing::info!("EPHEMERAL ({}) mounted on /var", device.display()),
+            Err(e) => tracing::error!(
+                "{:#}; /var stays a tmpfs: containerd, etcd and logs do not survive a reboot",
+                anyhow::Error::from(e)
+            ),
+        },
+        None => tracing::warn!(
+            "no EPHEMERAL partition: /var is a tmpfs (containerd, etcd and logs do not survive a reboot)"
+        ),
+    }
+}
+
+/// The filesystem type of the last mount on /var.
+fn var_fstype() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().rev().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, target, fstype) = (f.next()?, f.next()?, f.next()?);
+        (target == constants::VAR_DIR).then(|| fstype.to_owned())
+    })
 }
 
 /// Finds the config (STATE, then `slate.config=URL`, then the config

@@ -56,6 +56,11 @@ pub const NETWORKD_RESOURCE_TYPES: &[&str] = &[
 /// node keys), and where machined mounts it (mode 0700).
 pub const STATE_LABEL: &str = "STATE";
 
+/// GPT partition name and ext4 label of EPHEMERAL (the rest of the system
+/// disk), mounted on [`VAR_DIR`].
+pub const EPHEMERAL_LABEL: &str = "EPHEMERAL";
+pub const VAR_DIR: &str = "/var";
+
 /// machined's cgroup: one child per service (`slate/containerd`, …).
 pub const SERVICES_CGROUP: &str = "/sys/fs/cgroup/slate";
 

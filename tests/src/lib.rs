@@ -8,6 +8,7 @@
 //! - [`api`]: waiting until apid answers `Version`.
 //! - [`artifacts`]: where the built image is;
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
+//! - [`svcbench`]: the service supervisor's own cost;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`].
 
@@ -20,3 +21,4 @@ pub mod floor;
 pub mod netbench;
 pub mod netns;
 pub mod qemu;
+pub mod svcbench;

@@ -192,7 +192,10 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     );
     assert!(
         console::find_line(&vm.console, "creating the STATE partition on /dev/vda").is_some()
-            && console::find_line(&vm.console, "STATE mounted").is_some(),
+            && console::find_line(&vm.console, "STATE mounted").is_some()
+            && console::find_line(&vm.console, "creating the EPHEMERAL partition on /dev/vda")
+                .is_some()
+            && console::find_line(&vm.console, "/var moves onto it at the next boot").is_some(),
         "console:\n{}",
         vm.console_tail(80)
     );
@@ -337,6 +340,12 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     assert_eq!(doc["source"], "state", "{doc}");
     assert_eq!(doc["config"]["cluster"]["name"], "life");
     assert_eq!(doc["config"]["machine"]["token"], "<redacted>");
+    // The second boot puts /var on the disk, before any service starts.
+    assert!(
+        console::find_line(&vm.console, "EPHEMERAL (/dev/vda6) mounted on /var").is_some(),
+        "console:\n{}",
+        vm.console_tail(60)
+    );
 }
 
 /// A small HTTP server on the host's loopback that QEMU's user network
