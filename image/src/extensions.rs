@@ -215,6 +215,11 @@ pub fn build(
             });
         }
         copy(&ext.path, &staging.join("bin").join(&ext.name), 0o755)?;
+        // A static program (an upstream kubelet) needs nothing, and ldd
+        // only says so in words.
+        if !is_dynamic(&ext.path).map_err(io("reading", &ext.path))? {
+            continue;
+        }
         for lib in hostbin::libraries(tools, &ext.path)? {
             let Some(name) = lib.file_name() else {
                 continue;
@@ -254,6 +259,26 @@ pub fn build(
     Ok(out)
 }
 
+/// Whether the ELF file at `path` asks for a dynamic loader (has a
+/// PT_INTERP program header); anything else (a script) counts as static.
+fn is_dynamic(path: &Path) -> std::io::Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let bytes = fs::read(path)?;
+    // 64-bit little-endian ELF only (the image is x86_64).
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return Ok(false);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap_or([0; 8])) as usize;
+    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
+    Ok((0..count).any(|i| {
+        let at = phoff.saturating_add(i.saturating_mul(entsize));
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)
+    }))
+}
+
 fn copy(src: &Path, dest: &Path, mode: u32) -> Result<(), ExtensionError> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::copy(src, dest).map_err(io("copying", src))?;
@@ -278,6 +303,22 @@ mod tests {
         );
         assert!("../x=/bin/true".parse::<Extension>().is_err());
         assert!("=/bin/true".parse::<Extension>().is_err());
+    }
+
+    #[test]
+    fn static_and_dynamic_programs_are_told_apart() {
+        // This test binary is built static (crt-static), /bin/sh is not.
+        let me = std::env::current_exe().unwrap();
+        assert!(is_dynamic(Path::new("/bin/sh")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(!is_dynamic(&script).unwrap());
+        // Whatever this build is, the answer must match ldd's view.
+        let ldd = std::process::Command::new("ldd").arg(&me).output().unwrap();
+        let ldd_dynamic = ldd.status.success()
+            && !String::from_utf8_lossy(&ldd.stdout).contains("statically linked");
+        assert_eq!(is_dynamic(&me).unwrap(), ldd_dynamic);
     }
 
     #[test]

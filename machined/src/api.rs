@@ -249,7 +249,11 @@ impl MachineService for MachinedApi {
                 r.tail.map(|n| n as usize),
                 lines_tx,
             );
-            let forward = async {
+            // Owns the receiver: when the client goes, dropping it ends the
+            // reader too (its sends fail, its wait sees the channel closed).
+            let out = tx.clone();
+            let forward = async move {
+                let tx = out;
                 while let Some(line) = lines_rx.recv().await {
                     if tx.send(Ok(LogLine { line })).await.is_err() {
                         return;

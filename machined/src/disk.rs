@@ -99,9 +99,28 @@ pub fn find_state() -> Option<PathBuf> {
     find_labelled(STATE_LABEL)
 }
 
-/// The EPHEMERAL partition, if some disk has one.
-pub fn find_ephemeral() -> Option<PathBuf> {
-    find_labelled(EPHEMERAL_LABEL)
+/// EPHEMERAL on the disk that holds `state` (partition 6 beside it), if
+/// it is there and labelled so: never one on another disk, which could be
+/// anybody's.
+pub fn find_ephemeral(state: &Path) -> Option<PathBuf> {
+    let device = partition_device(&disk_of(state)?, EPHEMERAL_NUMBER);
+    blockdev::label_and_type(&device, &["ext4"])
+        .is_some_and(|(label, _)| label == EPHEMERAL_LABEL)
+        .then_some(device)
+}
+
+/// `/dev/vda5` → `/dev/vda`; `/dev/nvme0n1p5` → `/dev/nvme0n1`.
+fn disk_of(partition: &Path) -> Option<PathBuf> {
+    let text = partition.to_str()?;
+    let base = text.trim_end_matches(|c: char| c.is_ascii_digit());
+    if base.len() == text.len() {
+        return None;
+    }
+    let base = match base.strip_suffix('p') {
+        Some(b) if b.ends_with(|c: char| c.is_ascii_digit()) => b,
+        _ => base,
+    };
+    Some(PathBuf::from(base))
 }
 
 fn find_labelled(wanted: &str) -> Option<PathBuf> {
@@ -155,13 +174,16 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
         return Err(DiskError::NotEmpty { disk });
     }
     tracing::info!("creating the STATE partition on {}", disk.display());
-    partition(&disk)?;
+    let with_ephemeral = partition(&disk)?;
     let device = partition_device(&disk, STATE_NUMBER);
     format(&device, STATE_LABEL)?;
-    let ephemeral = partition_device(&disk, EPHEMERAL_NUMBER);
-    if wait_for_device(&ephemeral).is_ok() {
+    if with_ephemeral {
         tracing::info!("creating the EPHEMERAL partition on {}", disk.display());
-        format(&ephemeral, EPHEMERAL_LABEL)?;
+        // STATE is what the node cannot do without; a failed EPHEMERAL
+        // leaves /var on tmpfs, and says so at boot.
+        if let Err(e) = format(&partition_device(&disk, EPHEMERAL_NUMBER), EPHEMERAL_LABEL) {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+        }
     }
     Ok(device)
 }
@@ -231,8 +253,9 @@ pub fn is_mounted(path: &Path) -> bool {
 
 nix::ioctl_none!(blkrrpart, 0x12, 95);
 
-/// Writes a fresh GPT with the STATE entry, then has the kernel re-read it.
-fn partition(disk: &Path) -> Result<(), DiskError> {
+/// Writes a fresh GPT with the STATE entry (and EPHEMERAL's when the disk
+/// has room), then has the kernel re-read it; says whether EPHEMERAL is in.
+fn partition(disk: &Path) -> Result<bool, DiskError> {
     let name = disk
         .file_name()
         .and_then(|n| n.to_str())
@@ -260,7 +283,7 @@ fn partition(disk: &Path) -> Result<(), DiskError> {
         source,
     };
     let mut gpt = gptman::GPT::new_from(&mut file, sector, random_guid()).map_err(gpt_err)?;
-    fill_layout(&mut gpt, size, sector);
+    let with_ephemeral = fill_layout(&mut gpt, size, sector);
     gptman::GPT::write_protective_mbr_into(&mut file, sector).map_err(gpt_err)?;
     gpt.write_into(&mut file).map_err(gpt_err)?;
     file.flush().map_err(io("flushing", disk))?;
@@ -271,12 +294,12 @@ fn partition(disk: &Path) -> Result<(), DiskError> {
         disk: disk.to_owned(),
         source,
     })?;
-    Ok(())
+    Ok(with_ephemeral)
 }
 
 /// STATE, and EPHEMERAL in the rest of a disk of `size` bytes when that
-/// is at least [`EPHEMERAL_MIN`].
-fn fill_layout(gpt: &mut gptman::GPT, size: u64, sector: u64) {
+/// is at least [`EPHEMERAL_MIN`] (returned: whether it is).
+fn fill_layout(gpt: &mut gptman::GPT, size: u64, sector: u64) -> bool {
     gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
         partition_type_guid: LINUX_FS_GUID,
         unique_partition_guid: random_guid(),
@@ -297,7 +320,9 @@ fn fill_layout(gpt: &mut gptman::GPT, size: u64, sector: u64) {
             attribute_bits: 0,
             partition_name: EPHEMERAL_LABEL.into(),
         };
+        return true;
     }
+    false
 }
 
 /// A random (version 4) GUID from the kernel's CSPRNG.
@@ -362,6 +387,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_disk_of_a_partition() {
+        assert_eq!(
+            disk_of(Path::new("/dev/vda5")),
+            Some(PathBuf::from("/dev/vda"))
+        );
+        assert_eq!(
+            disk_of(Path::new("/dev/nvme0n1p5")),
+            Some(PathBuf::from("/dev/nvme0n1"))
+        );
+        assert_eq!(
+            disk_of(Path::new("/dev/mmcblk0p5")),
+            Some(PathBuf::from("/dev/mmcblk0"))
+        );
+        assert_eq!(disk_of(Path::new("/dev/vda")), None);
+    }
+
+    #[test]
     fn partition_device_names() {
         assert_eq!(
             partition_device(Path::new("/dev/vda"), 5),
@@ -379,7 +421,7 @@ mod tests {
         let size = 2048 * MIB;
         let mut disk = std::io::Cursor::new(vec![0u8; size as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
-        fill_layout(&mut gpt, size, 512);
+        assert!(fill_layout(&mut gpt, size, 512));
         gpt.write_into(&mut disk).unwrap();
         let read = gptman::GPT::read_from(&mut disk, 512).unwrap();
         let used: Vec<_> = read.iter().filter(|(_, e)| e.is_used()).collect();
@@ -400,7 +442,7 @@ mod tests {
         let small = STATE_OFFSET + STATE_SIZE + 100 * MIB;
         let mut disk = std::io::Cursor::new(vec![0u8; small as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
-        fill_layout(&mut gpt, small, 512);
+        assert!(!fill_layout(&mut gpt, small, 512));
         assert_eq!(gpt.iter().filter(|(_, e)| e.is_used()).count(), 1);
     }
 }

@@ -107,9 +107,10 @@ pub fn run(paths: &Paths) -> ! {
                 }
             });
             let storage = Storage::Disks { mount_point };
+            let state_device = disk::find_state();
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
             // Before any service writes to /var.
-            mount_var();
+            mount_var(state_device.as_deref());
             let services = runtime.block_on(async {
                 let services = Supervisor::new(
                     PathBuf::from(constants::SERVICES_CGROUP),
@@ -143,12 +144,12 @@ pub fn run(paths: &Paths) -> ! {
 
 /// Puts EPHEMERAL on /var if the system disk has one (and it is not there
 /// already: machined restarted); else says that /var is the boot's tmpfs.
-fn mount_var() {
+fn mount_var(state: Option<&std::path::Path>) {
     let var = std::path::Path::new(constants::VAR_DIR);
     if var_fstype().as_deref() == Some("ext4") {
         return;
     }
-    match disk::find_ephemeral() {
+    match state.and_then(disk::find_ephemeral) {
         Some(device) => match disk::mount_ephemeral(&device, var) {
             Ok(()) => tracing::info!("EPHEMERAL ({}) mounted on /var", device.display()),
             Err(e) => tracing::error!(

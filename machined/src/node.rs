@@ -122,7 +122,10 @@ impl Node {
         .map_err(|e| format!("creating STATE: {e}"))?
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
         tracing::info!("STATE mounted");
-        if crate::disk::find_ephemeral().is_some() {
+        if crate::disk::find_state()
+            .and_then(|d| crate::disk::find_ephemeral(&d))
+            .is_some()
+        {
             // Services run on the boot's /var already: moving it under them
             // would hide their files. The next boot mounts it first.
             tracing::info!("EPHEMERAL is ready; /var moves onto it at the next boot");

@@ -232,8 +232,8 @@ impl ResourceService for StatusApi {
             rtnetlink::new_multicast_connection(&netlink::EVENT_GROUPS)
                 .map_err(|e| Status::unavailable(format!("opening rtnetlink: {e}")))?;
         let conn = tokio::spawn(conn);
-        let mut current = snapshot(&handle, &self.sysfs, &self.sources, &kind).await?;
         let mut own_changes = self.sources.changes(&kind);
+        let mut current = snapshot(&handle, &self.sysfs, &self.sources, &kind).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let sysfs = self.sysfs.clone();
         let sources = self.sources.clone();

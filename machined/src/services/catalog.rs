@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::spec::{HealthCheck, Limits, Probe, ServiceSpec};
+use super::spec::{HealthCheck, KillMode, Limits, Probe, ServiceSpec};
 
 /// Where the extension layer's programs are.
 pub const EXTENSIONS_BIN: &str = "/usr/local/bin";
@@ -57,6 +57,8 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
         interval: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
     });
+    // Its shims run the containers: a restart of containerd keeps them.
+    spec.kill_mode = KillMode::Process;
     spec.limits = Limits {
         // The runtime under every pod: the kernel should pick almost
         // anything else first.

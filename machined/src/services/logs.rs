@@ -93,9 +93,10 @@ impl LogBuffer {
                     *size += line.len() as u64 + 1;
                 }
             }
+            // Under the lock, so a reader's tail and its receiver never
+            // both get this line. No follower is fine.
+            let _ = self.follow.send(line);
         }
-        // No follower is fine.
-        let _ = self.follow.send(line);
     }
 
     /// The last `n` lines (all kept with `None`), and a receiver of the

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::cgroup::Cgroup;
 use super::logs::{LogBuffer, MAX_LINE};
-use super::spec::{Condition, RestartPolicy, ServiceSpec};
+use super::spec::{Condition, KillMode, RestartPolicy, ServiceSpec};
 use super::status::State;
 use super::{Service, Shared, health};
 
@@ -196,8 +196,9 @@ async fn run_once(
         }
     };
     // Leftovers of an earlier run (or of a machined that was restarted)
-    // must not share the new process's cgroup.
-    if !cgroup.pids().is_empty() {
+    // must not share the new process's cgroup; under KillMode::Process
+    // they are meant to stay (containerd's shims).
+    if spec.kill_mode == KillMode::ControlGroup && !cgroup.pids().is_empty() {
         service.note("killing processes left from an earlier run");
         cgroup.kill_all(KILL_WAIT).await;
     }
@@ -247,8 +248,11 @@ async fn run_once(
             if cgroup.oom_kills() > oom_before {
                 message.push_str(" (out of memory: killed at its memory limit)");
             }
-            // Children of a process that ended stay nowhere.
-            cgroup.kill_all(KILL_WAIT).await;
+            // Children of a process that ended stay nowhere (but see
+            // KillMode::Process).
+            if spec.kill_mode == KillMode::ControlGroup {
+                cgroup.kill_all(KILL_WAIT).await;
+            }
             let state = if success { State::Finished } else { State::Failed };
             service.update(|s| {
                 s.pid = None;
@@ -259,7 +263,7 @@ async fn run_once(
         }
         cmd = next_command(commands) => {
             service.note(format!("stopping (SIGTERM, {} grace)", human(spec.grace)));
-            terminate(&mut child, &cgroup, spec.grace, service).await;
+            terminate(&mut child, &cgroup, spec, service).await;
             service.update(|s| {
                 s.pid = None;
                 s.healthy = None;
@@ -330,11 +334,12 @@ fn spawn(spec: &ServiceSpec, cgroup: &Cgroup) -> Result<tokio::process::Child, S
     child
 }
 
-/// SIGTERM, up to `grace` for it to end, then SIGKILL to the whole cgroup.
+/// SIGTERM, up to the grace period for it to end, then SIGKILL: to the
+/// whole cgroup, or under KillMode::Process to the main process only.
 async fn terminate(
     child: &mut tokio::process::Child,
     cgroup: &Cgroup,
-    grace: Duration,
+    spec: &ServiceSpec,
     service: &Service,
 ) {
     if let Some(pid) = child.id() {
@@ -343,14 +348,27 @@ async fn terminate(
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        service.note(format!(
-            "still running after {}: SIGKILL to its cgroup",
-            human(grace)
-        ));
+    let ended = tokio::time::timeout(spec.grace, child.wait()).await.is_ok();
+    match spec.kill_mode {
+        KillMode::ControlGroup => {
+            if !ended {
+                service.note(format!(
+                    "still running after {}: SIGKILL to its cgroup",
+                    human(spec.grace)
+                ));
+            }
+            // Children that ignored SIGTERM, or a main process that did.
+            cgroup.kill_all(KILL_WAIT).await;
+        }
+        KillMode::Process if !ended => {
+            service.note(format!(
+                "still running after {}: SIGKILL",
+                human(spec.grace)
+            ));
+            let _ = child.start_kill();
+        }
+        KillMode::Process => {}
     }
-    // Children that ignored SIGTERM, or a main process that did.
-    cgroup.kill_all(KILL_WAIT).await;
     let _ = child.wait().await;
 }
 

@@ -23,8 +23,21 @@ pub struct ServiceSpec {
     pub limits: Limits,
     pub health: Option<HealthCheck>,
     pub restart: Restart,
-    /// Between SIGTERM and SIGKILL of the whole cgroup.
+    /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// What a stop or an exit takes down with the main process.
+    pub kill_mode: KillMode,
+}
+
+/// Who goes when the service stops or its main process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMode {
+    /// Everything in its cgroup: no child outlives the service.
+    ControlGroup,
+    /// The main process only: for containerd, whose shims (in its cgroup)
+    /// keep the containers running across a restart of containerd, as
+    /// systemd's containerd.service does with `KillMode=process`.
+    Process,
 }
 
 /// A pre-start step; its error becomes the Failed event's message.
@@ -33,7 +46,8 @@ pub type Prepare = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 impl ServiceSpec {
     /// A service running `command` with the defaults: no dependencies, no
     /// limits, no health check, always restarted (1 s doubling to 30 s),
-    /// 10 s grace.
+    /// 5 s grace (machined's whole stop at shutdown gets 8 s), the whole
+    /// cgroup killed.
     pub fn new(id: &str, command: &[&str]) -> Self {
         Self {
             id: id.to_owned(),
@@ -45,7 +59,8 @@ impl ServiceSpec {
             limits: Limits::default(),
             health: None,
             restart: Restart::default(),
-            grace: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            kill_mode: KillMode::ControlGroup,
         }
     }
 }

@@ -237,8 +237,17 @@ impl Client {
                 Ok(self.bind(lease))
             }
             (State::Renewing { .. } | State::Rebinding { .. }, MessageType::Reply) => {
-                let lease = self.lease_from(&msg, server_id, self.started)?;
-                Ok(self.bind(lease))
+                match self.lease_from(&msg, server_id.clone(), self.started) {
+                    Ok(lease) => Ok(self.bind(lease)),
+                    // §18.2.10.1: the server lost our binding (a restart);
+                    // ask it for one with a REQUEST rather than keep using
+                    // an address it may hand to someone else.
+                    Err(Ignored::Status(Status::NoBinding, _)) => {
+                        self.new_exchange(now);
+                        Ok(self.request(now, server_id, 0))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             _ => Err(Ignored::Unexpected {
                 kind,
@@ -304,8 +313,10 @@ impl Client {
             t1 = preferred / 2;
             t2 = preferred * 4 / 5;
         }
-        let t1 = t1.max(MIN_T1.min(valid / 2));
-        let t2 = t2.max(t1);
+        // Renew before the address runs out, whatever the server said
+        // (T1/T2 may exceed the valid lifetime, or be "infinite").
+        let t1 = t1.max(MIN_T1.min(valid / 2)).min(valid / 2);
+        let t2 = t2.max(t1).min(valid * 4 / 5).max(t1);
         let dns = match msg.opts().get(OptionCode::DomainNameServers) {
             Some(DhcpOption::DomainNameServers(d)) => {
                 d.iter().copied().filter(|a| usable(*a)).collect()
@@ -391,7 +402,7 @@ impl Client {
     }
 
     fn bind(&mut self, lease: Lease) -> Vec<Action> {
-        self.deadline = Some(lease.t1_at());
+        self.deadline = Some(lease.t1_at().min(lease.expiry()));
         self.state = State::Bound {
             lease: lease.clone(),
         };
@@ -619,6 +630,62 @@ mod tests {
         // Zero valid lifetime: no address.
         let zero = answer(&solicit, MessageType::Advertise, 0, 0, 0);
         assert_eq!(c.on_packet(now, &zero), Err(Ignored::NoAddress));
+    }
+
+    #[test]
+    fn timers_never_outlast_the_address() {
+        let now = Instant::now();
+        let mut c = Client::new(&MAC, fastrand::Rng::with_seed(4), now);
+        let solicit = sent(&c.on_timeout(now));
+        let request = sent(
+            &c.on_packet(now, &answer(&solicit, MessageType::Advertise, 1800, 0, 0))
+                .unwrap(),
+        );
+        // T1/T2 beyond the valid lifetime, "infinite" even.
+        let reply = answer(&request, MessageType::Reply, 1800, u32::MAX, u32::MAX);
+        c.on_packet(now, &reply).unwrap();
+        let t1 = c.deadline().unwrap();
+        assert!(t1 <= now + Duration::from_secs(900), "{:?}", t1 - now);
+        // Renewing retransmits stop at T2, which is before expiry.
+        let mut t = t1;
+        c.on_timeout(t);
+        while c.phase() == Phase::Renewing {
+            t = c.deadline().unwrap();
+            c.on_timeout(t);
+        }
+        assert!(t < now + Duration::from_secs(1800), "{:?}", t - now);
+    }
+
+    #[test]
+    fn a_lost_binding_is_requested_again() {
+        let now = Instant::now();
+        let (mut c, _) = bound(now);
+        let t1 = now + Duration::from_secs(1000);
+        let renew = sent(&c.on_timeout(t1));
+        let mut m = blank(MessageType::Reply, renew.xid_num());
+        let client_id = renew.opts().get(OptionCode::ClientId).unwrap().clone();
+        let iaid = match renew.opts().get(OptionCode::IANA) {
+            Some(DhcpOption::IANA(ia)) => ia.id,
+            _ => unreachable!(),
+        };
+        let mut ia_opts = dhcproto::v6::DhcpOptions::new();
+        ia_opts.insert(DhcpOption::StatusCode(StatusCode {
+            status: Status::NoBinding,
+            msg: "unknown".into(),
+        }));
+        m.opts_mut().insert(client_id);
+        m.opts_mut().insert(DhcpOption::ServerId(SERVER.to_vec()));
+        m.opts_mut().insert(DhcpOption::IANA(IANA {
+            id: iaid,
+            t1: 0,
+            t2: 0,
+            opts: ia_opts,
+        }));
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        let request = sent(&c.on_packet(t1, &b).unwrap());
+        assert_eq!(request.msg_type(), MessageType::Request);
+        assert_eq!(c.phase(), Phase::Requesting);
     }
 
     #[test]
