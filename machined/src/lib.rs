@@ -117,9 +117,11 @@ pub fn run(paths: &Paths) -> ! {
                     Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
                 );
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
-                let specs = services::catalog::specs(std::path::Path::new(
-                    services::catalog::EXTENSIONS_BIN,
-                ));
+                let config = node.configs().await.0.map(|(config, _)| config);
+                let specs = services::catalog::specs(
+                    std::path::Path::new(services::catalog::EXTENSIONS_BIN),
+                    config.as_ref(),
+                );
                 if specs.is_empty() {
                     tracing::info!("no extension layer on /usr/local: no services to run");
                 }

@@ -1,13 +1,15 @@
 //! The node's services, as far as the image carries their programs: the
 //! extension layer on `/usr/local` ([`EXTENSIONS_BIN`]) decides what runs.
 //!
-//! Today that is containerd. etcd and kubelet are added with their
-//! configuration (certificates, bootstrap, kubeconfig), which is not
-//! written yet.
+//! containerd runs whenever the layer has it; kubelet when the layer has
+//! one and the node has a config ([`super::kubelet`]). etcd is added with
+//! its certificates and bootstrap, which are not written yet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use slate_machinery::config::MachineConfig;
 
 use super::spec::{HealthCheck, KillMode, Limits, Probe, ServiceSpec};
 
@@ -20,11 +22,24 @@ pub const EXTENSIONS_LIB: &str = "/usr/local/lib";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 const CONTAINERD_CONFIG: &str = "/run/slate/containerd/config.toml";
 
-/// The specs of the services whose programs are in `bin`.
-pub fn specs(bin: &Path) -> Vec<ServiceSpec> {
+/// The specs of the services whose programs are in `bin`; kubelet only
+/// with a machine config.
+pub fn specs(bin: &Path, config: Option<&MachineConfig>) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     if bin.join("containerd").is_file() {
         out.push(containerd(bin, Path::new(CONTAINERD_CONFIG)));
+    }
+    let kubelet = config
+        .and_then(|c| c.machine.kubelet.image.as_deref())
+        .map_or_else(|| bin.join("kubelet"), PathBuf::from);
+    if let Some(config) = config
+        && kubelet.is_file()
+    {
+        out.push(super::kubelet::spec(
+            &kubelet,
+            config,
+            super::kubelet::KubeletPaths::default(),
+        ));
     }
     out
 }
@@ -50,7 +65,8 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         slate_machinery::fs::write_atomic(&config, text.as_bytes(), 0o644)
-            .map_err(|e| slate_machinery::error::chain(&e))
+            .map_err(|e| slate_machinery::error::chain(&e))?;
+        Ok(Vec::new())
     }));
     spec.health = Some(HealthCheck {
         probe: Probe::Unix(CONTAINERD_SOCKET.into()),
@@ -100,9 +116,9 @@ mod tests {
     #[test]
     fn only_services_whose_programs_exist() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(specs(dir.path()).is_empty());
+        assert!(specs(dir.path(), None).is_empty());
         std::fs::write(dir.path().join("containerd"), "").unwrap();
-        let specs = specs(dir.path());
+        let specs = specs(dir.path(), None);
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].id, "containerd");
         assert!(specs[0].command[0].ends_with("/containerd"));

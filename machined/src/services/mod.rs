@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod cgroup;
 pub mod health;
+pub mod kubelet;
 pub mod logs;
 pub mod runner;
 pub mod spec;

@@ -176,11 +176,15 @@ async fn run_once(
     commands: &mut mpsc::Receiver<Command>,
 ) -> Outcome {
     let spec = &service.spec;
+    let mut extra_args = Vec::new();
     if let Some(prepare) = &spec.prepare {
         service.record(State::Preparing, "writing its configuration");
-        if let Err(e) = prepare() {
-            service.record(State::Failed, format!("preparing: {e}"));
-            return Outcome::NotStarted;
+        match prepare() {
+            Ok(args) => extra_args = args,
+            Err(e) => {
+                service.record(State::Failed, format!("preparing: {e}"));
+                return Outcome::NotStarted;
+            }
         }
     }
     let cgroup = match Cgroup::create(&shared.cgroup_root, &spec.id, &spec.limits) {
@@ -202,7 +206,7 @@ async fn run_once(
         service.note("killing processes left from an earlier run");
         cgroup.kill_all(KILL_WAIT).await;
     }
-    let mut child = match spawn(spec, &cgroup) {
+    let mut child = match spawn(spec, &extra_args, &cgroup) {
         Ok(child) => child,
         Err(e) => {
             service.record(State::Failed, e);
@@ -293,7 +297,11 @@ async fn next_command(commands: &mut mpsc::Receiver<Command>) -> Command {
     }
 }
 
-fn spawn(spec: &ServiceSpec, cgroup: &Cgroup) -> Result<tokio::process::Child, String> {
+fn spawn(
+    spec: &ServiceSpec,
+    extra_args: &[String],
+    cgroup: &Cgroup,
+) -> Result<tokio::process::Child, String> {
     let (program, args) = spec.command.split_first().ok_or("no command")?;
     let procs = cgroup
         .procs_file()
@@ -301,6 +309,7 @@ fn spawn(spec: &ServiceSpec, cgroup: &Cgroup) -> Result<tokio::process::Child, S
     let fd = procs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .args(extra_args)
         .env_clear()
         .env(
             "PATH",

@@ -17,8 +17,10 @@ pub struct ServiceSpec {
     pub working_dir: Option<PathBuf>,
     /// All must hold before the service starts (state Waiting).
     pub depends: Vec<Condition>,
-    /// Runs before every start (state Preparing): writes config files. An
-    /// error fails this start, which is retried like a crash.
+    /// Runs before every start (state Preparing): writes config files and
+    /// returns arguments known only then (kubelet's `--node-ip`), appended
+    /// to the command. An error fails this start, which is retried like a
+    /// crash.
     pub prepare: Option<Prepare>,
     pub limits: Limits,
     pub health: Option<HealthCheck>,
@@ -40,8 +42,9 @@ pub enum KillMode {
     Process,
 }
 
-/// A pre-start step; its error becomes the Failed event's message.
-pub type Prepare = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A pre-start step: extra arguments for this start, or the error that
+/// becomes the Failed event's message.
+pub type Prepare = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
 
 impl ServiceSpec {
     /// A service running `command` with the defaults: no dependencies, no

@@ -1,0 +1,292 @@
+//! kubelet as a service: the files and flags a real kubelet needs, written
+//! before every start from the machine config, and the node's readiness
+//! for it checked.
+//!
+//! - `config.yaml`: a `KubeletConfiguration` (CRI socket of containerd,
+//!   cgroupfs driver, webhook authn/authz with the cluster CA, healthz on
+//!   127.0.0.1:10248, cluster DNS from the service network);
+//! - `bootstrap-kubeconfig`: the API endpoint (the local API balancer when
+//!   `cluster.apiBalancer` is on), the cluster CA and the bootstrap token,
+//!   with which kubelet gets its own certificate (`--kubeconfig`);
+//! - `--node-ip`: picked at each start from the node's addresses
+//!   (`machine.kubelet.nodeIP.validSubnets`, `!CIDR` excludes).
+//!
+//! Readiness: IPv4 forwarding is switched on, and kubelet does not start
+//! while br_netfilter is missing or swap is on; each shows as the
+//! service's Failed event, and the start is retried.
+//!
+//! The kubelet binary is not downloadable where Slate is built: the image
+//! takes it as an extension (`slate-image --extension kubelet=PATH`). The
+//! tests run `kubelet-standin` (tests/src/bin), which only answers
+//! `/healthz`; this module is what runs the real one.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use slate_machinery::config::MachineConfig;
+
+use super::catalog::CONTAINERD_SOCKET;
+use super::spec::{Condition, HealthCheck, Probe, ServiceSpec};
+
+/// Where kubelet's files are, and what the checks read.
+#[derive(Debug, Clone)]
+pub struct KubeletPaths {
+    /// kubelet's directory (`/var/lib/kubelet`).
+    pub dir: PathBuf,
+    /// networkd's ready file: the node's addresses.
+    pub network_ready: PathBuf,
+    /// `/proc/sys`, for forwarding and br_netfilter.
+    pub proc_sys: PathBuf,
+    /// `/proc/swaps`.
+    pub swaps: PathBuf,
+}
+
+impl Default for KubeletPaths {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/kubelet".into(),
+            network_ready: slate_machinery::constants::NETWORK_READY_FILE.into(),
+            proc_sys: "/proc/sys".into(),
+            swaps: "/proc/swaps".into(),
+        }
+    }
+}
+
+impl KubeletPaths {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+    pub fn bootstrap_kubeconfig(&self) -> PathBuf {
+        self.dir.join("bootstrap-kubeconfig")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+/// kubelet's health endpoint.
+pub const HEALTHZ: &str = "127.0.0.1:10248";
+
+/// The kubelet service for `config`, running `program`.
+pub fn spec(program: &Path, config: &MachineConfig, paths: KubeletPaths) -> ServiceSpec {
+    let mut args = vec![
+        program.display().to_string(),
+        format!("--config={}", paths.config().display()),
+        format!(
+            "--bootstrap-kubeconfig={}",
+            paths.bootstrap_kubeconfig().display()
+        ),
+        format!("--kubeconfig={}", paths.kubeconfig().display()),
+        format!("--cert-dir={}", paths.dir.join("pki").display()),
+    ];
+    args.extend(
+        config
+            .machine
+            .kubelet
+            .extra_args
+            .iter()
+            .map(|(k, v)| format!("--{k}={v}")),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut spec = ServiceSpec::new("kubelet", &argv);
+    spec.depends = vec![
+        Condition::Service("containerd".into()),
+        Condition::File(paths.network_ready.clone()),
+    ];
+    spec.health = Some(HealthCheck {
+        probe: Probe::Http {
+            addr: HEALTHZ.into(),
+            path: "/healthz".into(),
+        },
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    });
+    let config = config.clone();
+    spec.prepare = Some(Arc::new(move || prepare(&config, &paths)));
+    spec
+}
+
+/// Checks the node, writes the files, returns the per-start flags.
+fn prepare(config: &MachineConfig, paths: &KubeletPaths) -> Result<Vec<String>, String> {
+    check_node(paths)?;
+    let ready = std::fs::read_to_string(&paths.network_ready).unwrap_or_default();
+    let node_ip = node_ip(&ready, &config.machine.kubelet.node_ip.valid_subnets)
+        .ok_or("no node address in the valid subnets yet")?;
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| format!("creating {}: {e}", paths.dir.display()))?;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(config.cluster.ca.crt.trim())
+        .map_err(|e| format!("cluster.ca.crt is not base64: {e}"))?;
+    let write = |path: PathBuf, bytes: &[u8], mode: u32| {
+        slate_machinery::fs::write_atomic(&path, bytes, mode)
+            .map_err(|e| slate_machinery::error::chain(&e))
+    };
+    write(paths.ca(), &ca, 0o644)?;
+    write(
+        paths.config(),
+        kubelet_config(config, &paths.ca(), &paths.dir)?.as_bytes(),
+        0o644,
+    )?;
+    // The token is a credential: root only.
+    write(
+        paths.bootstrap_kubeconfig(),
+        bootstrap_kubeconfig(config).as_bytes(),
+        0o600,
+    )?;
+    Ok(vec![format!("--node-ip={node_ip}")])
+}
+
+/// What kubelet needs of the kernel: forwarding on (set here), bridged
+/// traffic through iptables (br_netfilter), no swap.
+fn check_node(paths: &KubeletPaths) -> Result<(), String> {
+    let forward = paths.proc_sys.join("net/ipv4/ip_forward");
+    std::fs::write(&forward, "1").map_err(|e| format!("enabling IPv4 forwarding: {e}"))?;
+    if !paths
+        .proc_sys
+        .join("net/bridge/bridge-nf-call-iptables")
+        .exists()
+    {
+        return Err(
+            "br_netfilter is not loaded: pods' bridged traffic would bypass iptables".into(),
+        );
+    }
+    let swaps = std::fs::read_to_string(&paths.swaps).unwrap_or_default();
+    if swaps.lines().skip(1).any(|l| !l.trim().is_empty()) {
+        return Err("swap is on; kubelet needs it off".into());
+    }
+    Ok(())
+}
+
+/// The first address of the ready file (`IFNAME ADDR/PREFIX SOURCE` per
+/// line) inside `valid` (all when empty; `!CIDR` excludes), loopback never.
+pub fn node_ip(ready: &str, valid: &[String]) -> Option<IpAddr> {
+    let (exclude, include): (Vec<&String>, Vec<&String>) =
+        valid.iter().partition(|v| v.starts_with('!'));
+    let nets = |list: Vec<&String>| -> Vec<ipnet::IpNet> {
+        list.iter()
+            .filter_map(|s| s.trim_start_matches('!').parse().ok())
+            .collect()
+    };
+    let (include, exclude) = (nets(include), nets(exclude));
+    ready
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .find(|ip| {
+            (include.is_empty() || include.iter().any(|n| n.contains(ip)))
+                && !exclude.iter().any(|n| n.contains(ip))
+        })
+}
+
+/// The cluster DNS service: the 10th address of the first service network.
+fn cluster_dns(config: &MachineConfig) -> Result<IpAddr, String> {
+    let subnet = config
+        .cluster
+        .network
+        .service_subnets
+        .first()
+        .ok_or("cluster.network.serviceSubnets is empty")?;
+    let net: ipnet::IpNet = subnet
+        .parse()
+        .map_err(|e| format!("cluster.network.serviceSubnets[0] {subnet:?}: {e}"))?;
+    net.hosts()
+        .nth(9)
+        .ok_or_else(|| format!("{subnet} is too small for a DNS address"))
+}
+
+fn kubelet_config(config: &MachineConfig, ca: &Path, dir: &Path) -> Result<String, String> {
+    Ok(format!(
+        "# Written by slate machined before every start of kubelet.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: Webhook
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}
+clusterDomain: {domain}
+clusterDNS:
+  - {dns}
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+rotateCertificates: true
+staticPodPath: {manifests}
+failSwapOn: true
+",
+        ca = ca.display(),
+        domain = config.cluster.network.dns_domain,
+        dns = cluster_dns(config)?,
+        manifests = dir.join("manifests").display(),
+    ))
+}
+
+/// The API endpoint kubelet uses: the local balancer when it is on.
+pub fn api_endpoint(config: &MachineConfig) -> String {
+    if config.cluster.api_balancer.enabled {
+        format!("https://127.0.0.1:{}", config.cluster.api_balancer.port)
+    } else {
+        config.cluster.control_plane.endpoint.clone()
+    }
+}
+
+fn bootstrap_kubeconfig(config: &MachineConfig) -> String {
+    let name = &config.cluster.name;
+    format!(
+        "# Written by slate machined before every start of kubelet.
+apiVersion: v1
+kind: Config
+clusters:
+  - name: {name}
+    cluster:
+      server: {server}
+      certificate-authority-data: {ca}
+users:
+  - name: kubelet-bootstrap
+    user:
+      token: {token}
+contexts:
+  - name: kubelet-bootstrap
+    context:
+      cluster: {name}
+      user: kubelet-bootstrap
+current-context: kubelet-bootstrap
+",
+        server = api_endpoint(config),
+        ca = config.cluster.ca.crt.trim(),
+        token = config.machine.token,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ip_follows_the_valid_subnets() {
+        let ready = "lo 127.0.0.1/8 static\neth0 10.0.2.15/24 dhcp\neth1 192.168.5.4/24 config\n";
+        assert_eq!(node_ip(ready, &[]), Some("10.0.2.15".parse().unwrap()));
+        assert_eq!(
+            node_ip(ready, &["192.168.0.0/16".into()]),
+            Some("192.168.5.4".parse().unwrap())
+        );
+        assert_eq!(
+            node_ip(ready, &["!10.0.0.0/8".into()]),
+            Some("192.168.5.4".parse().unwrap())
+        );
+        assert_eq!(node_ip(ready, &["172.16.0.0/12".into()]), None);
+        assert_eq!(node_ip("", &[]), None);
+    }
+}

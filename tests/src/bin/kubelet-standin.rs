@@ -1,0 +1,50 @@
+//! A STAND-IN for kubelet, for tests only: the real kubelet cannot be
+//! downloaded where Slate is built. It prints the flags it was started
+//! with (so tests see what machined passed), checks that the files its
+//! `--config` and `--bootstrap-kubeconfig` name exist, and answers
+//! `GET /healthz` on 127.0.0.1:10248 with 200, as kubelet does. It runs no
+//! pods and talks to no API server. Never shipped in an image by default.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("kubelet-standin started with: {}", args.join(" "));
+    for flag in ["--config=", "--bootstrap-kubeconfig="] {
+        match args.iter().find_map(|a| a.strip_prefix(flag)) {
+            Some(path) if std::path::Path::new(path).is_file() => {
+                println!("{flag}{path}: present");
+            }
+            Some(path) => {
+                eprintln!("{flag}{path}: missing");
+                return std::process::ExitCode::FAILURE;
+            }
+            None => {
+                eprintln!("no {flag}PATH");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let listener = match TcpListener::bind("127.0.0.1:10248") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("binding 127.0.0.1:10248: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("serving /healthz on 127.0.0.1:10248");
+    for stream in listener.incoming().flatten() {
+        let mut stream = stream;
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let answer: &[u8] = if request.starts_with("GET /healthz ") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        };
+        let _ = stream.write_all(answer);
+    }
+    std::process::ExitCode::SUCCESS
+}

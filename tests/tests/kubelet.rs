@@ -1,0 +1,161 @@
+//! The kubelet service as machined runs it, on the host with real cgroups
+//! (root and cgroup2; skipped otherwise), against `kubelet-standin` (which
+//! only answers /healthz: the real kubelet cannot be downloaded here). The
+//! spec, its files, flags, checks and dependencies are the real ones.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use slate_machined::services::kubelet::{self, KubeletPaths};
+use slate_machined::services::{ServiceSpec, State, Supervisor, cgroup};
+
+#[tokio::test]
+async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
+    // SAFETY: geteuid cannot fail.
+    let (root_user, mount) = (unsafe { libc::geteuid() } == 0, cgroup::cgroup2_mount());
+    let Some(mount) = mount.filter(|_| root_user) else {
+        eprintln!("SKIPPED kubelet_waits_for_its_checks…: needs root and cgroup2");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let paths = KubeletPaths {
+        dir: d.join("var-lib-kubelet"),
+        network_ready: d.join("network.ready"),
+        proc_sys: d.join("proc-sys"),
+        swaps: d.join("swaps"),
+    };
+    std::fs::write(
+        &paths.network_ready,
+        "lo 127.0.0.1/8 static\neth0 10.0.2.15/24 dhcp\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(paths.proc_sys.join("net/ipv4")).unwrap();
+    std::fs::write(paths.proc_sys.join("net/ipv4/ip_forward"), "0").unwrap();
+    std::fs::write(&paths.swaps, "Filename Type Size Used Priority\n").unwrap();
+    let config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        cluster_name: "kube".into(),
+        endpoint: "https://10.0.2.100:6443".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .worker;
+
+    let cgroups = Cgroups(mount.join(format!("slate-kubelet-test-{}", std::process::id())));
+    let sup = Supervisor::new(cgroups.0.clone(), None);
+    let mut spec = kubelet::spec(
+        Path::new(env!("CARGO_BIN_EXE_kubelet-standin")),
+        &config,
+        paths.clone(),
+    );
+    spec.restart.initial = Duration::from_millis(200);
+    spec.restart.max = Duration::from_millis(400);
+    sup.add(spec).unwrap();
+    // Until containerd is up, kubelet waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = sup.status("kubelet").unwrap();
+    assert_eq!(s.state, State::Waiting, "{s:#?}");
+    assert!(s.events[0].message.contains("service containerd"), "{s:#?}");
+    sup.add(ServiceSpec::new("containerd", &["/bin/sleep", "1000"]))
+        .unwrap();
+
+    // br_netfilter missing: a clear failure, retried.
+    let s = wait(&sup, |s| s.state == State::Failed).await;
+    assert!(
+        s.events.iter().any(|e| e.message == "preparing: br_netfilter is not loaded: pods' bridged traffic would bypass iptables"),
+        "{s:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(paths.proc_sys.join("net/ipv4/ip_forward")).unwrap(),
+        "1"
+    );
+    std::fs::create_dir_all(paths.proc_sys.join("net/bridge")).unwrap();
+    std::fs::write(
+        paths.proc_sys.join("net/bridge/bridge-nf-call-iptables"),
+        "1",
+    )
+    .unwrap();
+
+    // Then it starts, and its health endpoint answers.
+    let s = wait(&sup, |s| {
+        s.state == State::Running && s.healthy == Some(true)
+    })
+    .await;
+    assert!(s.pid.is_some());
+    let config_yaml = std::fs::read_to_string(paths.config()).unwrap();
+    for want in [
+        "kind: KubeletConfiguration",
+        "containerRuntimeEndpoint: unix:///run/containerd/containerd.sock",
+        "cgroupDriver: cgroupfs",
+        "healthzPort: 10248",
+        "  - 10.96.0.10",
+    ] {
+        assert!(
+            config_yaml.contains(want),
+            "{want:?} not in:\n{config_yaml}"
+        );
+    }
+    let kubeconfig = std::fs::read_to_string(paths.bootstrap_kubeconfig()).unwrap();
+    assert!(
+        kubeconfig.contains("server: https://10.0.2.100:6443"),
+        "{kubeconfig}"
+    );
+    assert!(kubeconfig.contains(&format!("token: {}", config.machine.token)));
+    let mode = std::fs::metadata(paths.bootstrap_kubeconfig())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is root's only");
+    assert!(
+        std::fs::read_to_string(paths.ca())
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let (lines, _) = sup.logs("kubelet").unwrap().tail_and_follow(None);
+    let started = lines
+        .iter()
+        .find(|l| l.starts_with("kubelet-standin started with:"))
+        .unwrap();
+    assert!(started.contains("--node-ip=10.0.2.15"), "{started}");
+    assert!(
+        started.contains(&format!("--config={}", paths.config().display())),
+        "{started}"
+    );
+    sup.stop_all(Duration::from_secs(10)).await;
+}
+
+async fn wait(
+    sup: &Supervisor,
+    ok: impl Fn(&slate_machined::services::Status) -> bool,
+) -> slate_machined::services::Status {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = sup.status("kubelet").unwrap();
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{s:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The test's cgroup root, emptied and removed at the end.
+struct Cgroups(std::path::PathBuf);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                for _ in 0..100 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
