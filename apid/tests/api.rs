@@ -31,18 +31,7 @@ impl Drop for Node {
         for s in &self.servers {
             s.abort();
         }
-        if let Ok(entries) = std::fs::read_dir(&self.cgroups) {
-            for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                for _ in 0..100 {
-                    if std::fs::remove_dir(e.path()).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.cgroups);
+        slate_machined::services::cgroup::remove_tree(&self.cgroups);
     }
 }
 

@@ -228,22 +228,9 @@ pub fn build(
         }
     }
     let sqsh = work.join("extensions.sqsh");
-    let epoch = epoch.to_string();
-    exec::run(
-        tools
-            .command(Tool::Mksquashfs)
-            .env_remove("SOURCE_DATE_EPOCH")
-            .arg(&staging)
-            .arg(&sqsh)
-            // Level 6, not the base image's 19: ~90 MB of Go binaries take
-            // seconds instead of a minute, for a few percent of size.
-            .args(["-comp", "zstd", "-Xcompression-level", "6"])
-            .args(["-b", "1M"])
-            .args(["-all-root", "-noappend", "-no-xattrs"])
-            .args(["-all-time", &epoch, "-mkfs-time", &epoch])
-            .args(["-quiet", "-no-progress"]),
-    )
-    .map_err(ExtensionError::Mksquashfs)?;
+    // Level 6, not the base image's 19: ~90 MB of Go binaries take seconds
+    // instead of a minute, for a few percent of size.
+    crate::rootfs::squash(tools, &staging, &sqsh, 6, epoch).map_err(ExtensionError::Mksquashfs)?;
     let mut archive = Archive::new();
     archive.add(
         crate::initramfs::EXTENSIONS_PATH,
@@ -252,7 +239,7 @@ pub fn build(
     );
     let out = work.join("extensions.cpio");
     let file = fs::File::create(&out).map_err(io("creating", &out))?;
-    let mtime = u32::try_from(epoch.parse::<u64>().unwrap_or(0)).unwrap_or(0);
+    let mtime = u32::try_from(epoch).unwrap_or(0);
     archive
         .write(std::io::BufWriter::new(file), mtime)
         .map_err(ExtensionError::Cpio)?;

@@ -93,12 +93,13 @@ pub fn run(paths: &Paths) -> ! {
     match runtime {
         Ok(runtime) => {
             let mount_point = PathBuf::from(constants::STATE_MOUNT);
-            let state = disk::find_state().and_then(|device| {
+            let state_device = disk::find_state();
+            let state = state_device.as_deref().and_then(|device| {
                 // Mounted already when init restarted machined.
                 if disk::is_mounted(&mount_point) {
                     return Some(state::State::new(&mount_point));
                 }
-                match disk::mount_state(&device, &mount_point) {
+                match disk::mount_state(device, &mount_point) {
                     Ok(()) => Some(state::State::new(&mount_point)),
                     Err(e) => {
                         tracing::error!("{:#}", anyhow::Error::from(e));
@@ -107,7 +108,6 @@ pub fn run(paths: &Paths) -> ! {
                 }
             });
             let storage = Storage::Disks { mount_point };
-            let state_device = disk::find_state();
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
             // Before any service writes to /var.
             mount_var(state_device.as_deref());

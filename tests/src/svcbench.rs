@@ -95,14 +95,7 @@ pub fn run() {
             .build()?
             .block_on(measure(root.clone()));
         // Remove the benchmark's cgroups whatever happened.
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                std::thread::sleep(Duration::from_millis(50));
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&root);
+        cgroup::remove_tree(&root);
         figures
     })();
     match result {

@@ -38,10 +38,21 @@ fn admin_tls(bundle: &Bundle) -> Arc<rustls::ClientConfig> {
 
 /// Boots `boot` with `user_data` on a config drive.
 fn boot(boot: Boot, user_data: &str, dir: &tempfile::TempDir) -> Vm {
+    boot_with(boot, user_data, dir, |_| {})
+}
+
+/// [`boot`], with `tweak` changing the VM's options first.
+fn boot_with(
+    boot: Boot,
+    user_data: &str,
+    dir: &tempfile::TempDir,
+    tweak: impl FnOnce(&mut VmOptions),
+) -> Vm {
     let drive = dir.path().join("cidata.iso");
     configdrive::build(user_data, &drive).expect("building the config drive");
     let mut opts = VmOptions::new(boot);
     opts.config_drive = Some(drive);
+    tweak(&mut opts);
     Vm::start(&opts, Some(&dir.path().join("console.log"))).expect("starting QEMU")
 }
 
@@ -240,12 +251,10 @@ interfaces:
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let drive = dir.path().join("cidata.iso");
-    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
-    let mut opts = VmOptions::new(Boot::kernel(&a));
-    opts.config_drive = Some(drive);
-    opts.extra_cmdline = Some("ip=off".into());
-    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
+    let user_data = bundle.controlplane.to_yaml().unwrap();
+    let mut vm = boot_with(Boot::kernel(&a), &user_data, &dir, |opts| {
+        opts.extra_cmdline = Some("ip=off".into());
+    });
     let mut v = api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -355,14 +364,13 @@ async fn a_bond_keeps_the_api_reachable_when_either_link_is_cut() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let drive = dir.path().join("cidata.iso");
-    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
-    let mut opts = VmOptions::new(Boot::kernel(&a));
-    opts.config_drive = Some(drive);
-    opts.extra_cmdline = Some("ip=off".into());
-    opts.nics = 2;
-    opts.monitor = Some(dir.path().join("monitor.sock"));
-    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).unwrap();
+    let user_data = bundle.controlplane.to_yaml().unwrap();
+    let monitor = dir.path().join("monitor.sock");
+    let mut vm = boot_with(Boot::kernel(&a), &user_data, &dir, |opts| {
+        opts.extra_cmdline = Some("ip=off".into());
+        opts.nics = 2;
+        opts.monitor = Some(monitor);
+    });
     api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));

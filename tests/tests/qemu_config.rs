@@ -62,6 +62,26 @@ fn blank_disk(dir: &Path) -> PathBuf {
 }
 
 /// `slatectl gen config NAME` into `dir`, reachable through QEMU's forward.
+/// `slatectl config new --roles os:reader` as the admin: a reader's client
+/// config in `dir`.
+fn mint_reader(admin_config: &Path, node: &str, dir: &Path) -> PathBuf {
+    let reader = dir.join("reader.slateconfig");
+    let out = slatectl_as(
+        admin_config,
+        node,
+        &[
+            "config",
+            "new",
+            "--roles",
+            "os:reader",
+            "-o",
+            reader.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    reader
+}
+
 fn gen_config(name: &str, dir: &Path) {
     let out = slatectl(&[
         "gen",
@@ -239,20 +259,7 @@ async fn maintenance_apply_config_and_state_across_reboot() {
     );
 
     // 3. Roles: a minted reader may read but not reboot.
-    let reader = d.join("reader.slateconfig");
-    let out = slatectl_as(
-        &client,
-        &node,
-        &[
-            "config",
-            "new",
-            "--roles",
-            "os:reader",
-            "-o",
-            reader.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let reader = mint_reader(&client, &node, d);
     let out = slatectl_as(&reader, &node, &["version"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = slatectl_as(&reader, &node, &["reboot"]);
@@ -490,20 +497,7 @@ async fn containerd_runs_as_a_service_with_logs_and_a_restart() {
     );
 
     // A reader may look but not restart.
-    let reader = d.join("reader.slateconfig");
-    let out = slatectl_as(
-        &client,
-        &node,
-        &[
-            "config",
-            "new",
-            "--roles",
-            "os:reader",
-            "-o",
-            reader.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let reader = mint_reader(&client, &node, d);
     let out = slatectl_as(&reader, &node, &["services"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = slatectl_as(&reader, &node, &["service", "containerd", "restart"]);

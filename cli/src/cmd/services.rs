@@ -147,10 +147,18 @@ impl Rows for Row {
     }
 }
 
-async fn list(global: &Global, id: &str, format: Format) -> anyhow::Result<ExitCode> {
+/// `ServiceList` on every node (`id` empty: all services); failures are
+/// printed and make the flag false.
+async fn fetch(
+    global: &Global,
+    id: &str,
+) -> anyhow::Result<(
+    Vec<(slate_machinery::client::Target, Vec<ServiceInfo>)>,
+    bool,
+)> {
     let session = connect::session(global)?;
     let id = id.to_owned();
-    let (results, ok) = session
+    Ok(session
         .for_each(|channel| {
             let id = id.clone();
             async move {
@@ -160,7 +168,11 @@ async fn list(global: &Global, id: &str, format: Format) -> anyhow::Result<ExitC
                     .map(|r| r.into_inner().services)
             }
         })
-        .await;
+        .await)
+}
+
+async fn list(global: &Global, id: &str, format: Format) -> anyhow::Result<ExitCode> {
+    let (results, ok) = fetch(global, id).await?;
     let rows: Vec<Row> = results
         .into_iter()
         .flat_map(|(target, services)| {
@@ -222,19 +234,7 @@ pub async fn service(global: &Global, args: ServiceArgs) -> anyhow::Result<ExitC
 
 /// One service on each node: its state, then its recent events.
 async fn events(global: &Global, id: &str) -> anyhow::Result<ExitCode> {
-    let session = connect::session(global)?;
-    let wanted = id.to_owned();
-    let (results, ok) = session
-        .for_each(|channel| {
-            let id = wanted.clone();
-            async move {
-                slate_machinery::client::machine(channel)
-                    .service_list(ServiceListRequest { id })
-                    .await
-                    .map(|r| r.into_inner().services)
-            }
-        })
-        .await;
+    let (results, ok) = fetch(global, id).await?;
     for (target, services) in results {
         for s in services {
             let health = if s.health.is_empty() { "-" } else { &s.health };
@@ -261,10 +261,8 @@ async fn events(global: &Global, id: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let session = connect::session(global)?;
-    let target = session.single("logs")?;
-    let channel = session.connect_to(&target).await?;
-    let stream = slate_machinery::client::machine(channel)
+    let (target, mut client) = one_node(global, "logs").await?;
+    let stream = client
         .logs(LogsRequest {
             id: args.id,
             follow: args.follow,
@@ -277,10 +275,8 @@ pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn dmesg(global: &Global, args: DmesgArgs) -> anyhow::Result<ExitCode> {
-    let session = connect::session(global)?;
-    let target = session.single("dmesg")?;
-    let channel = session.connect_to(&target).await?;
-    let stream = slate_machinery::client::machine(channel)
+    let (target, mut client) = one_node(global, "dmesg").await?;
+    let stream = client
         .dmesg(DmesgRequest {
             follow: args.follow,
             tail: args.tail,
@@ -289,6 +285,20 @@ pub async fn dmesg(global: &Global, args: DmesgArgs) -> anyhow::Result<ExitCode>
         .map_err(|s| anyhow::anyhow!("{target}: {}", s.message()))?
         .into_inner();
     print_lines(&target, stream).await
+}
+
+/// The machine client of the one node a streaming command follows.
+async fn one_node(
+    global: &Global,
+    what: &str,
+) -> anyhow::Result<(
+    slate_machinery::client::Target,
+    slate_proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel>,
+)> {
+    let session = connect::session(global)?;
+    let target = session.single(what)?;
+    let channel = session.connect_to(&target).await?;
+    Ok((target, slate_machinery::client::machine(channel)))
 }
 
 async fn print_lines(

@@ -88,7 +88,40 @@ impl DhcpLinks {
 
     /// Starts a DHCPv6 client on `ifname` unless one runs there.
     pub fn ensure6(&self, ifname: &str) {
-        let key = format!("{ifname}/dhcp6");
+        self.spawn(
+            format!("{ifname}/dhcp6"),
+            ifname,
+            "DHCPv6",
+            |this, link| async move {
+                let Err(e) =
+                    crate::dhcp6::client::run(this.handle.clone(), link, this.names.clone()).await;
+                Some(crate::error_chain(&e))
+            },
+        );
+    }
+
+    /// Starts a DHCPv4 client on `ifname` unless one runs there.
+    pub fn ensure(&self, ifname: &str) {
+        self.spawn(ifname.to_owned(), ifname, "DHCP", |this, link| async move {
+            let mut applier = this.applier();
+            let (stop, _alive) = this.stop_signal();
+            // The client runs until stopped or a socket error.
+            super::client::run(&link, &mut applier, None, stop)
+                .await
+                .err()
+                .map(|e| crate::error_chain(&e))
+        });
+    }
+
+    /// Claims `key` and runs `client` on link `ifname` (brought up first)
+    /// in a task of its own; `client`'s error is logged. The claim is
+    /// released when the client ends, or at once if the link does not
+    /// exist (yet), to be tried again on the next call.
+    fn spawn<F, Fut>(&self, key: String, ifname: &str, what: &'static str, client: F)
+    where
+        F: FnOnce(DhcpLinks, crate::link::LinkInfo) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send,
+    {
         if !self.claim(&key) {
             return;
         }
@@ -98,7 +131,7 @@ impl DhcpLinks {
             let link = match link::by_name(&this.handle, &ifname).await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::debug!("DHCPv6 on {ifname}: {}", crate::error_chain(&e));
+                    tracing::debug!("{what} on {ifname}: {}", crate::error_chain(&e));
                     this.release(&key);
                     return;
                 }
@@ -106,40 +139,10 @@ impl DhcpLinks {
             if let Err(e) = link::set_up(&this.handle, &link).await {
                 tracing::warn!("{}", crate::error_chain(&e));
             }
-            let Err(e) =
-                crate::dhcp6::client::run(this.handle.clone(), link, this.names.clone()).await;
-            tracing::warn!("DHCPv6 on {ifname}: {}", crate::error_chain(&e));
+            if let Some(why) = client(this.clone(), link).await {
+                tracing::warn!("{what} on {ifname}: {why}");
+            }
             this.release(&key);
-        });
-    }
-
-    /// Starts a client on `ifname` unless one runs there. A link that does
-    /// not exist (yet) is released, to be tried again on the next call.
-    pub fn ensure(&self, ifname: &str) {
-        if !self.claim(ifname) {
-            return;
-        }
-        let this = self.clone();
-        let ifname = ifname.to_owned();
-        tokio::spawn(async move {
-            let link = match link::by_name(&this.handle, &ifname).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!("DHCP on {ifname}: {}", crate::error_chain(&e));
-                    this.release(&ifname);
-                    return;
-                }
-            };
-            if let Err(e) = link::set_up(&this.handle, &link).await {
-                tracing::warn!("{}", crate::error_chain(&e));
-            }
-            let mut applier = this.applier();
-            let (stop, _alive) = this.stop_signal();
-            // The client runs until stopped or a socket error.
-            if let Err(e) = super::client::run(&link, &mut applier, None, stop).await {
-                tracing::warn!("DHCP on {ifname}: {}", crate::error_chain(&e));
-            }
-            this.release(&ifname);
         });
     }
 }
