@@ -14,9 +14,10 @@ EXTENSIONS ?= containerd,runc,etcd-server
 # Debian packages the build, the image and the tests need.
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
-	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base chrony openssl
+	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base chrony openssl \
+	protobuf-compiler libprotobuf-dev etcd-client
 
-.PHONY: deps build image run test unit-test qemu-test bench fuzz lint fmt clean
+.PHONY: deps build image run cluster test unit-test qemu-test bench fuzz lint fmt clean
 
 deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS)
@@ -30,13 +31,18 @@ image: build
 run: image
 	$(BIN)/slate-run
 
+# N control-plane nodes on one private LAN (`make cluster NODES=3`).
+NODES ?= 3
+cluster: image
+	NODES=$(NODES) $(BIN)/slate-cluster
+
 test: image unit-test qemu-test
 
 unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace
 
 qemu-test:
-	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot --test qemu_config -- --include-ignored --test-threads 1
+	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot --test qemu_config --test qemu_cluster -- --include-ignored --test-threads 1
 
 bench: image
 	$(BIN)/slate-bench

@@ -9,7 +9,9 @@ use slate_machinery::version;
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
-    ApplyConfigurationRequest, ApplyConfigurationResponse, DmesgRequest,
+    ApplyConfigurationRequest, ApplyConfigurationResponse, BootstrapRequest, BootstrapResponse,
+    DmesgRequest, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest, EtcdMembersResponse,
+    EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk, EtcdSnapshotRequest,
     GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
     GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
     ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest, ServiceActionResponse,
@@ -119,7 +121,9 @@ where
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
     call(client, request).await.map_err(|s| {
-        if s.code() == tonic::Code::Unavailable {
+        // Only a transport failure carries a source; an Unavailable that
+        // machined itself returned (etcd unreachable) is passed on as is.
+        if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
             Status::unavailable(format!("machined is not answering: {}", s.message()))
         } else {
             s
@@ -291,6 +295,74 @@ impl MachineService for MachineApi {
             self.machined(),
             Request::new(request.into_inner()),
             |mut c, r| async move { c.dmesg(r).await },
+        )
+        .await
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<BootstrapRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Admin))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.bootstrap(r).await },
+        )
+        .await
+    }
+
+    async fn etcd_members(
+        &self,
+        request: Request<EtcdMembersRequest>,
+    ) -> Result<Response<EtcdMembersResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Reader))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.etcd_members(r).await },
+        )
+        .await
+    }
+
+    // The database holds every Kubernetes secret: admins only.
+    type EtcdSnapshotStream = Streaming<EtcdSnapshotChunk>;
+
+    async fn etcd_snapshot(
+        &self,
+        request: Request<EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        self.authorize(&request, Access::Role(Role::Admin))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.etcd_snapshot(r).await },
+        )
+        .await
+    }
+
+    async fn etcd_leave(
+        &self,
+        request: Request<EtcdLeaveRequest>,
+    ) -> Result<Response<EtcdLeaveResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Admin))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.etcd_leave(r).await },
+        )
+        .await
+    }
+
+    async fn etcd_remove_member(
+        &self,
+        request: Request<EtcdRemoveMemberRequest>,
+    ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Admin))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.etcd_remove_member(r).await },
         )
         .await
     }

@@ -91,6 +91,12 @@ pub enum Command {
     Logs(cmd::services::LogsArgs),
     /// Print the kernel log (-f to follow).
     Dmesg(cmd::services::DmesgArgs),
+    /// Start a new etcd cluster on one control-plane node; the others
+    /// join it by themselves.
+    Bootstrap,
+    /// The etcd cluster: members, snapshot, leave, remove-member.
+    #[command(subcommand)]
+    Etcd(cmd::etcd::EtcdCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -109,6 +115,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => block_on(cmd::services::service(&cli.global, args)),
         Command::Logs(args) => block_on(cmd::services::logs(&cli.global, args)),
         Command::Dmesg(args) => block_on(cmd::services::dmesg(&cli.global, args)),
+        Command::Bootstrap => block_on(cmd::etcd::bootstrap(&cli.global)),
+        Command::Etcd(cmd) => block_on(cmd::etcd::run(&cli.global, cmd)),
     }
 }
 

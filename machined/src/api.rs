@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
-    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, DmesgRequest,
-    GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
+    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, BootstrapRequest,
+    BootstrapResponse, DmesgRequest, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest,
+    EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk,
+    EtcdSnapshotRequest, GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
     GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
     ProcessesResponse, RebootRequest, RebootResponse, ServiceActionKind, ServiceActionRequest,
     ServiceActionResponse, ServiceEvent, ServiceInfo, ServiceListRequest, ServiceListResponse,
@@ -17,6 +19,7 @@ use slate_proto::machine::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::etcd::{Etcd, rpc as etcd_rpc};
 use crate::node::Node;
 use crate::power::Action;
 use crate::services::{self, Supervisor, SupervisorError};
@@ -24,11 +27,16 @@ use crate::services::{self, Supervisor, SupervisorError};
 pub struct MachinedApi {
     node: Arc<Node>,
     services: Supervisor,
+    etcd: Option<Arc<Etcd>>,
 }
 
 impl MachinedApi {
-    pub fn new(node: Arc<Node>, services: Supervisor) -> Self {
-        Self { node, services }
+    pub fn new(node: Arc<Node>, services: Supervisor, etcd: Option<Arc<Etcd>>) -> Self {
+        Self {
+            node,
+            services,
+            etcd,
+        }
     }
 }
 
@@ -268,5 +276,52 @@ impl MachineService for MachinedApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn bootstrap(
+        &self,
+        _: Request<BootstrapRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        let etcd = etcd_rpc::require(self.etcd.as_ref())?;
+        let message = etcd_rpc::bootstrap(etcd).await?;
+        Ok(Response::new(BootstrapResponse { message }))
+    }
+
+    async fn etcd_members(
+        &self,
+        _: Request<EtcdMembersRequest>,
+    ) -> Result<Response<EtcdMembersResponse>, Status> {
+        let etcd = etcd_rpc::require(self.etcd.as_ref())?;
+        Ok(Response::new(etcd_rpc::members(etcd).await?))
+    }
+
+    type EtcdSnapshotStream = ReceiverStream<Result<EtcdSnapshotChunk, Status>>;
+
+    async fn etcd_snapshot(
+        &self,
+        _: Request<EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        let etcd = etcd_rpc::require(self.etcd.as_ref())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        etcd_rpc::snapshot(etcd, tx).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn etcd_leave(
+        &self,
+        _: Request<EtcdLeaveRequest>,
+    ) -> Result<Response<EtcdLeaveResponse>, Status> {
+        let etcd = etcd_rpc::require(self.etcd.as_ref())?;
+        etcd_rpc::leave(etcd, &self.services).await?;
+        Ok(Response::new(EtcdLeaveResponse {}))
+    }
+
+    async fn etcd_remove_member(
+        &self,
+        request: Request<EtcdRemoveMemberRequest>,
+    ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
+        let etcd = etcd_rpc::require(self.etcd.as_ref())?;
+        etcd_rpc::remove_member(etcd, &request.into_inner().member).await?;
+        Ok(Response::new(EtcdRemoveMemberResponse {}))
     }
 }

@@ -26,6 +26,7 @@ pub mod api;
 pub mod blockdev;
 pub mod configdrive;
 pub mod disk;
+pub mod etcd;
 pub mod kmsg;
 pub mod node;
 pub mod power;
@@ -109,8 +110,9 @@ pub fn run(paths: &Paths) -> ! {
             });
             let storage = Storage::Disks { mount_point };
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
-            // Before any service writes to /var.
-            mount_var(state_device.as_deref());
+            // Before any service writes to /var. A first boot from a config
+            // drive has just made STATE and EPHEMERAL: use them at once.
+            mount_var(state_device.or_else(disk::find_state).as_deref());
             let services = runtime.block_on(async {
                 let services = Supervisor::new(
                     PathBuf::from(constants::SERVICES_CGROUP),
@@ -118,10 +120,11 @@ pub fn run(paths: &Paths) -> ! {
                 );
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
                 let config = node.configs().await.0.map(|(config, _)| config);
-                let specs = services::catalog::specs(
-                    std::path::Path::new(services::catalog::EXTENSIONS_BIN),
-                    config.as_ref(),
-                );
+                let bin = std::path::Path::new(services::catalog::EXTENSIONS_BIN);
+                let etcd = config.as_ref().and_then(|c| {
+                    etcd::Etcd::for_node(c, &bin.join("etcd"), etcd::EtcdPaths::default())
+                });
+                let specs = services::catalog::specs(bin, config.as_ref(), etcd.as_ref());
                 if specs.is_empty() {
                     tracing::info!("no extension layer on /usr/local: no services to run");
                 }
@@ -130,9 +133,10 @@ pub fn run(paths: &Paths) -> ! {
                         tracing::error!("{e}");
                     }
                 }
-                services
+                (services, etcd)
             });
-            if let Err(e) = runtime.block_on(serve(paths, node, services)) {
+            let (services, etcd) = services;
+            if let Err(e) = runtime.block_on(serve(paths, node, services, etcd)) {
                 tracing::error!("{e:#}");
             }
         }
@@ -271,6 +275,7 @@ pub async fn serve(
     paths: &Paths,
     node: std::sync::Arc<Node>,
     services: Supervisor,
+    etcd: Option<std::sync::Arc<etcd::Etcd>>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     // A socket left by an earlier machined would make bind fail.
@@ -281,7 +286,7 @@ pub async fn serve(
         .with_context(|| format!("restricting {}", paths.socket.display()))?;
     tonic::transport::Server::builder()
         .add_service(MachineServiceServer::new(api::MachinedApi::new(
-            node, services,
+            node, services, etcd,
         )))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
         .await

@@ -3,11 +3,10 @@
 //! Each test gets a cgroup root of its own, removed at the end.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slate_machined::services::spec::{
-    Condition, HealthCheck, Limits, Probe, Restart, RestartPolicy,
+    Condition, HealthCheck, Limits, Probe, Restart, RestartPolicy, prepare_with,
 };
 use slate_machined::services::{Command, ServiceSpec, State, Status, Supervisor, cgroup};
 
@@ -275,7 +274,7 @@ async fn bad_services_fail_clearly_without_touching_the_others() {
     missing.restart = never.clone();
     let mut unprepared = sh("unprepared", "sleep 1000");
     unprepared.restart = never;
-    unprepared.prepare = Some(Arc::new(|| {
+    unprepared.prepare = Some(prepare_with(|| {
         Err("writing /var/lib/x/config: no space left on device".into())
     }));
     let mut hanging = sh("hanging", "sleep 1000");

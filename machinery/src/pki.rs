@@ -205,6 +205,52 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// An etcd member's certificate (ECDSA P-256, 1 year): etcd uses one
+    /// certificate as the server of its client and peer ports and as the
+    /// client when it dials its peers, so it carries both purposes.
+    pub fn issue_etcd_member(
+        &self,
+        common_name: &str,
+        names: &[String],
+    ) -> Result<CertAndKey, PkiError> {
+        let mut params = server_params(common_name, names)?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign_new_key(params, &rcgen::PKCS_ECDSA_P256_SHA256, "etcd member")
+    }
+
+    /// A client certificate of the etcd CA (Ed25519, 1 year), for machined
+    /// and for `etcdctl` run by people: it can talk to etcd, not serve it.
+    pub fn issue_etcd_client(&self, common_name: &str) -> Result<CertAndKey, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, None);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (params.not_before, params.not_after) = validity(365);
+        self.sign_new_key(params, &rcgen::PKCS_ED25519, "etcd client")
+    }
+
+    fn sign_new_key(
+        &self,
+        mut params: CertificateParams,
+        alg: &'static rcgen::SignatureAlgorithm,
+        what: &'static str,
+    ) -> Result<CertAndKey, PkiError> {
+        let key = generate(alg)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| PkiError::Sign { what, source })?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// The private key of a server certificate: ECDSA P-256, which every TLS
 /// client supports. Separate from issuing so that apid can make it while
 /// it still waits for its config.
@@ -388,6 +434,24 @@ mod tests {
             "duplicates are dropped: {:?}",
             san.general_names
         );
+    }
+
+    #[test]
+    fn an_etcd_member_certificate_serves_and_dials() {
+        let ca = generate_ca("etcd").unwrap();
+        let authority = Authority::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let names = vec!["10.5.0.2".to_string(), "127.0.0.1".to_string()];
+        let member = authority.issue_etcd_member("cp-1", &names).unwrap();
+        let der = pem_to_der(&member.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(issued_by(&der, &pem_to_der(&ca.cert_pem).unwrap()));
+        let client = authority.issue_etcd_client("machined").unwrap();
+        let der = pem_to_der(&client.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
     }
 
     #[test]

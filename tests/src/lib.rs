@@ -5,7 +5,8 @@
 //!   and a VM that is always killed (also when a test panics);
 //! - [`configdrive`]: nocloud config drives (`cidata`) made with xorriso;
 //! - [`console`]: waiting for console lines and showing the tail on failure;
-//! - [`api`]: waiting until apid answers `Version`.
+//! - [`api`]: waiting until apid answers `Version`;
+//! - [`cluster`]: several VMs on one private LAN (multi-node tests, `make cluster`);
 //! - [`artifacts`]: where the built image is;
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
 //! - [`svcbench`]: the service supervisor's own cost;
@@ -15,10 +16,12 @@
 pub mod api;
 pub mod artifacts;
 pub mod bench;
+pub mod cluster;
 pub mod configdrive;
 pub mod console;
 pub mod floor;
 pub mod netbench;
 pub mod netns;
 pub mod qemu;
+pub mod slatectl;
 pub mod svcbench;

@@ -73,6 +73,21 @@ pub struct VmOptions {
     pub nics: u32,
     /// A QEMU human monitor on this Unix socket, for [`Vm::monitor`].
     pub monitor: Option<PathBuf>,
+    /// A second NIC (the guest's last ethN) on a private LAN between VMs:
+    /// its frames go as UDP datagrams to a [`crate::cluster::Hub`] port.
+    pub lan: Option<Lan>,
+    /// More guest TCP ports forwarded from host loopback (etcd's 2379):
+    /// each gets a free host port, listed in [`Vm::forwarded`].
+    pub forwards: Vec<u16>,
+}
+
+/// A VM's port on a private LAN: QEMU sends its frames to `hub` and
+/// receives on `local` (both on 127.0.0.1).
+#[derive(Debug, Clone)]
+pub struct Lan {
+    pub hub: u16,
+    pub local: u16,
+    pub mac: String,
 }
 
 impl VmOptions {
@@ -86,6 +101,8 @@ impl VmOptions {
             extra_cmdline: None,
             nics: 1,
             monitor: None,
+            lan: None,
+            forwards: Vec::new(),
         }
     }
 }
@@ -95,6 +112,8 @@ pub struct Vm {
     child: Child,
     /// Host loopback port forwarded to apid's 50000 in the guest.
     pub api_port: u16,
+    /// (guest port, host loopback port) of [`VmOptions::forwards`].
+    pub forwarded: Vec<(u16, u16)>,
     pub console: PathBuf,
     /// When QEMU was started.
     pub started: Instant,
@@ -102,7 +121,7 @@ pub struct Vm {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     // Bind port 0 and release it; QEMU binds it right after. A race with
     // another process is possible but harmless: QEMU then fails loudly.
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
@@ -128,6 +147,20 @@ pub fn accel() -> String {
 /// The QEMU command line for `opts`, forwarding host `127.0.0.1:api_port`
 /// to apid and sending the serial console to `serial` (`file:PATH`, `stdio`).
 pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
+    command_with_forwards(opts, api_port, &[], serial)
+}
+
+/// [`command`] with more (guest port, host port) forwards.
+pub fn command_with_forwards(
+    opts: &VmOptions,
+    api_port: u16,
+    forwards: &[(u16, u16)],
+    serial: &str,
+) -> Command {
+    let mut user = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:50000");
+    for (guest, host) in forwards {
+        user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-M",
@@ -147,10 +180,7 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
         "-no-reboot",
     ])
     .args(["-serial", serial])
-    .args([
-        "-netdev",
-        &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:50000"),
-    ]);
+    .args(["-netdev", &user]);
     if opts.nics <= 1 {
         cmd.args(["-device", "virtio-net-pci,netdev=net0,id=nic0"]);
     } else {
@@ -162,6 +192,17 @@ pub fn command(opts: &VmOptions, api_port: u16, serial: &str) -> Command {
                     &format!("virtio-net-pci,netdev=port{i},id=nic{i}"),
                 ]);
         }
+    }
+    if let Some(lan) = &opts.lan {
+        cmd.args([
+            "-netdev",
+            &format!(
+                "socket,id=lan,udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                lan.hub, lan.local
+            ),
+            "-device",
+            &format!("virtio-net-pci,netdev=lan,id=lan0,mac={}", lan.mac),
+        ]);
     }
     if let Some(monitor) = &opts.monitor {
         cmd.arg("-monitor")
@@ -225,7 +266,17 @@ impl Vm {
             }
         };
         let api_port = free_port()?;
-        let mut cmd = command(opts, api_port, &format!("file:{}", console.display()));
+        let forwarded = opts
+            .forwards
+            .iter()
+            .map(|guest| Ok((*guest, free_port()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut cmd = command_with_forwards(
+            opts,
+            api_port,
+            &forwarded,
+            &format!("file:{}", console.display()),
+        );
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -236,6 +287,7 @@ impl Vm {
         Ok(Self {
             child,
             api_port,
+            forwarded,
             console,
             started,
             monitor: opts.monitor.clone(),

@@ -3,7 +3,6 @@
 //! persistence on STATE across a reboot, roles.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,42 +15,7 @@ use slate_tests::qemu::{Boot, Vm, VmOptions};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// slatectl from the same build as this test.
-fn slatectl_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<triple>/release/deps/qemu_config-… → target/<triple>/release/slatectl
-    exe.parent().unwrap().parent().unwrap().join("slatectl")
-}
-
-fn slatectl(args: &[&str]) -> Output {
-    let out = Command::new(slatectl_path())
-        .args(args)
-        .env_remove("SLATECONFIG")
-        .output()
-        .expect("running slatectl (make build)");
-    eprintln!(
-        "$ slatectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// slatectl with a client config against one node.
-fn slatectl_as(config: &Path, node: &str, args: &[&str]) -> Output {
-    let mut all = vec!["--config", config.to_str().unwrap(), "-n", node];
-    all.extend_from_slice(args);
-    slatectl(&all)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use slate_tests::slatectl::{run as slatectl, run_as as slatectl_as, text};
 
 /// A sparse 2 GiB system disk, as a fresh cloud VM has.
 fn blank_disk(dir: &Path) -> PathBuf {

@@ -288,7 +288,7 @@ pub async fn dmesg(global: &Global, args: DmesgArgs) -> anyhow::Result<ExitCode>
 }
 
 /// The machine client of the one node a streaming command follows.
-async fn one_node(
+pub(crate) async fn one_node(
     global: &Global,
     what: &str,
 ) -> anyhow::Result<(

@@ -1,17 +1,16 @@
 //! The node's services, as far as the image carries their programs: the
 //! extension layer on `/usr/local` ([`EXTENSIONS_BIN`]) decides what runs.
 //!
-//! containerd runs whenever the layer has it; kubelet when the layer has
-//! one and the node has a config ([`super::kubelet`]). etcd is added with
-//! its certificates and bootstrap, which are not written yet.
+//! containerd runs whenever the layer has it; etcd on control-plane nodes
+//! whose layer has it ([`crate::etcd`]); kubelet when the layer has one and
+//! the node has a config ([`super::kubelet`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use slate_machinery::config::MachineConfig;
 
-use super::spec::{HealthCheck, KillMode, Limits, Probe, ServiceSpec};
+use super::spec::{HealthCheck, KillMode, Limits, Probe, ServiceSpec, prepare_with};
 
 /// Where the extension layer's programs are.
 pub const EXTENSIONS_BIN: &str = "/usr/local/bin";
@@ -23,11 +22,18 @@ pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 const CONTAINERD_CONFIG: &str = "/run/slate/containerd/config.toml";
 
 /// The specs of the services whose programs are in `bin`; kubelet only
-/// with a machine config.
-pub fn specs(bin: &Path, config: Option<&MachineConfig>) -> Vec<ServiceSpec> {
+/// with a machine config, etcd when the node runs one.
+pub fn specs(
+    bin: &Path,
+    config: Option<&MachineConfig>,
+    etcd: Option<&std::sync::Arc<crate::etcd::Etcd>>,
+) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     if bin.join("containerd").is_file() {
         out.push(containerd(bin, Path::new(CONTAINERD_CONFIG)));
+    }
+    if let Some(etcd) = etcd {
+        out.push(etcd.spec(&bin.join("etcd")));
     }
     let kubelet = config
         .and_then(|c| c.machine.kubelet.image.as_deref())
@@ -59,7 +65,7 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
     spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
     let config: PathBuf = config.to_owned();
     let runc = bin.join("runc");
-    spec.prepare = Some(Arc::new(move || {
+    spec.prepare = Some(prepare_with(move || {
         let text = containerd_config(&runc);
         if let Some(dir) = config.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -116,20 +122,23 @@ mod tests {
     #[test]
     fn only_services_whose_programs_exist() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(specs(dir.path(), None).is_empty());
+        assert!(specs(dir.path(), None, None).is_empty());
         std::fs::write(dir.path().join("containerd"), "").unwrap();
-        let specs = specs(dir.path(), None);
+        let specs = specs(dir.path(), None, None);
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].id, "containerd");
         assert!(specs[0].command[0].ends_with("/containerd"));
     }
 
-    #[test]
-    fn containerd_writes_its_config_before_it_starts() {
+    #[tokio::test]
+    async fn containerd_writes_its_config_before_it_starts() {
+        use crate::services::spec::Progress;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sub/config.toml");
         let spec = containerd(Path::new("/usr/local/bin"), &config);
-        (spec.prepare.unwrap())().unwrap();
+        (spec.prepare.unwrap())(Progress::new(|_| {}))
+            .await
+            .unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
         assert!(
             text.contains("BinaryName = \"/usr/local/bin/runc\""),

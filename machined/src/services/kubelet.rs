@@ -22,7 +22,6 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -108,7 +107,7 @@ pub fn spec(program: &Path, config: &MachineConfig, paths: KubeletPaths) -> Serv
         timeout: Duration::from_secs(2),
     });
     let config = config.clone();
-    spec.prepare = Some(Arc::new(move || prepare(&config, &paths)));
+    spec.prepare = Some(super::spec::prepare_with(move || prepare(&config, &paths)));
     spec
 }
 

@@ -172,14 +172,20 @@ fn holds(shared: &Shared, condition: &Condition) -> bool {
 
 async fn run_once(
     shared: &Shared,
-    service: &Service,
+    service: &Arc<Service>,
     commands: &mut mpsc::Receiver<Command>,
 ) -> Outcome {
     let spec = &service.spec;
     let mut extra_args = Vec::new();
     if let Some(prepare) = &spec.prepare {
         service.record(State::Preparing, "writing its configuration");
-        match prepare() {
+        let noter = service.clone();
+        let progress = super::spec::Progress::new(move |m| noter.note(m));
+        let result = tokio::select! {
+            r = prepare(progress) => r,
+            cmd = commands.recv() => return Outcome::Commanded(cmd.unwrap_or(Command::Stop)),
+        };
+        match result {
             Ok(args) => extra_args = args,
             Err(e) => {
                 service.record(State::Failed, format!("preparing: {e}"));

@@ -43,8 +43,39 @@ pub enum KillMode {
 }
 
 /// A pre-start step: extra arguments for this start, or the error that
-/// becomes the Failed event's message.
-pub type Prepare = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
+/// becomes the Failed event's message. It may take long (etcd waits for a
+/// bootstrap or a cluster to join) and says what it waits for through
+/// [`Progress`]; a stop command cancels it.
+pub type Prepare = Arc<dyn Fn(Progress) -> PrepareFuture + Send + Sync>;
+
+pub type PrepareFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, String>> + Send>>;
+
+/// A pre-start step that only writes files: runs at once, never waits.
+pub fn prepare_with(
+    f: impl Fn() -> Result<Vec<String>, String> + Send + Sync + 'static,
+) -> Prepare {
+    let f = Arc::new(f);
+    Arc::new(move |_| {
+        let f = f.clone();
+        Box::pin(async move { f() })
+    })
+}
+
+/// How a pre-start step adds an event to its service's history.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(String) + Send + Sync>);
+
+impl Progress {
+    pub fn new(f: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Records `message` as an event, keeping the state (Preparing).
+    pub fn note(&self, message: impl Into<String>) {
+        (self.0)(message.into());
+    }
+}
 
 impl ServiceSpec {
     /// A service running `command` with the defaults: no dependencies, no

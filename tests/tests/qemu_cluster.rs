@@ -1,0 +1,194 @@
+//! Three control-plane nodes in QEMU on one LAN: `slatectl bootstrap` on
+//! the first starts etcd, the others join by themselves (learner, then
+//! voter); a power cut of one keeps quorum and it rejoins when it boots.
+//! etcd is checked with Debian's etcdctl through forwarded ports, as an
+//! operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slate_machinery::tls;
+use slate_tests::api;
+use slate_tests::artifacts::Artifacts;
+use slate_tests::cluster::Cluster;
+use slate_tests::qemu::Boot;
+use slate_tests::slatectl::{run_as, text};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Three TCG guests on two cores: etcd's elections and catch-up are slow.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Etcdctl {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Etcdctl {
+    fn run(&self, endpoints: &[String], args: &[&str]) -> Output {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg(format!("--cacert={}", self.ca.display()))
+            .arg(format!("--cert={}", self.cert.display()))
+            .arg(format!("--key={}", self.key.display()))
+            .args(["--dial-timeout=5s", "--command-timeout=10s"])
+            .args(args)
+            .output()
+            .expect("running etcdctl (Debian package etcd-client: make deps)");
+        eprintln!("$ etcdctl {}\n{}", args.join(" "), text(&out));
+        out
+    }
+}
+
+/// Retries `check` every 2 s until it holds; fails with `what` and the
+/// last output after `timeout`.
+async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> (bool, String)) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, last) = check();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {timeout:?}; last:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn members_json(config: &Path, node: &str) -> Option<Vec<serde_json::Value>> {
+    let out = run_as(config, node, &["etcd", "members", "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[tokio::test]
+#[ignore = "boots three QEMU VMs: run by `make test`"]
+async fn three_control_planes_bootstrap_join_survive_a_power_cut_and_rejoin() {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Boot::kernel_with_extensions(&a).unwrap();
+    let mut cluster = Cluster::create(3, dir.path(), &boot).unwrap();
+    let config = cluster.slateconfig.clone();
+    let client = slate_machinery::clientconfig::ClientConfig::load(&config).unwrap();
+    let ctx = client.contexts.values().next().expect("one context");
+    let admin =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    for i in 0..3 {
+        cluster.start(i).unwrap();
+    }
+    for i in 0..3 {
+        api::wait_for_version(cluster.vm(i), admin.clone(), BOOT_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("node {}: {e:#}", i + 1));
+    }
+    let node = |c: &Cluster, i: usize| c.endpoint(i);
+
+    // Before the bootstrap etcd waits, and says what for.
+    let (n1, n2) = (node(&cluster, 0), node(&cluster, 1));
+    eventually("etcd on node 2 waits for a bootstrap", BOOT_TIMEOUT, || {
+        let out = run_as(&config, &n2, &["service", "etcd"]);
+        (text(&out).contains("slatectl bootstrap"), text(&out))
+    })
+    .await;
+
+    let out = run_as(&config, &n1, &["bootstrap"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = run_as(&config, &n1, &["bootstrap"]);
+    assert!(!again.status.success(), "a second bootstrap is refused");
+    assert!(text(&again).contains("already"), "{}", text(&again));
+
+    // Nodes 2 and 3 join by themselves and are promoted to voters.
+    eventually("three voting members", ETCD_TIMEOUT, || {
+        let members = members_json(&config, &n1).unwrap_or_default();
+        let voters = members
+            .iter()
+            .filter(|m| m["learner"] == false && m["name"] != "")
+            .count();
+        (voters == 3, format!("{members:?}"))
+    })
+    .await;
+    let out = run_as(&config, &n1, &["etcd", "members"]);
+    for name in ["cp-1", "cp-2", "cp-3"] {
+        assert!(text(&out).contains(name), "{}", text(&out));
+    }
+    // A bootstrap where a cluster runs would split it.
+    let split = run_as(&config, &n2, &["bootstrap"]);
+    assert!(!split.status.success(), "{}", text(&split));
+
+    let (ca, cert, key) = cluster.etcdctl_identity().unwrap();
+    let etcdctl = Etcdctl { ca, cert, key };
+    let urls: Vec<String> = (0..3).map(|i| cluster.etcd_url(i).unwrap()).collect();
+    eventually("etcdctl endpoint health: 3 healthy", ETCD_TIMEOUT, || {
+        let out = etcdctl.run(&urls, &["endpoint", "health"]);
+        let healthy = text(&out).matches("is healthy").count();
+        (out.status.success() && healthy == 3, text(&out))
+    })
+    .await;
+    let out = etcdctl.run(&urls[..1], &["put", "before", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A power cut of node 3: two of three keep quorum, writes succeed.
+    cluster.power_off(2);
+    let out = etcdctl.run(&urls[..1], &["put", "during", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = etcdctl.run(&urls[1..2], &["get", "during", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "{}",
+        text(&out)
+    );
+
+    // Powered on again, it starts from its data on EPHEMERAL and catches up.
+    cluster.start(2).unwrap();
+    api::wait_for_version(cluster.vm(2), admin.clone(), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("node 3 after the power cut: {e:#}"));
+    let url3 = vec![cluster.etcd_url(2).unwrap()];
+    eventually(
+        "node 3 rejoined with the write it missed",
+        ETCD_TIMEOUT,
+        || {
+            let out = etcdctl.run(
+                &url3,
+                &["get", "during", "--print-value-only", "--consistency=s"],
+            );
+            (
+                String::from_utf8_lossy(&out.stdout).trim() == "2",
+                text(&out),
+            )
+        },
+    )
+    .await;
+    let members = members_json(&config, &node(&cluster, 2)).unwrap();
+    assert_eq!(members.len(), 3, "the same three members: {members:?}");
+
+    // The etcd logs and a snapshot, as an operator takes them.
+    let out = run_as(&config, &n1, &["logs", "etcd", "--tail", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        5,
+        "{}",
+        text(&out)
+    );
+    let snap = dir.path().join("etcd.snapshot");
+    let out = run_as(&config, &n1, &["etcd", "snapshot", snap.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = etcdctl.run(
+        &[],
+        &["snapshot", "status", snap.to_str().unwrap(), "-w", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "etcdctl reads the snapshot: {}",
+        text(&out)
+    );
+}
