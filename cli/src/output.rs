@@ -113,6 +113,16 @@ pub fn time_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Success when every node answered; failure when any did not (each
+/// failure was printed as it happened).
+pub fn exit_code(all_ok: bool) -> std::process::ExitCode {
+    if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,11 +110,7 @@ pub async fn run(global: &Global, args: ApplyConfigArgs) -> anyhow::Result<ExitC
             println!("  needs a reboot: {}", r.reboot_required_by.join(", "));
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::output::exit_code(ok))
 }
 
 #[cfg(test)]

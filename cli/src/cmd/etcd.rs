@@ -87,14 +87,6 @@ impl Rows for Row {
     }
 }
 
-fn exit(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 /// `slatectl bootstrap`: a new etcd cluster on the one node given.
 pub async fn bootstrap(global: &Global) -> anyhow::Result<ExitCode> {
     let session = connect::session(global)?;
@@ -129,7 +121,7 @@ pub async fn run(global: &Global, command: EtcdCommand) -> anyhow::Result<ExitCo
                     "{target}: left the etcd cluster; its etcd is stopped and its data deleted"
                 );
             }
-            Ok(exit(ok))
+            Ok(output::exit_code(ok))
         }
         EtcdCommand::RemoveMember(args) => {
             let session = connect::session(global)?;
@@ -173,7 +165,7 @@ async fn members(global: &Global, format: Format) -> anyhow::Result<ExitCode> {
         })
         .collect();
     output::print(format, &rows)?;
-    Ok(exit(ok))
+    Ok(output::exit_code(ok))
 }
 
 /// Streams the snapshot into a temporary file beside `path`, then renames

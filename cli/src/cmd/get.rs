@@ -151,11 +151,7 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     output::print_values(format, args.kind.columns(), &rows)?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }
 
 /// A resource as `{"node": …, <spec fields>}`.
@@ -264,9 +260,5 @@ async fn machine_config(session: &connect::Session, args: GetArgs) -> anyhow::Re
             }
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }

@@ -31,9 +31,5 @@ pub async fn run(global: &Global, action: Action) -> anyhow::Result<ExitCode> {
             Action::Shutdown => println!("{target}: shutting down"),
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::output::exit_code(ok))
 }

@@ -74,9 +74,5 @@ pub async fn run(global: &Global, args: ProcessesArgs) -> anyhow::Result<ExitCod
         .filter(|r| !args.user_only || r.rss_bytes > 0)
         .collect();
     output::print(args.output, &rows)?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }

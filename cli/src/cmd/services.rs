@@ -183,11 +183,7 @@ async fn list(global: &Global, id: &str, format: Format) -> anyhow::Result<ExitC
         })
         .collect();
     output::print(format, &rows)?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }
 
 pub async fn services(global: &Global, args: ServicesArgs) -> anyhow::Result<ExitCode> {
@@ -225,11 +221,7 @@ pub async fn service(global: &Global, args: ServiceArgs) -> anyhow::Result<ExitC
     for (target, ()) in results {
         println!("{target}: {} {:?} requested", args.id, action);
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }
 
 /// One service on each node: its state, then its recent events.
@@ -253,11 +245,7 @@ async fn events(global: &Global, id: &str) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }
 
 pub async fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {

@@ -118,9 +118,5 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
         }
     }
     output::print(args.output, &rows)?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(output::exit_code(ok))
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use slate_machinery::config::MachineConfig;
-use slate_machinery::pki::{Authority, CertAndKey};
+use slate_machinery::pki::Authority;
 
 use super::Identity;
 
@@ -14,34 +14,29 @@ pub const CA_CRT: &str = "ca.crt";
 pub const MEMBER_CRT: &str = "member.crt";
 pub const MEMBER_KEY: &str = "member.key";
 
-/// The etcd CA's certificate (the key is not read).
-pub fn etcd_ca(config: &MachineConfig) -> Result<CertAndKey, String> {
-    let ca = config
+fn ca(config: &MachineConfig) -> Result<&slate_machinery::config::PemKeyPair, String> {
+    config
         .cluster
         .etcd
         .ca
         .as_ref()
-        .ok_or("cluster.etcd.ca is missing (slatectl gen config makes one)")?;
-    Ok(CertAndKey {
-        cert_pem: ca.crt_pem().map_err(|e| format!("cluster.etcd.ca.{e}"))?,
-        key_pem: String::new(),
-    })
+        .ok_or_else(|| "cluster.etcd.ca is missing (slatectl gen config makes one)".into())
+}
+
+/// The etcd CA's certificate, PEM (its key is not read).
+pub fn etcd_ca(config: &MachineConfig) -> Result<String, String> {
+    ca(config)?
+        .crt_pem()
+        .map_err(|e| format!("cluster.etcd.ca.{e}"))
 }
 
 /// The etcd CA, able to issue.
 pub fn authority(config: &MachineConfig) -> Result<Authority, String> {
-    let ca = config
-        .cluster
-        .etcd
-        .ca
-        .as_ref()
-        .ok_or("cluster.etcd.ca is missing (slatectl gen config makes one)")?;
-    let crt = ca.crt_pem().map_err(|e| format!("cluster.etcd.ca.{e}"))?;
-    let key = ca
+    let key = ca(config)?
         .key_pem()
         .map_err(|e| format!("cluster.etcd.ca.{e}"))?
         .ok_or("cluster.etcd.ca.key is missing: a control-plane node issues etcd's certificates")?;
-    Authority::from_pem(&crt, &key).map_err(|e| format!("cluster.etcd.ca: {e}"))
+    Authority::from_pem(&etcd_ca(config)?, &key).map_err(|e| format!("cluster.etcd.ca: {e}"))
 }
 
 /// Writes the CA and a fresh member certificate for `who` into `dir`
@@ -65,7 +60,7 @@ pub fn write(config: &MachineConfig, who: &Identity, dir: &Path) -> Result<(), S
         slate_machinery::fs::write_atomic(&dir.join(name), text.as_bytes(), mode)
             .map_err(|e| slate_machinery::error::chain(&e))
     };
-    write(CA_CRT, &ca.cert_pem, 0o644)?;
+    write(CA_CRT, &ca, 0o644)?;
     write(MEMBER_CRT, &member.cert_pem, 0o644)?;
     write(MEMBER_KEY, &member.key_pem, 0o600)
 }

@@ -182,16 +182,6 @@ impl EtcdClient {
         Ok(status.leader())
     }
 
-    /// The id of the member this client is connected to.
-    pub async fn own_id(&mut self) -> Result<u64, EtcdError> {
-        let status = self
-            .inner
-            .status()
-            .await
-            .map_err(EtcdError::call("status"))?;
-        Ok(status.header().map_or(0, |h| h.member_id()))
-    }
-
     /// The database, as a stream of chunks.
     pub async fn snapshot(&mut self) -> Result<etcd_client::SnapshotStreaming, EtcdError> {
         self.inner

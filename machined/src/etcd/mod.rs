@@ -263,7 +263,7 @@ impl Etcd {
             }
         };
         Ok(client::ClientTls {
-            ca_pem: ca.cert_pem,
+            ca_pem: ca,
             identity,
         })
     }
