@@ -10,13 +10,13 @@ use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
     ApplyConfigurationRequest, ApplyConfigurationResponse, BootstrapRequest, BootstrapResponse,
-    DmesgRequest, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest, EtcdMembersResponse,
-    EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk, EtcdSnapshotRequest,
-    GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
-    GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
-    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest, ServiceActionResponse,
-    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, VersionRequest,
-    VersionResponse,
+    ContainersRequest, ContainersResponse, DmesgRequest, EtcdLeaveRequest, EtcdLeaveResponse,
+    EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse,
+    EtcdSnapshotChunk, EtcdSnapshotRequest, GenerateClientConfigurationRequest,
+    GenerateClientConfigurationResponse, GetMachineConfigRequest, GetMachineConfigResponse,
+    LogLine, LogsRequest, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
+    ServiceActionRequest, ServiceActionResponse, ServiceListRequest, ServiceListResponse,
+    ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
 };
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
@@ -363,6 +363,19 @@ impl MachineService for MachineApi {
             self.machined(),
             Request::new(request.into_inner()),
             |mut c, r| async move { c.etcd_remove_member(r).await },
+        )
+        .await
+    }
+
+    async fn containers(
+        &self,
+        request: Request<ContainersRequest>,
+    ) -> Result<Response<ContainersResponse>, Status> {
+        self.authorize(&request, Access::Role(Role::Reader))?;
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.containers(r).await },
         )
         .await
     }

@@ -91,6 +91,8 @@ pub enum Command {
     Logs(cmd::services::LogsArgs),
     /// Print the kernel log (-f to follow).
     Dmesg(cmd::services::DmesgArgs),
+    /// List the containers containerd runs (-k: Kubernetes' only).
+    Containers(cmd::containers::ContainersArgs),
     /// Start a new etcd cluster on one control-plane node; the others
     /// join it by themselves.
     Bootstrap,
@@ -115,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => block_on(cmd::services::service(&cli.global, args)),
         Command::Logs(args) => block_on(cmd::services::logs(&cli.global, args)),
         Command::Dmesg(args) => block_on(cmd::services::dmesg(&cli.global, args)),
+        Command::Containers(args) => block_on(cmd::containers::run(&cli.global, args)),
         Command::Bootstrap => block_on(cmd::etcd::bootstrap(&cli.global)),
         Command::Etcd(cmd) => block_on(cmd::etcd::run(&cli.global, cmd)),
     }

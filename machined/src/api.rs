@@ -8,9 +8,10 @@ use std::time::Duration;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
     ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, BootstrapRequest,
-    BootstrapResponse, DmesgRequest, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest,
-    EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk,
-    EtcdSnapshotRequest, GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
+    BootstrapResponse, ContainersRequest, ContainersResponse, DmesgRequest, EtcdLeaveRequest,
+    EtcdLeaveResponse, EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest,
+    EtcdRemoveMemberResponse, EtcdSnapshotChunk, EtcdSnapshotRequest,
+    GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
     GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
     ProcessesResponse, RebootRequest, RebootResponse, ServiceActionKind, ServiceActionRequest,
     ServiceActionResponse, ServiceEvent, ServiceInfo, ServiceListRequest, ServiceListResponse,
@@ -323,5 +324,16 @@ impl MachineService for MachinedApi {
         let etcd = etcd_rpc::require(self.etcd.as_ref())?;
         etcd_rpc::remove_member(etcd, &request.into_inner().member).await?;
         Ok(Response::new(EtcdRemoveMemberResponse {}))
+    }
+
+    async fn containers(
+        &self,
+        request: Request<ContainersRequest>,
+    ) -> Result<Response<ContainersResponse>, Status> {
+        let socket = std::path::Path::new(services::catalog::CONTAINERD_SOCKET);
+        let containers = crate::containers::list(socket, &request.into_inner().namespace)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ContainersResponse { containers }))
     }
 }

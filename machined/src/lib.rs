@@ -25,6 +25,7 @@
 pub mod api;
 pub mod blockdev;
 pub mod configdrive;
+pub mod containers;
 pub mod disk;
 pub mod etcd;
 pub mod kmsg;

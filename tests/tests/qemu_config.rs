@@ -459,6 +459,16 @@ async fn containerd_runs_as_a_service_with_logs_and_a_restart() {
         "{}",
         text(&out)
     );
+    // containerd answers its API through machined: no containers yet
+    // (no images can be pulled here), but the call goes all the way.
+    let out = slatectl_as(&client, &node, &["containers", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "{}",
+        text(&out)
+    );
 
     // A reader may look but not restart.
     let reader = mint_reader(&client, &node, d);

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod apply_config;
 pub mod config_new;
+pub mod containers;
 pub mod etcd;
 pub mod gen_config;
 pub mod get;
