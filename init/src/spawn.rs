@@ -195,7 +195,16 @@ fn child_exec(
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
             return *libc::__errno_location();
         }
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Every standard signal back to its default: an ignored one (as
+        // SIGPIPE is in Rust programs, or SIGHUP under nohup) stays
+        // ignored across execve otherwise. sigaction, not signal(): only
+        // the former is async-signal-safe.
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..32 {
+            // SIGKILL and SIGSTOP refuse, harmlessly.
+            libc::sigaction(sig, &default, std::ptr::null_mut());
+        }
         libc::execve(prog, argv, envp);
         *libc::__errno_location()
     }

@@ -10,6 +10,7 @@
 //! - [`artifacts`]: where the built image is;
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
 //! - [`svcbench`]: the service supervisor's own cost;
+//! - [`etcdbench`]: one node from QEMU's start to a healthy etcd;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`].
 
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod cluster;
 pub mod configdrive;
 pub mod console;
+pub mod etcdbench;
 pub mod floor;
 pub mod netbench;
 pub mod netns;

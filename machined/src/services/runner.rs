@@ -35,6 +35,8 @@ enum Outcome {
     Commanded(Command),
 }
 
+/// How often a service is probed until its first healthy answer.
+const FIRST_HEALTH_POLL: Duration = Duration::from_millis(250);
 /// How long after SIGKILL to wait for the cgroup to empty.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// File conditions are looked at this often: the hand-off files appear
@@ -393,11 +395,13 @@ async fn watch_health(service: &Service) {
     let Some(check) = service.spec.health.clone() else {
         return std::future::pending().await;
     };
-    let mut tick = tokio::time::interval(check.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until it is healthy the first time, probe often: services waiting
+    // for this one (kubelet for containerd) start that much sooner, and a
+    // probe of a process still starting costs little.
+    let mut ever_healthy = false;
     loop {
-        tick.tick().await;
         let result = health::check(&check.probe, check.timeout).await;
+        ever_healthy |= result.is_ok();
         let healthy = result.is_ok();
         let changed = service.update(|s| {
             if s.healthy == Some(healthy) {
@@ -413,6 +417,12 @@ async fn watch_health(service: &Service) {
         if changed {
             service.shared_notify();
         }
+        let wait = if ever_healthy {
+            check.interval
+        } else {
+            check.interval.min(FIRST_HEALTH_POLL)
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
