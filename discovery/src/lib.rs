@@ -22,4 +22,5 @@
 //! See `docs/mesh-discovery.md`: no WireGuard data path, endpoint selection,
 //! relay or routing here; the client speaks plain HTTP only.
 pub mod bundle;
+pub mod gossip;
 pub mod record;

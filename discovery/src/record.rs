@@ -473,4 +473,4 @@ mod nets {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
