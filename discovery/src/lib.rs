@@ -22,7 +22,6 @@
 //! See `docs/mesh-discovery.md`: no WireGuard data path, endpoint selection,
 //! relay or routing here; the client speaks plain HTTP only.
 pub mod bundle;
-pub mod cli;
 pub mod client;
 pub mod gossip;
 pub mod ratelimit;
