@@ -42,6 +42,8 @@ pub struct Limits {
     pub ttl: Duration,
     pub max_affiliates: usize,
     pub max_clusters: usize,
+    /// Most bytes of records held in all.
+    pub max_bytes: usize,
     pub max_connections: usize,
     /// Time to send a request's head and then its body.
     pub request_timeout: Duration,
@@ -55,6 +57,7 @@ impl Default for Limits {
             ttl: Duration::from_secs(300),
             max_affiliates: MAX_BUNDLE_RECORDS,
             max_clusters: 4096,
+            max_bytes: 256 << 20,
             max_connections: 512,
             request_timeout: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(60),
@@ -82,6 +85,8 @@ pub enum StoreError {
     TooManyAffiliates(usize),
     #[error("the service keeps the most clusters it can ({0})")]
     TooManyClusters(usize),
+    #[error("the service holds the most bytes it may ({0})")]
+    Full(usize),
 }
 
 /// The blobs, in memory: a restart loses them, and nodes publish again
@@ -91,6 +96,10 @@ pub struct Store {
     clusters: HashMap<String, HashMap<String, Blob>>,
     max_affiliates: usize,
     max_clusters: usize,
+    /// Clusters × affiliates × 4 KiB can be far more than a small server
+    /// has; this caps the blobs' total size.
+    max_bytes: usize,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -100,11 +109,13 @@ struct Blob {
 }
 
 impl Store {
-    pub fn new(max_affiliates: usize, max_clusters: usize) -> Self {
+    pub fn new(max_affiliates: usize, max_clusters: usize, max_bytes: usize) -> Self {
         Self {
             clusters: HashMap::new(),
             max_affiliates,
             max_clusters,
+            max_bytes,
+            bytes: 0,
         }
     }
 
@@ -117,21 +128,41 @@ impl Store {
         ttl: Duration,
         now: Instant,
     ) -> Result<(), StoreError> {
-        if !self.clusters.contains_key(cluster) && self.clusters.len() >= self.max_clusters {
+        let known = self.clusters.get(cluster);
+        let old = known
+            .and_then(|a| a.get(affiliate))
+            .map_or(0, |b| b.data.len());
+        let new_cluster = known.is_none() && self.clusters.len() >= self.max_clusters;
+        let new_affiliate =
+            known.is_some_and(|a| !a.contains_key(affiliate) && a.len() >= self.max_affiliates);
+        let too_big = self.bytes - old + data.len() > self.max_bytes;
+        if new_cluster || new_affiliate || too_big {
             self.sweep(now);
-            if self.clusters.len() >= self.max_clusters {
+            if !self.clusters.contains_key(cluster) && self.clusters.len() >= self.max_clusters {
                 return Err(StoreError::TooManyClusters(self.max_clusters));
             }
-        }
-        let affiliates = self.clusters.entry(cluster.to_owned()).or_default();
-        if !affiliates.contains_key(affiliate) && affiliates.len() >= self.max_affiliates {
-            affiliates.retain(|_, b| b.expires > now);
-            if affiliates.len() >= self.max_affiliates {
+            if self
+                .clusters
+                .get(cluster)
+                .is_some_and(|a| !a.contains_key(affiliate) && a.len() >= self.max_affiliates)
+            {
                 return Err(StoreError::TooManyAffiliates(self.max_affiliates));
+            }
+            let old = self
+                .clusters
+                .get(cluster)
+                .and_then(|a| a.get(affiliate))
+                .map_or(0, |b| b.data.len());
+            if self.bytes - old + data.len() > self.max_bytes {
+                return Err(StoreError::Full(self.max_bytes));
             }
         }
         let expires = now + ttl;
-        affiliates.insert(affiliate.to_owned(), Blob { data, expires });
+        self.bytes += data.len();
+        let affiliates = self.clusters.entry(cluster.to_owned()).or_default();
+        if let Some(old) = affiliates.insert(affiliate.to_owned(), Blob { data, expires }) {
+            self.bytes -= old.data.len();
+        }
         Ok(())
     }
 
@@ -150,27 +181,42 @@ impl Store {
         let Some(affiliates) = self.clusters.get_mut(cluster) else {
             return false;
         };
-        let was = affiliates.remove(affiliate).is_some();
+        let old = affiliates.remove(affiliate);
         if affiliates.is_empty() {
             self.clusters.remove(cluster);
         }
-        was
+        if let Some(old) = &old {
+            self.bytes -= old.data.len();
+        }
+        old.is_some()
     }
 
     /// Drops expired blobs and empty clusters; returns how many blobs went.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let mut gone = 0;
+        let mut freed = 0;
         self.clusters.retain(|_, affiliates| {
-            let before = affiliates.len();
-            affiliates.retain(|_, b| b.expires > now);
-            gone += before - affiliates.len();
+            affiliates.retain(|_, b| {
+                let live = b.expires > now;
+                if !live {
+                    gone += 1;
+                    freed += b.data.len();
+                }
+                live
+            });
             !affiliates.is_empty()
         });
+        self.bytes -= freed;
         gone
     }
 
     pub fn clusters(&self) -> usize {
         self.clusters.len()
+    }
+
+    /// Bytes of blobs held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -188,7 +234,11 @@ impl Service {
     pub fn new(mut limits: Limits, clock: Arc<dyn Clock>) -> Self {
         limits.max_affiliates = limits.max_affiliates.min(MAX_BUNDLE_RECORDS);
         Self {
-            store: Mutex::new(Store::new(limits.max_affiliates, limits.max_clusters)),
+            store: Mutex::new(Store::new(
+                limits.max_affiliates,
+                limits.max_clusters,
+                limits.max_bytes,
+            )),
             limits,
             clock,
             log: RateLimitedLog::new(Duration::from_secs(60), 4096),
@@ -358,6 +408,7 @@ async fn dispatch(
                     StoreError::TooManyClusters(_) => {
                         (StatusCode::TOO_MANY_REQUESTS, "too many clusters")
                     }
+                    StoreError::Full(_) => (StatusCode::TOO_MANY_REQUESTS, "the service is full"),
                 })?;
             Ok(reply(StatusCode::NO_CONTENT, Bytes::new()))
         }
@@ -456,7 +507,7 @@ mod tests {
     fn the_store_expires_and_bounds() {
         let t = Instant::now();
         let ttl = Duration::from_secs(10);
-        let mut s = Store::new(2, 2);
+        let mut s = Store::new(2, 2, 1 << 20);
         s.put("c1", "a", Bytes::from_static(b"1"), ttl, t).unwrap();
         s.put(
             "c1",
@@ -498,5 +549,29 @@ mod tests {
         assert!(s.delete("c3", "a"));
         assert!(!s.delete("c3", "a"));
         assert_eq!(s.clusters(), 1);
+        assert_eq!(s.bytes(), 1, "c1/c, one byte");
+    }
+
+    #[test]
+    fn the_store_caps_its_bytes() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let blob = |n| Bytes::from(vec![0u8; n]);
+        let mut s = Store::new(10, 10, 100);
+        s.put("c1", "a", blob(60), ttl, t).unwrap();
+        assert_eq!(
+            s.put("c2", "a", blob(41), ttl, t),
+            Err(StoreError::Full(100))
+        );
+        s.put("c2", "a", blob(40), ttl, t).unwrap();
+        // Replacing counts the difference.
+        s.put("c1", "a", blob(50), ttl, t).unwrap();
+        s.put("c1", "a", blob(60), ttl, t).unwrap();
+        assert_eq!(s.bytes(), 100);
+        // Expired blobs make room.
+        s.put("c3", "a", blob(100), ttl, t + ttl).unwrap();
+        assert_eq!((s.bytes(), s.clusters()), (100, 1));
+        assert!(s.delete("c3", "a"));
+        assert_eq!(s.bytes(), 0);
     }
 }

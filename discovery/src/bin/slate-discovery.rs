@@ -28,6 +28,9 @@ struct Args {
     /// Most clusters kept.
     #[arg(long, default_value_t = Limits::default().max_clusters)]
     max_clusters: usize,
+    /// Most MiB of records kept in all.
+    #[arg(long, default_value_t = Limits::default().max_bytes >> 20)]
+    max_mib: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ttl: Duration::from_secs(args.ttl),
         max_affiliates: args.max_affiliates,
         max_clusters: args.max_clusters,
+        max_bytes: args.max_mib.saturating_mul(1 << 20),
         ..Limits::default()
     };
     tokio::runtime::Builder::new_current_thread()
