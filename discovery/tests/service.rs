@@ -38,6 +38,14 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Running {
+    /// Stops the service and waits until its port is closed.
+    async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
@@ -159,6 +167,44 @@ async fn two_nodes_find_each_other_and_an_intruder_is_ignored() {
 
 fn record_of(t: &AffiliateTable) -> Record {
     t.own().unwrap().record.clone()
+}
+
+#[tokio::test]
+async fn a_rebooted_node_rejoins_through_a_peer_while_the_service_is_down() {
+    let mut svc = start(Limits::default()).await;
+    let keys = Arc::new(ClusterKeys::new(&ID, &SECRET));
+    let list = client::affiliates_url(&svc.endpoint, &keys);
+    let mut a = AffiliateTable::new(keys.clone(), "a", 100);
+    for (node, last) in [("a", 1), ("b", 2), ("c", 3)] {
+        let sealed = keys.seal(&record(&keys, node, last)).unwrap();
+        let url = client::affiliate_url(&svc.endpoint, &keys, node);
+        client::publish(&url, &sealed, TTL).await.unwrap();
+    }
+    a.set_own(record(&keys, "a", 1)).unwrap();
+    let report = a.merge_bundle(
+        &client::fetch_bundle(&list).await.unwrap(),
+        SystemTime::now(),
+    );
+    assert_eq!(report.added, 2);
+
+    svc.stop().await;
+    // c reboots with an empty table and cannot reach the service...
+    let mut c = AffiliateTable::new(keys.clone(), "c", 100);
+    let mut rebooted = record(&keys, "c", 3);
+    rebooted.issued_ms += 1000; // a later version than the one published
+    c.set_own(rebooted).unwrap();
+    let err = client::fetch_bundle(&list).await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    // ...but a peer's bundle tells it about everyone, and it about itself.
+    let report = c.merge_bundle(&a.bundle(SystemTime::now()), SystemTime::now());
+    assert_eq!((report.added, report.own), (2, 1), "{report:?}");
+    assert!(c.get("a").is_some() && c.get("b").is_some());
+    let report = a.merge_bundle(&c.bundle(SystemTime::now()), SystemTime::now());
+    assert_eq!(
+        (report.updated, report.stale, report.own),
+        (1, 1, 1),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
