@@ -97,6 +97,8 @@ pub enum ExtensionError {
     NotAFile { name: String, path: PathBuf },
     #[error("extension {0} is given twice")]
     Duplicate(String),
+    #[error(transparent)]
+    Service(#[from] slate_machinery::extension_service::ExtensionServiceError),
     #[error("unknown Debian extension {0:?} (known: containerd, runc, etcd-server)")]
     Unknown(String),
     #[error(transparent)]
@@ -191,14 +193,33 @@ fn unpack(tools: &Toolbox, package: &str, dir: &Path, root: &Path) -> Result<(),
     fs::write(&marker, format!("{}\n", deb.display())).map_err(io("writing", &marker))
 }
 
-/// Builds `work/extensions.cpio` from `extensions` and returns its path.
+/// Builds `work/extensions.cpio` from `extensions` and the service
+/// declarations `services` (checked here, so a bad one fails the build
+/// with its file and line, not the node) and returns its path.
 pub fn build(
     tools: &Toolbox,
     work: &Path,
     extensions: &[Extension],
+    services: &[PathBuf],
     epoch: u64,
 ) -> Result<PathBuf, ExtensionError> {
+    use slate_machinery::extension_service::{DIR_IN_LAYER, ExtensionService};
     let staging = work.join("extensions");
+    // A layer of an earlier build must not leak into this one.
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(io("removing", &staging))?;
+    }
+    let declared = staging.join(DIR_IN_LAYER);
+    for path in services {
+        let text = fs::read_to_string(path).map_err(io("reading", path))?;
+        let service = ExtensionService::parse(&text, &path.display().to_string())?;
+        fs::create_dir_all(&declared).map_err(io("creating", &declared))?;
+        let dest = declared.join(format!("{}.yaml", service.name));
+        if dest.exists() {
+            return Err(ExtensionError::Duplicate(service.name));
+        }
+        copy(path, &dest, 0o644)?;
+    }
     for dir in ["bin", "lib"] {
         let d = staging.join(dir);
         fs::create_dir_all(&d).map_err(io("creating", &d))?;

@@ -75,6 +75,9 @@ pub struct Options {
     pub debian_extensions: Vec<String>,
     /// More extension programs (`kubelet=PATH`).
     pub extensions: Vec<extensions::Extension>,
+    /// Service declarations for the extension layer
+    /// ([`slate_machinery::extension_service`]).
+    pub extension_services: Vec<PathBuf>,
 }
 
 /// A failed build, naming the step.
@@ -172,7 +175,9 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     let direct_cmdline = cmdline(DEFAULT_CMDLINE, opts.cmdline_extra.as_deref());
     let iso_cmdline = cmdline(ISO_CMDLINE, opts.cmdline_extra.as_deref());
 
-    let with_extensions = !opts.debian_extensions.is_empty() || !opts.extensions.is_empty();
+    let with_extensions = !opts.debian_extensions.is_empty()
+        || !opts.extensions.is_empty()
+        || !opts.extension_services.is_empty();
     let mut progress = Progress::new(4 + usize::from(opts.iso) + usize::from(with_extensions));
     let kernel = progress.step("fetching the kernel", || {
         kernel::fetch(&tools, opts.kernel, &opts.out.join("cache")).map_err(Error::Kernel)
@@ -243,7 +248,8 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
                 extensions::debian(&tools, &opts.debian_extensions, &opts.out.join("cache"))
                     .map_err(Error::Extensions)?;
             all.extend(opts.extensions.iter().cloned());
-            extensions::build(&tools, &work, &all, epoch).map_err(Error::Extensions)
+            extensions::build(&tools, &work, &all, &opts.extension_services, epoch)
+                .map_err(Error::Extensions)
         })?)
     } else {
         None

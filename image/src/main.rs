@@ -35,6 +35,11 @@ struct Args {
     /// `--extension kubelet=/path/to/kubelet` (repeatable).
     #[arg(long = "extension", value_name = "NAME=PATH")]
     extensions: Vec<slate_image::extensions::Extension>,
+    /// A service the node runs from the extension layer, declared in YAML
+    /// (name, command, limits, restart, dependencies; see
+    /// docs/architecture.md), e.g. `--extension-service exporter.yaml`.
+    #[arg(long = "extension-service", value_name = "FILE")]
+    extension_services: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .filter(|p| !p.is_empty())
             .collect(),
         extensions: args.extensions,
+        extension_services: args.extension_services,
     };
     let report = slate_image::build(&opts)?;
     println!("{report}");

@@ -15,6 +15,7 @@ pub mod clientconfig;
 pub mod config;
 pub mod constants;
 pub mod error;
+pub mod extension_service;
 pub mod fs;
 pub mod generate;
 pub mod logging;

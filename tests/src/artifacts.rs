@@ -63,12 +63,24 @@ impl Artifacts {
         let dir = Self::dir().join("run");
         std::fs::create_dir_all(&dir)?;
         let out = dir.join("initramfs+extensions.img");
+        self.initramfs_with(ext, &out)?;
+        Ok(out)
+    }
+
+    /// Writes the extension layer `layer` followed by the initramfs to
+    /// `out` (a test's own layer).
+    pub fn initramfs_with(
+        &self,
+        layer: &std::path::Path,
+        out: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
         // Uncompressed segment first: the kernel finds the next archive
         // after an uncompressed one, not after a zstd one.
-        let mut bytes = std::fs::read(ext)?;
+        let mut bytes =
+            std::fs::read(layer).with_context(|| format!("reading {}", layer.display()))?;
         bytes.extend(std::fs::read(&self.initramfs)?);
-        slate_machinery::fs::write_atomic(&out, &bytes, 0o644)
-            .with_context(|| format!("writing {}", out.display()))?;
-        Ok(out)
+        slate_machinery::fs::write_atomic(out, &bytes, 0o644)
+            .with_context(|| format!("writing {}", out.display()))
     }
 }

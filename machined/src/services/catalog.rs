@@ -3,14 +3,18 @@
 //!
 //! containerd runs whenever the layer has it; etcd on control-plane nodes
 //! whose layer has it ([`crate::etcd`]); kubelet when the layer has one and
-//! the node has a config ([`super::kubelet`]).
+//! the node has a config ([`super::kubelet`]); and the services the layer
+//! declares itself (`etc/slate/services/*.yaml`,
+//! [`slate_machinery::extension_service`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slate_machinery::config::MachineConfig;
 
-use super::spec::{HealthCheck, KillMode, Limits, Probe, ServiceSpec, prepare_with};
+use super::spec::{
+    Condition, HealthCheck, KillMode, Limits, Probe, RestartPolicy, ServiceSpec, prepare_with,
+};
 
 /// Where the extension layer's programs are.
 pub const EXTENSIONS_BIN: &str = "/usr/local/bin";
@@ -35,6 +39,11 @@ pub fn specs(
     if let Some(etcd) = etcd {
         out.push(etcd.spec(&bin.join("etcd")));
     }
+    if let Some(layer) = bin.parent() {
+        out.extend(extension_services(
+            &layer.join(slate_machinery::extension_service::DIR_IN_LAYER),
+        ));
+    }
     let kubelet = config
         .and_then(|c| c.machine.kubelet.image.as_deref())
         .map_or_else(|| bin.join("kubelet"), PathBuf::from);
@@ -48,6 +57,72 @@ pub fn specs(
         ));
     }
     out
+}
+
+/// The services the layer declares in `dir` (`*.yaml`); a declaration
+/// that does not parse is logged and skipped, never the others.
+pub fn extension_services(dir: &Path) -> Vec<ServiceSpec> {
+    use slate_machinery::extension_service::ExtensionService;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|text| {
+                    ExtensionService::parse(&text, &path.display().to_string())
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(service) => Some(extension_spec(&service)),
+                Err(e) => {
+                    tracing::error!("extension service skipped: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The supervisor's spec for a declared extension service.
+pub fn extension_spec(s: &slate_machinery::extension_service::ExtensionService) -> ServiceSpec {
+    use slate_machinery::extension_service::Restart;
+    let argv: Vec<&str> = s.command.iter().map(String::as_str).collect();
+    let mut spec = ServiceSpec::new(&s.name, &argv);
+    spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
+    spec.env
+        .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    spec.restart.policy = match s.restart {
+        Restart::Always => RestartPolicy::Always,
+        Restart::OnFailure => RestartPolicy::OnFailure,
+        Restart::Never => RestartPolicy::Never,
+    };
+    if s.depends_on.network {
+        spec.depends.push(Condition::File(
+            slate_machinery::constants::NETWORK_READY_FILE.into(),
+        ));
+    }
+    spec.depends.extend(
+        s.depends_on
+            .services
+            .iter()
+            .map(|id| Condition::Service(id.clone())),
+    );
+    spec.limits = Limits {
+        memory_max: s.limits.memory_mib.map(|m| m.saturating_mul(1 << 20)),
+        pids_max: s.limits.pids,
+        // cpu.max is per 100 ms period: 1 % of a core is 1000 µs.
+        cpu_max_us: s.limits.cpu_percent.map(|p| p.saturating_mul(1000)),
+        oom_score_adj: s.limits.oom_score_adj,
+    };
+    spec
 }
 
 /// containerd with the CRI plugin on, its state under /var (EPHEMERAL on
@@ -128,6 +203,30 @@ mod tests {
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].id, "containerd");
         assert!(specs[0].command[0].ends_with("/containerd"));
+    }
+
+    #[test]
+    fn declared_services_run_with_their_limits_and_bad_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("etc/slate/services");
+        std::fs::create_dir_all(&services).unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(
+            services.join("hog.yaml"),
+            "name: hog\ncommand: [/usr/local/bin/hog]\nrestart: on-failure\ndependsOn: {network: true}\nlimits: {memoryMiB: 32, pids: 8, cpuPercent: 50}\n",
+        )
+        .unwrap();
+        std::fs::write(services.join("broken.yaml"), "name: [\n").unwrap();
+        std::fs::write(services.join("README"), "not a declaration").unwrap();
+        let specs = specs(&dir.path().join("bin"), None, None);
+        assert_eq!(specs.len(), 1, "only the valid declaration");
+        let hog = &specs[0];
+        assert_eq!(hog.id, "hog");
+        assert_eq!(hog.restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(hog.limits.memory_max, Some(32 << 20));
+        assert_eq!(hog.limits.pids_max, Some(8));
+        assert_eq!(hog.limits.cpu_max_us, Some(50_000));
+        assert_eq!(hog.depends.len(), 1);
     }
 
     #[tokio::test]
