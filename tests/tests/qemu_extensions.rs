@@ -1,0 +1,253 @@
+//! Nodes booted with an extension layer each test builds for itself:
+//! - a leaking and a forking service stay inside their cgroup limits (the
+//!   host running the tests may lack cgroup2's memory and pids
+//!   controllers; the image's kernel has them): `slate-hog` (test-only)
+//!   declared as two extension services with `memoryMiB` and `pids`;
+//! - kubelet runs as the node's service, after containerd, with the files
+//!   and flags machined writes for it: `kubelet-standin` (test-only, it
+//!   answers /healthz) as the layer's kubelet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slate_image::extensions::Extension;
+use slate_image::tools::{Tool, Toolbox};
+use slate_machinery::generate::{self, Options};
+use slate_machinery::tls;
+use slate_tests::artifacts::Artifacts;
+use slate_tests::qemu::{Boot, Vm, VmOptions};
+use slate_tests::slatectl::{run_as, text};
+use slate_tests::{api, configdrive};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A node booted from the image with `layer` as its extension layer and
+/// a generated control-plane config: (VM, its slateconfig, admin TLS).
+struct LayerNode {
+    vm: Vm,
+    slateconfig: PathBuf,
+    node: String,
+    _dir: tempfile::TempDir,
+}
+
+fn program(name: &str) -> Extension {
+    let path = slate_tests::slatectl::path().with_file_name(name);
+    assert!(path.is_file(), "{} (make build)", path.display());
+    Extension {
+        name: name.into(),
+        path,
+    }
+}
+
+async fn boot_with_layer(
+    programs: Vec<Extension>,
+    debian: &[&str],
+    services: &[(&str, &str)],
+) -> LayerNode {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let services: Vec<PathBuf> = services
+        .iter()
+        .map(|(name, yaml)| {
+            let path = d.join(format!("{name}.yaml"));
+            std::fs::write(&path, yaml).unwrap();
+            path
+        })
+        .collect();
+    let tools = Toolbox::find(
+        &[Tool::Mksquashfs, Tool::Ldd, Tool::AptGet, Tool::DpkgDeb],
+        None,
+    )
+    .unwrap();
+    let debian: Vec<String> = debian.iter().map(|p| (*p).to_owned()).collect();
+    let mut all =
+        slate_image::extensions::debian(&tools, &debian, &Artifacts::dir().join("cache")).unwrap();
+    all.extend(programs);
+    let work = d.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let layer = slate_image::extensions::build(&tools, &work, &all, &services, 0).unwrap();
+    let initramfs = d.join("initramfs+layer.img");
+    a.initramfs_with(&layer, &initramfs).unwrap();
+
+    let bundle = generate::generate(&Options {
+        cluster_name: "layer".into(),
+        endpoint: "https://127.0.0.1:6443".into(),
+        additional_sans: vec!["127.0.0.1".into()],
+        client_endpoints: vec![],
+        install_disk: None,
+        secrets: None,
+    })
+    .unwrap();
+    let slateconfig = d.join("slateconfig");
+    bundle.client.save(&slateconfig).unwrap();
+    let ctx = &bundle.client.contexts["layer"];
+    let admin =
+        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let drive = d.join("cidata.iso");
+    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::Kernel {
+        vmlinuz: a.vmlinuz.clone(),
+        initramfs,
+        cmdline: a.cmdline.clone(),
+    });
+    opts.config_drive = Some(drive);
+    let mut vm = Vm::start(&opts, Some(&d.join("console.log"))).unwrap();
+    api::wait_for_version(&mut vm, admin, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let node = vm.endpoint();
+    LayerNode {
+        vm,
+        slateconfig,
+        node,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn a_leaking_and_a_forking_service_stay_inside_their_limits() {
+    let LayerNode {
+        vm,
+        slateconfig,
+        node,
+        _dir,
+    } = boot_with_layer(
+        vec![program("slate-hog")],
+        &[],
+        &[
+            (
+                "hog-memory",
+                "name: hog-memory\ncommand: [/usr/local/bin/slate-hog, --memory-mib, '512']\n\
+                 restart: never\nlimits: {memoryMiB: 48}\n",
+            ),
+            (
+                "hog-pids",
+                "name: hog-pids\ncommand: [/usr/local/bin/slate-hog, --children, '64']\n\
+                 limits: {pids: 8}\n",
+            ),
+        ],
+    )
+    .await;
+
+    // The leak is killed at its limit, and says so in its events.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let out = run_as(&slateconfig, &node, &["service", "hog-memory"]);
+        if text(&out).contains("out of memory") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OOM kill:\n{}\n{}",
+            text(&out),
+            vm.console_tail(40)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let out = run_as(&slateconfig, &node, &["logs", "hog-memory"]);
+    let held: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("holding ")?
+                .strip_suffix(" MiB")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let most = held.iter().copied().max().unwrap_or(0);
+    assert!(
+        most > 0 && most <= 48,
+        "held {most} MiB under a 48 MiB limit:\n{}",
+        text(&out)
+    );
+
+    // The fork bomb gets 7 children (itself + 7 = pids.max 8) and no more.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let out = run_as(&slateconfig, &node, &["logs", "hog-pids"]);
+        let t = text(&out);
+        if t.contains("children") {
+            assert!(t.contains("spawned 7 of 64 children"), "{t}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "hog-pids said nothing:\n{t}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Neither took the node down: the API answers, the fork bomb still runs.
+    let out = run_as(&slateconfig, &node, &["services", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let services: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |id: &str| {
+        services
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        state("hog-pids").as_deref(),
+        Some("Running"),
+        "{services:?}"
+    );
+    assert_eq!(
+        state("hog-memory").as_deref(),
+        Some("Failed"),
+        "{services:?}"
+    );
+}
+
+/// kubelet as the node runs it: after containerd is healthy, with its
+/// config, bootstrap kubeconfig and `--node-ip` written by machined, and
+/// the node's readiness checks (br_netfilter, forwarding, swap) passed.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
+    let LayerNode {
+        vm,
+        slateconfig,
+        node,
+        _dir,
+    } = boot_with_layer(
+        vec![Extension {
+            name: "kubelet".into(),
+            ..program("kubelet-standin")
+        }],
+        &["containerd", "runc"],
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let out = run_as(&slateconfig, &node, &["services", "-o", "json"]);
+        let services: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let healthy = |id: &str| {
+            services
+                .iter()
+                .any(|s| s["id"] == id && s["state"] == "Running" && s["health"] == "healthy")
+        };
+        if healthy("kubelet") {
+            assert!(healthy("containerd"), "{services:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubelet not healthy:\n{}\n{}",
+            text(&out),
+            vm.console_tail(40)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // What the stand-in printed: the flags and files a real kubelet needs.
+    let out = run_as(&slateconfig, &node, &["logs", "kubelet"]);
+    let t = text(&out);
+    for needle in [
+        "--config=/var/lib/kubelet/config.yaml: present",
+        "--bootstrap-kubeconfig=/var/lib/kubelet/bootstrap-kubeconfig: present",
+        "--node-ip=10.0.2.15",
+    ] {
+        assert!(t.contains(needle), "{needle}:\n{t}");
+    }
+}
