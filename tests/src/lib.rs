@@ -10,9 +10,12 @@
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
 //! - [`svcbench`]: the service supervisor's own cost;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
-//!   networkd's tests and [`netbench`].
+//!   networkd's tests and [`netbench`];
+//! - [`apiservers`]: stand-in API servers in namespaces, for the API
+//!   balancer's tests.
 
 pub mod api;
+pub mod apiservers;
 pub mod artifacts;
 pub mod bench;
 pub mod configdrive;
