@@ -12,11 +12,12 @@
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`];
 //! - [`apiservers`]: stand-in API servers in namespaces, for the API
-//!   balancer's tests.
+//!   balancer's tests and [`balancerbench`].
 
 pub mod api;
 pub mod apiservers;
 pub mod artifacts;
+pub mod balancerbench;
 pub mod bench;
 pub mod configdrive;
 pub mod console;

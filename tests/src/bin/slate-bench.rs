@@ -1,7 +1,8 @@
 //! `make bench`: see `slate_tests::bench` (boot, size, memory) and
 //! `slate_tests::netbench` (reconciler, networkd start) and
-//! `slate_tests::svcbench` (service supervisor). `slate-bench net` runs
-//! only the last two, which need no image.
+//! `slate_tests::svcbench` (service supervisor) and
+//! `slate_tests::balancerbench` (API balancer against direct and haproxy).
+//! `slate-bench net` runs only the last three, which need no image.
 
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() != Some("net") {
@@ -12,5 +13,6 @@ fn main() -> anyhow::Result<()> {
     }
     slate_tests::netbench::run();
     slate_tests::svcbench::run();
+    slate_tests::balancerbench::run();
     Ok(())
 }
