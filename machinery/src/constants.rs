@@ -50,6 +50,7 @@ pub const NETWORKD_RESOURCE_TYPES: &[&str] = &[
     "resolvers",
     "networkstatus",
     "timestatus",
+    "apibalancer",
 ];
 
 /// GPT partition name and ext4 label of the STATE volume (machine config,

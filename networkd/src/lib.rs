@@ -20,6 +20,10 @@
 //! dummy, device selectors), static addresses and routes, restored on
 //! every kernel event and changed when the config changes.
 //!
+//! With `cluster.apiBalancer.enabled`, the [`balancer`] listens on
+//! `127.0.0.1:7445` and forwards to the healthiest, closest control-plane
+//! endpoint (the `apibalancer` resource).
+//!
 //! # Limitations
 //! DHCPv6 ([`dhcp6`]) only on links the config marks `dhcp6: true`, and
 //! its leases are not released at shutdown. At boot DHCP starts on the first Ethernet link (or `ip=`'s)
@@ -40,6 +44,7 @@ use std::path::{Path, PathBuf};
 use slate_machinery::constants;
 
 pub mod apply;
+pub mod balancer;
 pub mod cmdline;
 pub mod dhcp;
 pub mod dhcp6;
@@ -138,6 +143,8 @@ pub enum RunError {
     Ready(#[from] ready::ReadyError),
     #[error(transparent)]
     Dhcp(#[from] dhcp::client::DhcpError),
+    #[error(transparent)]
+    Balancer(#[from] balancer::BalancerError),
     #[error("installing the SIGTERM handler")]
     Signal(#[source] std::io::Error),
     #[error("the boot network task failed: {0}")]
@@ -180,6 +187,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let time = timesync::SharedTimeStatus::default();
     let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
     let network_status = reconcile::SharedNetworkStatus::default();
+    let balancer = balancer::Balancer::new(balancer::Settings::default())?;
     tokio::spawn(status::serve(
         opts.socket.clone(),
         handle.clone(),
@@ -188,8 +196,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             time: time.clone(),
             names: names.clone(),
             network: network_status.clone(),
+            balancer: balancer.clone(),
         },
     ));
+    tokio::spawn(balancer::run(opts.config_file.clone(), balancer));
     if opts.sync_time {
         tokio::spawn(timesync::run(opts.config_file.clone(), time));
     }

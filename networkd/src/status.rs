@@ -5,7 +5,8 @@
 //! truth: a List reads it afresh and a Watch re-reads it after each
 //! rtnetlink event and sends what changed. `hostname`, `resolvers` and
 //! `networkstatus` are networkd's own decisions, and wake a Watch when they
-//! change; only `timestatus` is looked at every few seconds.
+//! change, as does `apibalancer` (the API balancer's endpoints and their
+//! health); only `timestatus` is looked at every few seconds.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub struct Sources {
     pub time: SharedTimeStatus,
     pub names: SharedNames,
     pub network: SharedNetworkStatus,
+    pub balancer: crate::balancer::Balancer,
 }
 
 impl Sources {
@@ -43,6 +45,7 @@ impl Sources {
             "hostname" => json(&self.names.hostname()),
             "resolvers" => json(&self.names.resolvers()),
             "networkstatus" => json(&self.network.get()),
+            "apibalancer" => json(&self.balancer.status()),
             _ => return None,
         };
         Some(Resource {
@@ -57,6 +60,7 @@ impl Sources {
         match kind {
             "hostname" | "resolvers" => Some(self.names.subscribe()),
             "networkstatus" => Some(self.network.subscribe()),
+            "apibalancer" => Some(self.balancer.subscribe()),
             _ => None,
         }
     }

@@ -414,6 +414,7 @@ fn status_lists_and_watches_addresses() {
                 time: Default::default(),
                 names: names.clone(),
                 network: Default::default(),
+                balancer: slate_networkd::balancer::Balancer::new(Default::default()).unwrap(),
             },
         ));
         wait_for("the socket", || socket.exists()).await;

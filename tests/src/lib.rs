@@ -12,10 +12,14 @@
 //! - [`svcbench`]: the service supervisor's own cost;
 //! - [`etcdbench`]: one node from QEMU's start to a healthy etcd;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
-//!   networkd's tests and [`netbench`].
+//!   networkd's tests and [`netbench`];
+//! - [`apiservers`]: stand-in API servers in namespaces, for the API
+//!   balancer's tests and [`balancerbench`].
 
 pub mod api;
+pub mod apiservers;
 pub mod artifacts;
+pub mod balancerbench;
 pub mod bench;
 pub mod cluster;
 pub mod configdrive;

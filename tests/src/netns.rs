@@ -325,3 +325,64 @@ impl Drop for Netns {
         }
     }
 }
+
+/// Bare namespaces (no dnsmasq, no networkd) for tests that wire their
+/// own topology; each is deleted on drop, with the links inside it.
+#[derive(Default)]
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds namespace `name` (a leftover of an aborted run is replaced),
+    /// with `lo` up.
+    pub fn add(&mut self, name: &str) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        run(&["ip", "netns", "add", name]);
+        self.names.push(name.to_owned());
+        run(&["ip", "-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// A veth pair `a_if` in `a` with `a_addr`, `b_if` in `b` with
+    /// `b_addr` (CIDR), both up.
+    pub fn veth(
+        &self,
+        (a, a_if, a_addr): (&str, &str, &str),
+        (b, b_if, b_addr): (&str, &str, &str),
+    ) {
+        run(&[
+            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+        ]);
+        for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+            run(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Moves the calling thread (only it) into namespace `name`: sockets it
+/// creates from then on live there, also after it moves on.
+pub fn enter(name: &str) -> std::io::Result<()> {
+    let ns = File::open(Path::new("/run/netns").join(name))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on a namespace fd we hold open; affects this thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -40,6 +40,9 @@ pub enum ResourceType {
     /// Whether the clock is synced, with which server and offset.
     #[value(name = "timestatus", alias = "time")]
     TimeStatus,
+    /// The API balancer: its endpoints, their health and latency.
+    #[value(name = "apibalancer", alias = "balancer")]
+    ApiBalancer,
 }
 
 impl ResourceType {
@@ -53,6 +56,7 @@ impl ResourceType {
             Self::Resolvers => "resolvers",
             Self::NetworkStatus => "networkstatus",
             Self::TimeStatus => "timestatus",
+            Self::ApiBalancer => "apibalancer",
         }
     }
 
@@ -97,6 +101,14 @@ impl ResourceType {
                 ("SERVER", "server"),
                 ("OFFSET_MS", "offset_ms"),
                 ("STRATUM", "stratum"),
+                ("ERROR", "error"),
+            ],
+            Self::ApiBalancer => &[
+                ("ENABLED", "enabled"),
+                ("LISTEN", "listen"),
+                ("PREFERRED", "preferred"),
+                ("HEALTHY", "healthy"),
+                ("ACTIVE", "active_connections"),
                 ("ERROR", "error"),
             ],
         }
