@@ -14,7 +14,7 @@ use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::cluster::Cluster;
 use slate_tests::qemu::Boot;
-use slate_tests::slatectl::{run_as, text};
+use slate_tests::slatectl::{Follow, run_as, text};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// Three TCG guests on two cores: etcd's elections and catch-up are slow.
@@ -134,17 +134,42 @@ async fn three_control_planes_bootstrap_join_survive_a_power_cut_and_rejoin() {
     let out = etcdctl.run(&urls[..1], &["put", "before", "1"]);
     assert!(out.status.success(), "{}", text(&out));
 
+    // Node 1's etcd log and kernel log, followed live while node 3 loses
+    // its power: etcd says it lost the peer.
+    let etcd_log = Follow::start(&config, &n1, &["logs", "etcd", "-f", "--tail", "0"]);
+    let dmesg = Follow::start(&config, &n1, &["dmesg", "-f", "--tail", "3"]);
+
     // A power cut of node 3: two of three keep quorum, writes succeed.
     cluster.power_off(2);
-    let out = etcdctl.run(&urls[..1], &["put", "during", "2"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = etcdctl.run(&urls[1..2], &["get", "during", "--print-value-only"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "2",
-        "{}",
-        text(&out)
+    // If node 3 led, the two elect a new leader first: retry meanwhile.
+    eventually("a write with node 3 down", ETCD_TIMEOUT, || {
+        let out = etcdctl.run(&urls[..1], &["put", "during", "2"]);
+        (out.status.success(), text(&out))
+    })
+    .await;
+    eventually("the write read through node 2", ETCD_TIMEOUT, || {
+        let out = etcdctl.run(&urls[1..2], &["get", "during", "--print-value-only"]);
+        (
+            String::from_utf8_lossy(&out.stdout).trim() == "2",
+            text(&out),
+        )
+    })
+    .await;
+
+    assert!(
+        etcd_log
+            .wait_for("lost the TCP streaming connection", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "`logs etcd -f` showed nothing of the lost peer: {:?}",
+        etcd_log.lines()
     );
+    assert!(
+        dmesg.lines().len() >= 3,
+        "`dmesg -f --tail 3` printed {:?}",
+        dmesg.lines()
+    );
+    drop((etcd_log, dmesg));
 
     // Powered on again, it starts from its data on EPHEMERAL and catches up.
     cluster.start(2).unwrap();

@@ -44,13 +44,20 @@ pub fn authority(config: &MachineConfig) -> Result<Authority, String> {
 /// machined and people on the node (and port forwards) reach it.
 pub fn write(config: &MachineConfig, who: &Identity, dir: &Path) -> Result<(), String> {
     let authority = authority(config)?;
-    let names = vec![
+    let mut names = vec![
         who.ip.to_string(),
         who.name.clone(),
         "127.0.0.1".into(),
         "::1".into(),
         "localhost".into(),
     ];
+    // Joining nodes dial the control-plane endpoint's host (a DNS name or
+    // VIP in front of the control plane): every member answers to it.
+    if let Some(host) =
+        slate_machinery::config::endpoint_host(&config.cluster.control_plane.endpoint)
+    {
+        names.push(host);
+    }
     let member = authority
         .issue_etcd_member(&who.name, &names)
         .map_err(|e| format!("issuing etcd's certificate: {e}"))?;

@@ -15,8 +15,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum EtcdError {
     #[error("{0}")]
     Config(String),
+    /// `answered`: some endpoint accepted the connection but the call
+    /// failed (TLS, a refusal): a cluster may well be there.
     #[error("no etcd member answers at {endpoints}: {last}")]
-    Unreachable { endpoints: String, last: String },
+    Unreachable {
+        endpoints: String,
+        last: String,
+        answered: bool,
+    },
     #[error("etcd {what}: {source}")]
     Call {
         what: &'static str,
@@ -30,6 +36,16 @@ impl EtcdError {
         move |source| Self::Call { what, source }
     }
 }
+
+/// Causes that mean no process listens there (as opposed to one that
+/// answered and refused).
+const NOBODY_THERE: &[&str] = &[
+    "Connection refused",
+    "No route to host",
+    "Network is unreachable",
+    "timed out",
+    "dns error",
+];
 
 /// What went wrong, in a line: gRPC wraps a refused connection in three
 /// layers of transport errors; people need the innermost cause.
@@ -96,6 +112,7 @@ impl EtcdClient {
     /// once, not fail every other call.
     pub async fn connect(endpoints: &[String], tls: &ClientTls) -> Result<Self, EtcdError> {
         let mut last = String::from("no endpoint to try");
+        let mut answered = false;
         for endpoint in endpoints {
             let options = ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
@@ -120,13 +137,18 @@ impl EtcdClient {
                         endpoint: endpoint.clone(),
                     });
                 }
-                Ok(Err(e)) => last = format!("{endpoint}: {}", brief(&e)),
+                Ok(Err(e)) => {
+                    let why = brief(&e);
+                    answered |= !NOBODY_THERE.iter().any(|n| why.contains(n));
+                    last = format!("{endpoint}: {why}");
+                }
                 Err(_) => last = format!("{endpoint}: no answer in {:?}", CONNECT_TIMEOUT * 2),
             }
         }
         Err(EtcdError::Unreachable {
             endpoints: endpoints.join(", "),
             last,
+            answered,
         })
     }
 

@@ -13,6 +13,8 @@ const JOIN_RETRY: Duration = Duration::from_secs(5);
 /// Between attempts to promote a learner (etcd refuses until it is in
 /// sync with the leader).
 const PROMOTE_RETRY: Duration = Duration::from_secs(2);
+/// How long "not in the member list" is taken for a member that lags.
+const NOT_LISTED_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The pre-start step: certificates, then the flags that say which
 /// cluster to start in. Waits (the service stays Preparing) until there
@@ -29,6 +31,7 @@ pub async fn prepare(
         }
     };
     let mut bootstrap = etcd.bootstrap.subscribe();
+    let mut certified: Option<Identity> = None;
     loop {
         // The address may come late (DHCP): wait for it like for a cluster.
         let who = match etcd.identity() {
@@ -39,6 +42,12 @@ pub async fn prepare(
                 continue;
             }
         };
+        // Certificates first: a failure here must not leave a learner
+        // added for an etcd that cannot start.
+        if certified.as_ref() != Some(&who) {
+            certs::write(&etcd.config, &who, &etcd.paths.pki)?;
+            certified = Some(who.clone());
+        }
         let mut args = vec![
             format!("--name={}", who.name),
             format!("--advertise-client-urls={}", who.client_url()),
@@ -47,22 +56,21 @@ pub async fn prepare(
         if etcd.has_data() {
             // etcd reads its membership from its data; a learner that was
             // not promoted before a restart is promoted now.
-            certs::write(&etcd.config, &who, &etcd.paths.pki)?;
             spawn_promotion(etcd, who);
             return Ok(args);
         }
+        etcd.clear_partial()
+            .map_err(|e| format!("removing a failed start's data: {e}"))?;
         if etcd.bootstrap_requested() {
             tracing::info!("etcd: starting a new cluster as {}", who.name);
             args.push(format!("--initial-cluster={}={}", who.name, who.peer_url()));
             args.push("--initial-cluster-state=new".into());
-            certs::write(&etcd.config, &who, &etcd.paths.pki)?;
             return Ok(args);
         }
         match join(etcd, &who).await {
             Ok(initial_cluster) => {
                 args.push(format!("--initial-cluster={initial_cluster}"));
                 args.push("--initial-cluster-state=existing".into());
-                certs::write(&etcd.config, &who, &etcd.paths.pki)?;
                 spawn_promotion(etcd, who);
                 return Ok(args);
             }
@@ -139,14 +147,19 @@ fn spawn_promotion(etcd: &std::sync::Arc<Etcd>, who: Identity) {
     let etcd = etcd.clone();
     tokio::spawn(async move {
         let peer_url = who.peer_url();
+        // A member that answers may not have applied the add yet: "not a
+        // member" is final only after a while.
+        let patience = std::time::Instant::now() + NOT_LISTED_PATIENCE;
         loop {
             tokio::time::sleep(PROMOTE_RETRY).await;
             match promote_once(&etcd, &peer_url).await {
-                Ok(true) => {
+                Ok(Promotion::Promoted) => {
                     tracing::info!("etcd: {} is a voting member", who.name);
                     break;
                 }
-                Ok(false) => break,
+                Ok(Promotion::Voter) => break,
+                Ok(Promotion::NotListed) if std::time::Instant::now() >= patience => break,
+                Ok(Promotion::NotListed) => {}
                 Err(e) => tracing::debug!("etcd: promotion not yet: {e}"),
             }
         }
@@ -154,9 +167,15 @@ fn spawn_promotion(etcd: &std::sync::Arc<Etcd>, who: Identity) {
     });
 }
 
-/// Ok(true): promoted now; Ok(false): nothing to do (a voter already, or
-/// no longer a member).
-async fn promote_once(etcd: &Etcd, peer_url: &str) -> Result<bool, String> {
+enum Promotion {
+    Promoted,
+    /// A voter already.
+    Voter,
+    /// The member list has no member at this node's address.
+    NotListed,
+}
+
+async fn promote_once(etcd: &Etcd, peer_url: &str) -> Result<Promotion, String> {
     let mut client = etcd.connect_cluster().await.map_err(|e| e.to_string())?;
     let members = client.members().await.map_err(|e| e.to_string())?;
     etcd.remember(&members);
@@ -164,13 +183,13 @@ async fn promote_once(etcd: &Etcd, peer_url: &str) -> Result<bool, String> {
         .iter()
         .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
     else {
-        return Ok(false);
+        return Ok(Promotion::NotListed);
     };
     if !me.learner {
-        return Ok(false);
+        return Ok(Promotion::Voter);
     }
     client.promote(me.id).await.map_err(|e| e.to_string())?;
-    Ok(true)
+    Ok(Promotion::Promoted)
 }
 
 /// Accepts `slatectl bootstrap` unless this node has etcd data, has
@@ -186,31 +205,45 @@ pub async fn bootstrap(etcd: &Etcd) -> Result<String, BootstrapRefused> {
     }
     let own = etcd.identity().ok().map(|w| w.client_url());
     let candidates = etcd.candidates(own.as_deref());
-    if !candidates.is_empty()
-        && let Ok(mut client) = etcd.connect(&candidates).await
-    {
-        let members = client.members().await.unwrap_or_default();
-        return Err(BootstrapRefused::ClusterExists {
-            endpoint: client.endpoint.clone(),
-            members: members
-                .iter()
-                .map(|m| {
-                    if m.name.is_empty() {
-                        format!("{:x}", m.id)
-                    } else {
-                        m.name.clone()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+    if candidates.is_empty() {
+        return Ok(accept(etcd));
     }
+    let mut client = match etcd.connect(&candidates).await {
+        Ok(client) => client,
+        // Nothing listens at any candidate: no cluster to split.
+        Err(super::EtcdError::Unreachable {
+            answered: false, ..
+        }) => return Ok(accept(etcd)),
+        // Something answered but could not be used (TLS, a refusal): a
+        // cluster may be there, and a second one would split it.
+        Err(e) => {
+            return Err(BootstrapRefused::NotReady(format!(
+                "{e}; something answered there, so a cluster may exist: not starting a second one"
+            )));
+        }
+    };
+    let members = client.members().await.unwrap_or_default();
+    Err(BootstrapRefused::ClusterExists {
+        endpoint: client.endpoint.clone(),
+        members: members
+            .iter()
+            .map(|m| {
+                if m.name.is_empty() {
+                    format!("{:x}", m.id)
+                } else {
+                    m.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn accept(etcd: &Etcd) -> String {
     etcd.bootstrap.send_replace(true);
-    Ok(
-        "etcd is starting a new cluster with this node as its only member; \
-        the other control-plane nodes join it by themselves"
-            .into(),
-    )
+    "etcd is starting a new cluster with this node as its only member; \
+     the other control-plane nodes join it by themselves"
+        .into()
 }
 
 #[cfg(test)]

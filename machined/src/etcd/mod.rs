@@ -192,9 +192,29 @@ impl Etcd {
         Ok(Identity { name, ip })
     }
 
-    /// Whether this node's etcd has data of a member.
+    /// Whether this node's etcd has data of a member: a write-ahead log.
+    /// etcd makes `member/snap` and its database before it checks a join,
+    /// so a first start that failed leaves those without a WAL; that is
+    /// no membership, and [`Etcd::clear_partial`] removes it.
     pub fn has_data(&self) -> bool {
-        self.paths.member_dir().is_dir()
+        std::fs::read_dir(self.paths.member_dir().join("wal")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "wal"))
+        })
+    }
+
+    /// Removes what a failed first start left (data without a WAL), so the
+    /// next start is a clean join or bootstrap.
+    fn clear_partial(&self) -> std::io::Result<()> {
+        if self.has_data() || !self.paths.data.exists() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "etcd: {} holds no write-ahead log (a first start failed); removing it",
+            self.paths.data.display()
+        );
+        std::fs::remove_dir_all(&self.paths.data)
     }
 
     /// Client URLs to reach the cluster: the control-plane endpoint's host,

@@ -6,7 +6,7 @@ use slate_proto::machine::{EtcdMember, EtcdMembersResponse, EtcdSnapshotChunk};
 use tonic::Status;
 
 use super::{BootstrapRefused, Etcd, EtcdError, Member};
-use crate::services::{Command, Supervisor};
+use crate::services::{Command, State, Supervisor};
 
 /// The node's etcd, or why it has none.
 pub fn require(etcd: Option<&Arc<Etcd>>) -> Result<&Arc<Etcd>, Status> {
@@ -82,39 +82,68 @@ pub async fn snapshot(
 }
 
 /// Removes this node's member, then stops its etcd and deletes its data.
-/// The last voting member may not leave: that would end the cluster.
+/// The last voting member may not leave: that would end the cluster. A
+/// node the cluster no longer lists (removed while it was down) only
+/// stops and forgets, so it can join again.
 pub async fn leave(etcd: &Etcd, services: &Supervisor) -> Result<(), Status> {
     let who = etcd.identity().map_err(Status::failed_precondition)?;
     let mut client = etcd.connect_cluster().await.map_err(unavailable)?;
     let members = client.members().await.map_err(unavailable)?;
     let peer_url = who.peer_url();
-    let me = members
-        .iter()
-        .find(|m| m.peer_urls.contains(&peer_url))
-        .ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "this node ({peer_url}) is not a member of the etcd cluster"
-            ))
-        })?;
-    let voters = members.iter().filter(|m| !m.learner).count();
-    if !me.learner && voters <= 1 {
-        return Err(Status::failed_precondition(
-            "this node is the cluster's last voting member: leaving would end the cluster",
-        ));
+    match members.iter().find(|m| m.peer_urls.contains(&peer_url)) {
+        Some(me) => {
+            let voters = members.iter().filter(|m| !m.learner).count();
+            if !me.learner && voters <= 1 {
+                return Err(Status::failed_precondition(
+                    "this node is the cluster's last voting member: leaving would end the cluster",
+                ));
+            }
+            client.remove(me.id).await.map_err(unavailable)?;
+            tracing::info!(
+                "etcd: member {:x} ({}) removed; stopping etcd",
+                me.id,
+                who.name
+            );
+        }
+        None => {
+            tracing::info!("etcd: not a member any more; stopping etcd and forgetting its data")
+        }
     }
-    client.remove(me.id).await.map_err(unavailable)?;
-    tracing::info!(
-        "etcd: member {:x} ({}) removed; stopping etcd",
-        me.id,
-        who.name
-    );
+    stop(services).await?;
+    etcd.forget()
+        .map_err(|e| Status::internal(format!("deleting etcd's data: {e}")))
+}
+
+/// Stops the etcd service and waits until its process is gone: its data
+/// must not be deleted under it.
+async fn stop(services: &Supervisor) -> Result<(), Status> {
+    let mut changes = services.subscribe();
     services
         .command("etcd", Command::Stop)
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-    etcd.forget()
-        .map_err(|e| Status::internal(format!("deleting etcd's data: {e}")))
+    let stopped = async {
+        loop {
+            let done = services
+                .status("etcd")
+                .map_or(true, |s| s.state == State::Stopped && s.pid.is_none());
+            if done {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(STOP_WAIT, stopped).await.map_err(|_| {
+        Status::deadline_exceeded(format!(
+            "etcd did not stop within {STOP_WAIT:?}; its data is kept"
+        ))
+    })
 }
+
+/// etcd's grace plus the supervisor's kill.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Removes another member, named by its name or hex id.
 pub async fn remove_member(etcd: &Etcd, which: &str) -> Result<(), Status> {
