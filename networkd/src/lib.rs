@@ -51,6 +51,7 @@ pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
 pub mod link;
+pub mod mesh;
 pub mod names;
 pub mod ready;
 pub mod reconcile;
