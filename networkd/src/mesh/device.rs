@@ -194,14 +194,14 @@ impl Device {
                 _ = tick.tick() => Event::Tick,
             };
             match event {
-                Event::Tun(Ok(n)) => self.from_tun(&from_tun[..n], &mut out).await,
+                Event::Tun(Ok(n)) => self.outbound(&from_tun[..n], &mut out).await,
                 Event::Tun(Err(source)) => {
                     return Err(DeviceError::TunRead {
                         name: self.tun.name().to_owned(),
                         source,
                     });
                 }
-                Event::Udp(Ok((n, src))) => self.from_network(&from_udp[..n], src, &mut out).await,
+                Event::Udp(Ok((n, src))) => self.inbound(&from_udp[..n], src, &mut out).await,
                 Event::Udp(Err(e)) => {
                     // ICMP errors surface here on some kernels; never fatal.
                     if self.junk_log.allow("udp receive", Instant::now()).is_some() {
@@ -221,7 +221,7 @@ impl Device {
         }
     }
 
-    async fn from_tun(&mut self, packet: &[u8], out: &mut [u8]) {
+    async fn outbound(&mut self, packet: &[u8], out: &mut [u8]) {
         let peer = Tunn::dst_address(packet).and_then(|dst| route(&self.routes, dst));
         let Some(i) = peer else {
             // Router solicitations, MLD, traffic for a peer we do not know.
@@ -274,7 +274,7 @@ impl Device {
         }
     }
 
-    async fn from_network(&mut self, datagram: &[u8], src: SocketAddr, out: &mut [u8]) {
+    async fn inbound(&mut self, datagram: &[u8], src: SocketAddr, out: &mut [u8]) {
         let verified = {
             let mut cookie = [0u8; 64];
             match self
@@ -307,11 +307,8 @@ impl Device {
             TunnResult::WriteToNetwork(reply) => {
                 send(&self.udp, reply, src).await;
                 // Packets queued while the handshake was under way.
-                loop {
-                    match peer.tunn.decapsulate(None, &[], out) {
-                        TunnResult::WriteToNetwork(data) => send(&self.udp, data, src).await,
-                        _ => break,
-                    }
+                while let TunnResult::WriteToNetwork(data) = peer.tunn.decapsulate(None, &[], out) {
+                    send(&self.udp, data, src).await;
                 }
             }
             TunnResult::WriteToTunnelV4(packet, from) => {
