@@ -36,7 +36,8 @@
 //! hostname, nameservers and search domains win over `ip=`'s and DHCP's
 //! ([`names`]); time is kept by an SNTP client
 //! against `machine.time.servers` ([`timesync`]); NTP servers from DHCP are
-//! not used yet.
+//! not used yet. The WireGuard [`mesh`] datapath exists as a library with
+//! its namespace test, but is not started here yet.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
 pub mod link;
+pub mod mesh;
 pub mod names;
 pub mod ready;
 pub mod reconcile;

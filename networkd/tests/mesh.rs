@@ -1,0 +1,322 @@
+//! The userspace WireGuard mesh between two network namespaces joined by
+//! a veth pair (10.99.0.1/24 and 10.99.0.2/24). In each, a thread of this
+//! process enters the namespace and runs the mesh device through the
+//! library API (TUN `slmesh0`, UDP 51820) with the other node as its only
+//! peer; the mesh addresses are the nodes' ULA addresses
+//! (slate-discovery's derivation). The check is what a user runs: a
+//! TCP echo across the mesh (ping is not installed here). Root only; skipped with a message otherwise.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use slate_networkd::mesh::device::{Device, DeviceStatus, PeerConfig, SharedStatus};
+use slate_networkd::mesh::keys::NodeKey;
+use slate_networkd::mesh::tun::Tun;
+use slate_networkd::mesh::{self, PORT};
+use slate_tests::netns::{self, Namespaces};
+
+const CLUSTER_ID: [u8; 32] = [42; 32];
+const MESH_IF: &str = "slmesh0";
+
+fn skip(test: &str) -> bool {
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root")
+    } else if !std::path::Path::new("/dev/net/tun").exists() {
+        Some("no /dev/net/tun")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    }
+    why.is_some()
+}
+
+/// A mesh device running in a namespace, on a thread of its own; stopped
+/// (and its TUN closed) on drop.
+struct Node {
+    address: Ipv6Addr,
+    status: SharedStatus,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Node {
+    fn start(ns: &str, key: NodeKey, peer: PeerConfig) -> Node {
+        let address = key.mesh_address(&CLUSTER_ID);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ns = ns.to_owned();
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            let fail = |ready_tx: &mpsc::Sender<Result<SharedStatus, String>>, e: String| {
+                let _ = ready_tx.send(Err(e.clone()));
+                Err(e)
+            };
+            if let Err(e) = netns::enter(&ns) {
+                return fail(&ready_tx, format!("entering {ns}: {e}"));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let device = match bring_up(key, peer, address).await {
+                    Ok(d) => d,
+                    Err(e) => return fail(&ready_tx, format!("{ns}: {e:#}")),
+                };
+                let _ = ready_tx.send(Ok(device.status()));
+                tokio::select! {
+                    r = device.run() => Err(format!("{ns}: the device stopped: {:?}", r.err())),
+                    _ = stop_rx => Ok(()),
+                }
+            })
+        });
+        let status = ready_rx
+            .recv()
+            .expect("the node thread reports")
+            .unwrap_or_else(|e| panic!("starting the mesh: {e}"));
+        Node {
+            address,
+            status,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn status(&self) -> DeviceStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("mesh node: {e}"),
+                Err(_) => eprintln!("mesh node thread panicked"),
+            }
+        }
+    }
+}
+
+async fn bring_up(key: NodeKey, peer: PeerConfig, address: Ipv6Addr) -> anyhow::Result<Device> {
+    use anyhow::Context as _;
+    let (conn, handle, _) = rtnetlink::new_connection().context("netlink")?;
+    tokio::spawn(conn);
+    let tun = Tun::open(MESH_IF)?;
+    mesh::link::configure(&handle, MESH_IF, IpAddr::V6(address), 64, 1500).await?;
+    let udp = tokio::net::UdpSocket::bind(("0.0.0.0", PORT))
+        .await
+        .context("binding the mesh port")?;
+    Ok(Device::new(key, tun, udp, vec![peer])?)
+}
+
+fn peer_of(key: &NodeKey, endpoint: &str) -> PeerConfig {
+    PeerConfig {
+        public_key: key.public_bytes(),
+        endpoint: Some(endpoint.parse().unwrap()),
+        allowed_ips: vec![ipnet::IpNet::from(IpAddr::V6(
+            key.mesh_address(&CLUSTER_ID),
+        ))],
+        persistent_keepalive: Some(mesh::device::PERSISTENT_KEEPALIVE),
+    }
+}
+
+/// What a user checks: a TCP connection from namespace `from` to a
+/// listener on `to` in namespace `to_ns` carries data both ways (several
+/// segments, larger than the mesh MTU in total).
+fn tcp_echo(from: &str, to_ns: &str, to: Ipv6Addr) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let (port_tx, port_rx) = mpsc::channel();
+    let to_ns = to_ns.to_owned();
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        netns::enter(&to_ns).map_err(|e| e.to_string())?;
+        let l =
+            std::net::TcpListener::bind((to, 0)).map_err(|e| format!("listening on {to}: {e}"))?;
+        port_tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut c, _) = l.accept().map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf).map_err(|e| format!("echo read: {e}"))? {
+                0 => return Ok(()),
+                n => c.write_all(&buf[..n]).map_err(|e| e.to_string())?,
+            }
+        }
+    });
+    let Ok(port) = port_rx.recv() else {
+        return Err(format!("the listener: {:?}", server.join()));
+    };
+    let from = from.to_owned();
+    let client = std::thread::spawn(move || -> Result<(), String> {
+        netns::enter(&from).map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from((to, port));
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connecting to {addr} from {from}: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        c.write_all(&sent).map_err(|e| e.to_string())?;
+        let mut got = vec![0u8; sent.len()];
+        c.read_exact(&mut got)
+            .map_err(|e| format!("reading the echo: {e}"))?;
+        if got != sent {
+            return Err("the echo differs".into());
+        }
+        Ok(())
+    });
+    let client = client.join().map_err(|_| "client panicked".to_owned())?;
+    let server = server.join().map_err(|_| "server panicked".to_owned())?;
+    client.and(server)
+}
+
+fn assert_echo(from: &str, to_ns: &str, to: Ipv6Addr) {
+    if let Err(e) = tcp_echo(from, to_ns, to) {
+        panic!("TCP from {from} to [{to}] in {to_ns}: {e}");
+    }
+}
+
+/// Two namespaces, a veth between them, a mesh node in each.
+struct Lab {
+    a_ns: String,
+    b_ns: String,
+    b_if: String,
+    a: Node,
+    b: Node,
+    // Last: the nodes go (closing their TUNs) before the namespaces.
+    _namespaces: Namespaces,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let tag = format!("{tag}{}", std::process::id() % 100_000);
+        let (a_ns, b_ns) = (format!("{tag}a"), format!("{tag}b"));
+        let (a_if, b_if) = (format!("{tag}va"), format!("{tag}vb"));
+        let mut namespaces = Namespaces::new();
+        namespaces.add(&a_ns);
+        namespaces.add(&b_ns);
+        namespaces.veth(
+            (&a_ns, &a_if, "10.99.0.1/24"),
+            (&b_ns, &b_if, "10.99.0.2/24"),
+        );
+        let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
+        let a = Node::start(&a_ns, ka.clone(), peer_of(&kb, "10.99.0.2:51820"));
+        let b = Node::start(&b_ns, kb, peer_of(&ka, "10.99.0.1:51820"));
+        Lab {
+            a_ns,
+            b_ns,
+            b_if,
+            a,
+            b,
+            _namespaces: namespaces,
+        }
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tcp_across_the_mesh_with_counters() {
+    if skip("tcp_across_the_mesh_with_counters") {
+        return;
+    }
+    let lab = Lab::new("mp");
+    assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
+    assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
+    // The counters refresh every tick.
+    wait_until("both sides count traffic", Duration::from_secs(2), || {
+        [lab.a.status(), lab.b.status()].iter().all(|s| {
+            let p = &s.peers[0];
+            p.tx_bytes > 0 && p.rx_bytes > 0 && p.last_handshake.is_some()
+        })
+    });
+}
+
+/// Datagrams to the mesh port from `ns`: random bytes, and headers of
+/// each WireGuard message type with garbage behind them.
+fn send_junk(ns: &str, to: SocketAddr) {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).unwrap();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..300usize {
+            let len = [0, 1, 4, 32, 64, 92, 148, 200, 1400][i % 9];
+            let mut d: Vec<u8> = (0..len).map(|_| fastrand::u8(..)).collect();
+            if len >= 4 && i % 2 == 0 {
+                d[..4].copy_from_slice(&[(i % 4 + 1) as u8, 0, 0, 0]);
+            }
+            s.send_to(&d, to).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn junk_udp_does_not_stop_the_traffic() {
+    if skip("junk_udp_does_not_stop_the_traffic") {
+        return;
+    }
+    let lab = Lab::new("mj");
+    assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
+    send_junk(&lab.a_ns, "10.99.0.2:51820".parse().unwrap());
+    wait_until("the junk is counted", Duration::from_secs(2), || {
+        lab.b.status().rejected_datagrams > 0
+    });
+    assert!(lab.b.running(), "the device stopped");
+    assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
+    assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
+}
+
+#[test]
+fn a_peer_that_moves_is_followed() {
+    if skip("a_peer_that_moves_is_followed") {
+        return;
+    }
+    let lab = Lab::new("mr");
+    assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
+    // B's underlay address changes; A still has the old endpoint.
+    netns::run(&[
+        "ip",
+        "-n",
+        &lab.b_ns,
+        "addr",
+        "del",
+        "10.99.0.2/24",
+        "dev",
+        &lab.b_if,
+    ]);
+    netns::run(&[
+        "ip",
+        "-n",
+        &lab.b_ns,
+        "addr",
+        "add",
+        "10.99.0.3/24",
+        "dev",
+        &lab.b_if,
+    ]);
+    // B speaks first (as its keepalive would); A answers at the new place.
+    assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
+    let moved: SocketAddr = "10.99.0.3:51820".parse().unwrap();
+    wait_until("A follows B's endpoint", Duration::from_secs(2), || {
+        lab.a.status().peers[0].endpoint == Some(moved)
+    });
+    assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
+}
