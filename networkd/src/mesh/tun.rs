@@ -104,15 +104,7 @@ impl Tun {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            // SAFETY: reads into a buffer we own, at most its length.
-            match guard.try_io(|fd| {
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|fd| nix::unistd::read(fd, buf).map_err(io::Error::from)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
@@ -123,16 +115,7 @@ impl Tun {
     pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.writable().await?;
-            // SAFETY: writes from a buffer we own, at most its length.
-            match guard.try_io(|fd| {
-                let n =
-                    unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|fd| nix::unistd::write(fd, packet).map_err(io::Error::from)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
