@@ -143,16 +143,10 @@ impl Etcd {
             format!("--peer-trusted-ca-file={}", pki(certs::CA_CRT)),
             "--peer-client-cert-auth=true".into(),
         ];
-        args.extend(
-            self.config
-                .cluster
-                .etcd
-                .extra_args
-                .iter()
-                .map(|(k, v)| format!("--{k}={v}")),
-        );
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut spec = ServiceSpec::new("etcd", &argv);
+        args.extend(crate::services::spec::flags(
+            &self.config.cluster.etcd.extra_args,
+        ));
+        let mut spec = ServiceSpec::with_command("etcd", args);
         spec.env = vec![(
             "LD_LIBRARY_PATH".into(),
             crate::services::catalog::EXTENSIONS_LIB.into(),

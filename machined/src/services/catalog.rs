@@ -94,8 +94,7 @@ pub fn extension_services(dir: &Path) -> Vec<ServiceSpec> {
 /// The supervisor's spec for a declared extension service.
 pub fn extension_spec(s: &slate_machinery::extension_service::ExtensionService) -> ServiceSpec {
     use slate_machinery::extension_service::Restart;
-    let argv: Vec<&str> = s.command.iter().map(String::as_str).collect();
-    let mut spec = ServiceSpec::new(&s.name, &argv);
+    let mut spec = ServiceSpec::with_command(&s.name, s.command.clone());
     spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
     spec.env
         .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -84,16 +84,8 @@ pub fn spec(program: &Path, config: &MachineConfig, paths: KubeletPaths) -> Serv
         format!("--kubeconfig={}", paths.kubeconfig().display()),
         format!("--cert-dir={}", paths.dir.join("pki").display()),
     ];
-    args.extend(
-        config
-            .machine
-            .kubelet
-            .extra_args
-            .iter()
-            .map(|(k, v)| format!("--{k}={v}")),
-    );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut spec = ServiceSpec::new("kubelet", &argv);
+    args.extend(super::spec::flags(&config.machine.kubelet.extra_args));
+    let mut spec = ServiceSpec::with_command("kubelet", args);
     spec.depends = vec![
         Condition::Service("containerd".into()),
         Condition::File(paths.network_ready.clone()),

@@ -83,9 +83,14 @@ impl ServiceSpec {
     /// 5 s grace (machined's whole stop at shutdown gets 8 s), the whole
     /// cgroup killed.
     pub fn new(id: &str, command: &[&str]) -> Self {
+        Self::with_command(id, command.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// [`ServiceSpec::new`] for a command built at run time.
+    pub fn with_command(id: &str, command: Vec<String>) -> Self {
         Self {
             id: id.to_owned(),
-            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            command,
             env: Vec::new(),
             working_dir: None,
             depends: Vec::new(),
@@ -97,6 +102,14 @@ impl ServiceSpec {
             kill_mode: KillMode::ControlGroup,
         }
     }
+}
+
+/// `extraArgs` of the machine config (`name: value`) as `--name=value`
+/// flags, in the map's (sorted) order.
+pub fn flags(
+    extra: &std::collections::BTreeMap<String, String>,
+) -> impl Iterator<Item = String> + '_ {
+    extra.iter().map(|(k, v)| format!("--{k}={v}"))
 }
 
 /// What a service waits for.
