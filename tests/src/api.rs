@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use slate_machinery::client::{self, Target};
+use slate_machinery::clientconfig::ClientConfig;
+use slate_machinery::generate::{self, Bundle, Options};
 use slate_proto::machine::{VersionRequest, VersionResponse};
 
 use crate::qemu::Vm;
@@ -72,4 +74,31 @@ pub async fn list(
         .iter()
         .map(|r| serde_json::from_str(&r.spec_json).with_context(|| format!("{kind} {}", r.id)))
         .collect()
+}
+
+/// A generated cluster `name` whose nodes are reached through QEMU's
+/// forward on loopback: its endpoint and apid's extra name are 127.0.0.1.
+pub fn loopback_cluster(name: &str) -> anyhow::Result<Bundle> {
+    generate::generate(&Options {
+        cluster_name: name.into(),
+        endpoint: "https://127.0.0.1:6443".into(),
+        additional_sans: vec!["127.0.0.1".into()],
+        client_endpoints: vec![],
+        install_disk: None,
+        secrets: None,
+    })
+    .context("generating a cluster")
+}
+
+/// The TLS identity of context `name` of a client config (the admin's,
+/// in a generated one).
+pub fn context_tls(client: &ClientConfig, name: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let ctx = client
+        .contexts
+        .get(name)
+        .with_context(|| format!("no context {name:?} in the client config"))?;
+    Ok(Arc::new(slate_machinery::tls::client(
+        &ctx.ca_pem()?,
+        Some(&ctx.identity()?),
+    )?))
 }

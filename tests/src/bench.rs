@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_machinery::client::{self, Target};
-use slate_machinery::generate::{self, Options};
-use slate_machinery::tls;
 use slate_proto::machine::ProcessesRequest;
 
 use crate::api;
@@ -31,7 +29,8 @@ struct SlateBoot {
     qemu_to_version: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         f64::NAN
@@ -43,16 +42,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub async fn run() -> anyhow::Result<()> {
     let artifacts = Artifacts::find()?;
     let work = tempfile::tempdir()?;
-    let bundle = generate::generate(&Options {
-        cluster_name: "bench".into(),
-        endpoint: "https://127.0.0.1:6443".into(),
-        additional_sans: vec!["127.0.0.1".into()],
-        client_endpoints: vec![],
-        install_disk: None,
-        secrets: None,
-    })?;
-    let ctx = &bundle.client.contexts["bench"];
-    let admin = Arc::new(tls::client(&ctx.ca_pem()?, Some(&ctx.identity()?))?);
+    let bundle = api::loopback_cluster("bench")?;
+    let admin = api::context_tls(&bundle.client, "bench")?;
     let drive = work.path().join("cidata.iso");
     configdrive::build(&bundle.controlplane.to_yaml()?, &drive)?;
 

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_machinery::client::{self, Target};
-use slate_machinery::generate::{self, Options};
-use slate_machinery::tls;
 use slate_proto::machine::{BootstrapRequest, ServiceListRequest};
 
 use crate::api;
 use crate::artifacts::Artifacts;
+use crate::bench::median;
 use crate::configdrive;
 use crate::qemu::{Boot, Vm, VmOptions};
 
@@ -80,11 +79,6 @@ async fn one(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 pub async fn run() {
     let result = async {
         let artifacts = Artifacts::find()?;
@@ -93,16 +87,8 @@ pub async fn run() {
             "the image has no extension layer (etcd)"
         );
         let work = tempfile::tempdir()?;
-        let bundle = generate::generate(&Options {
-            cluster_name: "bench".into(),
-            endpoint: "https://127.0.0.1:6443".into(),
-            additional_sans: vec!["127.0.0.1".into()],
-            client_endpoints: vec![],
-            install_disk: None,
-            secrets: None,
-        })?;
-        let ctx = &bundle.client.contexts["bench"];
-        let admin = Arc::new(tls::client(&ctx.ca_pem()?, Some(&ctx.identity()?))?);
+        let bundle = api::loopback_cluster("bench")?;
+        let admin = api::context_tls(&bundle.client, "bench")?;
         let drive = work.path().join("cidata.iso");
         configdrive::build(&bundle.controlplane.to_yaml()?, &drive)?;
         let mut all = Vec::new();

@@ -31,3 +31,4 @@ pub mod netns;
 pub mod qemu;
 pub mod slatectl;
 pub mod svcbench;
+pub mod wait;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slate_machinery::client::Target;
-use slate_machinery::generate::{self, Bundle, Options};
+use slate_machinery::generate::Bundle;
 use slate_machinery::pki::{Authority, Role};
 use slate_machinery::tls;
 use slate_tests::api;
@@ -19,21 +19,11 @@ use slate_tests::qemu::{Boot, Vm, VmOptions};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn cluster() -> Bundle {
-    generate::generate(&Options {
-        cluster_name: "boot-test".into(),
-        endpoint: "https://127.0.0.1:6443".into(),
-        // The client reaches apid through QEMU's forward on loopback.
-        additional_sans: vec!["127.0.0.1".into()],
-        client_endpoints: vec![],
-        install_disk: None,
-        secrets: None,
-    })
-    .expect("generating a cluster")
+    api::loopback_cluster("boot-test").unwrap()
 }
 
 fn admin_tls(bundle: &Bundle) -> Arc<rustls::ClientConfig> {
-    let ctx = &bundle.client.contexts["boot-test"];
-    Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap())
+    api::context_tls(&bundle.client, "boot-test").unwrap()
 }
 
 /// Boots `boot` with `user_data` on a config drive.

@@ -6,10 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use slate_machinery::tls;
 use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::cluster::Cluster;
@@ -43,21 +41,9 @@ impl Etcdctl {
     }
 }
 
-/// Retries `check` every 2 s until it holds; fails with `what` and the
-/// last output after `timeout`.
-async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> (bool, String)) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (ok, last) = check();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not after {timeout:?}; last:\n{last}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+/// [`slate_tests::wait::eventually`], every 2 s.
+async fn eventually(what: &str, timeout: Duration, check: impl FnMut() -> (bool, String)) {
+    slate_tests::wait::eventually(what, timeout, Duration::from_secs(2), check).await;
 }
 
 fn members_json(config: &Path, node: &str) -> Option<Vec<serde_json::Value>> {
@@ -77,9 +63,7 @@ async fn three_control_planes_bootstrap_join_survive_a_power_cut_and_rejoin() {
     let mut cluster = Cluster::create(3, dir.path(), &boot).unwrap();
     let config = cluster.slateconfig.clone();
     let client = slate_machinery::clientconfig::ClientConfig::load(&config).unwrap();
-    let ctx = client.contexts.values().next().expect("one context");
-    let admin =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let admin = api::context_tls(&client, "slate-cluster").unwrap();
     for i in 0..3 {
         cluster.start(i).unwrap();
     }

@@ -64,8 +64,7 @@ fn gen_config(name: &str, dir: &Path) {
 fn admin(dir: &Path, name: &str) -> Arc<rustls::ClientConfig> {
     let client =
         slate_machinery::clientconfig::ClientConfig::load(&dir.join("slateconfig")).unwrap();
-    let ctx = &client.contexts[name];
-    Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap())
+    api::context_tls(&client, name).unwrap()
 }
 
 fn start(a: &Artifacts, disk: &Path, dir: &Path, name: &str) -> Vm {

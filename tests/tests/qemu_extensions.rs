@@ -8,19 +8,19 @@
 //!   answers /healthz) as the layer's kubelet.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slate_image::extensions::Extension;
 use slate_image::tools::{Tool, Toolbox};
-use slate_machinery::generate::{self, Options};
-use slate_machinery::tls;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::qemu::{Boot, Vm, VmOptions};
 use slate_tests::slatectl::{run_as, text};
+use slate_tests::wait::eventually;
 use slate_tests::{api, configdrive};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// Between looks at the node.
+const EVERY: Duration = Duration::from_secs(1);
 
 /// A node booted from the image with `layer` as its extension layer and
 /// a generated control-plane config: (VM, its slateconfig, admin TLS).
@@ -71,20 +71,10 @@ async fn boot_with_layer(
     let initramfs = d.join("initramfs+layer.img");
     a.initramfs_with(&layer, &initramfs).unwrap();
 
-    let bundle = generate::generate(&Options {
-        cluster_name: "layer".into(),
-        endpoint: "https://127.0.0.1:6443".into(),
-        additional_sans: vec!["127.0.0.1".into()],
-        client_endpoints: vec![],
-        install_disk: None,
-        secrets: None,
-    })
-    .unwrap();
+    let bundle = api::loopback_cluster("layer").unwrap();
     let slateconfig = d.join("slateconfig");
     bundle.client.save(&slateconfig).unwrap();
-    let ctx = &bundle.client.contexts["layer"];
-    let admin =
-        Arc::new(tls::client(&ctx.ca_pem().unwrap(), Some(&ctx.identity().unwrap())).unwrap());
+    let admin = api::context_tls(&bundle.client, "layer").unwrap();
     let drive = d.join("cidata.iso");
     configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
     let mut opts = VmOptions::new(Boot::Kernel {
@@ -133,20 +123,14 @@ async fn a_leaking_and_a_forking_service_stay_inside_their_limits() {
     .await;
 
     // The leak is killed at its limit, and says so in its events.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let out = run_as(&slateconfig, &node, &["service", "hog-memory"]);
-        if text(&out).contains("out of memory") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no OOM kill:\n{}\n{}",
-            text(&out),
-            vm.console_tail(40)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    eventually("an OOM kill of hog-memory", TIMEOUT, EVERY, || {
+        let t = text(&run_as(&slateconfig, &node, &["service", "hog-memory"]));
+        (
+            t.contains("out of memory"),
+            format!("{t}\n{}", vm.console_tail(40)),
+        )
+    })
+    .await;
     let out = run_as(&slateconfig, &node, &["logs", "hog-memory"]);
     let held: Vec<u64> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -165,17 +149,18 @@ async fn a_leaking_and_a_forking_service_stay_inside_their_limits() {
     );
 
     // The fork bomb gets 7 children (itself + 7 = pids.max 8) and no more.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let out = run_as(&slateconfig, &node, &["logs", "hog-pids"]);
-        let t = text(&out);
-        if t.contains("children") {
-            assert!(t.contains("spawned 7 of 64 children"), "{t}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "hog-pids said nothing:\n{t}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let mut said = String::new();
+    eventually(
+        "hog-pids saying how many children it got",
+        TIMEOUT,
+        EVERY,
+        || {
+            said = text(&run_as(&slateconfig, &node, &["logs", "hog-pids"]));
+            (said.contains("children"), said.clone())
+        },
+    )
+    .await;
+    assert!(said.contains("spawned 7 of 64 children"), "{said}");
     // Neither took the node down: the API answers, the fork bomb still runs.
     let out = run_as(&slateconfig, &node, &["services", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -218,28 +203,22 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         &[],
     )
     .await;
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    let healthy = |services: &[serde_json::Value], id: &str| {
+        services
+            .iter()
+            .any(|s| s["id"] == id && s["state"] == "Running" && s["health"] == "healthy")
+    };
+    let mut services: Vec<serde_json::Value> = Vec::new();
+    eventually("kubelet healthy", TIMEOUT, EVERY, || {
         let out = run_as(&slateconfig, &node, &["services", "-o", "json"]);
-        let services: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let healthy = |id: &str| {
-            services
-                .iter()
-                .any(|s| s["id"] == id && s["state"] == "Running" && s["health"] == "healthy")
-        };
-        if healthy("kubelet") {
-            assert!(healthy("containerd"), "{services:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kubelet not healthy:\n{}\n{}",
-            text(&out),
-            vm.console_tail(40)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        services = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            healthy(&services, "kubelet"),
+            format!("{}\n{}", text(&out), vm.console_tail(40)),
+        )
+    })
+    .await;
+    assert!(healthy(&services, "containerd"), "{services:?}");
     // What the stand-in printed: the flags and files a real kubelet needs.
     let out = run_as(&slateconfig, &node, &["logs", "kubelet"]);
     let t = text(&out);

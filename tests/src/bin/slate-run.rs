@@ -74,10 +74,7 @@ fn main() -> anyhow::Result<()> {
     }
     opts.system_disk = Some(disk);
     // slatectl is built beside this binary by `make build`.
-    let slatectl = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("slatectl")))
-        .unwrap_or_else(|| PathBuf::from("slatectl"));
+    let slatectl = slate_tests::slatectl::path();
     eprintln!(
         "Booting Slate in QEMU ({}); Ctrl-C stops it. In another terminal:",
         qemu::accel()

@@ -1,0 +1,25 @@
+//! Waiting for what a user would wait for: a check retried until it holds.
+
+use std::time::{Duration, Instant};
+
+/// Retries `check` every `every` until it returns true; after `timeout`
+/// fails with `what` and the text `check` returned last.
+pub async fn eventually(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> (bool, String),
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, last) = check();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {timeout:?}; last:\n{last}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
