@@ -125,7 +125,7 @@ async fn bring_up(key: NodeKey, peer: PeerConfig, address: Ipv6Addr) -> anyhow::
 fn peer_of(key: &NodeKey, endpoint: &str) -> PeerConfig {
     PeerConfig {
         public_key: key.public_bytes(),
-        endpoint: Some(endpoint.parse().unwrap()),
+        endpoints: vec![endpoint.parse().unwrap()],
         allowed_ips: vec![ipnet::IpNet::from(IpAddr::V6(
             key.mesh_address(&CLUSTER_ID),
         ))],

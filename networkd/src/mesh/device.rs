@@ -47,9 +47,9 @@ const BUF: usize = 65535 + 148;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub public_key: [u8; 32],
-    /// Where to send first; replaced by the source of the peer's
-    /// authenticated datagrams.
-    pub endpoint: Option<SocketAddr>,
+    /// Candidate endpoints, tried in turn until one answers; the source of
+    /// the peer's authenticated datagrams then wins (roaming).
+    pub endpoints: Vec<SocketAddr>,
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
 }
@@ -147,7 +147,7 @@ impl Device {
                         i as u32,
                         Some(limiter.clone()),
                     ),
-                    endpoint: config.endpoint,
+                    endpoint: config.endpoints.first().copied(),
                     config,
                 }
             })
