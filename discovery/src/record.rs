@@ -45,6 +45,10 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 pub const MAX_ENDPOINTS: usize = 32;
 /// Most routed networks one record may carry.
 pub const MAX_NETWORKS: usize = 64;
+/// Most peers a record says it sees (about 90 bytes each: a record stays
+/// well under [`MAX_SEALED`]); a node in a larger cluster lists the
+/// first ones only.
+pub const MAX_SEEN: usize = 24;
 
 const TAG_LEN: usize = 16;
 const CLUSTER_TAG_LEN: usize = 8;
@@ -88,6 +92,12 @@ pub struct Record {
     /// Set on control-plane nodes: where their Kubernetes API listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlane>,
+    /// Peers this node reaches directly, at the endpoint their datagrams
+    /// come from: behind NAT that is their public mapping, which others
+    /// then try; and it tells a node whose direct path fails which peers
+    /// can relay to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<Seen>,
     /// Issue time in Unix milliseconds; also the version (a node never
     /// issues two records with the same value, see [`next_version`]).
     pub issued_ms: u64,
@@ -99,6 +109,15 @@ pub struct Record {
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlane {
     pub api_endpoint: SocketAddr,
+}
+
+/// A peer a node reaches directly, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Seen {
+    #[serde(with = "b64_key")]
+    pub public_key: PublicKey,
+    pub endpoint: SocketAddr,
 }
 
 impl Record {
@@ -133,6 +152,9 @@ impl Record {
         }
         if self.networks.len() > MAX_NETWORKS {
             return Err("too many networks");
+        }
+        if self.seen.len() > MAX_SEEN {
+            return Err("too many seen peers");
         }
         if self.ttl_secs == 0 || u64::from(self.ttl_secs) > MAX_TTL.as_secs() {
             return Err("ttl must be between 1 s and MAX_TTL");

@@ -78,6 +78,7 @@ fn record(keys: &ClusterKeys, node: &str, last: u8) -> Record {
         control_plane: (last == 1).then(|| ControlPlane {
             api_endpoint: SocketAddr::from(([192, 0, 2, last], 6443)),
         }),
+        seen: vec![],
         issued_ms: next_version(None, SystemTime::now()),
         ttl_secs: 300,
     }

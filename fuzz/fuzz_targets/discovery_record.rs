@@ -34,6 +34,7 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
             networks: vec!["10.244.0.0/24".parse().unwrap()],
             control_plane: None,
+            seen: vec![],
             issued_ms: 1_800_000_000_000 + version,
             ttl_secs: 300,
         };

@@ -51,6 +51,8 @@ pub const NETWORKD_RESOURCE_TYPES: &[&str] = &[
     "networkstatus",
     "timestatus",
     "apibalancer",
+    "mesh-identity",
+    "mesh-peers",
 ];
 
 /// GPT partition name and ext4 label of the STATE volume (machine config,

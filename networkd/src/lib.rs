@@ -36,8 +36,11 @@
 //! hostname, nameservers and search domains win over `ip=`'s and DHCP's
 //! ([`names`]); time is kept by an SNTP client
 //! against `machine.time.servers` ([`timesync`]); NTP servers from DHCP are
-//! not used yet. The WireGuard [`mesh`] datapath exists as a library with
-//! its namespace test, but is not started here yet.
+//! not used yet.
+//!
+//! With `cluster.mesh.enabled`, the [`mesh`] controller runs the WireGuard
+//! mesh (userspace, boringtun) and finds its peers through discovery and
+//! gossip (`mesh-identity`, `mesh-peers`).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -81,6 +84,9 @@ pub struct Options {
     /// Off when running inside `ip netns exec`, which shares the host's
     /// UTS namespace.
     pub set_hostname: bool,
+    /// The node's mesh key (on STATE, so the mesh identity survives
+    /// reboots).
+    pub mesh_key: PathBuf,
 }
 
 impl Default for Options {
@@ -95,6 +101,7 @@ impl Default for Options {
             socket: constants::NETWORKD_SOCKET.into(),
             sync_time: true,
             set_hostname: true,
+            mesh_key: mesh::keys::KEY_FILE.into(),
         }
     }
 }
@@ -102,7 +109,8 @@ impl Default for Options {
 impl Options {
     /// [`Options::default`] with overrides from the environment, for the
     /// network-namespace tests: `SLATE_NETWORKD_CMDLINE`, `_SYSFS`,
-    /// `_RESOLV_CONF`, `_READY_FILE`, and `_SET_HOSTNAME=0`.
+    /// `_RESOLV_CONF`, `_READY_FILE`, `_CONFIG`, `_OWNED_FILE`, `_SOCKET`,
+    /// `_MESH_KEY`, and `_SET_HOSTNAME=0`, `_SYNC_TIME=0`.
     pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Options {
         let mut opts = Options::default();
         let path = |key: &str, field: &mut PathBuf| {
@@ -117,6 +125,7 @@ impl Options {
         path("SLATE_NETWORKD_CONFIG", &mut opts.config_file);
         path("SLATE_NETWORKD_OWNED_FILE", &mut opts.owned_file);
         path("SLATE_NETWORKD_SOCKET", &mut opts.socket);
+        path("SLATE_NETWORKD_MESH_KEY", &mut opts.mesh_key);
         if get("SLATE_NETWORKD_SET_HOSTNAME").as_deref() == Some("0") {
             opts.set_hostname = false;
         }
@@ -190,6 +199,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
     let network_status = reconcile::SharedNetworkStatus::default();
     let balancer = balancer::Balancer::new(balancer::Settings::default())?;
+    let mesh = mesh::status::SharedMesh::default();
     tokio::spawn(status::serve(
         opts.socket.clone(),
         handle.clone(),
@@ -199,8 +209,17 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             names: names.clone(),
             network: network_status.clone(),
             balancer: balancer.clone(),
+            mesh: mesh.clone(),
         },
     ));
+    tokio::spawn(mesh::controller::run(mesh::controller::Context {
+        config_file: opts.config_file.clone(),
+        key_file: opts.mesh_key.clone(),
+        sysfs: opts.sysfs.clone(),
+        handle: handle.clone(),
+        mesh,
+        balancer: balancer.clone(),
+    }));
     tokio::spawn(balancer::run(opts.config_file.clone(), balancer));
     if opts.sync_time {
         tokio::spawn(timesync::run(opts.config_file.clone(), time));

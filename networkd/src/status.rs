@@ -6,7 +6,8 @@
 //! rtnetlink event and sends what changed. `hostname`, `resolvers` and
 //! `networkstatus` are networkd's own decisions, and wake a Watch when they
 //! change, as does `apibalancer` (the API balancer's endpoints and their
-//! health); only `timestatus` is looked at every few seconds.
+//! health) and `mesh-identity` / `mesh-peers` (the WireGuard mesh); only
+//! `timestatus` is looked at every few seconds.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub struct Sources {
     pub names: SharedNames,
     pub network: SharedNetworkStatus,
     pub balancer: crate::balancer::Balancer,
+    pub mesh: crate::mesh::status::SharedMesh,
 }
 
 impl Sources {
@@ -46,6 +48,7 @@ impl Sources {
             "resolvers" => json(&self.names.resolvers()),
             "networkstatus" => json(&self.network.get()),
             "apibalancer" => json(&self.balancer.status()),
+            "mesh-identity" => json(&self.mesh.identity()?),
             _ => return None,
         };
         Some(Resource {
@@ -61,6 +64,7 @@ impl Sources {
             "hostname" | "resolvers" => Some(self.names.subscribe()),
             "networkstatus" => Some(self.network.subscribe()),
             "apibalancer" => Some(self.balancer.subscribe()),
+            "mesh-identity" | "mesh-peers" => Some(self.mesh.subscribe()),
             _ => None,
         }
     }
@@ -144,6 +148,19 @@ pub async fn snapshot(
     }
     if let Some(own) = sources.own(kind) {
         return Ok(BTreeMap::from([(own.id.clone(), own)]));
+    }
+    match kind {
+        // Nothing while the mesh is off.
+        "mesh-identity" => return Ok(BTreeMap::new()),
+        "mesh-peers" => {
+            return Ok(sources
+                .mesh
+                .peers()
+                .into_iter()
+                .map(|(id, p)| (id.clone(), resource(kind, id, &p)))
+                .collect());
+        }
+        _ => {}
     }
     let unavailable =
         |e: netlink::NetlinkError| Status::unavailable(slate_machinery::error::chain(&e));

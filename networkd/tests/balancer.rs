@@ -117,6 +117,7 @@ fn all_up_requests_succeed_spread_and_show_in_the_resource() {
                 names,
                 network: Default::default(),
                 balancer: b.balancer.clone(),
+                mesh: Default::default(),
             },
         ));
         let deadline = Instant::now() + Duration::from_secs(5);

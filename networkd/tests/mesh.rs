@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use slate_networkd::mesh::device::{Device, DeviceStatus, PeerConfig, SharedStatus};
 use slate_networkd::mesh::keys::NodeKey;
+use slate_networkd::mesh::select::Path;
 use slate_networkd::mesh::tun::Tun;
 use slate_networkd::mesh::{self, PORT};
 use slate_tests::netns::{self, Namespaces};
@@ -130,6 +131,7 @@ fn peer_of(key: &NodeKey, endpoint: &str) -> PeerConfig {
             key.mesh_address(&CLUSTER_ID),
         ))],
         persistent_keepalive: Some(mesh::device::PERSISTENT_KEEPALIVE),
+        relays: vec![],
     }
 }
 
@@ -316,7 +318,7 @@ fn a_peer_that_moves_is_followed() {
     assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
     let moved: SocketAddr = "10.99.0.3:51820".parse().unwrap();
     wait_until("A follows B's endpoint", Duration::from_secs(2), || {
-        lab.a.status().peers[0].endpoint == Some(moved)
+        lab.a.status().peers[0].endpoint == Some(Path::Direct(moved))
     });
     assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
 }

@@ -415,6 +415,7 @@ fn status_lists_and_watches_addresses() {
                 names: names.clone(),
                 network: Default::default(),
                 balancer: slate_networkd::balancer::Balancer::new(Default::default()).unwrap(),
+                mesh: Default::default(),
             },
         ));
         wait_for("the socket", || socket.exists()).await;

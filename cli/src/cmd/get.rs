@@ -43,6 +43,12 @@ pub enum ResourceType {
     /// The API balancer: its endpoints, their health and latency.
     #[value(name = "apibalancer", alias = "balancer")]
     ApiBalancer,
+    /// This node in the WireGuard mesh: key, mesh address, endpoints.
+    #[value(name = "mesh-identity", alias = "meshidentity")]
+    MeshIdentity,
+    /// The mesh's peers: endpoint (or relay), state, last handshake, bytes.
+    #[value(name = "mesh-peers", alias = "meshpeers", alias = "mesh-peer")]
+    MeshPeers,
 }
 
 impl ResourceType {
@@ -57,6 +63,8 @@ impl ResourceType {
             Self::NetworkStatus => "networkstatus",
             Self::TimeStatus => "timestatus",
             Self::ApiBalancer => "apibalancer",
+            Self::MeshIdentity => "mesh-identity",
+            Self::MeshPeers => "mesh-peers",
         }
     }
 
@@ -110,6 +118,21 @@ impl ResourceType {
                 ("HEALTHY", "healthy"),
                 ("ACTIVE", "active_connections"),
                 ("ERROR", "error"),
+            ],
+            Self::MeshIdentity => &[
+                ("MESH ADDRESS", "meshAddress"),
+                ("PUBLIC KEY", "publicKey"),
+                ("ENDPOINTS", "endpoints"),
+                ("DISCOVERY", "discovery"),
+            ],
+            Self::MeshPeers => &[
+                ("HOSTNAME", "hostname"),
+                ("MESH ADDRESS", "meshAddress"),
+                ("ENDPOINT", "endpoint"),
+                ("STATE", "state"),
+                ("LAST HANDSHAKE", "lastHandshake"),
+                ("RX", "rxBytes"),
+                ("TX", "txBytes"),
             ],
         }
     }

@@ -28,6 +28,10 @@ pub(crate) fn record(keys: &ClusterKeys, node: &str, issued: SystemTime) -> Reco
         control_plane: Some(ControlPlane {
             api_endpoint: "192.0.2.10:6443".parse().unwrap(),
         }),
+        seen: vec![Seen {
+            public_key: [3; 32],
+            endpoint: "203.0.113.5:40000".parse().unwrap(),
+        }],
         issued_ms: unix_ms(issued),
         ttl_secs: 300,
     }

@@ -14,7 +14,13 @@
 //!   An authenticated datagram sets the peer's endpoint to its source
 //!   (roaming).
 //! - Every [`TICK`], `update_timers` for each peer (handshake retries,
-//!   rekeys, keepalives).
+//!   rekeys, keepalives), and endpoint selection ([`super::select`]): a
+//!   peer that is not up gets a handshake on its next candidate path.
+//! - Peers change while it runs ([`PeerControl::set`]): a peer keeps its
+//!   session across changes of its allowed IPs or candidates.
+//! - It relays for its peers (opaque WireGuard datagrams between two peers
+//!   that are up with direct paths, [`super::wire`]), and hands gossiped
+//!   records to the controller ([`Device::gossip_inbox`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,10 +33,14 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use ipnet::IpNet;
+use serde::Serialize;
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
 
 use super::keys::NodeKey;
+use super::select::{Path, Selector};
 use super::tun::Tun;
+use super::wire::{self, Message};
 use crate::balancer::ratelimit::LogLimiter;
 
 /// How often peers' timers run.
@@ -42,6 +52,12 @@ pub const PERSISTENT_KEEPALIVE: u16 = 25;
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest IP packet, plus WireGuard's overhead.
 const BUF: usize = 65535 + 148;
+/// Gossiped records waiting for the controller; more are dropped (and
+/// counted as rejected): a flood costs a bounded queue.
+const GOSSIP_QUEUE: usize = 256;
+/// boringtun keeps our index of a peer in the top 24 bits of its session
+/// indexes.
+const MAX_SLOTS: u32 = 1 << 24;
 
 /// One peer as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +68,29 @@ pub struct PeerConfig {
     pub endpoints: Vec<SocketAddr>,
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
+    /// Peers that say they reach this one: tried, as relays, after the
+    /// direct candidates.
+    pub relays: Vec<[u8; 32]>,
 }
 
-/// What a later `mesh-peers` resource shows about a peer.
+/// How a peer is reached now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Authenticated datagrams arrive directly.
+    Up,
+    /// Authenticated datagrams arrive through a relay.
+    Relayed,
+    /// Nothing recent: its paths are being tried.
+    Connecting,
+}
+
+/// What the `mesh-peers` resource shows about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
     pub public_key: [u8; 32],
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Path>,
+    pub state: PeerState,
     /// Payload bytes sent to and received from the peer (boringtun's
     /// counters: decrypted sizes, keepalives excluded).
     pub tx_bytes: u64,
@@ -71,11 +103,13 @@ pub struct PeerStatus {
 pub struct DeviceStatus {
     pub peers: Vec<PeerStatus>,
     /// Datagrams refused before reaching a peer (not WireGuard, bad MAC,
-    /// unknown key or index).
+    /// unknown key or index, relay requests from strangers).
     pub rejected_datagrams: u64,
     /// Packets from the TUN with no peer for their destination, or whose
-    /// peer has no endpoint yet.
+    /// peer has no path yet.
     pub unroutable_packets: u64,
+    /// Datagrams this node passed on between two of its peers.
+    pub relayed_datagrams: u64,
 }
 
 /// Readable while the device runs; refreshed every [`TICK`].
@@ -89,33 +123,55 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("too many peers ({0}); at most 2^24")]
-    TooManyPeers(usize),
+}
+
+/// Changes the peers of a running device; the latest set wins.
+#[derive(Clone)]
+pub struct PeerControl(Arc<watch::Sender<Vec<PeerConfig>>>);
+
+impl PeerControl {
+    pub fn set(&self, peers: Vec<PeerConfig>) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != peers;
+            *current = peers;
+            changed
+        });
+    }
 }
 
 struct Peer {
     tunn: Tunn,
     config: PeerConfig,
-    endpoint: Option<SocketAddr>,
+    path: Selector,
 }
+
+/// A gossiped record and where it came from.
+pub type Gossip = (SocketAddr, Vec<u8>);
 
 /// The mesh device: a TUN, a UDP socket, the peers.
 pub struct Device {
     key: NodeKey,
     tun: Tun,
-    udp: UdpSocket,
-    peers: Vec<Peer>,
-    by_key: HashMap<[u8; 32], usize>,
-    /// (network, peer), longest prefix first.
-    routes: Vec<(IpNet, usize)>,
+    udp: Arc<UdpSocket>,
+    peers: HashMap<u32, Peer>,
+    by_key: HashMap<[u8; 32], u32>,
+    next_slot: u32,
+    /// (network, peer slot), longest prefix first.
+    routes: Vec<(IpNet, u32)>,
     limiter: Arc<RateLimiter>,
     junk_log: LogLimiter,
     status: SharedStatus,
+    control: Arc<watch::Sender<Vec<PeerConfig>>>,
+    updates: watch::Receiver<Vec<PeerConfig>>,
+    gossip_tx: mpsc::Sender<Gossip>,
+    gossip_rx: Option<mpsc::Receiver<Gossip>>,
+    /// Scratch space to frame relayed datagrams.
+    frame: Vec<u8>,
 }
 
 /// Which of our peers a datagram is for, if any.
 enum Recipient {
-    Peer(usize),
+    Peer(u32),
     Unknown(&'static str),
 }
 
@@ -126,45 +182,27 @@ impl Device {
         udp: UdpSocket,
         peers: Vec<PeerConfig>,
     ) -> Result<Device, DeviceError> {
-        if peers.len() >= 1 << 24 {
-            return Err(DeviceError::TooManyPeers(peers.len()));
-        }
         let limiter = Arc::new(RateLimiter::new(&key.public(), HANDSHAKE_RATE_LIMIT));
-        let mut by_key = HashMap::new();
-        let mut routes = Vec::new();
-        let peers: Vec<Peer> = peers
-            .into_iter()
-            .enumerate()
-            .map(|(i, config)| {
-                by_key.insert(config.public_key, i);
-                routes.extend(config.allowed_ips.iter().map(|net| (net.trunc(), i)));
-                Peer {
-                    tunn: Tunn::new(
-                        key.secret().clone(),
-                        PublicKey::from(config.public_key),
-                        None,
-                        config.persistent_keepalive,
-                        i as u32,
-                        Some(limiter.clone()),
-                    ),
-                    endpoint: config.endpoints.first().copied(),
-                    config,
-                }
-            })
-            .collect();
-        routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        let status = Arc::new(Mutex::new(DeviceStatus::default()));
-        let device = Device {
+        let (control, updates) = watch::channel(Vec::new());
+        let (gossip_tx, gossip_rx) = mpsc::channel(GOSSIP_QUEUE);
+        let mut device = Device {
             key,
             tun,
-            udp,
-            peers,
-            by_key,
-            routes,
+            udp: Arc::new(udp),
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            next_slot: 0,
+            routes: Vec::new(),
             limiter,
             junk_log: LogLimiter::new(Duration::from_secs(60)),
-            status,
+            status: Arc::new(Mutex::new(DeviceStatus::default())),
+            control: Arc::new(control),
+            updates,
+            gossip_tx,
+            gossip_rx: Some(gossip_rx),
+            frame: Vec::with_capacity(BUF),
         };
+        device.set_peers(peers);
         device.publish_status();
         Ok(device)
     }
@@ -173,12 +211,28 @@ impl Device {
         self.status.clone()
     }
 
+    /// Changes the peers while the device runs.
+    pub fn control(&self) -> PeerControl {
+        PeerControl(self.control.clone())
+    }
+
+    /// The device's UDP socket, to send gossip from the mesh port.
+    pub fn socket(&self) -> Arc<UdpSocket> {
+        self.udp.clone()
+    }
+
+    /// Gossiped records as they arrive (once; `None` after the first call).
+    pub fn gossip_inbox(&mut self) -> Option<mpsc::Receiver<Gossip>> {
+        self.gossip_rx.take()
+    }
+
     /// Runs until the TUN fails (it does not on its own while the device
     /// exists); drop the future to stop.
     pub async fn run(mut self) -> Result<std::convert::Infallible, DeviceError> {
         enum Event {
             Tun(std::io::Result<usize>),
             Udp(std::io::Result<(usize, SocketAddr)>),
+            Peers,
             Tick,
         }
         let mut from_tun = vec![0u8; BUF];
@@ -187,10 +241,12 @@ impl Device {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reset = Instant::now();
+        let udp = self.udp.clone();
         loop {
             let event = tokio::select! {
                 r = self.tun.recv(&mut from_tun) => Event::Tun(r),
-                r = self.udp.recv_from(&mut from_udp) => Event::Udp(r),
+                r = udp.recv_from(&mut from_udp) => Event::Udp(r),
+                Ok(()) = self.updates.changed() => Event::Peers,
                 _ = tick.tick() => Event::Tick,
             };
             match event {
@@ -201,12 +257,20 @@ impl Device {
                         source,
                     });
                 }
-                Event::Udp(Ok((n, src))) => self.inbound(&from_udp[..n], src, &mut out).await,
+                Event::Udp(Ok((n, src))) => {
+                    self.datagram(&from_udp[..n], canonical(src), &mut out)
+                        .await
+                }
                 Event::Udp(Err(e)) => {
                     // ICMP errors surface here on some kernels; never fatal.
                     if self.junk_log.allow("udp receive", Instant::now()).is_some() {
                         tracing::warn!("mesh: receiving: {e}");
                     }
+                }
+                Event::Peers => {
+                    let peers = self.updates.borrow_and_update().clone();
+                    self.set_peers(peers);
+                    self.publish_status();
                 }
                 Event::Tick => {
                     // The shared limiter counts handshakes per second.
@@ -221,30 +285,124 @@ impl Device {
         }
     }
 
+    /// Makes the peer set `configs`: known keys keep their session and
+    /// path, new keys get a slot, missing keys go.
+    fn set_peers(&mut self, configs: Vec<PeerConfig>) {
+        let own = self.key.public_bytes();
+        let wanted: HashMap<[u8; 32], PeerConfig> = configs
+            .into_iter()
+            .filter(|c| c.public_key != own)
+            .map(|c| (c.public_key, c))
+            .collect();
+        let gone: Vec<[u8; 32]> = self
+            .by_key
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(slot) = self.by_key.remove(&key) {
+                self.peers.remove(&slot);
+            }
+        }
+        for (key, config) in wanted {
+            if let Some(slot) = self.by_key.get(&key) {
+                let peer = self.peers.get_mut(slot).expect("by_key and peers agree");
+                peer.path
+                    .update(config.endpoints.clone(), config.relays.clone());
+                peer.config = config;
+                continue;
+            }
+            if self.next_slot >= MAX_SLOTS {
+                tracing::error!("mesh: no slot left for a new peer; restart networkd");
+                continue;
+            }
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            let peer = Peer {
+                tunn: Tunn::new(
+                    self.key.secret().clone(),
+                    PublicKey::from(key),
+                    None,
+                    config.persistent_keepalive,
+                    slot,
+                    Some(self.limiter.clone()),
+                ),
+                path: Selector::new(config.endpoints.clone(), config.relays.clone()),
+                config,
+            };
+            self.peers.insert(slot, peer);
+            self.by_key.insert(key, slot);
+        }
+        self.routes = self
+            .peers
+            .iter()
+            .flat_map(|(slot, p)| p.config.allowed_ips.iter().map(|net| (net.trunc(), *slot)))
+            .collect();
+        self.routes
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    }
+
     async fn outbound(&mut self, packet: &[u8], out: &mut [u8]) {
-        let peer = Tunn::dst_address(packet).and_then(|dst| route(&self.routes, dst));
-        let Some(i) = peer else {
+        let slot = Tunn::dst_address(packet).and_then(|dst| route(&self.routes, dst));
+        let Some(slot) = slot else {
             // Router solicitations, MLD, traffic for a peer we do not know.
             self.status.lock().unwrap().unroutable_packets += 1;
             return;
         };
-        let peer = &mut self.peers[i];
+        let peer = self.peers.get_mut(&slot).expect("routes follow peers");
         match peer.tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(data) => match peer.endpoint {
-                Some(ep) => send(&self.udp, data, ep).await,
-                None => self.status.lock().unwrap().unroutable_packets += 1,
-            },
+            TunnResult::WriteToNetwork(data) => {
+                let len = data.len();
+                self.send_to_peer(slot, &out[..len]).await;
+            }
             TunnResult::Done => {}
-            TunnResult::Err(e) => tracing::debug!("mesh: encapsulating for peer {i}: {e:?}"),
+            TunnResult::Err(e) => tracing::debug!("mesh: encapsulating for peer {slot}: {e:?}"),
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
         }
     }
 
+    /// Sends a WireGuard datagram to a peer on its current path.
+    async fn send_to_peer(&mut self, slot: u32, data: &[u8]) {
+        let Some(peer) = self.peers.get(&slot) else {
+            return;
+        };
+        match peer.path.current() {
+            Some(Path::Direct(to)) => send(&self.udp, data, to).await,
+            Some(Path::Relay(relay)) => match self.direct_endpoint(&relay) {
+                Some(to) => {
+                    wire::to_relay(&peer.config.public_key, data, &mut self.frame);
+                    send(&self.udp, &self.frame, to).await;
+                }
+                None => self.status.lock().unwrap().unroutable_packets += 1,
+            },
+            None => self.status.lock().unwrap().unroutable_packets += 1,
+        }
+    }
+
+    /// The direct endpoint of the peer with `key`, if it is up directly.
+    fn direct_endpoint(&self, key: &[u8; 32]) -> Option<SocketAddr> {
+        let peer = self.peers.get(self.by_key.get(key)?)?;
+        match peer.path.current() {
+            Some(Path::Direct(a)) if peer.path.is_up(Instant::now()) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The peer that is up directly at `addr`.
+    fn peer_at(&self, addr: SocketAddr) -> Option<u32> {
+        let now = Instant::now();
+        self.peers
+            .iter()
+            .find(|(_, p)| p.path.current() == Some(Path::Direct(addr)) && p.path.is_up(now))
+            .map(|(slot, _)| *slot)
+    }
+
     fn recipient(&self, packet: &Packet<'_>) -> Recipient {
         let by_index = |idx: u32| {
-            let i = (idx >> 8) as usize;
-            if i < self.peers.len() {
-                Recipient::Peer(i)
+            let slot = idx >> 8;
+            if self.peers.contains_key(&slot) {
+                Recipient::Peer(slot)
             } else {
                 Recipient::Unknown("unknown receiver index")
             }
@@ -253,7 +411,7 @@ impl Device {
             Packet::HandshakeInit(init) => {
                 match parse_handshake_anon(self.key.secret(), &self.key.public(), init) {
                     Ok(half) => match self.by_key.get(&half.peer_static_public) {
-                        Some(&i) => Recipient::Peer(i),
+                        Some(&slot) => Recipient::Peer(slot),
                         None => Recipient::Unknown("handshake from a key that is not a peer"),
                     },
                     Err(_) => Recipient::Unknown("handshake that does not open"),
@@ -274,7 +432,54 @@ impl Device {
         }
     }
 
-    async fn inbound(&mut self, datagram: &[u8], src: SocketAddr, out: &mut [u8]) {
+    /// One datagram from the network: WireGuard, a relay frame or gossip.
+    async fn datagram(&mut self, datagram: &[u8], src: SocketAddr, out: &mut [u8]) {
+        match wire::parse(datagram) {
+            Ok(Message::WireGuard(d)) => self.inbound(d, src, None, out).await,
+            Ok(Message::ToRelay { destination, inner }) => {
+                self.relay(src, destination, inner).await
+            }
+            Ok(Message::FromRelay { origin, inner }) => match self.peer_at(src) {
+                Some(relay) => {
+                    let relay_key = self.peers[&relay].config.public_key;
+                    self.inbound(inner, src, Some((relay_key, origin)), out)
+                        .await
+                }
+                None => self.reject(src, "relayed datagram from a peer that is not up"),
+            },
+            Ok(Message::Gossip(sealed)) => {
+                if self.gossip_tx.try_send((src, sealed.to_vec())).is_err() {
+                    self.reject(src, "gossip queue full");
+                }
+            }
+            Err(e) => self.reject(src, &format!("not a mesh message ({e})")),
+        }
+    }
+
+    /// Passes a datagram on between two peers that are both up directly:
+    /// never for strangers, so the node is no open relay.
+    async fn relay(&mut self, src: SocketAddr, destination: [u8; 32], inner: &[u8]) {
+        let Some(from) = self.peer_at(src) else {
+            return self.reject(src, "relay request from a peer that is not up");
+        };
+        let Some(to) = self.direct_endpoint(&destination) else {
+            return self.reject(src, "relay request for a peer that is not up here");
+        };
+        let origin = self.peers[&from].config.public_key;
+        wire::from_relay(&origin, inner, &mut self.frame);
+        send(&self.udp, &self.frame, to).await;
+        self.status.lock().unwrap().relayed_datagrams += 1;
+    }
+
+    /// A WireGuard datagram, from `src` directly or, with `via` = (relay's
+    /// key, origin's key), through the relay at `src`.
+    async fn inbound(
+        &mut self,
+        datagram: &[u8],
+        src: SocketAddr,
+        via: Option<([u8; 32], [u8; 32])>,
+        out: &mut [u8],
+    ) {
         let verified = {
             let mut cookie = [0u8; 64];
             match self
@@ -283,58 +488,84 @@ impl Device {
             {
                 Ok(packet) => Ok(self.recipient(&packet)),
                 Err(TunnResult::WriteToNetwork(reply)) => {
-                    // Under load: the sender must prove its address first.
-                    send(&self.udp, reply, src).await;
+                    // Under load: the sender must prove its address first
+                    // (relayed senders wait for the load to pass).
+                    if via.is_none() {
+                        send(&self.udp, reply, src).await;
+                    }
                     return;
                 }
                 Err(TunnResult::Err(e)) => Err(e),
                 Err(_) => Err(WireGuardError::InvalidPacket),
             }
         };
-        let i = match verified {
-            Ok(Recipient::Peer(i)) => i,
+        let slot = match verified {
+            Ok(Recipient::Peer(slot)) => slot,
             Ok(Recipient::Unknown(why)) => return self.reject(src, why),
             Err(e) => return self.reject(src, &format!("not WireGuard ({e:?})")),
         };
-        let peer = &mut self.peers[i];
-        match peer.tunn.decapsulate(Some(src.ip()), datagram, out) {
+        let path = match via {
+            None => Path::Direct(src),
+            Some((relay, origin)) => {
+                if self.peers[&slot].config.public_key != origin {
+                    return self.reject(src, "relayed datagram for another peer than named");
+                }
+                Path::Relay(relay)
+            }
+        };
+        let src_ip = (via.is_none()).then_some(src.ip());
+        let peer = self.peers.get_mut(&slot).expect("recipient is a peer");
+        let mut replies: Vec<Vec<u8>> = Vec::new();
+        match peer.tunn.decapsulate(src_ip, datagram, out) {
             TunnResult::Err(e) => {
                 // Replays, stale indexes, forgeries with a valid MAC1.
-                self.reject(src, &format!("peer {i}: {e:?}"));
-                return;
+                return self.reject(src, &format!("peer {slot}: {e:?}"));
             }
             TunnResult::Done => {}
             TunnResult::WriteToNetwork(reply) => {
-                send(&self.udp, reply, src).await;
+                replies.push(reply.to_vec());
                 // Packets queued while the handshake was under way.
                 while let TunnResult::WriteToNetwork(data) = peer.tunn.decapsulate(None, &[], out) {
-                    send(&self.udp, data, src).await;
+                    replies.push(data.to_vec());
                 }
             }
             TunnResult::WriteToTunnelV4(packet, from) => {
-                deliver(&self.tun, &peer.config, packet, IpAddr::V4(from), i).await
+                deliver(&self.tun, &peer.config, packet, IpAddr::V4(from), slot).await
             }
             TunnResult::WriteToTunnelV6(packet, from) => {
-                deliver(&self.tun, &peer.config, packet, IpAddr::V6(from), i).await
+                deliver(&self.tun, &peer.config, packet, IpAddr::V6(from), slot).await
             }
         }
         // Authenticated: this is where the peer is now (roaming).
-        if peer.endpoint != Some(src) {
-            tracing::info!("mesh: peer {i} endpoint {:?} -> {src}", peer.endpoint);
-            peer.endpoint = Some(src);
+        let before = peer.path.current();
+        if peer.path.received(path, Instant::now()) {
+            tracing::info!("mesh: peer {slot} path {before:?} -> {path:?}");
+        }
+        for reply in replies {
+            self.send_to_peer(slot, &reply).await;
         }
     }
 
     async fn timers(&mut self, out: &mut [u8]) {
-        for (i, peer) in self.peers.iter_mut().enumerate() {
-            match peer.tunn.update_timers(out) {
+        let now = Instant::now();
+        let slots: Vec<u32> = self.peers.keys().copied().collect();
+        for slot in slots {
+            let peer = self.peers.get_mut(&slot).expect("slot listed");
+            // A peer that is not up gets its next path and a handshake.
+            let data = match peer.path.tick(now) {
+                Some(path) => {
+                    tracing::debug!("mesh: peer {slot}: trying {path:?}");
+                    peer.tunn.format_handshake_initiation(out, true)
+                }
+                None => peer.tunn.update_timers(out),
+            };
+            match data {
                 TunnResult::WriteToNetwork(data) => {
-                    if let Some(ep) = peer.endpoint {
-                        send(&self.udp, data, ep).await;
-                    }
+                    let len = data.len();
+                    self.send_to_peer(slot, &out[..len]).await;
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
-                TunnResult::Err(e) => tracing::debug!("mesh: timers of peer {i}: {e:?}"),
+                TunnResult::Err(e) => tracing::debug!("mesh: timers of peer {slot}: {e:?}"),
                 TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
             }
         }
@@ -342,14 +573,24 @@ impl Device {
 
     fn publish_status(&self) {
         let now = SystemTime::now();
-        let peers = self
-            .peers
-            .iter()
-            .map(|p| {
+        let instant = Instant::now();
+        let mut slots: Vec<&u32> = self.peers.keys().collect();
+        slots.sort();
+        let peers = slots
+            .into_iter()
+            .map(|slot| {
+                let p = &self.peers[slot];
                 let (since, tx, rx, _loss, _rtt) = p.tunn.stats();
+                let endpoint = p.path.current();
+                let state = match endpoint {
+                    _ if !p.path.is_up(instant) => PeerState::Connecting,
+                    Some(Path::Relay(_)) => PeerState::Relayed,
+                    _ => PeerState::Up,
+                };
                 PeerStatus {
                     public_key: p.config.public_key,
-                    endpoint: p.endpoint,
+                    endpoint,
+                    state,
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                     last_handshake: since.and_then(|d| now.checked_sub(d)),
@@ -361,7 +602,7 @@ impl Device {
 }
 
 /// The peer for `dst` in `routes` (sorted longest prefix first).
-fn route(routes: &[(IpNet, usize)], dst: IpAddr) -> Option<usize> {
+fn route(routes: &[(IpNet, u32)], dst: IpAddr) -> Option<u32> {
     routes
         .iter()
         .find(|(net, _)| net.contains(&dst))
@@ -370,13 +611,25 @@ fn route(routes: &[(IpNet, usize)], dst: IpAddr) -> Option<usize> {
 
 /// Writes a decrypted packet to the TUN if its source is the peer's to
 /// use.
-async fn deliver(tun: &Tun, peer: &PeerConfig, packet: &[u8], from: IpAddr, i: usize) {
+async fn deliver(tun: &Tun, peer: &PeerConfig, packet: &[u8], from: IpAddr, i: u32) {
     if !peer.allowed_ips.iter().any(|net| net.contains(&from)) {
         tracing::debug!("mesh: peer {i} sent a packet from {from}, outside its allowed IPs");
         return;
     }
     if let Err(e) = tun.send(packet).await {
         tracing::debug!("mesh: writing to the TUN: {e}");
+    }
+}
+
+/// IPv4 peers reach a dual-stack socket as `::ffff:a.b.c.d`: named as
+/// IPv4, so they compare equal to the endpoints they publish.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
     }
 }
 
@@ -392,7 +645,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let mut routes: Vec<(IpNet, usize)> = vec![
+        let mut routes: Vec<(IpNet, u32)> = vec![
             ("10.0.0.0/8".parse().unwrap(), 0),
             ("10.1.0.0/16".parse().unwrap(), 1),
         ];

@@ -29,10 +29,15 @@
 //! whether it is from a peer (MAC1 and the shared rate limiter come
 //! first, as in boringtun's device).
 
+pub mod controller;
 pub mod device;
 pub mod keys;
 pub mod link;
+pub mod peers;
+pub mod select;
+pub mod status;
 pub mod tun;
+pub mod wire;
 
 /// The mesh's UDP port.
 pub const PORT: u16 = 51820;

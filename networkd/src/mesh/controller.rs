@@ -1,0 +1,640 @@
+//! networkd's mesh: follows `cluster.mesh` of the published config, runs
+//! the [`Device`], and keeps its peers from discovery and gossip.
+//!
+//! Once a second it:
+//! - reads this node's addresses (every 5 s): its endpoints and networks;
+//! - reseals its own record when what it says changed (endpoints, the
+//!   peers it sees directly and where) or every [`REPUBLISH`], and
+//!   publishes it to the discovery service;
+//! - lists the cluster's records from the service every [`FETCH`];
+//! - turns the records into the device's peers ([`peers::peer_configs`]);
+//! - gossips every record it knows to each peer it reaches directly, every
+//!   [`GOSSIP`], and its own record to the control-plane endpoint's host
+//!   while it reaches no one (how a node joins while the service is down);
+//! - publishes `mesh-identity` and `mesh-peers`, and the control-plane
+//!   nodes' API endpoints to the [`Balancer`].
+//!
+//! Gossip rides the mesh's UDP port ([`super::wire`]); records are sealed
+//! by their authors, so no path they take can read or change them, and
+//! each is opened on its own. A record that does not open (another
+//! cluster's secret, forged, expired) is dropped and logged once a minute
+//! per source.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+use slate_discovery::client;
+use slate_discovery::gossip::{AffiliateTable, MAX_PEERS, Merged};
+use slate_discovery::record::{ClusterKeys, ControlPlane, MAX_SEEN, Record, next_version};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::device::{Device, DeviceStatus, Gossip, PeerControl, PeerState};
+use super::keys::NodeKey;
+use super::select::Path;
+use super::status::{MeshIdentity, MeshPeer, SharedMesh};
+use super::{PORT, link, peers, tun, wire};
+use crate::balancer::ratelimit::LogLimiter;
+use crate::balancer::{Balancer, Target};
+
+/// The mesh interface.
+pub const INTERFACE: &str = "slmesh0";
+/// How long a record lives; it is resealed well before.
+pub const RECORD_TTL: Duration = Duration::from_secs(300);
+/// Resealed and republished at least this often.
+pub const REPUBLISH: Duration = Duration::from_secs(60);
+/// The discovery service is listed this often.
+pub const FETCH: Duration = Duration::from_secs(10);
+/// Records are passed to peers this often.
+pub const GOSSIP: Duration = Duration::from_secs(10);
+/// A changed record is resealed at most this often.
+const RESEAL_GAP: Duration = Duration::from_secs(2);
+/// How often the node's own addresses are read.
+const ADDRESSES: Duration = Duration::from_secs(5);
+/// One answer per source this often, to a node that introduced itself.
+const REPLY_GAP: Duration = Duration::from_secs(5);
+/// A call to the discovery service, all in.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Underlay MTU assumed for the mesh link (Ethernet).
+const UNDERLAY_MTU: u32 = 1500;
+/// The discovery service's port when the config names none.
+const DISCOVERY_PORT: u16 = 3000;
+
+/// What networkd gives the mesh.
+#[derive(Clone)]
+pub struct Context {
+    pub config_file: PathBuf,
+    pub key_file: PathBuf,
+    pub sysfs: PathBuf,
+    pub handle: rtnetlink::Handle,
+    pub mesh: SharedMesh,
+    pub balancer: Balancer,
+}
+
+/// What the published config asks of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    cluster_id: String,
+    secret: String,
+    discovery: Option<String>,
+    /// The control-plane endpoint's host, when it is an address: asked
+    /// for records while no peer answers.
+    seed: Option<IpAddr>,
+    control_plane: bool,
+    hostname: String,
+}
+
+fn wanted(ctx: &Context) -> Option<Wanted> {
+    let config = crate::published_config(&ctx.config_file)?;
+    let mesh = &config.cluster.mesh;
+    if !mesh.enabled {
+        return None;
+    }
+    let endpoint = Target::from_url(&config.cluster.control_plane.endpoint).ok();
+    let seed = endpoint.as_ref().and_then(|t| t.host.parse().ok());
+    let discovery = mesh.discovery.endpoint.clone().or_else(|| {
+        // By default the service the control-plane nodes run.
+        seed.map(|ip| format!("http://{}", SocketAddr::new(ip, DISCOVERY_PORT)))
+    });
+    Some(Wanted {
+        cluster_id: config.cluster.id.clone()?,
+        secret: config.cluster.secret.clone()?,
+        discovery,
+        seed,
+        control_plane: config.machine.kind == slate_machinery::config::MachineType::Controlplane,
+        hostname: config.machine.network.hostname.clone().unwrap_or_default(),
+    })
+}
+
+/// Aborts a task when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the config for ever: starts, restarts (on a change of what
+/// the mesh needs) and stops the mesh.
+pub async fn run(ctx: Context) {
+    let mut running: Option<(Wanted, Task)> = None;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        poll.tick().await;
+        let now = wanted(&ctx);
+        if running.as_ref().map(|(w, _)| w) == now.as_ref() {
+            continue;
+        }
+        if running.take().is_some() {
+            tracing::info!("mesh: stopping");
+            ctx.mesh.set(None, Vec::new());
+            ctx.balancer.set_endpoints("discovery", Vec::new());
+        }
+        if let Some(w) = now {
+            tracing::info!("mesh: starting");
+            let task = tokio::spawn(keep_running(w.clone(), ctx.clone()));
+            running = Some((w, Task(task)));
+        }
+    }
+}
+
+async fn keep_running(w: Wanted, ctx: Context) {
+    loop {
+        match Mesh::start(&w, &ctx).await {
+            Ok(mesh) => mesh.run().await,
+            Err(e) => tracing::error!("mesh: {e:#}; trying again in 5 s"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+struct Mesh {
+    w: Wanted,
+    ctx: Context,
+    keys: Arc<ClusterKeys>,
+    public_key: [u8; 32],
+    node_id: String,
+    prefix: IpNet,
+    mesh_address: std::net::Ipv6Addr,
+    table: AffiliateTable,
+    control: PeerControl,
+    device: super::device::SharedStatus,
+    socket: Arc<UdpSocket>,
+    inbox: mpsc::Receiver<Gossip>,
+    _device: Task,
+    addresses: Vec<IpAddr>,
+    /// What the last sealed record said, without its version.
+    said: Option<Record>,
+    sealed_at: Option<Instant>,
+    published: bool,
+    discovery: String,
+    known_peers: HashSet<[u8; 32]>,
+    replied: HashMap<IpAddr, Instant>,
+    balancer_targets: Vec<Target>,
+    log: LogLimiter,
+}
+
+impl Mesh {
+    async fn start(w: &Wanted, ctx: &Context) -> anyhow::Result<Mesh> {
+        use anyhow::Context as _;
+        let keys = ClusterKeys::from_config(&w.cluster_id, &w.secret)
+            .context("cluster.id and cluster.secret")?;
+        let key = NodeKey::load_or_create(&ctx.key_file)
+            .with_context(|| format!("the mesh key in {}", ctx.key_file.display()))?;
+        let public_key = key.public_bytes();
+        let mesh_address = keys.mesh_address(&public_key);
+        let prefix = IpNet::new(IpAddr::V6(mesh_address), 64)
+            .expect("64 is a prefix length")
+            .trunc();
+        let tun = tun::Tun::open(INTERFACE).context("opening the mesh TUN device")?;
+        link::configure(
+            &ctx.handle,
+            INTERFACE,
+            IpAddr::V6(mesh_address),
+            64,
+            UNDERLAY_MTU,
+        )
+        .await
+        .context("configuring the mesh link")?;
+        // Dual-stack: one socket for IPv4 and IPv6 peers.
+        let udp = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, PORT))
+            .await
+            .with_context(|| format!("binding UDP port {PORT}"))?;
+        let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;
+        let control = device.control();
+        let status = device.status();
+        let socket = device.socket();
+        let inbox = device.gossip_inbox().expect("taken once");
+        let task = tokio::spawn(async move {
+            let Err(e) = device.run().await;
+            tracing::error!("mesh: device stopped: {}", crate::error_chain(&e));
+        });
+        let node_id = key.public_base64();
+        let keys = Arc::new(keys);
+        tracing::info!("mesh: node {node_id}, address {mesh_address}");
+        Ok(Mesh {
+            w: w.clone(),
+            ctx: ctx.clone(),
+            table: AffiliateTable::new(keys.clone(), node_id.clone(), MAX_PEERS),
+            keys,
+            public_key,
+            node_id,
+            prefix,
+            mesh_address,
+            control,
+            device: status,
+            socket,
+            inbox,
+            _device: Task(task),
+            addresses: Vec::new(),
+            said: None,
+            sealed_at: None,
+            published: false,
+            discovery: "not yet published".into(),
+            known_peers: HashSet::new(),
+            replied: HashMap::new(),
+            balancer_targets: Vec::new(),
+            log: LogLimiter::new(Duration::from_secs(60)),
+        })
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut addresses_at: Option<Instant> = None;
+        let mut fetched_at: Option<Instant> = None;
+        let mut gossiped_at: Option<Instant> = None;
+        loop {
+            if self._device.0.is_finished() {
+                return; // started again by keep_running
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some((src, sealed)) = self.inbox.recv() => {
+                    self.gossip_in(src, &sealed).await;
+                    continue;
+                }
+            }
+            if due(addresses_at, ADDRESSES) {
+                addresses_at = Some(Instant::now());
+                self.read_addresses().await;
+            }
+            let device = self
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            self.reseal(&device);
+            if !self.published {
+                self.publish().await;
+            }
+            if due(fetched_at, FETCH) {
+                fetched_at = Some(Instant::now());
+                self.fetch().await;
+            }
+            self.table.expire(SystemTime::now());
+            self.apply_peers(&device).await;
+            if due(gossiped_at, GOSSIP) {
+                gossiped_at = Some(Instant::now());
+                self.gossip_out(&device).await;
+            }
+            self.show(&device);
+        }
+    }
+
+    async fn read_addresses(&mut self) {
+        match crate::reconcile::netlink::read(&self.ctx.handle, &self.ctx.sysfs).await {
+            Ok(actual) => {
+                self.addresses = actual
+                    .addresses
+                    .iter()
+                    .filter(|a| a.ifname != INTERFACE)
+                    .map(|a| a.net.addr())
+                    .collect();
+            }
+            Err(e) => self.warn(
+                "addresses",
+                format!("reading addresses: {}", crate::error_chain(&e)),
+            ),
+        }
+    }
+
+    /// This node's record as it would say it now (version not set).
+    fn record_now(&self, device: &DeviceStatus) -> Record {
+        let endpoints = peers::own_endpoints(&self.addresses, &self.prefix, PORT);
+        let networks: Vec<IpNet> = endpoints
+            .iter()
+            .map(|e| IpNet::from(e.ip()))
+            .take(slate_discovery::record::MAX_NETWORKS)
+            .collect();
+        let direct = device
+            .peers
+            .iter()
+            .filter_map(|p| match (p.state, p.endpoint) {
+                (PeerState::Up, Some(Path::Direct(a))) => Some((p.public_key, a)),
+                _ => None,
+            });
+        let control_plane = self
+            .w
+            .control_plane
+            .then(|| endpoints.iter().find(|e| e.is_ipv4()).or(endpoints.first()))
+            .flatten()
+            .map(|e| ControlPlane {
+                api_endpoint: SocketAddr::new(e.ip(), 6443),
+            });
+        Record {
+            node_id: self.node_id.clone(),
+            hostname: self.w.hostname.clone(),
+            public_key: self.public_key,
+            mesh_address: self.mesh_address,
+            endpoints,
+            networks,
+            control_plane,
+            seen: peers::seen(direct, MAX_SEEN),
+            issued_ms: 0,
+            ttl_secs: RECORD_TTL.as_secs() as u32,
+        }
+    }
+
+    /// Reseals the own record when it says something new (at most every
+    /// [`RESEAL_GAP`]) or is due for republishing.
+    fn reseal(&mut self, device: &DeviceStatus) {
+        let mut record = self.record_now(device);
+        let changed = self.said.as_ref() != Some(&record);
+        let age = self.sealed_at.map(|t| t.elapsed());
+        let due = match age {
+            None => true,
+            Some(age) => (changed && age >= RESEAL_GAP) || age >= REPUBLISH,
+        };
+        if !due {
+            return;
+        }
+        let said = record.clone();
+        let last = self.table.own().map(|e| e.record.issued_ms);
+        record.issued_ms = next_version(last, SystemTime::now());
+        match self.table.set_own(record) {
+            Ok(_) => {
+                self.said = Some(said);
+                self.sealed_at = Some(Instant::now());
+                self.published = false;
+            }
+            Err(e) => self.warn("seal", format!("sealing this node's record: {e}")),
+        }
+    }
+
+    async fn publish(&mut self) {
+        let (Some(url), Some(own)) = (&self.w.discovery, self.table.own()) else {
+            return;
+        };
+        let url = client::affiliate_url(url, &self.keys, &self.node_id);
+        let sealed = own.sealed.clone();
+        let result =
+            tokio::time::timeout(CALL_TIMEOUT, client::publish(&url, &sealed, RECORD_TTL)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.published = true;
+                self.discovery = format!("published at {}", rfc3339(SystemTime::now()));
+            }
+            Ok(Err(e)) => {
+                self.discovery = format!("publishing failed: {e}");
+                self.warn(
+                    "publish",
+                    format!("mesh: publishing to the discovery service: {e}"),
+                );
+            }
+            Err(_) => {
+                self.discovery = "publishing timed out".into();
+                self.warn(
+                    "publish",
+                    "mesh: publishing to the discovery service timed out".into(),
+                );
+            }
+        }
+    }
+
+    async fn fetch(&mut self) {
+        let Some(url) = &self.w.discovery else {
+            return;
+        };
+        let url = client::affiliates_url(url, &self.keys);
+        match tokio::time::timeout(CALL_TIMEOUT, client::fetch(&url)).await {
+            Ok(Ok(records)) => {
+                let report = self
+                    .table
+                    .merge_all(records.iter().map(Vec::as_slice), SystemTime::now());
+                if report.refused > 0 {
+                    self.warn(
+                        "refused",
+                        format!(
+                            "mesh: {} records from the discovery service did not open (another secret, forged or expired); ignored",
+                            report.refused
+                        ),
+                    );
+                }
+            }
+            Ok(Err(e)) => self.warn("fetch", format!("mesh: listing the discovery service: {e}")),
+            Err(_) => self.warn(
+                "fetch",
+                "mesh: listing the discovery service timed out".into(),
+            ),
+        }
+    }
+
+    async fn apply_peers(&mut self, device: &DeviceStatus) {
+        let now = SystemTime::now();
+        let up_direct: HashSet<[u8; 32]> = device
+            .peers
+            .iter()
+            .filter(|p| p.state == PeerState::Up)
+            .map(|p| p.public_key)
+            .collect();
+        let records: Vec<&Record> = self.table.peers(now).map(|e| &e.record).collect();
+        let configs = peers::peer_configs(
+            &self.public_key,
+            &self.addresses,
+            &records,
+            &up_direct,
+            |_| true,
+        );
+        // Introduce this node to peers it has just learnt of, so they
+        // need not wait for their next listing to accept its handshake.
+        let new: Vec<SocketAddr> = configs
+            .iter()
+            .filter(|c| !self.known_peers.contains(&c.public_key))
+            .flat_map(|c| c.endpoints.clone())
+            .collect();
+        self.known_peers = configs.iter().map(|c| c.public_key).collect();
+        self.control.set(configs);
+        if !new.is_empty()
+            && let Some(own) = self.table.own()
+        {
+            let datagram = wire::gossip(&own.sealed);
+            for to in new {
+                send(&self.socket, &datagram, to).await;
+            }
+        }
+    }
+
+    /// Every record known, to each peer reached directly; while none is,
+    /// this node's record to the seed.
+    async fn gossip_out(&mut self, device: &DeviceStatus) {
+        let targets: Vec<SocketAddr> = device
+            .peers
+            .iter()
+            .filter_map(|p| match (p.state, p.endpoint) {
+                (PeerState::Up, Some(Path::Direct(a))) => Some(a),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            if let (Some(seed), Some(own)) = (self.w.seed, self.table.own())
+                && !self.addresses.contains(&seed)
+            {
+                send(
+                    &self.socket,
+                    &wire::gossip(&own.sealed),
+                    SocketAddr::new(seed, PORT),
+                )
+                .await;
+            }
+            return;
+        }
+        let datagrams = self.all_records();
+        for to in targets {
+            for d in &datagrams {
+                send(&self.socket, d, to).await;
+            }
+        }
+    }
+
+    fn all_records(&self) -> Vec<Vec<u8>> {
+        let now = SystemTime::now();
+        self.table
+            .own()
+            .into_iter()
+            .chain(self.table.peers(now))
+            .map(|e| wire::gossip(&e.sealed))
+            .collect()
+    }
+
+    /// A gossiped record. A node that introduces itself gets every record
+    /// this one knows back (once per [`REPLY_GAP`] per source: the reply
+    /// is larger than the request, so it must not be free to trigger).
+    async fn gossip_in(&mut self, src: SocketAddr, sealed: &[u8]) {
+        match self.table.merge_sealed(sealed, SystemTime::now()) {
+            Ok(Merged::Added) => {
+                let now = Instant::now();
+                let recent = self
+                    .replied
+                    .get(&src.ip())
+                    .is_some_and(|t| now.duration_since(*t) < REPLY_GAP);
+                if !recent {
+                    self.replied
+                        .retain(|_, t| now.duration_since(*t) < REPLY_GAP);
+                    self.replied.insert(src.ip(), now);
+                    for d in self.all_records() {
+                        send(&self.socket, &d, src).await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(held) = self.log.allow(&src.ip().to_string(), Instant::now()) {
+                    tracing::warn!(
+                        "mesh: ignoring a record gossiped from {src}: {e} ({held} more since the last line)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn show(&mut self, device: &DeviceStatus) {
+        let now = SystemTime::now();
+        let records: HashMap<[u8; 32], &Record> = self
+            .table
+            .peers(now)
+            .map(|e| (e.record.public_key, &e.record))
+            .collect();
+        let name = |key: &[u8; 32]| {
+            records
+                .get(key)
+                .map(|r| {
+                    if r.hostname.is_empty() {
+                        r.node_id.clone()
+                    } else {
+                        r.hostname.clone()
+                    }
+                })
+                .unwrap_or_else(|| b64(key))
+        };
+        let peers = device
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let r = records.get(&p.public_key)?;
+                Some(MeshPeer {
+                    node_id: r.node_id.clone(),
+                    hostname: r.hostname.clone(),
+                    public_key: b64(&p.public_key),
+                    mesh_address: r.mesh_address,
+                    endpoint: p.endpoint.map(|e| match e {
+                        Path::Direct(a) => a.to_string(),
+                        Path::Relay(k) => format!("relay {}", name(&k)),
+                    }),
+                    state: p.state,
+                    last_handshake: p.last_handshake.map(rfc3339),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    networks: r.networks.iter().map(ToString::to_string).collect(),
+                })
+            })
+            .collect();
+        let own = self.table.own().map(|e| &e.record);
+        let identity = MeshIdentity {
+            node_id: self.node_id.clone(),
+            public_key: b64(&self.public_key),
+            mesh_address: self.mesh_address,
+            interface: INTERFACE.into(),
+            listen_port: PORT,
+            endpoints: own.map(|r| r.endpoints.clone()).unwrap_or_default(),
+            networks: own
+                .map(|r| r.networks.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            discovery: self.discovery.clone(),
+        };
+        self.ctx.mesh.set(Some(identity), peers);
+        // Control-plane nodes' API endpoints, for the balancer.
+        let mut targets: Vec<Target> = records
+            .values()
+            .filter_map(|r| r.control_plane.as_ref())
+            .map(|cp| Target {
+                host: cp.api_endpoint.ip().to_string(),
+                port: cp.api_endpoint.port(),
+            })
+            .collect();
+        targets.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        if targets != self.balancer_targets {
+            self.ctx
+                .balancer
+                .set_endpoints("discovery", targets.clone());
+            self.balancer_targets = targets;
+        }
+    }
+
+    fn warn(&mut self, what: &str, message: String) {
+        if let Some(held) = self.log.allow(what, Instant::now()) {
+            tracing::warn!("{message} ({held} more since the last line)");
+        }
+    }
+}
+
+fn due(last: Option<Instant>, every: Duration) -> bool {
+    last.is_none_or(|t| t.elapsed() >= every)
+}
+
+async fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(data, to).await {
+        tracing::debug!("mesh: gossip to {to}: {e}");
+    }
+}
+
+fn b64(key: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,184 @@
+//! Which path a peer's datagrams take: one of its candidate endpoints, or
+//! a relay. Pure state, driven by the device loop, so it is tested on its
+//! own.
+//!
+//! - A peer is **up** while authenticated datagrams from it keep arriving
+//!   (keepalives every 25 s make that true of any live peer).
+//! - While it is not up, every [`RETRY`] the next option is tried: its
+//!   direct candidates in order, then the relays that say they reach it,
+//!   round and round. Each try sends a fresh handshake initiation.
+//! - An authenticated datagram makes its path the current one (roaming:
+//!   the source of a peer behind NAT is its mapping, whatever it
+//!   published).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long without an authenticated datagram before a peer counts as
+/// down and its other paths are tried. Above the 25 s keepalive, with
+/// room for one lost keepalive's retry.
+pub const STALE: Duration = Duration::from_secs(40);
+/// How long one option is given before the next: WireGuard's own
+/// handshake retry time (REKEY_TIMEOUT).
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// Where a peer's datagrams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    Direct(SocketAddr),
+    /// Through the peer with this public key.
+    Relay([u8; 32]),
+}
+
+#[derive(Debug, Clone)]
+pub struct Selector {
+    candidates: Vec<SocketAddr>,
+    relays: Vec<[u8; 32]>,
+    current: Option<Path>,
+    /// Index into candidates ++ relays of the next option to try.
+    next: usize,
+    last_rx: Option<Instant>,
+    last_try: Option<Instant>,
+}
+
+impl Selector {
+    pub fn new(candidates: Vec<SocketAddr>, relays: Vec<[u8; 32]>) -> Selector {
+        let mut s = Selector {
+            candidates: Vec::new(),
+            relays: Vec::new(),
+            current: None,
+            next: 0,
+            last_rx: None,
+            last_try: None,
+        };
+        s.update(candidates, relays);
+        s
+    }
+
+    /// New options from discovery. The current path stays while it works
+    /// or while it is still an option.
+    pub fn update(&mut self, candidates: Vec<SocketAddr>, relays: Vec<[u8; 32]>) {
+        self.candidates = candidates;
+        self.relays = relays;
+        let still_offered = match self.current {
+            Some(Path::Direct(a)) => self.candidates.contains(&a),
+            Some(Path::Relay(k)) => self.relays.contains(&k),
+            None => false,
+        };
+        if self.last_rx.is_none() && !still_offered {
+            self.current = self.candidates.first().copied().map(Path::Direct);
+        }
+        if self.next >= self.options() {
+            self.next = 0;
+        }
+    }
+
+    fn options(&self) -> usize {
+        self.candidates.len() + self.relays.len()
+    }
+
+    fn option(&self, i: usize) -> Option<Path> {
+        match self.candidates.get(i) {
+            Some(a) => Some(Path::Direct(*a)),
+            None => self
+                .relays
+                .get(i - self.candidates.len())
+                .copied()
+                .map(Path::Relay),
+        }
+    }
+
+    /// An authenticated datagram arrived over `path`. Returns whether the
+    /// current path changed.
+    pub fn received(&mut self, path: Path, now: Instant) -> bool {
+        self.last_rx = Some(now);
+        let changed = self.current != Some(path);
+        self.current = Some(path);
+        changed
+    }
+
+    pub fn current(&self) -> Option<Path> {
+        self.current
+    }
+
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.last_rx
+            .is_some_and(|t| now.saturating_duration_since(t) < STALE)
+    }
+
+    /// Moves to the next option when the peer is not up and the last try
+    /// has had its time. Returns the path to send a handshake to.
+    pub fn tick(&mut self, now: Instant) -> Option<Path> {
+        if self.is_up(now) || self.options() == 0 {
+            return None;
+        }
+        if self
+            .last_try
+            .is_some_and(|t| now.saturating_duration_since(t) < RETRY)
+        {
+            return None;
+        }
+        let path = self.option(self.next)?;
+        self.next = (self.next + 1) % self.options();
+        self.last_try = Some(now);
+        self.current = Some(path);
+        Some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tries_candidates_then_relays_in_turn() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(
+            vec![addr("10.0.0.1:51820"), addr("192.0.2.1:51820")],
+            vec![[9; 32]],
+        );
+        assert_eq!(s.current(), Some(Path::Direct(addr("10.0.0.1:51820"))));
+        assert_eq!(s.tick(t0), Some(Path::Direct(addr("10.0.0.1:51820"))));
+        assert_eq!(s.tick(t0 + Duration::from_secs(1)), None, "within RETRY");
+        assert_eq!(
+            s.tick(t0 + RETRY),
+            Some(Path::Direct(addr("192.0.2.1:51820")))
+        );
+        assert_eq!(s.tick(t0 + RETRY * 2), Some(Path::Relay([9; 32])));
+        assert_eq!(
+            s.tick(t0 + RETRY * 3),
+            Some(Path::Direct(addr("10.0.0.1:51820")))
+        );
+    }
+
+    #[test]
+    fn an_answer_wins_and_holds_until_stale() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(vec![addr("10.0.0.1:51820")], vec![]);
+        s.tick(t0);
+        // The peer is behind NAT: it answers from its mapping.
+        assert!(s.received(Path::Direct(addr("198.51.100.7:40000")), t0));
+        assert!(s.is_up(t0 + Duration::from_secs(30)));
+        assert_eq!(s.tick(t0 + Duration::from_secs(30)), None);
+        // New options from discovery do not move a working path.
+        s.update(vec![addr("10.0.0.2:51820")], vec![]);
+        assert_eq!(s.current(), Some(Path::Direct(addr("198.51.100.7:40000"))));
+        // Silent past STALE: back to trying.
+        assert!(!s.is_up(t0 + STALE));
+        assert_eq!(
+            s.tick(t0 + STALE),
+            Some(Path::Direct(addr("10.0.0.2:51820")))
+        );
+    }
+
+    #[test]
+    fn no_options_no_path() {
+        let mut s = Selector::new(vec![], vec![]);
+        assert_eq!(s.current(), None);
+        assert_eq!(s.tick(Instant::now()), None);
+    }
+}
