@@ -17,13 +17,15 @@
 //!   while the service is down.
 //! - [`bundle`]: the wire form of a list of sealed records.
 //! - [`ratelimit`]: logging bad input at most once per source per window.
+//! - [`node`]: the service as a process (the binary, and a node's copy).
 //!
 //! # Limitations
-//! See `docs/mesh-discovery.md`: no WireGuard data path, endpoint selection,
-//! relay or routing here; the client speaks plain HTTP only.
+//! See `docs/mesh-discovery.md`: the client speaks plain HTTP only (records
+//! are sealed; the service sees only opaque blobs).
 pub mod bundle;
 pub mod client;
 pub mod gossip;
+pub mod node;
 pub mod ratelimit;
 pub mod record;
 pub mod service;

@@ -19,7 +19,12 @@ use crate::tools::{Tool, Toolbox};
 pub const BINARIES: &[(&str, &str)] = &[("init", "sbin/init"), ("slated", "usr/bin/slated")];
 
 /// The daemons, each a name of the multi-call `slated` (see slated/).
-const DAEMON_LINKS: &[&str] = &["usr/bin/machined", "usr/bin/apid", "usr/bin/networkd"];
+const DAEMON_LINKS: &[&str] = &[
+    "usr/bin/machined",
+    "usr/bin/apid",
+    "usr/bin/networkd",
+    "usr/bin/slate-discovery",
+];
 
 /// Empty mount points and writable-overlay targets.
 const DIRS: &[&str] = &[

@@ -21,8 +21,11 @@ fn main() -> ExitCode {
         "machined" => slate_machined::main(),
         "apid" => slate_apid::main(),
         "networkd" => slate_networkd::main(),
+        "slate-discovery" => slate_discovery::node::main(),
         other => {
-            eprintln!("slated: run me as machined, apid or networkd (not {other:?})");
+            eprintln!(
+                "slated: run me as machined, apid, networkd or slate-discovery (not {other:?})"
+            );
             ExitCode::FAILURE
         }
     }

@@ -2,13 +2,11 @@
 //! Arguments and wiring only.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 
-use slate_discovery::service::{self, Limits, Service, SystemClock};
+use slate_discovery::service::Limits;
 
 /// Slate's mesh discovery service: keeps the sealed affiliate records of
 /// clusters' nodes for a TTL and lists them to the nodes. It never holds a
@@ -54,23 +52,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_bytes: args.max_mib.saturating_mul(1 << 20),
         ..Limits::default()
     };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("listening on {}", args.listen))?;
-            tracing::info!(
-                "slate-discovery listening on {}, records kept {} s",
-                args.listen,
-                args.ttl
-            );
-            let service = Arc::new(Service::new(limits, Arc::new(SystemClock)));
-            service::run(listener, service).await;
-            Ok(())
-        })
+    Ok(slate_discovery::node::serve(args.listen, limits)?)
 }
 
 #[cfg(test)]

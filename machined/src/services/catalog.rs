@@ -5,7 +5,8 @@
 //! whose layer has it ([`crate::etcd`]); kubelet when the layer has one and
 //! the node has a config ([`super::kubelet`]); and the services the layer
 //! declares itself (`etc/slate/services/*.yaml`,
-//! [`slate_machinery::extension_service`]).
+//! [`slate_machinery::extension_service`]). The mesh's discovery service
+//! is in the root image and runs on control-plane nodes ([`runs_discovery`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +44,11 @@ pub fn specs(
         out.extend(extension_services(
             &layer.join(slate_machinery::extension_service::DIR_IN_LAYER),
         ));
+    }
+    if let Some(config) = config
+        && runs_discovery(config)
+    {
+        out.push(discovery(Path::new(DISCOVERY_BIN)));
     }
     let kubelet = config
         .and_then(|c| c.machine.kubelet.image.as_deref())
@@ -120,6 +126,39 @@ pub fn extension_spec(s: &slate_machinery::extension_service::ExtensionService) 
         // cpu.max is per 100 ms period: 1 % of a core is 1000 µs.
         cpu_max_us: s.limits.cpu_percent.map(|p| p.saturating_mul(1000)),
         oom_score_adj: s.limits.oom_score_adj,
+    };
+    spec
+}
+
+/// The mesh discovery service in the root image (a name of `slated`).
+pub const DISCOVERY_BIN: &str = "/usr/bin/slate-discovery";
+
+/// A control-plane node runs the mesh's discovery service when the mesh is
+/// on and the config names no other: networkd's default is the service at
+/// the control-plane endpoint's host, port 3000.
+pub fn runs_discovery(config: &MachineConfig) -> bool {
+    let mesh = &config.cluster.mesh;
+    config.machine.kind == slate_machinery::config::MachineType::Controlplane
+        && mesh.enabled
+        && mesh.discovery.endpoint.is_none()
+}
+
+/// The discovery service: it keeps sealed records it cannot read, so it
+/// needs nothing of the node but a port.
+pub fn discovery(program: &Path) -> ServiceSpec {
+    let mut spec = ServiceSpec::new("discovery", &[&program.display().to_string()]);
+    spec.health = Some(HealthCheck {
+        probe: Probe::Http {
+            addr: "127.0.0.1:3000".into(),
+            path: "/healthz".into(),
+        },
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+    });
+    spec.limits = Limits {
+        // Its store is bounded (256 MiB of records at most by default).
+        memory_max: Some(320 << 20),
+        ..Limits::default()
     };
     spec
 }
@@ -202,6 +241,31 @@ mod tests {
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].id, "containerd");
         assert!(specs[0].command[0].ends_with("/containerd"));
+    }
+
+    #[test]
+    fn control_plane_nodes_run_discovery_when_the_mesh_needs_theirs() {
+        let generated = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+            cluster_name: "c".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let ids = |c: &MachineConfig| -> Vec<String> {
+            let dir = tempfile::tempdir().unwrap();
+            specs(dir.path(), Some(c), None)
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        let (mut cp, mut worker) = (generated.controlplane, generated.worker);
+        assert!(ids(&cp).is_empty(), "mesh off");
+        cp.cluster.mesh.enabled = true;
+        worker.cluster.mesh.enabled = true;
+        assert_eq!(ids(&cp), ["discovery"]);
+        assert!(ids(&worker).is_empty(), "workers do not");
+        cp.cluster.mesh.discovery.endpoint = Some("https://discovery.example".into());
+        assert!(ids(&cp).is_empty(), "the config names another service");
     }
 
     #[test]

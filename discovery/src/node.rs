@@ -1,0 +1,69 @@
+//! Running the service as a process: the standalone `slate-discovery`
+//! binary and the copy a control-plane node runs (`/usr/bin/slate-discovery`
+//! in the image, a name of the multi-call `slated`, started by machined
+//! when the mesh is on and the config names no other service).
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::service::{self, Limits, Service, SystemClock};
+
+/// Where a node's copy listens: every address, port 3000 (the port
+/// networkd assumes when `cluster.mesh.discovery.endpoint` is unset).
+pub const NODE_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 3000);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves on `listen` with `limits` until killed.
+pub fn serve(listen: SocketAddr, limits: Limits) -> Result<(), ServeError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: listen,
+                    source,
+                })?;
+            tracing::info!(
+                "slate-discovery listening on {listen}, records kept {} s",
+                limits.ttl.as_secs()
+            );
+            let service = Arc::new(Service::new(limits, Arc::new(SystemClock)));
+            service::run(listener, service).await;
+            Ok(())
+        })
+}
+
+/// The node's copy: default limits, no arguments (the image carries no
+/// argument parser for it; run the standalone binary for options).
+pub fn main() -> ExitCode {
+    slate_machinery::logging::init();
+    if std::env::args_os().len() > 1 {
+        tracing::error!(
+            "slate-discovery on a node takes no arguments (it listens on {NODE_LISTEN})"
+        );
+        return ExitCode::FAILURE;
+    }
+    match serve(NODE_LISTEN, Limits::default()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("slate-discovery: {}", slate_machinery::error::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
