@@ -201,8 +201,7 @@ impl Mesh {
         )
         .await
         .context("configuring the mesh link")?;
-        // Dual-stack: one socket for IPv4 and IPv6 peers.
-        let udp = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, PORT))
+        let udp = super::udp::bind(PORT)
             .await
             .with_context(|| format!("binding UDP port {PORT}"))?;
         let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod select;
 pub mod status;
 pub mod tun;
+pub mod udp;
 pub mod wire;
 
 /// The mesh's UDP port.
