@@ -367,6 +367,25 @@ pub struct Mesh {
     /// Where nodes publish and find their sealed records.
     #[serde(default, skip_serializing_if = "is_default")]
     pub discovery: Discovery,
+    /// `userspace` (boringtun, always works; relays and gossip) or
+    /// `kernel` (the kernel's WireGuard, faster; no relay).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub backend: MeshBackend,
+    /// Which peer networks go through the mesh: `CIDR` to route only
+    /// what lies within, `!CIDR` to leave out; empty routes all. Mesh
+    /// addresses always do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_filter: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshBackend {
+    /// WireGuard in networkd (boringtun): works on any kernel.
+    #[default]
+    Userspace,
+    /// The kernel's WireGuard, configured over netlink.
+    Kernel,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

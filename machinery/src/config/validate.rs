@@ -470,6 +470,15 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
             format!("{url:?} is not an http:// or https:// URL"),
         );
     }
+    for (i, entry) in c.mesh.route_filter.iter().enumerate() {
+        let net = entry.strip_prefix('!').unwrap_or(entry);
+        if net.parse::<ipnet::IpNet>().is_err() {
+            p.add(
+                &format!("cluster.mesh.routeFilter[{i}]"),
+                format!("{entry:?} is not a CIDR or !CIDR"),
+            );
+        }
+    }
     if c.api_balancer.port == 0 {
         p.add("cluster.apiBalancer.port", "0 is not a port");
     }
