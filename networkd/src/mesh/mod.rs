@@ -32,6 +32,7 @@
 pub mod device;
 pub mod keys;
 pub mod link;
+pub mod routing;
 pub mod tun;
 
 /// The mesh's UDP port.
