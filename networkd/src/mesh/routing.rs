@@ -359,6 +359,10 @@ fn describe_rule(rule: &RuleMessage) -> String {
 struct TableRoute {
     net: IpNet,
     oif: Option<u32>,
+    /// The kernel's own description, for removing it: a removal names
+    /// protocol and scope, which must match, and a route someone else put
+    /// here may have any.
+    msg: RouteMessage,
 }
 
 /// Every route of [`TABLE`], both families. The kernel dumps all tables
@@ -408,31 +412,30 @@ fn parse_table_route(msg: &RouteMessage) -> Option<TableRoute> {
     Some(TableRoute {
         net: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
         oif,
+        msg: msg.clone(),
     })
 }
 
 /// `net dev <link> scope link table TABLE proto 115`: no gateway, the TUN
 /// takes IP packets as they are.
-fn route_message(net: IpNet, link_index: Option<u32>) -> RouteMessage {
+fn route_message(net: IpNet, link_index: u32) -> RouteMessage {
     let proto = RouteProtocol::from(PROTO_SLATE);
-    let mut msg = match net {
+    match net {
         IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(n.addr(), n.prefix_len())
             .table_id(TABLE)
             .protocol(proto)
             .scope(RouteScope::Link)
+            .output_interface(link_index)
             .build(),
         IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(n.addr(), n.prefix_len())
             .table_id(TABLE)
             .protocol(proto)
             .scope(RouteScope::Link)
+            .output_interface(link_index)
             .build(),
-    };
-    if let Some(index) = link_index {
-        msg.attributes.push(RouteAttribute::Oif(index));
     }
-    msg
 }
 
 async fn add_route(handle: &Handle, net: IpNet, link_index: u32) -> Result<(), RoutingError> {
@@ -440,7 +443,7 @@ async fn add_route(handle: &Handle, net: IpNet, link_index: u32) -> Result<(), R
     // link (a previous mesh interface) is wrong anyway.
     handle
         .route()
-        .add(route_message(net, Some(link_index)))
+        .add(route_message(net, link_index))
         .replace()
         .execute()
         .await
@@ -452,12 +455,7 @@ async fn add_route(handle: &Handle, net: IpNet, link_index: u32) -> Result<(), R
 }
 
 async fn delete_route(handle: &Handle, route: &TableRoute) -> Result<(), RoutingError> {
-    match handle
-        .route()
-        .del(route_message(route.net, route.oif))
-        .execute()
-        .await
-    {
+    match handle.route().del(route.msg.clone()).execute().await {
         Ok(()) => {
             tracing::debug!("mesh route {} removed", route.net);
             Ok(())
