@@ -16,13 +16,16 @@
 //! - [`tun`]: the TUN device on tokio's reactor.
 //! - [`device`]: the loop and per-peer counters.
 //! - [`link`]: address, MTU (underlying − 80) and up, over rtnetlink.
+//! - [`routing`]: the policy rule and table that send peers' networks
+//!   into the mesh link but not the mesh's own (marked) UDP, and the
+//!   `cluster.mesh.routeFilter` selection.
 //!
 //! # Limitations (unfinished)
 //! Not yet started by [`crate::run`]: peers come from the caller (no
 //! discovery, no machine config wiring, no `mesh-peers` resource yet,
-//! though [`device::DeviceStatus`] holds its counters). Only the mesh
-//! /64 is routed into the interface: other allowed IPs (pod CIDRs) need
-//! routes and the policy routing of the design. One endpoint per peer
+//! though [`device::DeviceStatus`] holds its counters). Nothing uses
+//! [`routing`] yet: the device's socket is not marked and peers' allowed
+//! IPs are not routed beyond the mesh /64. One endpoint per peer
 //! (the configured one, then the last authenticated source), no
 //! candidate probing, no relay. Allowed-IP lookup is a linear scan. No
 //! preshared keys. A handshake initiation costs one DH before we know
