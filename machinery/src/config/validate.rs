@@ -474,7 +474,7 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
         let net = entry.strip_prefix('!').unwrap_or(entry);
         if net.parse::<ipnet::IpNet>().is_err() {
             p.add(
-                &format!("cluster.mesh.routeFilter[{i}]"),
+                format!("cluster.mesh.routeFilter[{i}]"),
                 format!("{entry:?} is not a CIDR or !CIDR"),
             );
         }

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 
 use super::device::{Device, DeviceStatus, Gossip, PeerControl, PeerState};
 use super::keys::NodeKey;
+use super::routing::{self, PolicyRouting, RouteFilter};
 use super::select::Path;
 use super::status::{MeshIdentity, MeshPeer, SharedMesh};
 use super::{PORT, link, peers, tun, wire};
@@ -86,6 +87,7 @@ struct Wanted {
     seed: Option<IpAddr>,
     control_plane: bool,
     hostname: String,
+    route_filter: Vec<String>,
 }
 
 fn wanted(ctx: &Context) -> Option<Wanted> {
@@ -107,6 +109,7 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         seed,
         control_plane: config.machine.kind == slate_machinery::config::MachineType::Controlplane,
         hostname: config.machine.network.hostname.clone().unwrap_or_default(),
+        route_filter: mesh.route_filter.clone(),
     })
 }
 
@@ -134,6 +137,10 @@ pub async fn run(ctx: Context) {
             tracing::info!("mesh: stopping");
             ctx.mesh.set(None, Vec::new());
             ctx.balancer.set_endpoints("discovery", Vec::new());
+            // The TUN went with the task; its rules and routes did not.
+            if let Err(e) = routing::clear(&ctx.handle).await {
+                tracing::warn!("mesh: removing its routes: {}", crate::error_chain(&e));
+            }
         }
         if let Some(w) = now {
             tracing::info!("mesh: starting");
@@ -176,6 +183,9 @@ struct Mesh {
     known_peers: HashSet<[u8; 32]>,
     replied: HashMap<IpAddr, Instant>,
     balancer_targets: Vec<Target>,
+    routing: PolicyRouting,
+    filter: RouteFilter,
+    routed_at: Option<Instant>,
     log: LogLimiter,
 }
 
@@ -184,6 +194,7 @@ impl Mesh {
         use anyhow::Context as _;
         let keys = ClusterKeys::from_config(&w.cluster_id, &w.secret)
             .context("cluster.id and cluster.secret")?;
+        let filter = RouteFilter::parse(&w.route_filter).context("cluster.mesh.routeFilter")?;
         let key = NodeKey::load_or_create(&ctx.key_file)
             .with_context(|| format!("the mesh key in {}", ctx.key_file.display()))?;
         let public_key = key.public_bytes();
@@ -204,6 +215,13 @@ impl Mesh {
         let udp = super::udp::bind(PORT)
             .await
             .with_context(|| format!("binding UDP port {PORT}"))?;
+        // The mesh's own datagrams to peers' node IPs must not be routed
+        // into the mesh.
+        routing::mark_socket(&udp, routing::MARK).context("marking the mesh socket")?;
+        let index = crate::link::by_name(&ctx.handle, INTERFACE).await?.index;
+        let routing = PolicyRouting::new(ctx.handle.clone(), index)
+            .await
+            .context("installing the mesh's routing rule")?;
         let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;
         let control = device.control();
         let status = device.status();
@@ -238,6 +256,9 @@ impl Mesh {
             known_peers: HashSet::new(),
             replied: HashMap::new(),
             balancer_targets: Vec::new(),
+            routing,
+            filter,
+            routed_at: None,
             log: LogLimiter::new(Duration::from_secs(60)),
         })
     }
@@ -433,13 +454,15 @@ impl Mesh {
             .map(|p| p.public_key)
             .collect();
         let records: Vec<&Record> = self.table.peers(now).map(|e| &e.record).collect();
+        let filter = &self.filter;
         let configs = peers::peer_configs(
             &self.public_key,
             &self.addresses,
             &records,
             &up_direct,
-            |_| true,
+            |n| filter.allows(n),
         );
+        self.route(device, &configs).await;
         // Introduce this node to peers it has just learnt of, so they
         // need not wait for their next listing to accept its handshake.
         let new: Vec<SocketAddr> = configs
@@ -456,6 +479,37 @@ impl Mesh {
             for to in new {
                 send(&self.socket, &datagram, to).await;
             }
+        }
+    }
+
+    /// Routes the networks of the peers that answer (directly or through
+    /// a relay) into the mesh; a peer that does not answer gets none, so
+    /// its node IPs fall back to the underlay. The table is checked
+    /// against the kernel on a change and every 30 s.
+    async fn route(&mut self, device: &DeviceStatus, configs: &[super::device::PeerConfig]) {
+        let answering: HashSet<[u8; 32]> = device
+            .peers
+            .iter()
+            .filter(|p| p.state != PeerState::Connecting)
+            .map(|p| p.public_key)
+            .collect();
+        let nets: Vec<IpNet> = configs
+            .iter()
+            .filter(|c| answering.contains(&c.public_key))
+            // The mesh /64 is on the link already.
+            .flat_map(|c| c.allowed_ips.iter().filter(|n| !self.prefix.contains(*n)))
+            .copied()
+            .collect();
+        let wanted: std::collections::BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        if wanted == *self.routing.networks() && !due(self.routed_at, Duration::from_secs(30)) {
+            return;
+        }
+        self.routed_at = Some(Instant::now());
+        if let Err(e) = self.routing.set_networks(&nets).await {
+            self.warn(
+                "route",
+                format!("mesh: routing peers' networks: {}", crate::error_chain(&e)),
+            );
         }
     }
 

@@ -11,29 +11,33 @@
 //! resources.
 //!
 //! # Design
+//! - [`controller`]: follows `cluster.mesh`, publishes and lists sealed
+//!   records, gossips them, turns them into peers ([`peers`]), routes
+//!   their networks ([`routing`]) and publishes the resources ([`status`]).
+//! - [`device`]: the loop; [`select`] picks each peer's path (candidates,
+//!   then relays); [`wire`] frames relayed datagrams and gossip on the
+//!   same port.
 //! - [`keys`]: the node's X25519 key pair, kept on STATE; the mesh
 //!   address derives from it and the cluster id (slate-discovery).
-//! - [`tun`]: the TUN device on tokio's reactor.
-//! - [`device`]: the loop and per-peer counters.
+//! - [`tun`], [`udp`]: the TUN device on tokio's reactor; the dual-stack
+//!   UDP socket.
 //! - [`link`]: address, MTU (underlying − 80) and up, over rtnetlink.
+//! - [`routing`]: the policy rule and table that send peers' networks
+//!   into the mesh link but not the mesh's own (marked) UDP, and the
+//!   `cluster.mesh.routeFilter` selection.
 //!
-//! # Limitations (unfinished)
-//! Not yet started by [`crate::run`]: peers come from the caller (no
-//! discovery, no machine config wiring, no `mesh-peers` resource yet,
-//! though [`device::DeviceStatus`] holds its counters). Only the mesh
-//! /64 is routed into the interface: other allowed IPs (pod CIDRs) need
-//! routes and the policy routing of the design. One endpoint per peer
-//! (the configured one, then the last authenticated source), no
-//! candidate probing, no relay. Allowed-IP lookup is a linear scan. No
-//! preshared keys. A handshake initiation costs one DH before we know
-//! whether it is from a peer (MAC1 and the shared rate limiter come
-//! first, as in boringtun's device).
+//! # Limitations
+//! See docs/mesh.md. Allowed-IP lookup is a linear scan. No preshared
+//! keys. A handshake initiation costs one DH before we know whether it is
+//! from a peer (MAC1 and the shared rate limiter come first, as in
+//! boringtun's device).
 
 pub mod controller;
 pub mod device;
 pub mod keys;
 pub mod link;
 pub mod peers;
+pub mod routing;
 pub mod select;
 pub mod status;
 pub mod tun;
