@@ -13,7 +13,10 @@
 //!   rate, not a round trip, and `ping` is not installed here;
 //! - the CPU this process used during each iperf3 run: on the mesh path,
 //!   that is both mesh devices (userspace crypto and the TUN / UDP
-//!   syscalls), the cost a node pays per Gbit/s.
+//!   syscalls), the cost a node pays per Gbit/s;
+//! - why, if the mesh is slow: the sender's TCP retransmits (iperf3) and
+//!   UDP datagrams the kernel dropped for a full receive buffer in either
+//!   namespace (the device reading too slowly), per path.
 //!
 //! The target: mesh ≥ 50% of plain veth throughput on 2 cores.
 
@@ -99,22 +102,53 @@ impl Drop for Iperf3Server {
     }
 }
 
-/// One iperf3 run: what arrived, and this process's CPU meanwhile.
+/// One iperf3 run: what arrived, this process's CPU meanwhile, and the
+/// losses on the way.
 struct Run {
     bits_per_second: f64,
     cpu_share: f64,
+    retransmits: u64,
+    udp_drops: u64,
 }
 
-/// `iperf3 -c to -t SECONDS -J` from namespace `ns`.
-fn iperf3(ns: &str, to: IpAddr) -> anyhow::Result<Run> {
+/// UDP datagrams dropped for a full receive buffer in namespaces `ns`
+/// (`RcvbufErrors` of `/proc/net/snmp`, which is per namespace).
+fn udp_drops(ns: &[&str]) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for ns in ns {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+            .output()
+            .context("reading /proc/net/snmp")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            bail!("no Udp lines in {ns}'s /proc/net/snmp");
+        };
+        let value = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "RcvbufErrors")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .with_context(|| format!("no Udp RcvbufErrors in {ns}"))?;
+        sum += value;
+    }
+    Ok(sum)
+}
+
+/// `iperf3 -c to -t SECONDS -J` from namespace `from`; UDP drops are
+/// counted in `both` namespaces.
+fn iperf3(from: &str, to: IpAddr, both: &[&str]) -> anyhow::Result<Run> {
+    let drops_before = udp_drops(both)?;
     let (cpu_before, start) = (cpu(), Instant::now());
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-J", "-c"])
+        .args(["netns", "exec", from, "iperf3", "-J", "-c"])
         .arg(to.to_string())
         .args(["-p", &IPERF_PORT.to_string(), "-t", &SECONDS.to_string()])
         .output()
         .context("running iperf3 -c")?;
     let cpu_share = (cpu() - cpu_before).as_secs_f64() / start.elapsed().as_secs_f64();
+    let udp_drops = udp_drops(both)? - drops_before;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "iperf3 -c {to} ({}): no JSON; stderr: {}",
@@ -128,9 +162,14 @@ fn iperf3(ns: &str, to: IpAddr) -> anyhow::Result<Run> {
     let bits_per_second = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 -c {to}: no end.sum_received.bits_per_second"))?;
+    let retransmits = json["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .with_context(|| format!("iperf3 -c {to}: no end.sum_sent.retransmits"))?;
     Ok(Run {
         bits_per_second,
         cpu_share,
+        retransmits,
+        udp_drops,
     })
 }
 
@@ -219,6 +258,8 @@ fn round_trips(from: &str, to: Vec<SocketAddr>) -> anyhow::Result<Vec<Vec<Durati
 struct Figures {
     gbits: f64,
     cpu_share: f64,
+    retransmits: u64,
+    udp_drops: u64,
     trips: Vec<Duration>,
 }
 
@@ -241,7 +282,7 @@ fn measure() -> anyhow::Result<[Figures; 2]> {
     let mut runs: [Vec<Run>; 2] = Default::default();
     for round in 0..ROUNDS {
         for (to, runs) in targets.iter().zip(&mut runs) {
-            let run = iperf3(&lab.a_ns, *to)?;
+            let run = iperf3(&lab.a_ns, *to, &[&lab.a_ns, &lab.b_ns])?;
             eprintln!(
                 "mesh bench round {}/{ROUNDS}: {to}: {:.2} Gbit/s",
                 round + 1,
@@ -257,6 +298,8 @@ fn measure() -> anyhow::Result<[Figures; 2]> {
     let mut paths = runs.into_iter().zip(trips).map(|(runs, trips)| Figures {
         gbits: median(runs.iter().map(|r| r.bits_per_second / 1e9).collect()),
         cpu_share: median(runs.iter().map(|r| r.cpu_share).collect()),
+        retransmits: runs.iter().map(|r| r.retransmits).sum(),
+        udp_drops: runs.iter().map(|r| r.udp_drops).sum(),
         trips,
     });
     Ok([paths.next().unwrap(), paths.next().unwrap()])
@@ -297,6 +340,18 @@ fn table([veth, mesh]: &[Figures; 2]) -> Table {
         "this process's CPU during iperf3 (% of a core; mesh: both devices)".into(),
         format!("{:.0}", veth.cpu_share * 100.0),
         format!("{:.0}", mesh.cpu_share * 100.0),
+        "-".into(),
+    ]);
+    t.add_row(vec![
+        format!("TCP retransmits, iperf3 sender, sum of {ROUNDS} runs"),
+        veth.retransmits.to_string(),
+        mesh.retransmits.to_string(),
+        "-".into(),
+    ]);
+    t.add_row(vec![
+        format!("UDP datagrams dropped, receive buffer full, sum of {ROUNDS} runs"),
+        veth.udp_drops.to_string(),
+        mesh.udp_drops.to_string(),
         "-".into(),
     ]);
     t
