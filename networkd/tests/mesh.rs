@@ -1,138 +1,27 @@
 //! The userspace WireGuard mesh between two network namespaces joined by
-//! a veth pair (10.99.0.1/24 and 10.99.0.2/24). In each, a thread of this
-//! process enters the namespace and runs the mesh device through the
-//! library API (TUN `slmesh0`, UDP 51820) with the other node as its only
-//! peer; the mesh addresses are the nodes' ULA addresses
-//! (slate-discovery's derivation). The check is what a user runs: a
-//! TCP echo across the mesh (ping is not installed here). Root only; skipped with a message otherwise.
+//! a veth pair (10.99.0.1/24 and 10.99.0.2/24), set up by
+//! `slate_tests::meshnode`: in each namespace a thread of this process
+//! runs the mesh device through the library API (TUN `slmesh0`, UDP
+//! 51820) with the other node as its only peer; the mesh addresses are
+//! the nodes' ULA addresses (slate-discovery's derivation). The check is
+//! what a user runs: a TCP echo across the mesh (ping is not installed
+//! here). Root only; skipped with a message otherwise.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use slate_networkd::mesh::device::{Device, DeviceStatus, PeerConfig, SharedStatus};
-use slate_networkd::mesh::keys::NodeKey;
 use slate_networkd::mesh::select::Path;
-use slate_networkd::mesh::tun::Tun;
-use slate_networkd::mesh::{self, PORT};
-use slate_tests::netns::{self, Namespaces};
-
-const CLUSTER_ID: [u8; 32] = [42; 32];
-const MESH_IF: &str = "slmesh0";
+use slate_tests::meshnode::{self, Lab};
+use slate_tests::netns;
 
 fn skip(test: &str) -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
-        Some("not root")
-    } else if !std::path::Path::new("/dev/net/tun").exists() {
-        Some("no /dev/net/tun")
-    } else {
-        None
-    };
+    let why = meshnode::skip_reason();
     if let Some(why) = why {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
     }
     why.is_some()
-}
-
-/// A mesh device running in a namespace, on a thread of its own; stopped
-/// (and its TUN closed) on drop.
-struct Node {
-    address: Ipv6Addr,
-    status: SharedStatus,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Node {
-    fn start(ns: &str, key: NodeKey, peer: PeerConfig) -> Node {
-        let address = key.mesh_address(&CLUSTER_ID);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let ns = ns.to_owned();
-        let thread = std::thread::spawn(move || -> Result<(), String> {
-            let fail = |ready_tx: &mpsc::Sender<Result<SharedStatus, String>>, e: String| {
-                let _ = ready_tx.send(Err(e.clone()));
-                Err(e)
-            };
-            if let Err(e) = netns::enter(&ns) {
-                return fail(&ready_tx, format!("entering {ns}: {e}"));
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let device = match bring_up(key, peer, address).await {
-                    Ok(d) => d,
-                    Err(e) => return fail(&ready_tx, format!("{ns}: {e:#}")),
-                };
-                let _ = ready_tx.send(Ok(device.status()));
-                tokio::select! {
-                    r = device.run() => Err(format!("{ns}: the device stopped: {:?}", r.err())),
-                    _ = stop_rx => Ok(()),
-                }
-            })
-        });
-        let status = ready_rx
-            .recv()
-            .expect("the node thread reports")
-            .unwrap_or_else(|e| panic!("starting the mesh: {e}"));
-        Node {
-            address,
-            status,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn status(&self) -> DeviceStatus {
-        self.status.lock().unwrap().clone()
-    }
-
-    fn running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("mesh node: {e}"),
-                Err(_) => eprintln!("mesh node thread panicked"),
-            }
-        }
-    }
-}
-
-async fn bring_up(key: NodeKey, peer: PeerConfig, address: Ipv6Addr) -> anyhow::Result<Device> {
-    use anyhow::Context as _;
-    let (conn, handle, _) = rtnetlink::new_connection().context("netlink")?;
-    tokio::spawn(conn);
-    let tun = Tun::open(MESH_IF)?;
-    mesh::link::configure(&handle, MESH_IF, IpAddr::V6(address), 64, 1500).await?;
-    let udp = tokio::net::UdpSocket::bind(("0.0.0.0", PORT))
-        .await
-        .context("binding the mesh port")?;
-    Ok(Device::new(key, tun, udp, vec![peer])?)
-}
-
-fn peer_of(key: &NodeKey, endpoint: &str) -> PeerConfig {
-    PeerConfig {
-        public_key: key.public_bytes(),
-        endpoints: vec![endpoint.parse().unwrap()],
-        allowed_ips: vec![ipnet::IpNet::from(IpAddr::V6(
-            key.mesh_address(&CLUSTER_ID),
-        ))],
-        persistent_keepalive: Some(mesh::device::PERSISTENT_KEEPALIVE),
-        relays: vec![],
-    }
 }
 
 /// What a user checks: a TCP connection from namespace `from` to a
@@ -188,43 +77,6 @@ fn assert_echo(from: &str, to_ns: &str, to: Ipv6Addr) {
     }
 }
 
-/// Two namespaces, a veth between them, a mesh node in each.
-struct Lab {
-    a_ns: String,
-    b_ns: String,
-    b_if: String,
-    a: Node,
-    b: Node,
-    // Last: the nodes go (closing their TUNs) before the namespaces.
-    _namespaces: Namespaces,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let tag = format!("{tag}{}", std::process::id() % 100_000);
-        let (a_ns, b_ns) = (format!("{tag}a"), format!("{tag}b"));
-        let (a_if, b_if) = (format!("{tag}va"), format!("{tag}vb"));
-        let mut namespaces = Namespaces::new();
-        namespaces.add(&a_ns);
-        namespaces.add(&b_ns);
-        namespaces.veth(
-            (&a_ns, &a_if, "10.99.0.1/24"),
-            (&b_ns, &b_if, "10.99.0.2/24"),
-        );
-        let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
-        let a = Node::start(&a_ns, ka.clone(), peer_of(&kb, "10.99.0.2:51820"));
-        let b = Node::start(&b_ns, kb, peer_of(&ka, "10.99.0.1:51820"));
-        Lab {
-            a_ns,
-            b_ns,
-            b_if,
-            a,
-            b,
-            _namespaces: namespaces,
-        }
-    }
-}
-
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -238,7 +90,7 @@ fn tcp_across_the_mesh_with_counters() {
     if skip("tcp_across_the_mesh_with_counters") {
         return;
     }
-    let lab = Lab::new("mp");
+    let lab = Lab::new("mp").expect("the mesh lab");
     assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
     assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
     // The counters refresh every tick.
@@ -275,7 +127,7 @@ fn junk_udp_does_not_stop_the_traffic() {
     if skip("junk_udp_does_not_stop_the_traffic") {
         return;
     }
-    let lab = Lab::new("mj");
+    let lab = Lab::new("mj").expect("the mesh lab");
     assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
     send_junk(&lab.a_ns, "10.99.0.2:51820".parse().unwrap());
     wait_until("the junk is counted", Duration::from_secs(2), || {
@@ -291,7 +143,7 @@ fn a_peer_that_moves_is_followed() {
     if skip("a_peer_that_moves_is_followed") {
         return;
     }
-    let lab = Lab::new("mr");
+    let lab = Lab::new("mr").expect("the mesh lab");
     assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
     // B's underlay address changes; A still has the old endpoint.
     netns::run(&[

@@ -20,6 +20,7 @@ use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_networkd::balancer::Settings;
 
 use crate::apiservers::{self, Conn, Lab};
+use crate::bench::percentile;
 use crate::netns;
 
 /// Requests per mode and round, on new connections and on one open one.
@@ -38,14 +39,6 @@ struct Figures {
     kept: Vec<Duration>,
     per_second: Vec<f64>,
     errors: usize,
-}
-
-fn percentile(v: &[Duration], p: usize) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
 }
 
 fn us(d: Duration) -> String {

@@ -39,6 +39,26 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The `p`th percentile of `v` (nearest rank); zero when empty.
+pub fn percentile(v: &[Duration], p: usize) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system) this process has used.
+pub fn cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let artifacts = Artifacts::find()?;
     let work = tempfile::tempdir()?;

@@ -14,7 +14,9 @@
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`];
 //! - [`apiservers`]: stand-in API servers in namespaces, for the API
-//!   balancer's tests and [`balancerbench`].
+//!   balancer's tests and [`balancerbench`];
+//! - [`meshnode`]: networkd's WireGuard mesh between two namespaces, for
+//!   its tests and [`meshbench`] (mesh against plain veth, iperf3).
 
 pub mod api;
 pub mod apiservers;
@@ -26,6 +28,8 @@ pub mod configdrive;
 pub mod console;
 pub mod etcdbench;
 pub mod floor;
+pub mod meshbench;
+pub mod meshnode;
 pub mod netbench;
 pub mod netns;
 pub mod qemu;

@@ -11,6 +11,8 @@ use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_machined::services::spec::{HealthCheck, Probe};
 use slate_machined::services::{ServiceSpec, State, Supervisor, cgroup};
 
+use crate::bench::cpu;
+
 const SERVICES: usize = 10;
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -27,17 +29,6 @@ fn rss_kib() -> u64 {
                 .ok()
         })
         .unwrap_or(0)
-}
-
-/// CPU time (user + system) this process has used.
-fn cpu() -> Duration {
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 struct Figures {

@@ -5,8 +5,14 @@ use std::os::fd::AsRawFd;
 
 use tokio::net::UdpSocket;
 
-/// Binds `[::]:port` (IPv4 peers arrive as `::ffff:a.b.c.d`) and lets the
-/// kernel fragment what it sends.
+/// Socket buffers: a burst of a TCP window's worth of datagrams must wait
+/// in the kernel while the device loop decrypts, not be dropped. The
+/// default (~200 KiB) dropped about one datagram in ten in the mesh bench
+/// (docs/mesh-datapath.md), and TCP then backed off.
+const BUFFER: libc::c_int = 4 << 20;
+
+/// Binds `[::]:port` (IPv4 peers arrive as `::ffff:a.b.c.d`), with
+/// [`BUFFER`]-sized buffers, and lets the kernel fragment what it sends.
 ///
 /// Why fragments: the mesh MTU (underlay − 80) fits a WireGuard datagram
 /// over IPv6, but a relayed one carries a 36-byte frame header more
@@ -27,10 +33,21 @@ pub async fn bind(port: u16) -> std::io::Result<UdpSocket> {
         libc::IPV6_MTU_DISCOVER,
         libc::IPV6_PMTUDISC_DONT,
     )?;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // The FORCE options pass the sysctl cap and need CAP_NET_ADMIN,
+        // which networkd has; elsewhere the capped size will do.
+        if set_int(&socket, libc::SOL_SOCKET, force, BUFFER).is_err() {
+            set_int(&socket, libc::SOL_SOCKET, plain, BUFFER)?;
+        }
+    }
     Ok(socket)
 }
 
-// Neither nix nor socket2 offers these two options.
+// Neither nix nor socket2 offers the MTU discovery options; one
+// function for all of them.
 fn set_int(
     socket: &UdpSocket,
     level: libc::c_int,

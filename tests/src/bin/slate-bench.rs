@@ -1,10 +1,11 @@
 //! `make bench`: see `slate_tests::bench` (boot, size, memory),
 //! `slate_tests::etcdbench` (one node to a healthy etcd),
 //! `slate_tests::netbench` (reconciler, networkd start),
-//! `slate_tests::svcbench` (service supervisor) and
-//! `slate_tests::balancerbench` (API balancer against direct and haproxy).
-//! `slate-bench net` runs only the last three, which need no image;
-//! `slate-bench etcd` only etcd's.
+//! `slate_tests::svcbench` (service supervisor),
+//! `slate_tests::balancerbench` (API balancer against direct and haproxy)
+//! and `slate_tests::meshbench` (WireGuard mesh against plain veth).
+//! `slate-bench net` runs only the last four, which need no image;
+//! `slate-bench etcd` only etcd's, `slate-bench mesh` only the mesh's.
 
 fn main() -> anyhow::Result<()> {
     let only = std::env::args().nth(1);
@@ -14,7 +15,10 @@ fn main() -> anyhow::Result<()> {
     match only.as_deref() {
         Some("etcd") => runtime.block_on(slate_tests::etcdbench::run()),
         Some("net") => net(),
-        Some(other) => anyhow::bail!("unknown benchmark {other:?} (net, etcd, or none for all)"),
+        Some("mesh") => slate_tests::meshbench::run(),
+        Some(other) => {
+            anyhow::bail!("unknown benchmark {other:?} (net, mesh, etcd, or none for all)")
+        }
         None => {
             runtime.block_on(async {
                 slate_tests::bench::run().await?;
@@ -32,4 +36,5 @@ fn net() {
     slate_tests::netbench::run();
     slate_tests::svcbench::run();
     slate_tests::balancerbench::run();
+    slate_tests::meshbench::run();
 }
