@@ -78,7 +78,7 @@ fn the_mesh_forms_survives_discovery_loss_refuses_strangers_and_follows_a_move()
         discovery.display()
     );
     let started = Instant::now();
-    let mut lab = Lab::new();
+    let mut lab = Lab::start();
     for (name, site, addr) in FIRST {
         lab.add_node(name, site, Ipv4Addr::from(addr));
     }
@@ -131,6 +131,20 @@ fn the_underlay_routes_and_masquerades(lab: &Lab) {
             "{server} should see the NATed source {nat}, saw {seen:?}"
         );
     }
+    // Symmetric: one source port, two destinations, two public ports.
+    let seen: Vec<SocketAddr> = ["c1", "c2"]
+        .iter()
+        .map(|to| {
+            let to = lab.node(to);
+            meshlab::udp_source_seen(&lab.node("m2").ns, 40000, &to.ns, to.addr)
+                .unwrap_or_else(|e| panic!("UDP from m2 to {}: {e}", to.name))
+        })
+        .collect();
+    assert!(
+        seen.iter().all(|a| a.ip() == IpAddr::V4(NAT_PUBLIC[0]))
+            && seen[0].port() != seen[1].port(),
+        "nat1 should map one source port to a new public port per destination: {seen:?}"
+    );
     let unreachable = [
         (
             "m2",

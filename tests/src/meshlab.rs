@@ -153,7 +153,7 @@ pub struct Lab {
 
 impl Lab {
     /// `r`, `nat1`, `nat2` wired up; no nodes yet.
-    pub fn new() -> Lab {
+    pub fn start() -> Lab {
         let tag = format!("ml{}", std::process::id() % 100_000);
         let base = slate_machinery::generate::generate(&slate_machinery::generate::Options {
             cluster_name: "meshlab".into(),
@@ -603,6 +603,44 @@ pub fn echo(ns: &str, to: SocketAddr, timeout: Duration) -> Result<(), String> {
             Err(format!("{ns2} -> {to}: echoed {back:?}"))
         }
     })
+}
+
+/// One UDP datagram from port `from_port` in namespace `from_ns` to `to`
+/// (port 9999), received in namespace `to_ns`: the source address the
+/// receiver saw.
+pub fn udp_source_seen(
+    from_ns: &str,
+    from_port: u16,
+    to_ns: &str,
+    to: Ipv4Addr,
+) -> Result<SocketAddr, String> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let to_ns = to_ns.to_owned();
+    let receiver = std::thread::spawn(move || -> Result<SocketAddr, String> {
+        let socket = netns::enter(&to_ns)
+            .and_then(|()| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9999)))
+            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(3))).map(|()| s));
+        let socket = match socket {
+            Ok(s) => {
+                let _ = bound_tx.send(());
+                s
+            }
+            Err(e) => return Err(format!("receiving in {to_ns}: {e}")),
+        };
+        let mut buf = [0u8; 64];
+        let (_, from) = socket
+            .recv_from(&mut buf)
+            .map_err(|e| format!("receiving in {to_ns}: {e}"))?;
+        Ok(from)
+    });
+    if bound_rx.recv().is_ok() {
+        in_namespace(from_ns, move || {
+            std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from_port))
+                .and_then(|s| s.send_to(b"hello", (to, 9999)))
+                .map_err(|e| format!("sending: {e}"))
+        })?;
+    }
+    receiver.join().expect("the receiving thread")
 }
 
 /// From namespace `ns`, `GET path` on `to`; the whole answer.
