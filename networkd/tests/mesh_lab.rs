@@ -84,8 +84,9 @@ fn the_mesh_forms_survives_discovery_loss_refuses_strangers_and_follows_a_move()
     }
     let first: Vec<&str> = FIRST.iter().map(|(n, _, _)| *n).collect();
 
-    // The harness itself, before any mesh: a broken lab must not pass for
-    // a broken mesh, nor a working one for a working mesh.
+    // The lab itself, before any mesh: a failure past these checks is the
+    // mesh's, not the lab's (and a direct path the lab should not have
+    // would let a broken relay pass).
     the_underlay_routes_and_masquerades(&lab);
     lab.start_discovery(&discovery, "c1");
     lab.start_capture();
