@@ -14,7 +14,7 @@ EXTENSIONS ?= containerd,runc,etcd-server
 # Debian packages the build, the image and the tests need.
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
-	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base chrony openssl haproxy \
+	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base nftables tcpdump chrony openssl haproxy \
 	protobuf-compiler libprotobuf-dev etcd-client containerd iperf3
 
 .PHONY: deps build image run cluster test unit-test qemu-test bench fuzz lint fmt clean

@@ -2,6 +2,20 @@
 
 use std::path::PathBuf;
 
+/// Binary `name` of the same build as the running test or tool: beside it
+/// in `target/<triple>/release/` (tests run from its `deps/`). Binaries of
+/// other packages are there only if built (`make build`).
+pub fn built(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running program's path");
+    let dir = exe.parent().expect("a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("a directory")
+    } else {
+        dir
+    };
+    dir.join(name)
+}
+
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     pub vmlinuz: PathBuf,

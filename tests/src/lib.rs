@@ -13,6 +13,8 @@
 //! - [`etcdbench`]: one node from QEMU's start to a healthy etcd;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`];
+//! - [`meshlab`]: cloud, bare-metal and NATed nodes in namespaces, for the
+//!   mesh's acceptance test;
 //! - [`apiservers`]: stand-in API servers in namespaces, for the API
 //!   balancer's tests and [`balancerbench`];
 //! - [`meshnode`]: networkd's WireGuard mesh between two namespaces, for
@@ -29,6 +31,7 @@ pub mod console;
 pub mod etcdbench;
 pub mod floor;
 pub mod meshbench;
+pub mod meshlab;
 pub mod meshnode;
 pub mod netbench;
 pub mod netns;

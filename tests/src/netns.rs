@@ -166,25 +166,7 @@ impl Netns {
         std::fs::write(self.path("cmdline"), cmdline).unwrap();
         std::fs::create_dir_all(self.path(&format!("sys/class/net/{client}/device"))).unwrap();
         let log = File::create(self.path("networkd.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", client])
-            .arg(bin)
-            .env("SLATE_NETWORKD_CMDLINE", self.path("cmdline"))
-            .env("SLATE_NETWORKD_SYSFS", self.path("sys"))
-            .env("SLATE_NETWORKD_RESOLV_CONF", self.path("resolv.conf"))
-            .env("SLATE_NETWORKD_READY_FILE", self.path("run/network.ready"))
-            // Everything else networkd keeps under /run, in the test's dir.
-            .env(
-                "SLATE_NETWORKD_CONFIG",
-                self.path("run/machine-config.json"),
-            )
-            .env("SLATE_NETWORKD_OWNED_FILE", self.path("run/networkd-owned"))
-            .env("SLATE_NETWORKD_SOCKET", self.path("run/networkd.sock"))
-            // `ip netns exec` shares the host's UTS namespace.
-            .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
-            // The namespace shares the host's clock: never set it.
-            .env("SLATE_NETWORKD_SYNC_TIME", "0")
-            .env("SLATE_LOG", "debug")
+        let child = networkd_command(bin, client, self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -312,6 +294,31 @@ impl Netns {
     }
 }
 
+/// `networkd` at `bin` in namespace `ns`, everything it reads and writes
+/// under `dir`: `cmdline`, `sys/`, `resolv.conf`, and under `run/` the
+/// ready file, the published config (`run/machine-config.json`), the owned
+/// addresses and the socket (`run/networkd.sock`). Logs at debug level.
+pub fn networkd_command(bin: &Path, ns: &str, dir: &Path) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .arg(bin)
+        .env("SLATE_NETWORKD_CMDLINE", dir.join("cmdline"))
+        .env("SLATE_NETWORKD_SYSFS", dir.join("sys"))
+        .env("SLATE_NETWORKD_RESOLV_CONF", dir.join("resolv.conf"))
+        .env("SLATE_NETWORKD_READY_FILE", dir.join("run/network.ready"))
+        // Everything else networkd keeps under /run, in the test's dir.
+        .env("SLATE_NETWORKD_CONFIG", dir.join("run/machine-config.json"))
+        .env("SLATE_NETWORKD_OWNED_FILE", dir.join("run/networkd-owned"))
+        .env("SLATE_NETWORKD_SOCKET", dir.join("run/networkd.sock"))
+        // `ip netns exec` shares the host's UTS namespace.
+        .env("SLATE_NETWORKD_SET_HOSTNAME", "0")
+        // The namespace shares the host's clock: never set it.
+        .env("SLATE_NETWORKD_SYNC_TIME", "0")
+        .env("SLATE_LOG", "debug");
+    command
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         self.stop_dnsmasq();
@@ -357,14 +364,29 @@ impl Namespaces {
         (a, a_if, a_addr): (&str, &str, &str),
         (b, b_if, b_addr): (&str, &str, &str),
     ) {
+        self.link((a, a_if), (b, b_if));
+        for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+        }
+    }
+
+    /// A veth pair `a_if` in `a`, `b_if` in `b`, both up, no addresses
+    /// (e.g. a bridge port).
+    pub fn link(&self, (a, a_if): (&str, &str), (b, b_if): (&str, &str)) {
         run(&[
             "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
         ]);
-        for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
-            run(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+        for (ns, ifname) in [(a, a_if), (b, b_if)] {
             run(&["ip", "-n", ns, "link", "set", ifname, "up"]);
         }
     }
+}
+
+/// Runs `args` in namespace `ns`; it must succeed.
+pub fn exec(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all);
 }
 
 impl Drop for Namespaces {

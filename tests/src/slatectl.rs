@@ -3,17 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// slatectl beside the running test or tool: `target/<triple>/release/`
-/// (tests run from its `deps/`).
+/// slatectl of the same build ([`crate::artifacts::built`]).
 pub fn path() -> PathBuf {
-    let exe = std::env::current_exe().expect("the running program's path");
-    let dir = exe.parent().expect("a directory");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("a directory")
-    } else {
-        dir
-    };
-    dir.join("slatectl")
+    crate::artifacts::built("slatectl")
 }
 
 /// Runs slatectl with `args`, ignoring the user's `SLATECONFIG`, and

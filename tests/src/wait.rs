@@ -23,3 +23,25 @@ pub async fn eventually(
         tokio::time::sleep(every).await;
     }
 }
+
+/// [`eventually`] for tests without a runtime, whose checks block (a
+/// thread entering a namespace, a client with its own runtime).
+pub fn eventually_blocking(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> (bool, String),
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, last) = check();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {timeout:?}; last:\n{last}"
+        );
+        std::thread::sleep(every);
+    }
+}
