@@ -88,6 +88,8 @@ struct Wanted {
     control_plane: bool,
     hostname: String,
     route_filter: Vec<String>,
+    /// Whether the API balancer runs, and wants control-plane endpoints.
+    api_balancer: bool,
 }
 
 fn wanted(ctx: &Context) -> Option<Wanted> {
@@ -110,6 +112,7 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         control_plane: config.machine.kind == slate_machinery::config::MachineType::Controlplane,
         hostname: config.machine.network.hostname.clone().unwrap_or_default(),
         route_filter: mesh.route_filter.clone(),
+        api_balancer: config.cluster.api_balancer.enabled,
     })
 }
 
@@ -644,6 +647,7 @@ impl Mesh {
         // Control-plane nodes' API endpoints, for the balancer.
         let mut targets: Vec<Target> = records
             .values()
+            .filter(|_| self.w.api_balancer)
             .filter_map(|r| r.control_plane.as_ref())
             .map(|cp| Target {
                 host: cp.api_endpoint.ip().to_string(),
