@@ -30,6 +30,7 @@
 //! first, as in boringtun's device).
 
 pub mod device;
+pub mod kernel;
 pub mod keys;
 pub mod link;
 pub mod tun;
