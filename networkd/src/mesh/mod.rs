@@ -16,6 +16,8 @@
 //! - [`tun`]: the TUN device on tokio's reactor.
 //! - [`device`]: the loop and per-peer counters.
 //! - [`link`]: address, MTU (underlying − 80) and up, over rtnetlink.
+//! - [`kernel`]: the same datapath in the kernel's WireGuard, configured
+//!   over netlink, where the module exists (faster; no TUN, no loop).
 //!
 //! # Limitations (unfinished)
 //! Not yet started by [`crate::run`]: peers come from the caller (no
