@@ -38,13 +38,22 @@ pub const STAGE1_COMMON: &[&str] = &[
 pub const LATE: &[&str] = &["virtio_scsi", "virtio_console", "overlay"];
 
 /// The link drivers networkd creates links with (VLAN, dummy, bridge,
-/// bond; bonding is ~150 KB compressed and clouds' VMs may bond too), and
+/// bond; bonding is ~150 KB compressed and clouds' VMs may bond too;
+/// wireguard for the mesh's kernel datapath, with udp_tunnel and the
+/// curve25519/chacha20poly1305 libraries it depends on), and
 /// br_netfilter, which kubelet requires (pods' bridged traffic through
 /// iptables): the
 /// image has no modprobe, so the kernel cannot load them on demand. init
 /// loads them once the node has an address, after the boot's critical
 /// path (they cost ~150 ms of CPU under emulation, docs/boot-time.md).
-pub const LINK_DRIVERS: &[&str] = &["8021q", "dummy", "bridge", "bonding", "br_netfilter"];
+pub const LINK_DRIVERS: &[&str] = &[
+    "8021q",
+    "dummy",
+    "bridge",
+    "bonding",
+    "br_netfilter",
+    "wireguard",
+];
 
 /// Bare-metal disk controllers and common NICs, added for `--kernel metal`.
 pub const STAGE1_METAL: &[&str] = &[

@@ -101,7 +101,7 @@ pub const STAGE1_MODULE_LIST: &str = "/lib/modules/slate-stage1.list";
 /// needed to reach the API, kept off the boot's critical path.
 pub const LATE_MODULE_LIST: &str = "/lib/modules/slate-late.list";
 
-/// Link drivers (VLAN, dummy, bridge) init loads once the node has its
+/// Link drivers (VLAN, dummy, bridge, bond, wireguard) init loads once the node has its
 /// first address, off the boot's critical path (same format).
 pub const LINK_MODULE_LIST: &str = "/lib/modules/slate-links.list";
 

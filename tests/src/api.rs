@@ -76,6 +76,25 @@ pub async fn list(
         .collect()
 }
 
+/// The kernel log as `slatectl dmesg` reads it (Dmesg, not following), on
+/// a fresh connection.
+pub async fn dmesg(target: &Target, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Vec<String>> {
+    use slate_proto::machine::DmesgRequest;
+    let channel = client::connect(target, tls).await?;
+    let mut stream = client::machine(channel)
+        .dmesg(DmesgRequest {
+            follow: false,
+            tail: None,
+        })
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = stream.message().await? {
+        lines.push(line.line);
+    }
+    Ok(lines)
+}
+
 /// A generated cluster `name` whose nodes are reached through QEMU's
 /// forward on loopback: its endpoint and apid's extra name are 127.0.0.1.
 pub fn loopback_cluster(name: &str) -> anyhow::Result<Bundle> {

@@ -411,3 +411,43 @@ async fn a_bond_keeps_the_api_reachable_when_either_link_is_cut() {
         "the API answered with both links cut"
     );
 }
+
+/// The mesh's kernel datapath is there on a node: init loads wireguard
+/// (and udp_tunnel, the curve25519/chacha20poly1305 libraries) with the
+/// link drivers, and the module's banner is in the kernel log read
+/// through the API.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn the_wireguard_module_is_loaded_at_boot() {
+    let a = Artifacts::find().unwrap();
+    let bundle = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = boot(
+        Boot::kernel(&a),
+        &bundle.controlplane.to_yaml().unwrap(),
+        &dir,
+    );
+    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    // The link drivers load after the node's first address, at idle
+    // priority: give TCG time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = api::dmesg(&target, admin_tls(&bundle)).await.unwrap();
+        if lines
+            .iter()
+            .any(|l| l.contains("wireguard: WireGuard") && l.contains("loaded"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no WireGuard banner in dmesg:\n{}\nconsole:\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n"),
+            vm.console_tail(40)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -25,6 +25,8 @@
 //! - [`routing`]: the policy rule and table that send peers' networks
 //!   into the mesh link but not the mesh's own (marked) UDP, and the
 //!   `cluster.mesh.routeFilter` selection.
+//! - [`kernel`]: the same datapath in the kernel's WireGuard, configured
+//!   over netlink, where the module exists (faster; no TUN, no loop).
 //!
 //! # Limitations
 //! See docs/mesh.md. Allowed-IP lookup is a linear scan. No preshared
@@ -34,6 +36,7 @@
 
 pub mod controller;
 pub mod device;
+pub mod kernel;
 pub mod keys;
 pub mod link;
 pub mod peers;
