@@ -13,6 +13,7 @@ use std::path::Path;
 use slate_networkd::mesh::device::PeerConfig;
 use slate_networkd::mesh::kernel::{KernelDevice, KernelError};
 use slate_networkd::mesh::keys::NodeKey;
+use slate_networkd::mesh::select::Path as MeshPath;
 use slate_tests::netns::{self, Namespaces};
 
 const NS: &str = "slkwg";
@@ -79,6 +80,7 @@ fn peer(key: &NodeKey, endpoints: &[&str], ips: &[&str]) -> PeerConfig {
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         allowed_ips: ips.iter().map(|n| n.parse().unwrap()).collect(),
         persistent_keepalive: Some(25),
+        relays: vec![],
     }
 }
 
@@ -162,7 +164,7 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
             .iter()
             .find(|s| s.public_key == p.public_key)
             .unwrap_or_else(|| panic!("peer missing from {status:?}"));
-        assert_eq!(got.endpoint, Some(p.endpoints[0]));
+        assert_eq!(got.endpoint, Some(MeshPath::Direct(p.endpoints[0])));
     }
     let read = device.peers().await.unwrap();
     for p in &peers {
@@ -183,7 +185,7 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
         .iter()
         .find(|s| s.public_key == a.public_bytes())
         .unwrap();
-    assert_eq!(got.endpoint, Some(moved));
+    assert_eq!(got.endpoint, Some(MeshPath::Direct(moved)));
     // An unknown key is refused, not created.
     assert!(matches!(
         device.set_endpoint(&[9; 32], moved).await,
@@ -198,7 +200,7 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
         .iter()
         .find(|s| s.public_key == a.public_bytes())
         .unwrap();
-    assert_eq!(got.endpoint, Some(moved));
+    assert_eq!(got.endpoint, Some(MeshPath::Direct(moved)));
 
     // A restarted networkd takes the link over, peers and all; a smaller
     // set removes the other peer.

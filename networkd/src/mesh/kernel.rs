@@ -126,11 +126,25 @@ pub struct KernelPeer {
     pub last_handshake: Option<SystemTime>,
 }
 
+/// A kernel peer counts as up while its last handshake is younger than
+/// this: WireGuard rekeys every 2 minutes while packets flow (keepalives
+/// included) and drops a session after 3 (REJECT_AFTER_TIME).
+const UP_AFTER_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(180);
+
 impl From<KernelPeer> for PeerStatus {
     fn from(p: KernelPeer) -> Self {
+        let fresh = p
+            .last_handshake
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < UP_AFTER_HANDSHAKE);
         PeerStatus {
             public_key: p.public_key,
-            endpoint: p.endpoint,
+            endpoint: p.endpoint.map(super::select::Path::Direct),
+            state: if fresh {
+                super::device::PeerState::Up
+            } else {
+                super::device::PeerState::Connecting
+            },
             tx_bytes: p.tx_bytes,
             rx_bytes: p.rx_bytes,
             last_handshake: p.last_handshake,
@@ -353,6 +367,7 @@ impl KernelDevice {
             // statistics).
             rejected_datagrams: 0,
             unroutable_packets: 0,
+            relayed_datagrams: 0,
         })
     }
 
@@ -761,6 +776,7 @@ mod tests {
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             allowed_ips: ips.iter().map(|n| n.parse().unwrap()).collect(),
             persistent_keepalive: Some(25),
+            relays: vec![],
         }
     }
 
