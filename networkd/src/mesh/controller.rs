@@ -30,10 +30,13 @@ use ipnet::IpNet;
 use slate_discovery::client;
 use slate_discovery::gossip::{AffiliateTable, MAX_PEERS, Merged};
 use slate_discovery::record::{ClusterKeys, ControlPlane, MAX_SEEN, Record, next_version};
+use slate_machinery::config::MeshBackend;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::device::{Device, DeviceStatus, Gossip, PeerControl, PeerState};
+use super::datapath::{Datapath, Task};
+use super::device::{Device, DeviceStatus, Gossip, PeerState};
+use super::kernel::KernelDevice;
 use super::keys::NodeKey;
 use super::routing::{self, PolicyRouting, RouteFilter};
 use super::select::Path;
@@ -90,6 +93,7 @@ struct Wanted {
     route_filter: Vec<String>,
     /// Whether the API balancer runs, and wants control-plane endpoints.
     api_balancer: bool,
+    backend: MeshBackend,
 }
 
 fn wanted(ctx: &Context) -> Option<Wanted> {
@@ -113,16 +117,8 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         hostname: config.machine.network.hostname.clone().unwrap_or_default(),
         route_filter: mesh.route_filter.clone(),
         api_balancer: config.cluster.api_balancer.enabled,
+        backend: mesh.backend,
     })
-}
-
-/// Aborts a task when dropped.
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Follows the config for ever: starts, restarts (on a change of what
@@ -172,11 +168,9 @@ struct Mesh {
     prefix: IpNet,
     mesh_address: std::net::Ipv6Addr,
     table: AffiliateTable,
-    control: PeerControl,
-    device: super::device::SharedStatus,
+    datapath: Datapath,
     socket: Arc<UdpSocket>,
     inbox: mpsc::Receiver<Gossip>,
-    _device: Task,
     addresses: Vec<IpAddr>,
     /// What the last sealed record said, without its version.
     said: Option<Record>,
@@ -205,35 +199,42 @@ impl Mesh {
         let prefix = IpNet::new(IpAddr::V6(mesh_address), 64)
             .expect("64 is a prefix length")
             .trunc();
-        let tun = tun::Tun::open(INTERFACE).context("opening the mesh TUN device")?;
-        link::configure(
-            &ctx.handle,
-            INTERFACE,
-            IpAddr::V6(mesh_address),
-            64,
-            UNDERLAY_MTU,
-        )
-        .await
-        .context("configuring the mesh link")?;
-        let udp = super::udp::bind(PORT)
-            .await
-            .with_context(|| format!("binding UDP port {PORT}"))?;
-        // The mesh's own datagrams to peers' node IPs must not be routed
-        // into the mesh.
-        routing::mark_socket(&udp, routing::MARK).context("marking the mesh socket")?;
+        let configure = || {
+            link::configure(
+                &ctx.handle,
+                INTERFACE,
+                IpAddr::V6(mesh_address),
+                64,
+                UNDERLAY_MTU,
+            )
+        };
+        let started = match w.backend {
+            MeshBackend::Userspace => {
+                let tun = tun::Tun::open(INTERFACE).context("opening the mesh TUN device")?;
+                configure().await.context("configuring the mesh link")?;
+                let udp = super::udp::bind(PORT)
+                    .await
+                    .with_context(|| format!("binding UDP port {PORT}"))?;
+                // The mesh's own datagrams to peers' node IPs must not be
+                // routed into the mesh.
+                routing::mark_socket(&udp, routing::MARK).context("marking the mesh socket")?;
+                Datapath::user(Device::new(key.clone(), tun, udp, Vec::new())?)
+            }
+            MeshBackend::Kernel => {
+                // init loads the module with the link drivers, which may be
+                // after this first try: keep_running tries again.
+                let device =
+                    KernelDevice::create(&ctx.handle, INTERFACE, &key, PORT, routing::MARK).await?;
+                configure().await.context("configuring the mesh link")?;
+                Datapath::kernel(device, routing::MARK)
+                    .await
+                    .context("binding the gossip socket")?
+            }
+        };
         let index = crate::link::by_name(&ctx.handle, INTERFACE).await?.index;
         let routing = PolicyRouting::new(ctx.handle.clone(), index)
             .await
             .context("installing the mesh's routing rule")?;
-        let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;
-        let control = device.control();
-        let status = device.status();
-        let socket = device.socket();
-        let inbox = device.gossip_inbox().expect("taken once");
-        let task = tokio::spawn(async move {
-            let Err(e) = device.run().await;
-            tracing::error!("mesh: device stopped: {}", crate::error_chain(&e));
-        });
         let node_id = key.public_base64();
         let keys = Arc::new(keys);
         tracing::info!("mesh: node {node_id}, address {mesh_address}");
@@ -246,11 +247,9 @@ impl Mesh {
             node_id,
             prefix,
             mesh_address,
-            control,
-            device: status,
-            socket,
-            inbox,
-            _device: Task(task),
+            datapath: started.datapath,
+            socket: started.socket,
+            inbox: started.inbox,
             addresses: Vec::new(),
             said: None,
             sealed_at: None,
@@ -273,7 +272,7 @@ impl Mesh {
         let mut fetched_at: Option<Instant> = None;
         let mut gossiped_at: Option<Instant> = None;
         loop {
-            if self._device.0.is_finished() {
+            if self.datapath.is_finished() {
                 return; // started again by keep_running
             }
             tokio::select! {
@@ -287,11 +286,19 @@ impl Mesh {
                 addresses_at = Some(Instant::now());
                 self.read_addresses().await;
             }
-            let device = self
-                .device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let device = match self.datapath.status().await {
+                Ok(status) => status,
+                Err(e) => {
+                    self.warn(
+                        "status",
+                        format!(
+                            "mesh: reading the kernel's peers: {}",
+                            crate::error_chain(&e)
+                        ),
+                    );
+                    DeviceStatus::default()
+                }
+            };
             self.reseal(&device);
             if !self.published {
                 self.publish().await;
@@ -474,7 +481,15 @@ impl Mesh {
             .flat_map(|c| c.endpoints.clone())
             .collect();
         self.known_peers = configs.iter().map(|c| c.public_key).collect();
-        self.control.set(configs);
+        if let Err(e) = self.datapath.set_peers(configs, device).await {
+            self.warn(
+                "peers",
+                format!(
+                    "mesh: setting the kernel's peers: {}",
+                    crate::error_chain(&e)
+                ),
+            );
+        }
         if !new.is_empty()
             && let Some(own) = self.table.own()
         {
@@ -636,6 +651,11 @@ impl Mesh {
             public_key: b64(&self.public_key),
             mesh_address: self.mesh_address,
             interface: INTERFACE.into(),
+            backend: match self.w.backend {
+                MeshBackend::Userspace => "userspace",
+                MeshBackend::Kernel => "kernel",
+            }
+            .into(),
             listen_port: PORT,
             endpoints: own.map(|r| r.endpoints.clone()).unwrap_or_default(),
             networks: own

@@ -623,7 +623,7 @@ async fn deliver(tun: &Tun, peer: &PeerConfig, packet: &[u8], from: IpAddr, i: u
 
 /// IPv4 peers reach a dual-stack socket as `::ffff:a.b.c.d`: named as
 /// IPv4, so they compare equal to the endpoints they publish.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),

@@ -35,6 +35,7 @@
 //! boringtun's device).
 
 pub mod controller;
+pub mod datapath;
 pub mod device;
 pub mod kernel;
 pub mod keys;

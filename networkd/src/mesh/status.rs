@@ -19,6 +19,8 @@ pub struct MeshIdentity {
     pub public_key: String,
     pub mesh_address: Ipv6Addr,
     pub interface: String,
+    /// `userspace` (boringtun) or `kernel`.
+    pub backend: String,
     pub listen_port: u16,
     /// What this node publishes as its endpoints.
     pub endpoints: Vec<SocketAddr>,
