@@ -79,6 +79,10 @@ pub struct VmOptions {
     /// More guest TCP ports forwarded from host loopback (etcd's 2379):
     /// each gets a free host port, listed in [`Vm::forwarded`].
     pub forwards: Vec<u16>,
+    /// A NIC (the guest's last ethN) on a host tap device of this name,
+    /// which QEMU creates (root only); the test may move it into a
+    /// namespace.
+    pub tap: Option<String>,
 }
 
 /// A VM's port on a private LAN: QEMU sends its frames to `hub` and
@@ -103,6 +107,7 @@ impl VmOptions {
             monitor: None,
             lan: None,
             forwards: Vec::new(),
+            tap: None,
         }
     }
 }
@@ -202,6 +207,14 @@ pub fn command_with_forwards(
             ),
             "-device",
             &format!("virtio-net-pci,netdev=lan,id=lan0,mac={}", lan.mac),
+        ]);
+    }
+    if let Some(tap) = &opts.tap {
+        cmd.args([
+            "-netdev",
+            &format!("tap,id=tap,ifname={tap},script=no,downscript=no"),
+            "-device",
+            "virtio-net-pci,netdev=tap,id=tap0,mac=52:54:00:6e:77:02",
         ]);
     }
     if let Some(monitor) = &opts.monitor {

@@ -192,8 +192,9 @@ impl Mesh {
         let keys = ClusterKeys::from_config(&w.cluster_id, &w.secret)
             .context("cluster.id and cluster.secret")?;
         let filter = RouteFilter::parse(&w.route_filter).context("cluster.mesh.routeFilter")?;
-        let key = NodeKey::load_or_create(&ctx.key_file)
-            .with_context(|| format!("the mesh key in {}", ctx.key_file.display()))?;
+        let key_file = key_file(&ctx.key_file);
+        let key = NodeKey::load_or_create(&key_file)
+            .with_context(|| format!("the mesh key in {}", key_file.display()))?;
         let public_key = key.public_bytes();
         let mesh_address = keys.mesh_address(&public_key);
         let prefix = IpNet::new(IpAddr::V6(mesh_address), 64)
@@ -688,6 +689,25 @@ impl Mesh {
             tracing::warn!("{message} ({held} more since the last line)");
         }
     }
+}
+
+/// Where the key goes when STATE is not mounted (a node without a disk):
+/// tmpfs, so the mesh identity lasts until the next boot, as the config
+/// does then.
+const VOLATILE_KEY: &str = "/run/slate/mesh.key";
+
+fn key_file(wanted: &std::path::Path) -> PathBuf {
+    if wanted.parent().is_none_or(std::path::Path::is_dir) {
+        return wanted.to_owned();
+    }
+    tracing::warn!(
+        "mesh: {} is not mounted: the mesh key goes to {VOLATILE_KEY} and lasts until the next boot",
+        wanted
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    VOLATILE_KEY.into()
 }
 
 fn due(last: Option<Instant>, every: Duration) -> bool {

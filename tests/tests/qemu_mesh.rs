@@ -1,0 +1,246 @@
+//! WireGuard interop: the mesh between two independent implementations.
+//!
+//! A Slate VM runs the mesh on the kernel's WireGuard
+//! (`cluster.mesh.backend: kernel`, Debian's module). On the host, in a
+//! network namespace, networkd runs it on boringtun (the userspace
+//! backend). A tap device joins them: QEMU creates it for the VM's second
+//! NIC and the test moves it into the namespace (10.6.0.1/24; the VM
+//! 10.6.0.2/24). The discovery service runs in the namespace too. Nothing
+//! tells either side about the other but discovery.
+//!
+//! Checked as a user would: each side lists the other as `up` in
+//! `mesh-peers` (the VM's through the API, as `slatectl get mesh-peers`
+//! reads it; the namespace's from networkd's socket), and a TCP connection
+//! from the namespace to the VM's mesh address (apid's port) is answered
+//! through the tunnel, with bytes counted on both sides.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slate_machinery::client::Target;
+use slate_machinery::config::{Interface, MachineConfig, MeshBackend};
+use slate_tests::api;
+use slate_tests::artifacts::{Artifacts, built};
+use slate_tests::configdrive;
+use slate_tests::meshlab;
+use slate_tests::netns::{self, Namespaces};
+use slate_tests::qemu::{Boot, Vm, VmOptions};
+
+const HOST_IP: &str = "10.6.0.1";
+const VM_IP: &str = "10.6.0.2";
+const FORM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Kills its processes on drop (networkd, the discovery service).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn skip() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (tap device, namespace)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+fn mesh_on(config: &mut MachineConfig, backend: MeshBackend, hostname: &str) {
+    config.machine.network.hostname = Some(hostname.into());
+    config.cluster.mesh.enabled = true;
+    config.cluster.mesh.backend = backend;
+    config.cluster.mesh.discovery.endpoint = Some(format!("http://{HOST_IP}:3000"));
+}
+
+fn ip(args: &[&str]) {
+    netns::run(&[&["ip"], args].concat());
+}
+
+/// The peer named `hostname` in `peers` (mesh-peers specs), if up.
+fn up<'a>(peers: &'a [serde_json::Value], hostname: &str) -> Option<&'a serde_json::Value> {
+    peers
+        .iter()
+        .find(|p| p["hostname"] == hostname && p["state"] == "up")
+}
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
+    if let Some(why) = skip() {
+        netns::skipped(
+            "kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh",
+            &why,
+        );
+        return;
+    }
+    let a = Artifacts::find().unwrap();
+    let bundle = api::loopback_cluster("mesh-interop").unwrap();
+    let tls = api::context_tls(&bundle.client, "mesh-interop").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = std::process::id();
+    let ns = format!("slwg{tag}");
+    let tap = format!("slwgtap{tag}");
+    let mut namespaces = Namespaces::new();
+    namespaces.add(&ns);
+
+    // The VM: kernel WireGuard, its second NIC on the tap.
+    let mut vm_config = bundle.controlplane.clone();
+    mesh_on(&mut vm_config, MeshBackend::Kernel, "vm");
+    vm_config.machine.network.interfaces = vec![
+        Interface {
+            interface: Some("eth0".into()),
+            dhcp: true,
+            ..Interface::default()
+        },
+        Interface {
+            interface: Some("eth1".into()),
+            addresses: vec![format!("{VM_IP}/24")],
+            ..Interface::default()
+        },
+    ];
+    let drive = dir.path().join("cidata.iso");
+    configdrive::build(&vm_config.to_yaml().unwrap(), &drive).unwrap();
+    let mut opts = VmOptions::new(Boot::kernel(&a));
+    opts.config_drive = Some(drive);
+    opts.tap = Some(tap.clone());
+    let mut vm = Vm::start(&opts, Some(&dir.path().join("console.log"))).expect("starting QEMU");
+
+    // The tap into the namespace, as the host side's only link.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new("/sys/class/net").join(&tap).exists() {
+        assert!(Instant::now() < deadline, "QEMU made no tap {tap}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ip(&["link", "set", &tap, "netns", &ns]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{HOST_IP}/24"),
+        "dev",
+        &tap,
+    ]);
+    ip(&["-n", &ns, "link", "set", &tap, "up"]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+
+    // The host side: discovery and networkd (boringtun) in the namespace.
+    let mut children = Children(Vec::new());
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    children.0.push(
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(built("slate-discovery"))
+            .args(["--listen", &format!("{HOST_IP}:3000")])
+            .stdout(Stdio::null())
+            .stderr(log("discovery.log"))
+            .spawn()
+            .expect("starting slate-discovery"),
+    );
+    let host_dir = dir.path().join("host");
+    std::fs::create_dir_all(host_dir.join("run")).unwrap();
+    std::fs::write(host_dir.join("cmdline"), "ip=off").unwrap();
+    let mut host_config = bundle.worker.clone();
+    mesh_on(&mut host_config, MeshBackend::Userspace, "host");
+    std::fs::write(
+        host_dir.join("run/machine-config.json"),
+        host_config.to_json().unwrap(),
+    )
+    .unwrap();
+    children.0.push(
+        netns::networkd_command(&built("networkd"), &ns, &host_dir)
+            .env("SLATE_NETWORKD_SYSFS", "/sys")
+            .env("SLATE_NETWORKD_MESH_KEY", host_dir.join("mesh.key"))
+            .stdout(Stdio::null())
+            .stderr(log("networkd.log"))
+            .spawn()
+            .expect("starting networkd"),
+    );
+    let host_socket: PathBuf = host_dir.join("run/networkd.sock");
+
+    api::wait_for_version(&mut vm, tls.clone(), Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = Target::parse(&vm.endpoint()).unwrap();
+
+    // Both list each other as up: discovery alone told them.
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    let (vm_identity, host_sees_vm) = loop {
+        let vm_peers = api::list(&target, tls.clone(), "mesh-peers")
+            .await
+            .unwrap_or_default();
+        // meshlab's reader runs a runtime of its own: off this one.
+        let socket = host_socket.clone();
+        let host_peers: Vec<serde_json::Value> =
+            tokio::task::spawn_blocking(move || meshlab::list(&socket, "mesh-peers"))
+                .await
+                .unwrap()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, spec)| spec)
+                .collect();
+        if up(&vm_peers, "host").is_some()
+            && let Some(seen) = up(&host_peers, "vm")
+        {
+            let identity = api::list(&target, tls.clone(), "mesh-identity")
+                .await
+                .unwrap();
+            break (identity[0].clone(), seen.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mesh did not form in {FORM_TIMEOUT:?}\nVM's peers: {vm_peers:#?}\nhost's peers: {host_peers:#?}\nhost networkd:\n{}\nVM console:\n{}",
+            mesh_lines(
+                &std::fs::read_to_string(dir.path().join("networkd.log")).unwrap_or_default()
+            ),
+            mesh_lines(&vm.console_tail(2000))
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(vm_identity["backend"], "kernel", "{vm_identity:#}");
+    assert!(
+        host_sees_vm["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(VM_IP)),
+        "the host reaches the VM at its tap address: {host_sees_vm:#}"
+    );
+
+    // Traffic through the tunnel: a TCP connection to apid on the VM's
+    // mesh address, from the namespace.
+    let vm_mesh: Ipv6Addr = vm_identity["meshAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to = SocketAddr::new(vm_mesh.into(), 50000);
+    let connected = meshlab::in_namespace(&ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)).map(drop)
+    });
+    connected.unwrap_or_else(|e| panic!("connecting to the VM's apid at {to} over the mesh: {e}"));
+    let vm_peers = api::list(&target, tls.clone(), "mesh-peers").await.unwrap();
+    let host = up(&vm_peers, "host").expect("still up");
+    assert!(
+        host["rxBytes"].as_u64().unwrap_or(0) > 0 && host["txBytes"].as_u64().unwrap_or(0) > 0,
+        "the VM's kernel counted the traffic: {host:#}"
+    );
+}
+
+/// The last 30 lines about the mesh (networkd's debug log is mostly
+/// gRPC frames).
+fn mesh_lines(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("mesh") || l.contains("wireguard") || l.contains("WARN"))
+        .collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
