@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use slate_networkd::mesh::select::Path;
+use slate_networkd::mesh::wire;
 use slate_tests::meshnode::{self, Lab};
 use slate_tests::netns;
 
@@ -102,8 +103,9 @@ fn tcp_across_the_mesh_with_counters() {
     });
 }
 
-/// Datagrams to the mesh port from `ns`: random bytes, and headers of
-/// each WireGuard message type with garbage behind them.
+/// Datagrams to the mesh port from `ns`: random bytes, headers of each
+/// WireGuard message type with garbage behind them, and relay and gossip
+/// frames from a stranger.
 fn send_junk(ns: &str, to: SocketAddr) {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
@@ -116,6 +118,17 @@ fn send_junk(ns: &str, to: SocketAddr) {
                 d[..4].copy_from_slice(&[(i % 4 + 1) as u8, 0, 0, 0]);
             }
             s.send_to(&d, to).unwrap();
+        }
+        let key: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        let inner = [4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut frame = Vec::new();
+        for i in 0..60 {
+            match i % 3 {
+                0 => wire::to_relay(&key, &inner, &mut frame),
+                1 => wire::from_relay(&key, &inner, &mut frame),
+                _ => frame = wire::gossip(&[i as u8; 100]),
+            }
+            s.send_to(&frame, to).unwrap();
         }
     })
     .join()
@@ -134,6 +147,11 @@ fn junk_udp_does_not_stop_the_traffic() {
         lab.b.status().rejected_datagrams > 0
     });
     assert!(lab.b.running(), "the device stopped");
+    assert_eq!(
+        lab.b.status().relayed_datagrams,
+        0,
+        "relayed for a stranger"
+    );
     assert_echo(&lab.a_ns, &lab.b_ns, lab.b.address);
     assert_echo(&lab.b_ns, &lab.a_ns, lab.a.address);
 }
