@@ -7,65 +7,25 @@
 //! needs /dev/net/tun and `ip`; skipped with a message otherwise.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::Command;
 
 use ipnet::IpNet;
 use slate_networkd::mesh;
 use slate_networkd::mesh::routing::{MARK, MASK, PolicyRouting, RULE_PRIORITY, TABLE};
 use slate_networkd::mesh::tun::Tun;
+use slate_tests::meshnode;
+use slate_tests::netns::{self, ip};
 
 const MESH_IF: &str = "slmesh0";
 const UNDERLAY: &str = "veth0";
 const MESH_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        Some("not root")
-    } else if !std::path::Path::new("/dev/net/tun").exists() {
-        Some("no /dev/net/tun")
-    } else {
-        None
-    }
-}
-
-/// Runs `body` on a thread in a fresh network namespace with its own
-/// current-thread runtime; `ip` children inherit the namespace, and the
-/// namespace goes away with the thread, also when an assertion fails.
+/// A fresh network namespace of the test thread's own
+/// ([`netns::in_fresh_netns`]); root and a TUN device only.
 fn in_netns<F>(name: &str, body: F)
 where
     F: AsyncFnOnce() + Send + 'static,
 {
-    if let Some(why) = skip_reason() {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-        return;
-    }
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread, which owns no netlink
-        // socket yet.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        ip(&["link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body());
-    })
-    .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::in_fresh_netns(name, meshnode::skip_reason().map(String::from), body)
 }
 
 /// The output device of `ip route get <dst> [mark MARK]`.

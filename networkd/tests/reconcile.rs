@@ -10,48 +10,20 @@ use std::time::{Duration, Instant};
 
 use slate_machinery::config::Network;
 use slate_networkd::reconcile::Reconciler;
+use slate_tests::netns::{self, ip};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `body` on a thread in a fresh network namespace with its own
-/// current-thread runtime. Children (`ip`) inherit the namespace.
+/// A fresh network namespace of the test thread's own
+/// ([`netns::in_fresh_netns`]); root only.
 fn in_netns<F>(name: &str, body: F)
 where
     F: AsyncFnOnce() + Send + 'static,
 {
-    if !is_root() {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: needs root");
-        return;
-    }
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread, which owns no netlink
-        // socket yet.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        ip(&["link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body());
-    })
-    .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::in_fresh_netns(name, (!is_root()).then(|| "needs root".into()), body)
 }
 
 fn network(yaml: &str) -> Network {

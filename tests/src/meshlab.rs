@@ -62,15 +62,7 @@ pub fn skip_reason() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun".into());
     }
-    for tool in ["ip", "nft", "tcpdump"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    netns::missing_tool(&["ip", "nft", "tcpdump"])
 }
 
 /// Where a node is plugged in.

@@ -14,15 +14,60 @@ pub fn skip_reason() -> Option<String> {
     if !is_root() {
         return Some("not root".into());
     }
-    for tool in ["ip", "dnsmasq"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
+    missing_tool(&["ip", "dnsmasq"])
+}
+
+/// The first of `tools` that is not installed, as a reason to skip.
+pub fn missing_tool(tools: &[&str]) -> Option<String> {
+    tools
+        .iter()
+        .find(|tool| {
+            !["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).exists())
+        })
+        .map(|tool| format!("{tool} not installed"))
+}
+
+/// Runs `body` on a thread in a fresh network namespace (unshare) with a
+/// current-thread runtime of its own; `ip` children inherit the
+/// namespace, and it goes away with the thread, also when an assertion
+/// fails. With `skip` set, prints `SKIPPED name: why` and runs nothing.
+pub fn in_fresh_netns<F>(name: &str, skip: Option<String>, body: F)
+where
+    F: AsyncFnOnce() + Send + 'static,
+{
+    if let Some(why) = skip {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+        return;
     }
-    None
+    let result = std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread, which owns no netlink
+        // socket yet.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        ip(&["link", "set", "lo", "up"]);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body());
+    })
+    .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `ip ARGS`, which must succeed; its output.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Straight to stderr: libtest captures `eprintln!` of passing tests, and a
