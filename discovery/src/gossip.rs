@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::bundle::{self, BundleError, MAX_BUNDLE_RECORDS};
-use crate::record::{ClusterKeys, OpenError, Record, SealError, unix_ms};
+use crate::record::{ClusterKeys, OpenError, PublicKey, Record, SealError, unix_ms};
 
 /// Most peers a table holds: with the node's own record, a full bundle.
 pub const MAX_PEERS: usize = MAX_BUNDLE_RECORDS - 1;
@@ -68,6 +68,8 @@ pub struct AffiliateTable {
     own: Option<Entry>,
     peers: BTreeMap<String, Entry>,
     max_peers: usize,
+    /// Node ids must be the base64 of the record's public key.
+    ids_are_keys: bool,
 }
 
 impl AffiliateTable {
@@ -80,7 +82,19 @@ impl AffiliateTable {
             own: None,
             peers: BTreeMap::new(),
             max_peers: max_peers.min(MAX_PEERS),
+            ids_are_keys: false,
         }
+    }
+
+    /// Refuses every record whose node id is not the base64 (standard,
+    /// padded) of its own public key. With free-form ids, any member of
+    /// the cluster could seal a newer record under another node's id and
+    /// replace that node everywhere; tied to the key, a record can only
+    /// speak for the key its author holds (and a node whose key changes is
+    /// a new node). networkd's mesh uses this.
+    pub fn ids_are_keys(mut self) -> Self {
+        self.ids_are_keys = true;
+        self
     }
 
     /// Seals this node's record and keeps it; returns the sealed bytes to
@@ -136,6 +150,11 @@ impl AffiliateTable {
     /// node wins; this node's own record is never replaced from outside.
     pub fn merge_sealed(&mut self, sealed: &[u8], now: SystemTime) -> Result<Merged, OpenError> {
         let record = self.keys.open(sealed, now)?;
+        if self.ids_are_keys && record.node_id != key_id(&record.public_key) {
+            return Err(OpenError::Invalid(
+                "the node id is not the record's public key",
+            ));
+        }
         if record.node_id == self.own_node_id {
             return Ok(Merged::Own);
         }
@@ -207,6 +226,12 @@ impl AffiliateTable {
     }
 }
 
+/// A node id bound to its key: the key in standard padded base64.
+pub fn key_id(public_key: &PublicKey) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(public_key)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -220,6 +245,34 @@ mod tests {
 
     fn sealed(keys: &ClusterKeys, node: &str, issued: SystemTime) -> Vec<u8> {
         keys.seal(&record(keys, node, issued)).unwrap()
+    }
+
+    #[test]
+    fn with_ids_bound_to_keys_a_member_cannot_take_another_nodes_id() {
+        let k = keys();
+        let mut t = AffiliateTable::new(k.clone(), "me", 10).ids_are_keys();
+        // b's own record, its id bound to its key.
+        let mut b = record(&k, "b", now());
+        b.node_id = key_id(&b.public_key);
+        assert_eq!(
+            t.merge_sealed(&k.seal(&b).unwrap(), now()).unwrap(),
+            Merged::Added
+        );
+        // m, another member, seals a newer record under b's id with its own key.
+        let mut m = record(&k, "m", now() + Duration::from_secs(60));
+        m.node_id = b.node_id.clone();
+        assert!(matches!(
+            t.merge_sealed(&k.seal(&m).unwrap(), now()),
+            Err(OpenError::Invalid(_))
+        ));
+        assert_eq!(t.get(&b.node_id).unwrap().record.public_key, b.public_key);
+        // Without the binding (the default), the same record would win.
+        let mut free = AffiliateTable::new(k.clone(), "me", 10);
+        free.merge_sealed(&k.seal(&b).unwrap(), now()).unwrap();
+        assert_eq!(
+            free.merge_sealed(&k.seal(&m).unwrap(), now()).unwrap(),
+            Merged::Updated
+        );
     }
 
     #[test]

@@ -67,6 +67,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const UNDERLAY_MTU: u32 = 1500;
 /// The discovery service's port when the config names none.
 const DISCOVERY_PORT: u16 = 3000;
+/// Link kinds and name prefixes whose addresses are not the node's own
+/// (see `read_addresses`). Not veth or dummy: a node in a container has a
+/// veth uplink, and routed setups put the node IP on a dummy; the pods'
+/// veths and kube-ipvs0 go by their names.
+const INTERNAL_KINDS: &[&str] = &["vxlan", "geneve", "ipip", "sit", "wireguard", "tun"];
+const INTERNAL_PREFIXES: &[&str] = &["cni", "docker", "cali", "cilium", "flannel", "kube-", "lxc"];
+/// What a record lists at most, so it always seals within the 4 KiB a
+/// record may have (about 50 bytes an endpoint or network, 100 a seen
+/// peer): a node with more addresses or peers publishes the first.
+const RECORD_ENDPOINTS: usize = 8;
+const RECORD_SEEN: usize = 12;
+/// After a failed publish, the next try waits this long (the loop must
+/// not spend every tick on an unreachable service).
+const PUBLISH_RETRY: Duration = Duration::from_secs(10);
 
 /// What networkd gives the mesh.
 #[derive(Clone)]
@@ -136,10 +150,12 @@ pub async fn run(ctx: Context) {
             tracing::info!("mesh: stopping");
             ctx.mesh.set(None, Vec::new());
             ctx.balancer.set_endpoints("discovery", Vec::new());
-            // The TUN went with the task; its rules and routes did not.
+            // The TUN went with the task; its rules and routes did not,
+            // nor a kernel WireGuard link (which holds the private key).
             if let Err(e) = routing::clear(&ctx.handle).await {
                 tracing::warn!("mesh: removing its routes: {}", crate::error_chain(&e));
             }
+            remove_link(&ctx.handle).await;
         }
         if let Some(w) = now {
             tracing::info!("mesh: starting");
@@ -176,6 +192,7 @@ struct Mesh {
     said: Option<Record>,
     sealed_at: Option<Instant>,
     published: bool,
+    publish_at: Instant,
     discovery: String,
     known_peers: HashSet<[u8; 32]>,
     replied: HashMap<IpAddr, Instant>,
@@ -236,13 +253,13 @@ impl Mesh {
         let routing = PolicyRouting::new(ctx.handle.clone(), index)
             .await
             .context("installing the mesh's routing rule")?;
-        let node_id = key.public_base64();
+        let node_id = slate_discovery::gossip::key_id(&public_key);
         let keys = Arc::new(keys);
         tracing::info!("mesh: node {node_id}, address {mesh_address}");
         Ok(Mesh {
             w: w.clone(),
             ctx: ctx.clone(),
-            table: AffiliateTable::new(keys.clone(), node_id.clone(), MAX_PEERS),
+            table: AffiliateTable::new(keys.clone(), node_id.clone(), MAX_PEERS).ids_are_keys(),
             keys,
             public_key,
             node_id,
@@ -255,6 +272,7 @@ impl Mesh {
             said: None,
             sealed_at: None,
             published: false,
+            publish_at: Instant::now(),
             discovery: "not yet published".into(),
             known_peers: HashSet::new(),
             replied: HashMap::new(),
@@ -301,7 +319,7 @@ impl Mesh {
                 }
             };
             self.reseal(&device);
-            if !self.published {
+            if !self.published && Instant::now() >= self.publish_at {
                 self.publish().await;
             }
             if due(fetched_at, FETCH) {
@@ -321,10 +339,24 @@ impl Mesh {
     async fn read_addresses(&mut self) {
         match crate::reconcile::netlink::read(&self.ctx.handle, &self.ctx.sysfs).await {
             Ok(actual) => {
+                // Addresses on links that only exist inside the node
+                // (containers' veths, CNI bridges and tunnels, kube-ipvs0)
+                // are no endpoints, and would crowd the record.
+                let internal: HashSet<&str> = actual
+                    .links
+                    .iter()
+                    .filter(|l| {
+                        l.info_kind
+                            .as_deref()
+                            .is_some_and(|k| INTERNAL_KINDS.contains(&k))
+                            || INTERNAL_PREFIXES.iter().any(|p| l.name.starts_with(p))
+                    })
+                    .map(|l| l.name.as_str())
+                    .collect();
                 self.addresses = actual
                     .addresses
                     .iter()
-                    .filter(|a| a.ifname != INTERFACE)
+                    .filter(|a| a.ifname != INTERFACE && !internal.contains(a.ifname.as_str()))
                     .map(|a| a.net.addr())
                     .collect();
             }
@@ -337,7 +369,8 @@ impl Mesh {
 
     /// This node's record as it would say it now (version not set).
     fn record_now(&self, device: &DeviceStatus) -> Record {
-        let endpoints = peers::own_endpoints(&self.addresses, &self.prefix, PORT);
+        let mut endpoints = peers::own_endpoints(&self.addresses, &self.prefix, PORT);
+        endpoints.truncate(RECORD_ENDPOINTS);
         let networks: Vec<IpNet> = endpoints
             .iter()
             .map(|e| IpNet::from(e.ip()))
@@ -366,7 +399,12 @@ impl Mesh {
             endpoints,
             networks,
             control_plane,
-            seen: peers::seen(direct, MAX_SEEN),
+            // The kernel backend cannot relay: it says it sees no one, so
+            // no peer picks it as a relay (its NAT mappings go unpublished).
+            seen: match self.w.backend {
+                MeshBackend::Userspace => peers::seen(direct, RECORD_SEEN.min(MAX_SEEN)),
+                MeshBackend::Kernel => Vec::new(),
+            },
             issued_ms: 0,
             ttl_secs: RECORD_TTL.as_secs() as u32,
         }
@@ -412,6 +450,7 @@ impl Mesh {
                 self.discovery = format!("published at {}", rfc3339(SystemTime::now()));
             }
             Ok(Err(e)) => {
+                self.publish_at = Instant::now() + PUBLISH_RETRY;
                 self.discovery = format!("publishing failed: {e}");
                 self.warn(
                     "publish",
@@ -419,6 +458,7 @@ impl Mesh {
                 );
             }
             Err(_) => {
+                self.publish_at = Instant::now() + PUBLISH_RETRY;
                 self.discovery = "publishing timed out".into();
                 self.warn(
                     "publish",
@@ -465,12 +505,20 @@ impl Mesh {
             .map(|p| p.public_key)
             .collect();
         let records: Vec<&Record> = self.table.peers(now).map(|e| &e.record).collect();
+        let answering: HashSet<[u8; 32]> = device
+            .peers
+            .iter()
+            .filter(|p| p.state != PeerState::Connecting)
+            .map(|p| p.public_key)
+            .collect();
         let filter = &self.filter;
         let configs = peers::peer_configs(
             &self.public_key,
             &self.addresses,
+            &self.prefix,
             &records,
             &up_direct,
+            &answering,
             |n| filter.allows(n),
         );
         self.route(device, &configs).await;
@@ -688,6 +736,16 @@ impl Mesh {
         if let Some(held) = self.log.allow(what, Instant::now()) {
             tracing::warn!("{message} ({held} more since the last line)");
         }
+    }
+}
+
+/// Deletes the mesh link if it is still there (the kernel backend's).
+async fn remove_link(handle: &rtnetlink::Handle) {
+    let Ok(link) = crate::link::by_name(handle, INTERFACE).await else {
+        return;
+    };
+    if let Err(e) = handle.link().del(link.index).execute().await {
+        tracing::warn!("mesh: deleting {INTERFACE}: {e}");
     }
 }
 

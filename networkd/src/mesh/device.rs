@@ -171,7 +171,11 @@ pub struct Device {
 
 /// Which of our peers a datagram is for, if any.
 enum Recipient {
-    Peer(u32),
+    /// The peer's slot, and whether the datagram, once it decrypts or
+    /// completes a handshake, says where the peer is. A cookie reply does
+    /// not: it proves nothing about its sender (WireGuard does not roam on
+    /// one either), and anyone who saw our initiation could forge one.
+    Peer(u32, bool),
     Unknown(&'static str),
 }
 
@@ -399,10 +403,10 @@ impl Device {
     }
 
     fn recipient(&self, packet: &Packet<'_>) -> Recipient {
-        let by_index = |idx: u32| {
+        let by_index = |idx: u32, locates: bool| {
             let slot = idx >> 8;
             if self.peers.contains_key(&slot) {
-                Recipient::Peer(slot)
+                Recipient::Peer(slot, locates)
             } else {
                 Recipient::Unknown("unknown receiver index")
             }
@@ -411,19 +415,21 @@ impl Device {
             Packet::HandshakeInit(init) => {
                 match parse_handshake_anon(self.key.secret(), &self.key.public(), init) {
                     Ok(half) => match self.by_key.get(&half.peer_static_public) {
-                        Some(&slot) => Recipient::Peer(slot),
+                        Some(&slot) => Recipient::Peer(slot, true),
                         None => Recipient::Unknown("handshake from a key that is not a peer"),
                     },
                     Err(_) => Recipient::Unknown("handshake that does not open"),
                 }
             }
-            Packet::HandshakeResponse(r) => by_index(r.receiver_idx),
-            Packet::PacketCookieReply(c) => by_index(c.receiver_idx),
-            Packet::PacketData(d) => by_index(d.receiver_idx),
+            Packet::HandshakeResponse(r) => by_index(r.receiver_idx, true),
+            Packet::PacketCookieReply(c) => by_index(c.receiver_idx, false),
+            Packet::PacketData(d) => by_index(d.receiver_idx, true),
         }
     }
 
-    fn reject(&mut self, src: SocketAddr, why: &str) {
+    /// Counts a refused datagram; says why at most once a minute per
+    /// source (`why` is formatted only then).
+    fn reject(&mut self, src: SocketAddr, why: impl std::fmt::Display) {
         self.status.lock().unwrap().rejected_datagrams += 1;
         if let Some(held) = self.junk_log.allow(&src.ip().to_string(), Instant::now()) {
             tracing::warn!(
@@ -448,11 +454,15 @@ impl Device {
                 None => self.reject(src, "relayed datagram from a peer that is not up"),
             },
             Ok(Message::Gossip(sealed)) => {
+                // Checked before the copy: junk costs no allocation.
+                if sealed.len() > slate_discovery::record::MAX_SEALED {
+                    return self.reject(src, "oversized gossip frame");
+                }
                 if self.gossip_tx.try_send((src, sealed.to_vec())).is_err() {
                     self.reject(src, "gossip queue full");
                 }
             }
-            Err(e) => self.reject(src, &format!("not a mesh message ({e})")),
+            Err(e) => self.reject(src, format_args!("not a mesh message ({e})")),
         }
     }
 
@@ -499,10 +509,10 @@ impl Device {
                 Err(_) => Err(WireGuardError::InvalidPacket),
             }
         };
-        let slot = match verified {
-            Ok(Recipient::Peer(slot)) => slot,
+        let (slot, locates) = match verified {
+            Ok(Recipient::Peer(slot, locates)) => (slot, locates),
             Ok(Recipient::Unknown(why)) => return self.reject(src, why),
-            Err(e) => return self.reject(src, &format!("not WireGuard ({e:?})")),
+            Err(e) => return self.reject(src, format_args!("not WireGuard ({e:?})")),
         };
         let path = match via {
             None => Path::Direct(src),
@@ -519,7 +529,7 @@ impl Device {
         match peer.tunn.decapsulate(src_ip, datagram, out) {
             TunnResult::Err(e) => {
                 // Replays, stale indexes, forgeries with a valid MAC1.
-                return self.reject(src, &format!("peer {slot}: {e:?}"));
+                return self.reject(src, format_args!("peer {slot}: {e:?}"));
             }
             TunnResult::Done => {}
             TunnResult::WriteToNetwork(reply) => {
@@ -538,7 +548,7 @@ impl Device {
         }
         // Authenticated: this is where the peer is now (roaming).
         let before = peer.path.current();
-        if peer.path.received(path, Instant::now()) {
+        if locates && peer.path.received(path, Instant::now()) {
             tracing::info!("mesh: peer {slot} path {before:?} -> {path:?}");
         }
         for reply in replies {

@@ -302,10 +302,10 @@ impl KernelDevice {
     /// keepalive.
     ///
     /// A diff: peers no longer wanted are removed, the others added or
-    /// updated in place (their sessions survive). A peer whose current
-    /// endpoint is one of its `endpoints` keeps it (the controller may have
-    /// picked it with [`KernelDevice::set_endpoint`]); otherwise it gets
-    /// the first. Partly applied on error; the next call completes it.
+    /// updated in place (their sessions survive). A peer that has an
+    /// endpoint keeps it (a NAT mapping it roamed to, or what the
+    /// controller picked with [`KernelDevice::set_endpoint`]); a new one
+    /// gets the first. Partly applied on error; the next call completes it.
     pub async fn set_peers(&mut self, peers: &[PeerConfig]) -> Result<(), KernelError> {
         const OP: &str = "setting peers";
         let mut wanted = HashSet::new();
@@ -572,9 +572,12 @@ fn diff(current: &[KernelPeer], wanted: &[PeerConfig]) -> Vec<WireguardPeer> {
             .iter()
             .find(|c| c.public_key == p.public_key)
             .and_then(|c| c.endpoint);
+        // A peer the kernel already reaches somewhere keeps it: that may
+        // be its NAT mapping, which no candidate names, or the path the
+        // controller chose; the controller moves peers that stop answering.
         let endpoint = match now {
-            Some(e) if p.endpoints.contains(&e) => None,
-            _ => p.endpoints.first().copied(),
+            Some(_) => None,
+            None => p.endpoints.first().copied(),
         };
         entries.extend(peer_entries(p, endpoint, MESSAGE_BUDGET));
     }
@@ -872,7 +875,8 @@ mod tests {
         let wanted = [
             // Its current endpoint is a candidate: kept.
             config(2, &["192.0.2.1:51820", "192.0.2.2:51820"], &["fd00::2/128"]),
-            // Its current endpoint is not: the first.
+            // Its current endpoint is not (a NAT mapping it roamed to):
+            // kept too.
             config(3, &["192.0.2.3:51820"], &["fd00::3/128"]),
             // New.
             config(4, &["192.0.2.4:51820"], &["fd00::4/128"]),
@@ -883,10 +887,7 @@ mod tests {
         assert!(entries[0].contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)));
         assert_eq!(entries[0].len(), 2, "a removal carries nothing else");
         assert_eq!(endpoint_of(&entries[1]), None);
-        assert_eq!(
-            endpoint_of(&entries[2]),
-            Some("192.0.2.3:51820".parse().unwrap())
-        );
+        assert_eq!(endpoint_of(&entries[2]), None);
         assert_eq!(
             endpoint_of(&entries[3]),
             Some("192.0.2.4:51820".parse().unwrap())

@@ -9,7 +9,10 @@
 //! - Its **allowed IPs** are its mesh address and the networks it
 //!   publishes, less any network that holds one of this node's own
 //!   addresses (a member must not be able to pull this node's own traffic
-//!   into the mesh) and less what the route filter leaves out.
+//!   into the mesh), any that overlaps the mesh prefix, and what the route
+//!   filter leaves out. A network two peers publish goes to one: a peer
+//!   that answers before one that does not, then the newest record (a
+//!   node that came back with a new key wins over its old record).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -28,13 +31,27 @@ pub const MAX_CANDIDATES: usize = 16;
 pub fn peer_configs(
     own_key: &[u8; 32],
     own_addresses: &[IpAddr],
+    mesh_prefix: &IpNet,
     records: &[&Record],
     up_direct: &HashSet<[u8; 32]>,
+    answering: &HashSet<[u8; 32]>,
     route: impl Fn(&IpNet) -> bool,
 ) -> Vec<PeerConfig> {
-    records
+    let mut order: Vec<&Record> = records
         .iter()
+        .copied()
         .filter(|r| r.public_key != *own_key)
+        .collect();
+    order.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(answering.contains(&r.public_key)),
+            std::cmp::Reverse(r.issued_ms),
+            r.public_key,
+        )
+    });
+    let mut claimed: HashSet<IpNet> = HashSet::new();
+    order
+        .into_iter()
         .map(|peer| {
             let mut endpoints: Vec<SocketAddr> = Vec::new();
             let seen_by_others = records
@@ -56,12 +73,15 @@ pub fn peer_configs(
                 .map(|r| r.public_key)
                 .collect();
             let mut allowed_ips = vec![IpNet::from(IpAddr::V6(peer.mesh_address))];
-            allowed_ips.extend(
-                peer.networks
-                    .iter()
-                    .map(IpNet::trunc)
-                    .filter(|net| !own_addresses.iter().any(|a| net.contains(a)) && route(net)),
-            );
+            for net in peer.networks.iter().map(IpNet::trunc) {
+                let usable = !own_addresses.iter().any(|a| net.contains(a))
+                    && !mesh_prefix.contains(&net)
+                    && !net.contains(mesh_prefix)
+                    && route(&net);
+                if usable && claimed.insert(net) {
+                    allowed_ips.push(net);
+                }
+            }
             PeerConfig {
                 public_key: peer.public_key,
                 endpoints,
@@ -149,7 +169,9 @@ mod tests {
         let records = [&own, &natted, &other];
         let up = HashSet::from([[3; 32]]);
         let own_addrs = ["198.51.100.11".parse().unwrap()];
-        let peers = peer_configs(&[1; 32], &own_addrs, &records, &up, |_| true);
+        let mesh: IpNet = "fd00::/64".parse().unwrap();
+        let none = HashSet::new();
+        let peers = peer_configs(&[1; 32], &own_addrs, &mesh, &records, &up, &up, |_| true);
         assert_eq!(peers.len(), 2, "own record is no peer");
         let p2 = peers.iter().find(|p| p.public_key == [2; 32]).unwrap();
         assert_eq!(
@@ -164,12 +186,53 @@ mod tests {
         let nets: Vec<String> = p2.allowed_ips.iter().map(ToString::to_string).collect();
         assert_eq!(nets, ["fd00::2/128", "10.20.0.2/32"]);
         // 3 is not up: no relay through it.
-        let peers = peer_configs(&[1; 32], &own_addrs, &records, &HashSet::new(), |_| true);
+        let peers = peer_configs(&[1; 32], &own_addrs, &mesh, &records, &none, &none, |_| {
+            true
+        });
         assert!(peers.iter().all(|p| p.relays.is_empty()));
         // The route filter.
-        let peers = peer_configs(&[1; 32], &own_addrs, &records, &up, |n| n.prefix_len() > 32);
+        let peers = peer_configs(&[1; 32], &own_addrs, &mesh, &records, &up, &up, |n| {
+            n.prefix_len() > 32
+        });
         let p2 = peers.iter().find(|p| p.public_key == [2; 32]).unwrap();
         assert_eq!(p2.allowed_ips.len(), 1);
+    }
+
+    #[test]
+    fn a_contested_network_goes_to_the_peer_that_answers_then_the_newest() {
+        let mesh: IpNet = "fd00::/64".parse().unwrap();
+        let mut old = record(2, &[], &["10.9.0.5/32", "fd00::99/128"], &[]);
+        old.issued_ms = 1;
+        let mut new = record(3, &[], &["10.9.0.5/32"], &[]);
+        new.issued_ms = 2;
+        let holder = |answering: &HashSet<[u8; 32]>| {
+            let peers = peer_configs(
+                &[1; 32],
+                &[],
+                &mesh,
+                &[&old, &new],
+                answering,
+                answering,
+                |_| true,
+            );
+            // The mesh prefix is never a member's to claim.
+            assert!(
+                peers
+                    .iter()
+                    .all(|p| !p.allowed_ips.contains(&"fd00::99/128".parse().unwrap()))
+            );
+            peers
+                .iter()
+                .filter(|p| p.allowed_ips.contains(&"10.9.0.5/32".parse().unwrap()))
+                .map(|p| p.public_key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(holder(&HashSet::new()), vec![[3; 32]], "the newest record");
+        assert_eq!(
+            holder(&HashSet::from([[2; 32]])),
+            vec![[2; 32]],
+            "the peer that answers"
+        );
     }
 
     #[test]

@@ -60,6 +60,15 @@ impl Selector {
     pub fn update(&mut self, candidates: Vec<SocketAddr>, relays: Vec<[u8; 32]>) {
         self.candidates = candidates;
         self.relays = relays;
+        if let Some(Path::Relay(k)) = self.current
+            && !self.relays.contains(&k)
+        {
+            // The relay no longer reaches the peer (or us): its path is
+            // dead, whatever arrived over it lately. Look again at once.
+            self.last_rx = None;
+            self.last_try = None;
+            self.current = None;
+        }
         let still_offered = match self.current {
             Some(Path::Direct(a)) => self.candidates.contains(&a),
             Some(Path::Relay(k)) => self.relays.contains(&k),
@@ -173,6 +182,18 @@ mod tests {
             s.tick(t0 + STALE),
             Some(Path::Direct(addr("10.0.0.2:51820")))
         );
+    }
+
+    #[test]
+    fn a_withdrawn_relay_is_left_at_once() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(vec![addr("10.0.0.1:51820")], vec![[7; 32], [8; 32]]);
+        s.received(Path::Relay([7; 32]), t0);
+        assert!(s.is_up(t0));
+        s.update(vec![addr("10.0.0.1:51820")], vec![[8; 32]]);
+        assert!(!s.is_up(t0), "not up through a relay that is gone");
+        assert_eq!(s.current(), Some(Path::Direct(addr("10.0.0.1:51820"))));
+        assert!(s.tick(t0).is_some(), "tried again without waiting");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The relay never sees inside the WireGuard datagram: traffic stays
-//! encrypted end to end between the two peers (see docs/mesh-relay.md).
+//! encrypted end to end between the two peers (see docs/mesh.md, Relay).
 //! The key in a relayed header is the relay's word, not the origin's; the
 //! receiver trusts it only as far as WireGuard then authenticates the
 //! inner datagram as coming from that peer.
