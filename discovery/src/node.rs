@@ -49,7 +49,18 @@ pub fn serve(listen: SocketAddr, limits: Limits) -> Result<(), ServeError> {
         })
 }
 
-/// The node's copy: default limits, no arguments (the image carries no
+/// What a node's copy keeps: it serves one cluster, and anyone who reaches
+/// port 3000 can store records (sealed or not), so its tables are small:
+/// a stranger can fill them, but not the node's memory.
+pub fn node_limits() -> Limits {
+    Limits {
+        max_clusters: 8,
+        max_bytes: 16 << 20,
+        ..Limits::default()
+    }
+}
+
+/// The node's copy: [`node_limits`], no arguments (the image carries no
 /// argument parser for it; run the standalone binary for options).
 pub fn main() -> ExitCode {
     slate_machinery::logging::init();
@@ -59,7 +70,7 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    match serve(NODE_LISTEN, Limits::default()) {
+    match serve(NODE_LISTEN, node_limits()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("slate-discovery: {}", slate_machinery::error::chain(&e));

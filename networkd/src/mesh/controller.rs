@@ -118,10 +118,11 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
     }
     let endpoint = Target::from_url(&config.cluster.control_plane.endpoint).ok();
     let seed = endpoint.as_ref().and_then(|t| t.host.parse().ok());
-    let discovery = mesh.discovery.endpoint.clone().or_else(|| {
-        // By default the service the control-plane nodes run.
-        seed.map(|ip| format!("http://{}", SocketAddr::new(ip, DISCOVERY_PORT)))
-    });
+    let discovery = mesh
+        .discovery
+        .endpoint
+        .clone()
+        .or_else(|| endpoint.as_ref().map(default_discovery));
     Some(Wanted {
         cluster_id: config.cluster.id.clone()?,
         secret: config.cluster.secret.clone()?,
@@ -133,6 +134,15 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         api_balancer: config.cluster.api_balancer.enabled,
         backend: mesh.backend,
     })
+}
+
+/// The service the control-plane nodes run, at the control-plane
+/// endpoint's host (an address or a name).
+fn default_discovery(endpoint: &Target) -> String {
+    match endpoint.host.parse::<IpAddr>() {
+        Ok(ip) => format!("http://{}", SocketAddr::new(ip, DISCOVERY_PORT)),
+        Err(_) => format!("http://{}:{DISCOVERY_PORT}", endpoint.host),
+    }
 }
 
 /// Follows the config for ever: starts, restarts (on a change of what
@@ -792,4 +802,20 @@ fn rfc3339(t: SystemTime) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_discovery_service_is_at_the_control_plane_host() {
+        let url = |e: &str| default_discovery(&Target::from_url(e).unwrap());
+        assert_eq!(url("https://10.0.0.1:6443"), "http://10.0.0.1:3000");
+        assert_eq!(url("https://[fd00::1]:6443"), "http://[fd00::1]:3000");
+        assert_eq!(
+            url("https://cp.example.com:6443"),
+            "http://cp.example.com:3000"
+        );
+    }
 }
