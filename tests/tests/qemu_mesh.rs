@@ -5,8 +5,11 @@
 //! network namespace, networkd runs it on boringtun (the userspace
 //! backend). A tap device joins them: QEMU creates it for the VM's second
 //! NIC and the test moves it into the namespace (10.6.0.1/24; the VM
-//! 10.6.0.2/24). The discovery service runs in the namespace too. Nothing
-//! tells either side about the other but discovery.
+//! 10.6.0.2/24). The VM is a control-plane node and the cluster's
+//! control-plane endpoint is its tap address, so the discovery service is
+//! the one the node runs by default (machined starts it, port 3000) and
+//! both sides find it without being told (`cluster.mesh.discovery` is
+//! unset). Nothing tells either side about the other but discovery.
 //!
 //! Checked as a user would: each side lists the other as `up` in
 //! `mesh-peers` (the VM's through the API, as `slatectl get mesh-peers`
@@ -16,7 +19,7 @@
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use slate_machinery::client::Target;
@@ -32,7 +35,7 @@ const HOST_IP: &str = "10.6.0.1";
 const VM_IP: &str = "10.6.0.2";
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Kills its processes on drop (networkd, the discovery service).
+/// Kills its processes on drop (networkd).
 struct Children(Vec<Child>);
 
 impl Drop for Children {
@@ -55,11 +58,14 @@ fn skip() -> Option<String> {
     None
 }
 
+/// The mesh on, found through the default discovery service: the one the
+/// control-plane node at the endpoint's host runs.
 fn mesh_on(config: &mut MachineConfig, backend: MeshBackend, hostname: &str) {
     config.machine.network.hostname = Some(hostname.into());
     config.cluster.mesh.enabled = true;
     config.cluster.mesh.backend = backend;
-    config.cluster.mesh.discovery.endpoint = Some(format!("http://{HOST_IP}:3000"));
+    config.cluster.control_plane.endpoint = format!("https://{VM_IP}:6443");
+    config.cluster.mesh.discovery.endpoint = None;
 }
 
 fn ip(args: &[&str]) {
@@ -134,19 +140,9 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
     ip(&["-n", &ns, "link", "set", &tap, "up"]);
     ip(&["-n", &ns, "link", "set", "lo", "up"]);
 
-    // The host side: discovery and networkd (boringtun) in the namespace.
+    // The host side: networkd (boringtun) in the namespace.
     let mut children = Children(Vec::new());
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-    children.0.push(
-        Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(built("slate-discovery"))
-            .args(["--listen", &format!("{HOST_IP}:3000")])
-            .stdout(Stdio::null())
-            .stderr(log("discovery.log"))
-            .spawn()
-            .expect("starting slate-discovery"),
-    );
     let host_dir = dir.path().join("host");
     std::fs::create_dir_all(host_dir.join("run")).unwrap();
     std::fs::write(host_dir.join("cmdline"), "ip=off").unwrap();
@@ -208,6 +204,21 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(vm_identity["backend"], "kernel", "{vm_identity:#}");
+    // Both published to the service the VM runs.
+    let socket = host_socket.clone();
+    let host_identity =
+        tokio::task::spawn_blocking(move || meshlab::list(&socket, "mesh-identity"))
+            .await
+            .unwrap()
+            .unwrap();
+    for identity in [&vm_identity, &host_identity[0].1] {
+        assert!(
+            identity["discovery"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("published")),
+            "{identity:#}"
+        );
+    }
     assert!(
         host_sees_vm["endpoint"]
             .as_str()
