@@ -101,6 +101,23 @@ pub fn lan_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 5, 0, u8::try_from(i + 2).unwrap_or(254))
 }
 
+/// A VM's links: eth0 on QEMU's user network by DHCP, eth1 on a private
+/// LAN with `address` (CIDR).
+pub fn uplink_and_lan(address: &str) -> Vec<Interface> {
+    vec![
+        Interface {
+            interface: Some("eth0".into()),
+            dhcp: true,
+            ..Interface::default()
+        },
+        Interface {
+            interface: Some("eth1".into()),
+            addresses: vec![address.into()],
+            ..Interface::default()
+        },
+    ]
+}
+
 /// The LAN, for `validSubnets`.
 pub const LAN: &str = "10.5.0.0/24";
 
@@ -148,18 +165,7 @@ impl Cluster {
             let ip = lan_ip(i);
             let mut config = bundle.controlplane.clone();
             config.machine.network.hostname = Some(name.clone());
-            config.machine.network.interfaces = vec![
-                Interface {
-                    interface: Some("eth0".into()),
-                    dhcp: true,
-                    ..Interface::default()
-                },
-                Interface {
-                    interface: Some("eth1".into()),
-                    addresses: vec![format!("{ip}/24")],
-                    ..Interface::default()
-                },
-            ];
+            config.machine.network.interfaces = uplink_and_lan(&format!("{ip}/24"));
             // etcd and kubelet advertise the LAN, not QEMU's user network
             // (10.0.2.15 on every VM).
             config.machine.kubelet.node_ip.valid_subnets = vec![LAN.into()];

@@ -11,15 +11,7 @@ pub async fn eventually(
     mut check: impl FnMut() -> (bool, String),
 ) {
     let deadline = Instant::now() + timeout;
-    loop {
-        let (ok, last) = check();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not after {timeout:?}; last:\n{last}"
-        );
+    while !holds(what, timeout, deadline, &mut check) {
         tokio::time::sleep(every).await;
     }
 }
@@ -33,15 +25,23 @@ pub fn eventually_blocking(
     mut check: impl FnMut() -> (bool, String),
 ) {
     let deadline = Instant::now() + timeout;
-    loop {
-        let (ok, last) = check();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not after {timeout:?}; last:\n{last}"
-        );
+    while !holds(what, timeout, deadline, &mut check) {
         std::thread::sleep(every);
     }
+}
+
+/// One try of `check`: whether it holds; past `deadline` a failure that
+/// names `what` and the text `check` returned.
+fn holds(
+    what: &str,
+    timeout: Duration,
+    deadline: Instant,
+    check: &mut impl FnMut() -> (bool, String),
+) -> bool {
+    let (ok, last) = check();
+    assert!(
+        ok || Instant::now() < deadline,
+        "{what}: not after {timeout:?}; last:\n{last}"
+    );
+    ok
 }

@@ -23,9 +23,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use slate_machinery::client::Target;
-use slate_machinery::config::{Interface, MachineConfig, MeshBackend};
+use slate_machinery::config::{MachineConfig, MeshBackend};
 use slate_tests::api;
 use slate_tests::artifacts::{Artifacts, built};
+use slate_tests::cluster;
 use slate_tests::configdrive;
 use slate_tests::meshlab;
 use slate_tests::netns::{self, Namespaces};
@@ -102,18 +103,7 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
     // The VM: kernel WireGuard, its second NIC on the tap.
     let mut vm_config = bundle.controlplane.clone();
     mesh_on(&mut vm_config, MeshBackend::Kernel, "vm");
-    vm_config.machine.network.interfaces = vec![
-        Interface {
-            interface: Some("eth0".into()),
-            dhcp: true,
-            ..Interface::default()
-        },
-        Interface {
-            interface: Some("eth1".into()),
-            addresses: vec![format!("{VM_IP}/24")],
-            ..Interface::default()
-        },
-    ];
+    vm_config.machine.network.interfaces = cluster::uplink_and_lan(&format!("{VM_IP}/24"));
     let drive = dir.path().join("cidata.iso");
     configdrive::build(&vm_config.to_yaml().unwrap(), &drive).unwrap();
     let mut opts = VmOptions::new(Boot::kernel(&a));

@@ -386,13 +386,7 @@ impl Mesh {
             .map(|e| IpNet::from(e.ip()))
             .take(slate_discovery::record::MAX_NETWORKS)
             .collect();
-        let direct = device
-            .peers
-            .iter()
-            .filter_map(|p| match (p.state, p.endpoint) {
-                (PeerState::Up, Some(Path::Direct(a))) => Some((p.public_key, a)),
-                _ => None,
-            });
+        let direct = reached_directly(device);
         let control_plane = self
             .w
             .control_plane
@@ -508,12 +502,7 @@ impl Mesh {
 
     async fn apply_peers(&mut self, device: &DeviceStatus) {
         let now = SystemTime::now();
-        let up_direct: HashSet<[u8; 32]> = device
-            .peers
-            .iter()
-            .filter(|p| p.state == PeerState::Up)
-            .map(|p| p.public_key)
-            .collect();
+        let up_direct: HashSet<[u8; 32]> = reached_directly(device).map(|(key, _)| key).collect();
         let records: Vec<&Record> = self.table.peers(now).map(|e| &e.record).collect();
         let answering: HashSet<[u8; 32]> = device
             .peers
@@ -531,7 +520,7 @@ impl Mesh {
             &answering,
             |n| filter.allows(n),
         );
-        self.route(device, &configs).await;
+        self.route(&answering, &configs).await;
         // Introduce this node to peers it has just learnt of, so they
         // need not wait for their next listing to accept its handshake.
         let new: Vec<SocketAddr> = configs
@@ -563,13 +552,11 @@ impl Mesh {
     /// a relay) into the mesh; a peer that does not answer gets none, so
     /// its node IPs fall back to the underlay. The table is checked
     /// against the kernel on a change and every 30 s.
-    async fn route(&mut self, device: &DeviceStatus, configs: &[super::device::PeerConfig]) {
-        let answering: HashSet<[u8; 32]> = device
-            .peers
-            .iter()
-            .filter(|p| p.state != PeerState::Connecting)
-            .map(|p| p.public_key)
-            .collect();
+    async fn route(
+        &mut self,
+        answering: &HashSet<[u8; 32]>,
+        configs: &[super::device::PeerConfig],
+    ) {
         let nets: Vec<IpNet> = configs
             .iter()
             .filter(|c| answering.contains(&c.public_key))
@@ -593,14 +580,7 @@ impl Mesh {
     /// Every record known, to each peer reached directly; while none is,
     /// this node's record to the seed.
     async fn gossip_out(&mut self, device: &DeviceStatus) {
-        let targets: Vec<SocketAddr> = device
-            .peers
-            .iter()
-            .filter_map(|p| match (p.state, p.endpoint) {
-                (PeerState::Up, Some(Path::Direct(a))) => Some(a),
-                _ => None,
-            })
-            .collect();
+        let targets: Vec<SocketAddr> = reached_directly(device).map(|(_, a)| a).collect();
         if targets.is_empty() {
             if let (Some(seed), Some(own)) = (self.w.seed, self.table.own())
                 && !self.addresses.contains(&seed)
@@ -776,6 +756,18 @@ fn key_file(wanted: &std::path::Path) -> PathBuf {
             .unwrap_or_default()
     );
     VOLATILE_KEY.into()
+}
+
+/// The peers this node reaches directly now, and where: what its record
+/// says it sees, whom it may pick as relays, where it gossips.
+fn reached_directly(device: &DeviceStatus) -> impl Iterator<Item = ([u8; 32], SocketAddr)> + '_ {
+    device
+        .peers
+        .iter()
+        .filter_map(|p| match (p.state, p.endpoint) {
+            (PeerState::Up, Some(Path::Direct(a))) => Some((p.public_key, a)),
+            _ => None,
+        })
 }
 
 fn due(last: Option<Instant>, every: Duration) -> bool {
