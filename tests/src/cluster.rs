@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,15 +22,12 @@ use crate::qemu::{Boot, Lan, Vm, VmOptions};
 
 /// A repeater for Ethernet frames carried in UDP between QEMU processes.
 pub struct Hub {
-    /// (the hub's port for VM i, VM i's own port)
-    ports: Vec<(u16, u16)>,
+    /// The hub's port for VM i.
+    ports: Vec<u16>,
+    /// VM i's own port, set by [`Vm::start`] for each QEMU (0: none yet).
+    vm_ports: Vec<Arc<AtomicU16>>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    let socket = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
-    Ok(socket.local_addr()?.port())
 }
 
 impl Hub {
@@ -41,19 +38,21 @@ impl Hub {
         for _ in 0..n {
             let socket = UdpSocket::bind("127.0.0.1:0").context("binding a hub port")?;
             socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-            ports.push((socket.local_addr()?.port(), free_udp_port()?));
+            ports.push(socket.local_addr()?.port());
             sockets.push(socket);
         }
+        let vm_ports: Vec<_> = (0..n).map(|_| Arc::new(AtomicU16::new(0))).collect();
         let sockets = Arc::new(sockets);
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..n)
             .map(|i| {
-                let (sockets, stop, ports) = (sockets.clone(), stop.clone(), ports.clone());
-                std::thread::spawn(move || repeat(i, &sockets, &ports, &stop))
+                let (sockets, stop, vm_ports) = (sockets.clone(), stop.clone(), vm_ports.clone());
+                std::thread::spawn(move || repeat(i, &sockets, &vm_ports, &stop))
             })
             .collect();
         Ok(Self {
             ports,
+            vm_ports,
             stop,
             threads,
         })
@@ -61,25 +60,25 @@ impl Hub {
 
     /// VM `i`'s side of the hub, with a MAC address of its own.
     pub fn lan(&self, i: usize) -> Lan {
-        let (hub, local) = self.ports[i];
         Lan {
-            hub,
-            local,
+            hub: self.ports[i],
+            local: self.vm_ports[i].clone(),
             mac: format!("52:54:00:5a:00:{:02x}", i + 1),
         }
     }
 }
 
 /// Repeats every frame VM `i` sends to every other VM.
-fn repeat(i: usize, sockets: &[UdpSocket], ports: &[(u16, u16)], stop: &AtomicBool) {
+fn repeat(i: usize, sockets: &[UdpSocket], vm_ports: &[Arc<AtomicU16>], stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         let Ok(n) = sockets[i].recv(&mut buf) else {
             continue;
         };
-        for (j, (_, vm_port)) in ports.iter().enumerate() {
-            if j != i {
-                let to = SocketAddr::from((Ipv4Addr::LOCALHOST, *vm_port));
+        for (j, vm_port) in vm_ports.iter().enumerate() {
+            let vm_port = vm_port.load(Ordering::Relaxed);
+            if j != i && vm_port != 0 {
+                let to = SocketAddr::from((Ipv4Addr::LOCALHOST, vm_port));
                 // A VM that is down drops the frame, as a cable would.
                 let _ = sockets[j].send_to(&buf[..n], to);
             }

@@ -9,10 +9,12 @@
 //! has no address yet), so callers wait for apid's ready line on the
 //! console before they connect, then probe one connection at a time.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -86,11 +88,13 @@ pub struct VmOptions {
 }
 
 /// A VM's port on a private LAN: QEMU sends its frames to `hub` and
-/// receives on `local` (both on 127.0.0.1).
+/// receives on `local` (both on 127.0.0.1). [`Vm::start`] picks `local`
+/// afresh for each QEMU it starts and stores it here, where the hub reads
+/// it, so a port taken meanwhile costs a retry, not the test.
 #[derive(Debug, Clone)]
 pub struct Lan {
     pub hub: u16,
-    pub local: u16,
+    pub local: Arc<AtomicU16>,
     pub mac: String,
 }
 
@@ -120,6 +124,8 @@ pub struct Vm {
     /// (guest port, host loopback port) of [`VmOptions::forwards`].
     pub forwarded: Vec<(u16, u16)>,
     pub console: PathBuf,
+    /// QEMU's own messages (why it would not start, or why it stopped).
+    stderr: PathBuf,
     /// When QEMU was started.
     pub started: Instant,
     monitor: Option<PathBuf>,
@@ -127,10 +133,32 @@ pub struct Vm {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    // Bind port 0 and release it; QEMU binds it right after. A race with
-    // another process is possible but harmless: QEMU then fails loudly.
+    // Bind port 0 and release it; QEMU binds it right after. Another
+    // process (or the next VM's pick) may take it in between: QEMU then
+    // exits at once and [`Vm::start`] tries again with new ports.
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// [`free_port`] for UDP (a VM's side of a [`Lan`]).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(socket.local_addr()?.port())
+}
+
+/// How many times [`Vm::start`] tries new host ports when QEMU cannot
+/// bind the ones it was given.
+const START_ATTEMPTS: u32 = 4;
+/// How long [`Vm::start`] watches a new QEMU for an early exit: it binds
+/// its ports before the guest runs, so a guest that prints anything, or a
+/// QEMU still running after this, got them.
+const START_WATCH: Duration = Duration::from_secs(2);
+
+/// True if QEMU's messages say a host port it was given was taken.
+fn port_was_taken(stderr: &str) -> bool {
+    ["host forwarding rule", "Address already in use", "bind"]
+        .iter()
+        .any(|m| stderr.contains(m))
 }
 
 fn default_cpus() -> u32 {
@@ -203,7 +231,8 @@ pub fn command_with_forwards(
             "-netdev",
             &format!(
                 "socket,id=lan,udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
-                lan.hub, lan.local
+                lan.hub,
+                lan.local.load(Ordering::Relaxed)
             ),
             "-device",
             &format!("virtio-net-pci,netdev=lan,id=lan0,mac={}", lan.mac),
@@ -278,34 +307,86 @@ impl Vm {
                 (Some(dir), path)
             }
         };
-        let api_port = free_port()?;
-        let forwarded = opts
-            .forwards
-            .iter()
-            .map(|guest| Ok((*guest, free_port()?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cmd = command_with_forwards(
-            opts,
-            api_port,
-            &forwarded,
-            &format!("file:{}", console.display()),
-        );
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .context("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)")?;
-        Ok(Self {
-            child,
-            api_port,
-            forwarded,
-            console,
-            started,
-            monitor: opts.monitor.clone(),
-            _dir: dir,
-        })
+        let stderr = PathBuf::from(format!("{}.qemu-stderr", console.display()));
+        let mut attempt = 1;
+        loop {
+            let api_port = free_port()?;
+            let forwarded = opts
+                .forwards
+                .iter()
+                .map(|guest| Ok((*guest, free_port()?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(lan) = &opts.lan {
+                lan.local.store(free_udp_port()?, Ordering::Relaxed);
+            }
+            let mut cmd = command_with_forwards(
+                opts,
+                api_port,
+                &forwarded,
+                &format!("file:{}", console.display()),
+            );
+            let errors = std::fs::File::create(&stderr)
+                .with_context(|| format!("creating {}", stderr.display()))?;
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(errors);
+            let child = cmd.spawn().context(
+                "starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)",
+            )?;
+            let mut vm = Self {
+                child,
+                api_port,
+                forwarded,
+                console: console.clone(),
+                stderr: stderr.clone(),
+                started: Instant::now(),
+                monitor: opts.monitor.clone(),
+                _dir: None,
+            };
+            if vm.got_its_ports() {
+                vm._dir = dir;
+                return Ok(vm);
+            }
+            let report = vm.exit_report();
+            if attempt >= START_ATTEMPTS || !port_was_taken(&report) {
+                anyhow::bail!("QEMU did not start: {report}");
+            }
+            eprintln!("QEMU could not bind its ports ({report}); trying new ones");
+            attempt += 1;
+        }
+    }
+
+    /// Watches a new QEMU until the guest prints or [`START_WATCH`] has
+    /// passed; false if QEMU exited first.
+    fn got_its_ports(&mut self) -> bool {
+        let until = Instant::now() + START_WATCH;
+        while Instant::now() < until {
+            if !self.is_running() {
+                return false;
+            }
+            let printed = std::fs::metadata(&self.console).is_ok_and(|m| m.len() > 0);
+            if printed {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Why QEMU stopped: its exit status and what it printed, for errors.
+    pub fn exit_report(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            Ok(None) => "still running".into(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let said = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let said = said.trim();
+        if said.is_empty() {
+            format!("QEMU {status}, printing nothing")
+        } else {
+            format!("QEMU {status}: {said}")
+        }
     }
 
     /// Runs one QEMU monitor command (e.g. `set_link nic0 off`) and
@@ -359,7 +440,14 @@ impl Vm {
             if let Some(line) = crate::console::find_line(&self.console, needle) {
                 return Ok(line);
             }
-            if Instant::now() >= deadline || !self.is_running() {
+            if !self.is_running() {
+                anyhow::bail!(
+                    "no console line with {needle:?} before {}; console:\n{}",
+                    self.exit_report(),
+                    self.console_tail(tail)
+                );
+            }
+            if Instant::now() >= deadline {
                 anyhow::bail!(
                     "no console line with {needle:?}; console:\n{}",
                     self.console_tail(tail)
