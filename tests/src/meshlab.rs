@@ -765,10 +765,15 @@ pub struct Packet {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+    /// For an ICMP error (unreachable, time exceeded, parameter problem):
+    /// the protocol and ports of the packet it answers, from the headers
+    /// it quotes.
+    pub quoted: Option<(u8, u16, u16)>,
 }
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
 
 /// The IPv4 packets of a pcap file (tcpdump's own format, either byte
 /// order; Ethernet, Linux cooked v1 or v2 link headers, which is what
@@ -820,12 +825,24 @@ pub fn read_pcap(path: &Path) -> Result<Vec<Packet>, String> {
             Some(l4) if proto == TCP || proto == UDP => (be16(l4, 0), be16(l4, 2)),
             _ => (0, 0),
         };
+        // An ICMP error quotes the IP header and 8 bytes of what it answers.
+        let quoted = match ip.get(ihl..) {
+            Some(icmp) if proto == ICMP && matches!(icmp.first(), Some(3 | 11 | 12)) => {
+                icmp.get(8..).and_then(|inner| {
+                    let inner_ihl = usize::from(inner.first()? & 0x0f) * 4;
+                    let l4 = inner.get(inner_ihl..inner_ihl + 4)?;
+                    Some((*inner.get(9)?, be16(l4, 0), be16(l4, 2)))
+                })
+            }
+            _ => None,
+        };
         packets.push(Packet {
             src: addr(12),
             dst: addr(16),
             proto,
             sport,
             dport,
+            quoted,
         });
     }
     Ok(packets)
