@@ -3,7 +3,11 @@
 //!
 //! - A packet from the TUN goes to the peer whose allowed IPs hold its
 //!   destination (longest prefix), is encapsulated and sent to that
-//!   peer's endpoint.
+//!   peer's endpoint. The kernel hands over TCP segments of up to 64 KiB
+//!   ([`super::offload`]): they are cut into packets, and the run of
+//!   datagrams they become leaves in one send (UDP GSO).
+//! - Datagrams arrive in runs too (UDP GRO); the packets decrypted from
+//!   one run are joined per TCP flow and written to the TUN together.
 //! - A datagram from the network is checked first by one rate limiter
 //!   shared by all peers (MAC1, and cookies when under load), so junk
 //!   costs a hash and never reaches a peer. A handshake initiation is
@@ -38,8 +42,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::keys::NodeKey;
+use super::offload::{self, Coalescer, Packets, VNET_HDR_LEN, VnetHdr};
 use super::select::{Path, Selector};
 use super::tun::Tun;
+use super::udp;
 use super::wire::{self, Message};
 use crate::balancer::ratelimit::LogLimiter;
 
@@ -52,6 +58,18 @@ pub const PERSISTENT_KEEPALIVE: u16 = 25;
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest IP packet, plus WireGuard's overhead.
 const BUF: usize = 65535 + 148;
+/// A TUN read: the virtio-net header and a segment of up to 64 KiB.
+const TUN_BUF: usize = VNET_HDR_LEN + 65535;
+/// A UDP receive: a run the kernel joined (GRO) stays below 64 KiB, but
+/// a run sent with GSO may arrive whole; room for the largest (64 of the
+/// largest datagrams) so that nothing is cut off.
+const UDP_BUF: usize = 64 * (1500 + 36);
+/// At most this many datagrams, of this many bytes in all, leave in one
+/// send (the kernel's UDP GSO limits: 64 segments, a 16-bit length).
+const MAX_RUN: usize = 64;
+const MAX_RUN_BYTES: usize = 65000;
+/// A WireGuard data message (type 4), as opposed to handshake messages.
+const DATA_MESSAGE: u8 = 4;
 /// Gossiped records waiting for the controller; more are dropped (and
 /// counted as rejected): a flood costs a bounded queue.
 const GOSSIP_QUEUE: usize = 256;
@@ -110,6 +128,10 @@ pub struct DeviceStatus {
     pub unroutable_packets: u64,
     /// Datagrams this node passed on between two of its peers.
     pub relayed_datagrams: u64,
+    /// TCP segments from the TUN cut into more than one packet, and TUN
+    /// writes that joined more than one ([`super::offload`]).
+    pub segments_cut: u64,
+    pub segments_joined: u64,
 }
 
 /// Readable while the device runs; refreshed every [`TICK`].
@@ -167,6 +189,25 @@ pub struct Device {
     gossip_rx: Option<mpsc::Receiver<Gossip>>,
     /// Scratch space to frame relayed datagrams.
     frame: Vec<u8>,
+    /// The packets a TUN read was cut into.
+    packets: Packets,
+    /// Encrypted datagrams for one peer, waiting to leave in one send.
+    run: Run,
+    /// False once the kernel refused a GSO send: one send per datagram.
+    gso: bool,
+    /// Decrypted packets of one UDP receive, on their way to the TUN.
+    coalescer: Coalescer,
+}
+
+/// Datagrams for one peer, back to back, all of `size` bytes but the
+/// last (which ends the run when it is shorter).
+#[derive(Default)]
+struct Run {
+    slot: u32,
+    bytes: Vec<u8>,
+    size: usize,
+    count: usize,
+    ended: bool,
 }
 
 /// Which of our peers a datagram is for, if any.
@@ -205,7 +246,12 @@ impl Device {
             gossip_tx,
             gossip_rx: Some(gossip_rx),
             frame: Vec::with_capacity(BUF),
+            packets: Packets::default(),
+            run: Run::default(),
+            gso: true,
+            coalescer: Coalescer::default(),
         };
+        udp::enable_gro(&device.udp);
         device.set_peers(peers);
         device.publish_status();
         Ok(device)
@@ -235,12 +281,12 @@ impl Device {
     pub async fn run(mut self) -> Result<std::convert::Infallible, DeviceError> {
         enum Event {
             Tun(std::io::Result<usize>),
-            Udp(std::io::Result<(usize, SocketAddr)>),
+            Udp(std::io::Result<(usize, SocketAddr, Option<usize>)>),
             Peers,
             Tick,
         }
-        let mut from_tun = vec![0u8; BUF];
-        let mut from_udp = vec![0u8; BUF];
+        let mut from_tun = vec![0u8; TUN_BUF];
+        let mut from_udp = vec![0u8; UDP_BUF];
         let mut out = vec![0u8; BUF];
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -249,21 +295,24 @@ impl Device {
         loop {
             let event = tokio::select! {
                 r = self.tun.recv(&mut from_tun) => Event::Tun(r),
-                r = udp.recv_from(&mut from_udp) => Event::Udp(r),
+                r = udp::recv_batch(&udp, &mut from_udp) => Event::Udp(r),
                 Ok(()) = self.updates.changed() => Event::Peers,
                 _ = tick.tick() => Event::Tick,
             };
             match event {
-                Event::Tun(Ok(n)) => self.outbound(&from_tun[..n], &mut out).await,
+                Event::Tun(Ok(n)) => self.outbound(&mut from_tun[..n], &mut out).await,
                 Event::Tun(Err(source)) => {
                     return Err(DeviceError::TunRead {
                         name: self.tun.name().to_owned(),
                         source,
                     });
                 }
-                Event::Udp(Ok((n, src))) => {
-                    self.datagram(&from_udp[..n], canonical(src), &mut out)
-                        .await
+                Event::Udp(Ok((n, src, size))) => {
+                    let src = canonical(src);
+                    for datagram in from_udp[..n].chunks(size.unwrap_or(n).max(1)) {
+                        self.datagram(datagram, src, &mut out).await;
+                    }
+                    self.write_to_tun().await;
                 }
                 Event::Udp(Err(e)) => {
                     // ICMP errors surface here on some kernels; never fatal.
@@ -347,7 +396,30 @@ impl Device {
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
     }
 
-    async fn outbound(&mut self, packet: &[u8], out: &mut [u8]) {
+    /// One TUN read: cut into packets, each encrypted for its peer.
+    async fn outbound(&mut self, read: &mut [u8], out: &mut [u8]) {
+        let Some(hdr) = VnetHdr::parse(read) else {
+            return;
+        };
+        let mut packets = std::mem::take(&mut self.packets);
+        packets.clear();
+        if let Err(e) = offload::split(hdr, &mut read[VNET_HDR_LEN..], &mut packets) {
+            self.status.lock().unwrap().unroutable_packets += 1;
+            if self.junk_log.allow("tun", Instant::now()).is_some() {
+                tracing::warn!("mesh: dropping a segment from the TUN: {e} ({hdr:?})");
+            }
+        }
+        if packets.len() > 1 {
+            self.status.lock().unwrap().segments_cut += 1;
+        }
+        for packet in packets.iter() {
+            self.encapsulate(packet, out).await;
+        }
+        self.packets = packets;
+        self.send_run().await;
+    }
+
+    async fn encapsulate(&mut self, packet: &[u8], out: &mut [u8]) {
         let slot = Tunn::dst_address(packet).and_then(|dst| route(&self.routes, dst));
         let Some(slot) = slot else {
             // Router solicitations, MLD, traffic for a peer we do not know.
@@ -356,7 +428,12 @@ impl Device {
         };
         let peer = self.peers.get_mut(&slot).expect("routes follow peers");
         match peer.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(data) if data.first() == Some(&DATA_MESSAGE) => {
+                let len = data.len();
+                self.queue(slot, &out[..len]).await;
+            }
             TunnResult::WriteToNetwork(data) => {
+                // A handshake initiation: the packet waits in boringtun.
                 let len = data.len();
                 self.send_to_peer(slot, &out[..len]).await;
             }
@@ -364,6 +441,82 @@ impl Device {
             TunnResult::Err(e) => tracing::debug!("mesh: encapsulating for peer {slot}: {e:?}"),
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
         }
+    }
+
+    /// Adds a data message to the run, sending the run first if it cannot
+    /// take it (another peer, a larger size, full, or ended).
+    async fn queue(&mut self, slot: u32, datagram: &[u8]) {
+        let run = &self.run;
+        if run.count > 0
+            && (run.slot != slot
+                || run.ended
+                || datagram.len() > run.size
+                || run.count >= MAX_RUN
+                || run.bytes.len() + datagram.len() > MAX_RUN_BYTES)
+        {
+            self.send_run().await;
+        }
+        let run = &mut self.run;
+        if run.count == 0 {
+            run.slot = slot;
+            run.size = datagram.len();
+        }
+        run.bytes.extend_from_slice(datagram);
+        run.count += 1;
+        run.ended = datagram.len() < run.size;
+    }
+
+    /// Sends the run: in one call to a peer reached directly (UDP GSO),
+    /// else datagram by datagram.
+    async fn send_run(&mut self) {
+        if self.run.count == 0 {
+            return;
+        }
+        let mut run = std::mem::take(&mut self.run);
+        let direct = match self.peers.get(&run.slot).and_then(|p| p.path.current()) {
+            Some(Path::Direct(to)) if run.count > 1 && self.gso => Some(to),
+            _ => None,
+        };
+        let sent = match direct {
+            Some(to) => match udp::send_batch(&self.udp, &run.bytes, run.size, to).await {
+                Ok(()) => true,
+                Err(e) if gso_unsupported(&e) => {
+                    tracing::warn!(
+                        "mesh: the kernel refused a GSO send ({e}); sending datagrams one by one"
+                    );
+                    self.gso = false;
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!("mesh: sending to {to}: {e}");
+                    true
+                }
+            },
+            None => false,
+        };
+        if !sent {
+            for datagram in run.bytes.chunks(run.size) {
+                self.send_to_peer(run.slot, datagram).await;
+            }
+        }
+        run.bytes.clear();
+        run.count = 0;
+        run.ended = false;
+        self.run = run;
+    }
+
+    /// Writes what the last UDP receive decrypted to the TUN.
+    async fn write_to_tun(&mut self) {
+        self.coalescer.finish();
+        if self.coalescer.joined() > 0 {
+            self.status.lock().unwrap().segments_joined += self.coalescer.joined() as u64;
+        }
+        for write in self.coalescer.writes() {
+            if let Err(e) = self.tun.send(write).await {
+                tracing::debug!("mesh: writing to the TUN: {e}");
+            }
+        }
+        self.coalescer.clear();
     }
 
     /// Sends a WireGuard datagram to a peer on its current path.
@@ -539,12 +692,20 @@ impl Device {
                     replies.push(data.to_vec());
                 }
             }
-            TunnResult::WriteToTunnelV4(packet, from) => {
-                deliver(&self.tun, &peer.config, packet, IpAddr::V4(from), slot).await
-            }
-            TunnResult::WriteToTunnelV6(packet, from) => {
-                deliver(&self.tun, &peer.config, packet, IpAddr::V6(from), slot).await
-            }
+            TunnResult::WriteToTunnelV4(packet, from) => deliver(
+                &mut self.coalescer,
+                &peer.config,
+                packet,
+                IpAddr::V4(from),
+                slot,
+            ),
+            TunnResult::WriteToTunnelV6(packet, from) => deliver(
+                &mut self.coalescer,
+                &peer.config,
+                packet,
+                IpAddr::V6(from),
+                slot,
+            ),
         }
         // Authenticated: this is where the peer is now (roaming).
         let before = peer.path.current();
@@ -619,16 +780,24 @@ fn route(routes: &[(IpNet, u32)], dst: IpAddr) -> Option<u32> {
         .map(|(_, i)| *i)
 }
 
-/// Writes a decrypted packet to the TUN if its source is the peer's to
-/// use.
-async fn deliver(tun: &Tun, peer: &PeerConfig, packet: &[u8], from: IpAddr, i: u32) {
+/// Passes a decrypted packet on to the TUN if its source is the peer's
+/// to use.
+fn deliver(to: &mut Coalescer, peer: &PeerConfig, packet: &[u8], from: IpAddr, i: u32) {
     if !peer.allowed_ips.iter().any(|net| net.contains(&from)) {
         tracing::debug!("mesh: peer {i} sent a packet from {from}, outside its allowed IPs");
         return;
     }
-    if let Err(e) = tun.send(packet).await {
-        tracing::debug!("mesh: writing to the TUN: {e}");
-    }
+    to.push(packet);
+}
+
+/// Errors of a GSO send that mean the kernel or the outgoing device
+/// cannot segment (no checksum offload, a segment above the path MTU),
+/// not that the peer is unreachable.
+fn gso_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
 }
 
 /// IPv4 peers reach a dual-stack socket as `::ffff:a.b.c.d`: named as

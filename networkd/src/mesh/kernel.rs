@@ -380,11 +380,9 @@ impl KernelDevice {
     pub async fn status(&self) -> Result<DeviceStatus, KernelError> {
         Ok(DeviceStatus {
             peers: self.peers().await?.into_iter().map(Into::into).collect(),
-            // The kernel counts neither (its drops are in the link's
-            // statistics).
-            rejected_datagrams: 0,
-            unroutable_packets: 0,
-            relayed_datagrams: 0,
+            // The kernel counts none of these (its drops are in the
+            // link's statistics, its offloads its own).
+            ..DeviceStatus::default()
         })
     }
 

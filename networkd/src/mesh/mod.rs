@@ -20,7 +20,10 @@
 //! - [`keys`]: the node's X25519 key pair, kept on STATE; the mesh
 //!   address derives from it and the cluster id (slate-discovery).
 //! - [`tun`], [`udp`]: the TUN device on tokio's reactor; the dual-stack
-//!   UDP socket.
+//!   UDP socket, with segmentation offload (GSO) to send a run of
+//!   datagrams in one call and GRO to receive one.
+//! - [`offload`]: cutting the kernel's 64 KiB TCP segments from the TUN
+//!   into packets, and joining decrypted packets back for it.
 //! - [`link`]: address, MTU (underlying − 80) and up, over rtnetlink.
 //! - [`routing`]: the policy rule and table that send peers' networks
 //!   into the mesh link but not the mesh's own (marked) UDP, and the
@@ -40,6 +43,7 @@ pub mod device;
 pub mod kernel;
 pub mod keys;
 pub mod link;
+pub mod offload;
 pub mod peers;
 pub mod routing;
 pub mod select;
