@@ -130,10 +130,23 @@ impl Node {
     }
 }
 
+/// A pod on a node: its own namespace behind the node's CNI bridge, with
+/// an echo server.
+pub struct Pod {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    /// The node's pod network, which it publishes when
+    /// `advertisePodNetworks` is on.
+    pub network: String,
+    _echo: EchoServer,
+}
+
 pub struct Lab {
     /// Namespace names start with this (unique per process).
     tag: String,
     pub nodes: BTreeMap<String, Node>,
+    /// Pods by node name.
+    pub pods: BTreeMap<String, Pod>,
     discovery: Option<Child>,
     capture: Option<Child>,
     dir: tempfile::TempDir,
@@ -156,6 +169,7 @@ impl Lab {
         let mut lab = Lab {
             tag,
             nodes: BTreeMap::new(),
+            pods: BTreeMap::new(),
             discovery: None,
             capture: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
@@ -261,6 +275,56 @@ impl Lab {
                 dir,
                 networkd: None,
                 echo,
+            },
+        );
+    }
+
+    /// Gives node `name` a pod, as a bridge CNI would: a bridge `cni0` with
+    /// the gateway address `10.244.N.1/24` (in the default pod subnet),
+    /// and a pod namespace on it at `10.244.N.2` whose default route is
+    /// the bridge; the node forwards. Only the mesh can carry its traffic
+    /// to another node: the router knows no pod network.
+    pub fn add_pod(&mut self, name: &str, n: u8) {
+        let node = self.ns(name);
+        let pod = self.ns(&format!("{name}-pod"));
+        self.namespaces.add(&pod);
+        let (gateway, addr) = (format!("10.244.{n}.1"), Ipv4Addr::new(10, 244, n, 2));
+        run(&["ip", "-n", &node, "link", "add", "cni0", "type", "bridge"]);
+        run(&[
+            "ip",
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            "cni0",
+        ]);
+        run(&["ip", "-n", &node, "link", "set", "cni0", "up"]);
+        self.namespaces.link((&pod, "eth0"), (&node, "vethpod"));
+        run(&[
+            "ip", "-n", &node, "link", "set", "vethpod", "master", "cni0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &pod, "route", "add", "default", "via", &gateway]);
+        forward(&node);
+        let echo = EchoServer::start(&pod);
+        self.pods.insert(
+            name.to_owned(),
+            Pod {
+                ns: pod,
+                addr,
+                network: format!("10.244.{n}.0/24"),
+                _echo: echo,
             },
         );
     }
@@ -673,6 +737,9 @@ pub struct Identity {
     pub mesh_address: String,
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// What the node publishes as routed by it (node IPs, pod networks).
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// One `mesh-peers` resource.

@@ -376,6 +376,15 @@ pub struct Mesh {
     /// addresses always do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_filter: Vec<String>,
+    /// Publish this node's pod networks, so that peers route pod traffic
+    /// to them through the mesh directly rather than through the CNI's
+    /// own overlay (which the mesh carries anyway, between node IPs).
+    /// A pod network is the network of an address on this node that lies
+    /// in `cluster.network.podSubnets`: the gateway address bridge CNIs
+    /// (bridge, flannel, kube-router) give their bridge. Off by default,
+    /// as Talos's `advertiseKubernetesNetworks`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub advertise_pod_networks: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

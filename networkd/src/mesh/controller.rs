@@ -108,6 +108,9 @@ struct Wanted {
     /// Whether the API balancer runs, and wants control-plane endpoints.
     api_balancer: bool,
     backend: MeshBackend,
+    /// With `advertisePodNetworks`: the cluster's pod subnets, within
+    /// which this node's own pod networks are looked for.
+    pod_subnets: Vec<IpNet>,
 }
 
 fn wanted(ctx: &Context) -> Option<Wanted> {
@@ -133,7 +136,34 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         route_filter: mesh.route_filter.clone(),
         api_balancer: config.cluster.api_balancer.enabled,
         backend: mesh.backend,
+        pod_subnets: if mesh.advertise_pod_networks {
+            // Validated with the config: a bad entry never gets here.
+            config
+                .cluster
+                .network
+                .pod_subnets
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
+}
+
+/// This node's pod networks: the networks of its addresses that lie in
+/// one of the cluster's pod subnets (a bridge CNI's gateway address,
+/// `10.244.3.1/24` on `cni0`, names the node's `10.244.3.0/24`). A
+/// host-length address (Cilium's on `cilium_host`) names no network.
+fn pod_networks(addresses: impl Iterator<Item = IpNet>, pod_subnets: &[IpNet]) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = addresses
+        .filter(|a| a.prefix_len() < a.max_prefix_len())
+        .map(|a| a.trunc())
+        .filter(|net| pod_subnets.iter().any(|pods| pods.contains(net)))
+        .collect();
+    nets.sort();
+    nets.dedup();
+    nets
 }
 
 /// The service the control-plane nodes run, at the control-plane
@@ -198,6 +228,8 @@ struct Mesh {
     socket: Arc<UdpSocket>,
     inbox: mpsc::Receiver<Gossip>,
     addresses: Vec<IpAddr>,
+    /// This node's pod networks ([`pod_networks`]).
+    pod_networks: Vec<IpNet>,
     /// What the last sealed record said, without its version.
     said: Option<Record>,
     sealed_at: Option<Instant>,
@@ -279,6 +311,7 @@ impl Mesh {
             socket: started.socket,
             inbox: started.inbox,
             addresses: Vec::new(),
+            pod_networks: Vec::new(),
             said: None,
             sealed_at: None,
             published: false,
@@ -369,6 +402,14 @@ impl Mesh {
                     .filter(|a| a.ifname != INTERFACE && !internal.contains(a.ifname.as_str()))
                     .map(|a| a.net.addr())
                     .collect();
+                self.pod_networks = pod_networks(
+                    actual
+                        .addresses
+                        .iter()
+                        .filter(|a| a.ifname != INTERFACE)
+                        .map(|a| a.net),
+                    &self.w.pod_subnets,
+                );
             }
             Err(e) => self.warn(
                 "addresses",
@@ -384,6 +425,7 @@ impl Mesh {
         let networks: Vec<IpNet> = endpoints
             .iter()
             .map(|e| IpNet::from(e.ip()))
+            .chain(self.pod_networks.iter().copied())
             .take(slate_discovery::record::MAX_NETWORKS)
             .collect();
         let direct = reached_directly(device);
@@ -510,7 +552,10 @@ impl Mesh {
             .filter(|p| p.state != PeerState::Connecting)
             .map(|p| p.public_key)
             .collect();
-        let filter = &self.filter;
+        let (filter, own_pods) = (&self.filter, &self.pod_networks);
+        // A peer's claim that overlaps this node's own pod network would
+        // take the local pods' traffic into the mesh.
+        let overlaps_own_pods = |n: &IpNet| own_pods.iter().any(|p| p.contains(n) || n.contains(p));
         let configs = peers::peer_configs(
             &self.public_key,
             &self.addresses,
@@ -518,7 +563,7 @@ impl Mesh {
             &records,
             &up_direct,
             &answering,
-            |n| filter.allows(n),
+            |n| filter.allows(n) && !overlaps_own_pods(n),
         );
         self.route(&answering, &configs).await;
         // Introduce this node to peers it has just learnt of, so they
@@ -809,5 +854,24 @@ mod tests {
             url("https://cp.example.com:6443"),
             "http://cp.example.com:3000"
         );
+    }
+
+    #[test]
+    fn pod_networks_are_the_networks_of_addresses_in_the_pod_subnets() {
+        let nets = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let addresses = nets(&[
+            "10.244.3.1/24",  // cni0
+            "10.244.3.1/24",  // the same network twice
+            "10.244.7.9/32",  // cilium_host: no network
+            "192.168.1.5/24", // the node's LAN
+            "fd00:10::1/64",  // outside the IPv6 pod subnet
+            "fd00:244:0:3::1/64",
+        ]);
+        let pods = nets(&["10.244.0.0/16", "fd00:244::/48"]);
+        assert_eq!(
+            pod_networks(addresses.iter().copied(), &pods),
+            nets(&["10.244.3.0/24", "fd00:244:0:3::/64"])
+        );
+        assert!(pod_networks(addresses.into_iter(), &[]).is_empty(), "off");
     }
 }

@@ -521,10 +521,16 @@ impl Device {
 
     /// Sends a WireGuard datagram to a peer on its current path.
     async fn send_to_peer(&mut self, slot: u32, data: &[u8]) {
+        let path = self.peers.get(&slot).and_then(|p| p.path.current());
+        self.send_on(slot, path, data).await;
+    }
+
+    /// Sends a WireGuard datagram to a peer on `path`.
+    async fn send_on(&mut self, slot: u32, path: Option<Path>, data: &[u8]) {
         let Some(peer) = self.peers.get(&slot) else {
             return;
         };
-        match peer.path.current() {
+        match path {
             Some(Path::Direct(to)) => send(&self.udp, data, to).await,
             Some(Path::Relay(relay)) => match self.direct_endpoint(&relay) {
                 Some(to) => {
@@ -722,18 +728,19 @@ impl Device {
         let slots: Vec<u32> = self.peers.keys().copied().collect();
         for slot in slots {
             let peer = self.peers.get_mut(&slot).expect("slot listed");
-            // A peer that is not up gets its next path and a handshake.
-            let data = match peer.path.tick(now) {
+            // A peer that is not up gets its next path and a handshake; a
+            // relayed one, now and then, a handshake on a direct path.
+            let (data, path) = match peer.path.tick(now) {
                 Some(path) => {
                     tracing::debug!("mesh: peer {slot}: trying {path:?}");
-                    peer.tunn.format_handshake_initiation(out, true)
+                    (peer.tunn.format_handshake_initiation(out, true), Some(path))
                 }
-                None => peer.tunn.update_timers(out),
+                None => (peer.tunn.update_timers(out), peer.path.current()),
             };
             match data {
                 TunnResult::WriteToNetwork(data) => {
                     let len = data.len();
-                    self.send_to_peer(slot, &out[..len]).await;
+                    self.send_on(slot, path, &out[..len]).await;
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
                 TunnResult::Err(e) => tracing::debug!("mesh: timers of peer {slot}: {e:?}"),

@@ -10,6 +10,10 @@
 //! - An authenticated datagram makes its path the current one (roaming:
 //!   the source of a peer behind NAT is its mapping, whatever it
 //!   published).
+//! - While a peer is up through a relay, every [`PROBE`] one of its direct
+//!   candidates gets a handshake, the relay carrying on meanwhile: when a
+//!   NAT or firewall lets a direct path through again, the answer arrives
+//!   on it and the peer moves off the relay.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,6 +25,8 @@ pub const STALE: Duration = Duration::from_secs(40);
 /// How long one option is given before the next: WireGuard's own
 /// handshake retry time (REKEY_TIMEOUT).
 pub const RETRY: Duration = Duration::from_secs(5);
+/// How often a peer up through a relay is tried directly.
+pub const PROBE: Duration = Duration::from_secs(60);
 
 /// Where a peer's datagrams go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +45,10 @@ pub struct Selector {
     next: usize,
     last_rx: Option<Instant>,
     last_try: Option<Instant>,
+    /// Direct tries of a relayed peer: when the last was (or the relay
+    /// took over), and which candidate is next.
+    last_probe: Option<Instant>,
+    next_probe: usize,
 }
 
 impl Selector {
@@ -50,6 +60,8 @@ impl Selector {
             next: 0,
             last_rx: None,
             last_try: None,
+            last_probe: None,
+            next_probe: 0,
         };
         s.update(candidates, relays);
         s
@@ -116,9 +128,15 @@ impl Selector {
     }
 
     /// Moves to the next option when the peer is not up and the last try
-    /// has had its time. Returns the path to send a handshake to.
+    /// has had its time; or, when it is up through a relay, picks a direct
+    /// candidate to probe every [`PROBE`] (the current path stays). Returns
+    /// the path to send a handshake to.
     pub fn tick(&mut self, now: Instant) -> Option<Path> {
-        if self.is_up(now) || self.options() == 0 {
+        if self.is_up(now) {
+            return self.probe(now);
+        }
+        self.last_probe = None;
+        if self.options() == 0 {
             return None;
         }
         if self
@@ -132,6 +150,22 @@ impl Selector {
         self.last_try = Some(now);
         self.current = Some(path);
         Some(path)
+    }
+
+    fn probe(&mut self, now: Instant) -> Option<Path> {
+        if !matches!(self.current, Some(Path::Relay(_))) || self.candidates.is_empty() {
+            self.last_probe = None;
+            return None;
+        }
+        // The clock starts when the relay takes over.
+        let since = *self.last_probe.get_or_insert(now);
+        if now.saturating_duration_since(since) < PROBE {
+            return None;
+        }
+        let a = self.candidates[self.next_probe % self.candidates.len()];
+        self.next_probe = self.next_probe.wrapping_add(1);
+        self.last_probe = Some(now);
+        Some(Path::Direct(a))
     }
 }
 
@@ -194,6 +228,43 @@ mod tests {
         assert!(!s.is_up(t0), "not up through a relay that is gone");
         assert_eq!(s.current(), Some(Path::Direct(addr("10.0.0.1:51820"))));
         assert!(s.tick(t0).is_some(), "tried again without waiting");
+    }
+
+    #[test]
+    fn a_relayed_peer_is_probed_directly_and_moves_when_it_answers() {
+        let t0 = Instant::now();
+        let (a, b) = (addr("10.0.0.1:51820"), addr("192.0.2.1:51820"));
+        let mut s = Selector::new(vec![a, b], vec![[7; 32]]);
+        s.received(Path::Relay([7; 32]), t0);
+        assert_eq!(s.tick(t0), None, "the relay just took over");
+        let mut t = t0;
+        for expected in [a, b, a] {
+            // Keepalives keep arriving through the relay.
+            s.received(Path::Relay([7; 32]), t + PROBE - Duration::from_secs(1));
+            assert_eq!(s.tick(t + PROBE - Duration::from_secs(1)), None);
+            t += PROBE;
+            s.received(Path::Relay([7; 32]), t);
+            assert_eq!(s.tick(t), Some(Path::Direct(expected)));
+            assert_eq!(
+                s.current(),
+                Some(Path::Relay([7; 32])),
+                "the relay carries on"
+            );
+        }
+        // The direct answer arrives: the peer moves, and probing stops.
+        assert!(s.received(Path::Direct(a), t));
+        s.received(Path::Direct(a), t + PROBE);
+        assert_eq!(s.tick(t + PROBE), None);
+    }
+
+    #[test]
+    fn a_peer_up_directly_is_not_probed() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(vec![addr("10.0.0.1:51820")], vec![[7; 32]]);
+        s.received(Path::Direct(addr("10.0.0.1:51820")), t0);
+        s.tick(t0);
+        s.received(Path::Direct(addr("10.0.0.1:51820")), t0 + PROBE);
+        assert_eq!(s.tick(t0 + PROBE), None);
     }
 
     #[test]
