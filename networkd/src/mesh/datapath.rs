@@ -10,9 +10,13 @@
 //!   (records sent to peers' port 51820 reach userspace peers; a kernel
 //!   peer drops them, and learns records from discovery and from the
 //!   answers its own gossip gets);
-//! - endpoint selection is done here, over netlink: a peer without a
-//!   fresh handshake is moved to its next candidate every
-//!   [`super::select::RETRY`]; the kernel's own roaming does the rest;
+//! - endpoint selection is done here, over netlink: a peer that is not up
+//!   is moved to its next candidate every [`super::select::RETRY`]; the
+//!   kernel's own roaming does the rest. Up means a fresh handshake and
+//!   received bytes that grew within [`super::select::STALE`] (the
+//!   kernel reports no time of last receipt; the peers' 25 s keepalives
+//!   make the count grow), so a dead peer is noticed in 40 s, not when
+//!   its handshake is 3 minutes old ([`RxWatch`]);
 //! - there is no relay: the kernel cannot frame or unframe relayed
 //!   datagrams, so relays are ignored.
 
@@ -28,7 +32,7 @@ use super::device::{
     Device, DeviceStatus, Gossip, PeerConfig, PeerControl, PeerState, SharedStatus,
 };
 use super::kernel::{KernelDevice, KernelError};
-use super::select::{Path, Selector};
+use super::select::{Path, STALE, Selector};
 use super::wire::{self, Message};
 
 /// Aborts a task when dropped.
@@ -50,8 +54,35 @@ pub enum Datapath {
         device: KernelDevice,
         applied: Vec<PeerConfig>,
         paths: HashMap<[u8; 32], Selector>,
+        rx: RxWatch,
         _reader: Task,
     },
+}
+
+/// When each kernel peer's received-bytes count last grew.
+#[derive(Debug, Default)]
+pub struct RxWatch(HashMap<[u8; 32], (u64, Instant)>);
+
+impl RxWatch {
+    /// Notes the counts in `status` at `now`, and marks `connecting` every
+    /// peer whose count has not grown for [`STALE`] (a peer seen for the
+    /// first time counts as having just received).
+    pub fn apply(&mut self, status: &mut DeviceStatus, now: Instant) {
+        self.0
+            .retain(|key, _| status.peers.iter().any(|p| p.public_key == *key));
+        for peer in &mut status.peers {
+            let seen = self
+                .0
+                .entry(peer.public_key)
+                .or_insert((peer.rx_bytes, now));
+            if peer.rx_bytes != seen.0 {
+                *seen = (peer.rx_bytes, now);
+            }
+            if now.saturating_duration_since(seen.1) >= STALE {
+                peer.state = PeerState::Connecting;
+            }
+        }
+    }
 }
 
 /// A started backend and its gossip socket and inbox.
@@ -95,6 +126,7 @@ impl Datapath {
                 device,
                 applied: Vec::new(),
                 paths: HashMap::new(),
+                rx: RxWatch::default(),
                 _reader: Task(reader),
             },
             socket,
@@ -115,7 +147,11 @@ impl Datapath {
             Datapath::User { status, .. } => {
                 Ok(status.lock().unwrap_or_else(|e| e.into_inner()).clone())
             }
-            Datapath::Kernel { device, .. } => device.status().await,
+            Datapath::Kernel { device, rx, .. } => {
+                let mut status = device.status().await?;
+                rx.apply(&mut status, Instant::now());
+                Ok(status)
+            }
         }
     }
 
@@ -184,5 +220,56 @@ async fn read_gossip(socket: Arc<UdpSocket>, tx: mpsc::Sender<Gossip>) {
             // A full queue drops: the sender repeats every round.
             let _ = tx.try_send((super::device::canonical(src), sealed.to_vec()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::device::PeerStatus;
+    use super::*;
+
+    fn peer(key: u8, rx: u64) -> PeerStatus {
+        PeerStatus {
+            public_key: [key; 32],
+            endpoint: None,
+            state: PeerState::Up,
+            tx_bytes: 0,
+            rx_bytes: rx,
+            last_handshake: None,
+        }
+    }
+
+    fn states(watch: &mut RxWatch, peers: Vec<PeerStatus>, at: Instant) -> Vec<PeerState> {
+        let mut status = DeviceStatus {
+            peers,
+            ..DeviceStatus::default()
+        };
+        watch.apply(&mut status, at);
+        status.peers.iter().map(|p| p.state).collect()
+    }
+
+    #[test]
+    fn a_kernel_peer_whose_bytes_stop_growing_is_down_after_stale() {
+        let t0 = Instant::now();
+        let mut w = RxWatch::default();
+        let up = PeerState::Up;
+        assert_eq!(
+            states(&mut w, vec![peer(1, 100), peer(2, 50)], t0),
+            [up, up]
+        );
+        // Peer 1's keepalives keep coming; peer 2 went silent.
+        let t1 = t0 + STALE / 2;
+        assert_eq!(
+            states(&mut w, vec![peer(1, 132), peer(2, 50)], t1),
+            [up, up]
+        );
+        let t2 = t0 + STALE;
+        assert_eq!(
+            states(&mut w, vec![peer(1, 164), peer(2, 50)], t2),
+            [up, PeerState::Connecting]
+        );
+        // It answers again.
+        assert_eq!(states(&mut w, vec![peer(2, 82)], t2), [up]);
+        assert_eq!(w.0.len(), 1, "a removed peer is forgotten");
     }
 }
