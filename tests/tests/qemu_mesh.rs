@@ -15,7 +15,11 @@
 //! `mesh-peers` (the VM's through the API, as `slatectl get mesh-peers`
 //! reads it; the namespace's from networkd's socket), and a TCP connection
 //! from the namespace to the VM's mesh address (apid's port) is answered
-//! through the tunnel, with bytes counted on both sides.
+//! through the tunnel, with bytes counted on both sides. Then both sit
+//! idle for 45 s, past the 40 s after which a silent peer is down: each
+//! keeps the other up on the same session (the VM's networkd judges a
+//! kernel peer by its received bytes growing; the host hears the kernel's
+//! keepalives or the answers to its liveness pings).
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,6 +38,10 @@ use slate_tests::qemu::{Boot, Vm, VmOptions};
 
 const HOST_IP: &str = "10.6.0.1";
 const VM_IP: &str = "10.6.0.2";
+/// The idle check: 9 polls 5 s apart, past the 40 s after which a
+/// silent peer counts as down.
+const IDLE_POLLS: usize = 9;
+const IDLE_POLL: Duration = Duration::from_secs(5);
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Kills its processes on drop (networkd).
@@ -234,6 +242,50 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
         host["rxBytes"].as_u64().unwrap_or(0) > 0 && host["txBytes"].as_u64().unwrap_or(0) > 0,
         "the VM's kernel counted the traffic: {host:#}"
     );
+
+    // Idle past STALE (40 s): each side keeps the other up, with the same
+    // session on the host (no handshake forced by a peer gone quiet), and
+    // what each sent while idle was counted by the other.
+    let vm_view = || async {
+        let peers = api::list(&target, tls.clone(), "mesh-peers")
+            .await
+            .unwrap_or_default();
+        peers.into_iter().find(|p| p["hostname"] == "host")
+    };
+    let host_view = || {
+        let socket = host_socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let peers = meshlab::list(&socket, "mesh-peers").unwrap_or_default();
+            peers
+                .into_iter()
+                .map(|(_, spec)| spec)
+                .find(|p| p["hostname"] == "vm")
+        })
+    };
+    let before = host_view().await.unwrap().expect("the host lists the VM");
+    let vm_before = vm_view().await.expect("the VM lists the host");
+    for _ in 0..IDLE_POLLS {
+        tokio::time::sleep(IDLE_POLL).await;
+        let now = host_view().await.unwrap().expect("the host lists the VM");
+        assert_eq!(now["state"], "up", "the host's view while idle: {now:#}");
+        assert_eq!(
+            now["lastHandshake"], before["lastHandshake"],
+            "no new handshake while idle: {now:#}"
+        );
+        let vm_now = vm_view().await.expect("the VM lists the host");
+        assert_eq!(
+            vm_now["state"], "up",
+            "the VM's view while idle: {vm_now:#}"
+        );
+    }
+    let after = host_view().await.unwrap().unwrap();
+    let vm_after = vm_view().await.unwrap();
+    for (b, a) in [(&before, &after), (&vm_before, &vm_after)] {
+        assert!(
+            a["rxBytes"].as_u64() > b["rxBytes"].as_u64(),
+            "bytes arrived while idle: {b:#} then {a:#}"
+        );
+    }
 }
 
 /// The last 30 lines about the mesh (networkd's debug log is mostly

@@ -381,8 +381,9 @@ pub struct Mesh {
     /// own overlay (which the mesh carries anyway, between node IPs).
     /// A pod network is the network of an address on this node that lies
     /// in `cluster.network.podSubnets`: the gateway address bridge CNIs
-    /// (bridge, flannel, kube-router) give their bridge. Off by default,
-    /// as Talos's `advertiseKubernetesNetworks`.
+    /// (bridge, flannel, kube-router) give their bridge. A node routes
+    /// peers' pod networks into the mesh only with this on, so set it on
+    /// every node. Off by default, as Talos's `advertiseKubernetesNetworks`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub advertise_pod_networks: bool,
 }

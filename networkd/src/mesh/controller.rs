@@ -108,9 +108,12 @@ struct Wanted {
     /// Whether the API balancer runs, and wants control-plane endpoints.
     api_balancer: bool,
     backend: MeshBackend,
-    /// With `advertisePodNetworks`: the cluster's pod subnets, within
-    /// which this node's own pod networks are looked for.
+    /// The cluster's pod subnets, within which this node's own pod
+    /// networks are looked for; and whether it publishes them (and routes
+    /// others' into the mesh: both ends must, or the receiving end drops
+    /// pod traffic from a peer whose pod network it does not know).
     pod_subnets: Vec<IpNet>,
+    advertise_pods: bool,
 }
 
 fn wanted(ctx: &Context) -> Option<Wanted> {
@@ -136,18 +139,15 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         route_filter: mesh.route_filter.clone(),
         api_balancer: config.cluster.api_balancer.enabled,
         backend: mesh.backend,
-        pod_subnets: if mesh.advertise_pod_networks {
-            // Validated with the config: a bad entry never gets here.
-            config
-                .cluster
-                .network
-                .pod_subnets
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect()
-        } else {
-            Vec::new()
-        },
+        // Validated with the config: a bad entry never gets here.
+        pod_subnets: config
+            .cluster
+            .network
+            .pod_subnets
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+        advertise_pods: mesh.advertise_pod_networks,
     })
 }
 
@@ -164,6 +164,28 @@ fn pod_networks(addresses: impl Iterator<Item = IpNet>, pod_subnets: &[IpNet]) -
     nets.sort();
     nets.dedup();
     nets
+}
+
+/// Which of a peer's networks may be routed, as far as pods go.
+struct PodPolicy<'a> {
+    /// This node's own pod networks.
+    own: &'a [IpNet],
+    /// The cluster's pod subnets.
+    subnets: &'a [IpNet],
+    /// Whether this node publishes its pod networks.
+    advertise: bool,
+}
+
+impl PodPolicy<'_> {
+    /// A claim that overlaps this node's own pod network would take the
+    /// local pods' traffic into the mesh: never. Peers' pod networks go
+    /// into the mesh only when this node publishes its own (else the
+    /// peer, not knowing this node's pods, would drop their answers).
+    fn allows(&self, net: &IpNet) -> bool {
+        let overlaps_own = self.own.iter().any(|p| p.contains(net) || net.contains(p));
+        let a_pod_network = self.subnets.iter().any(|p| p.contains(net));
+        !overlaps_own && (self.advertise || !a_pod_network)
+    }
 }
 
 /// The service the control-plane nodes run, at the control-plane
@@ -278,7 +300,9 @@ impl Mesh {
                 // The mesh's own datagrams to peers' node IPs must not be
                 // routed into the mesh.
                 routing::mark_socket(&udp, routing::MARK).context("marking the mesh socket")?;
-                Datapath::user(Device::new(key.clone(), tun, udp, Vec::new())?)
+                let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;
+                device.ping_from(mesh_address);
+                Datapath::user(device)
             }
             MeshBackend::Kernel => {
                 // init loads the module with the link drivers, which may be
@@ -402,11 +426,13 @@ impl Mesh {
                     .filter(|a| a.ifname != INTERFACE && !internal.contains(a.ifname.as_str()))
                     .map(|a| a.net.addr())
                     .collect();
+                // Pod networks only from the links a CNI makes: a pod
+                // subnet that overlaps a real LAN must not publish it.
                 self.pod_networks = pod_networks(
                     actual
                         .addresses
                         .iter()
-                        .filter(|a| a.ifname != INTERFACE)
+                        .filter(|a| internal.contains(a.ifname.as_str()))
                         .map(|a| a.net),
                     &self.w.pod_subnets,
                 );
@@ -425,7 +451,12 @@ impl Mesh {
         let networks: Vec<IpNet> = endpoints
             .iter()
             .map(|e| IpNet::from(e.ip()))
-            .chain(self.pod_networks.iter().copied())
+            .chain(
+                self.pod_networks
+                    .iter()
+                    .copied()
+                    .filter(|_| self.w.advertise_pods),
+            )
             .take(slate_discovery::record::MAX_NETWORKS)
             .collect();
         let direct = reached_directly(device);
@@ -552,10 +583,12 @@ impl Mesh {
             .filter(|p| p.state != PeerState::Connecting)
             .map(|p| p.public_key)
             .collect();
-        let (filter, own_pods) = (&self.filter, &self.pod_networks);
-        // A peer's claim that overlaps this node's own pod network would
-        // take the local pods' traffic into the mesh.
-        let overlaps_own_pods = |n: &IpNet| own_pods.iter().any(|p| p.contains(n) || n.contains(p));
+        let pods = PodPolicy {
+            own: &self.pod_networks,
+            subnets: &self.w.pod_subnets,
+            advertise: self.w.advertise_pods,
+        };
+        let filter = &self.filter;
         let configs = peers::peer_configs(
             &self.public_key,
             &self.addresses,
@@ -563,7 +596,7 @@ impl Mesh {
             &records,
             &up_direct,
             &answering,
-            |n| filter.allows(n) && !overlaps_own_pods(n),
+            |n| filter.allows(n) && pods.allows(n),
         );
         self.route(&answering, &configs).await;
         // Introduce this node to peers it has just learnt of, so they
@@ -872,6 +905,28 @@ mod tests {
             pod_networks(addresses.iter().copied(), &pods),
             nets(&["10.244.3.0/24", "fd00:244:0:3::/64"])
         );
-        assert!(pod_networks(addresses.into_iter(), &[]).is_empty(), "off");
+        assert!(pod_networks(addresses.into_iter(), &[]).is_empty());
+    }
+
+    #[test]
+    fn peers_pod_networks_are_routed_only_by_nodes_that_publish_their_own() {
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        let (own, subnets) = ([net("10.244.3.0/24")], [net("10.244.0.0/16")]);
+        let on = PodPolicy {
+            own: &own,
+            subnets: &subnets,
+            advertise: true,
+        };
+        let off = PodPolicy {
+            advertise: false,
+            ..on
+        };
+        for policy in [&on, &off] {
+            assert!(policy.allows(&net("192.168.1.7/32")), "node IPs always");
+            assert!(!policy.allows(&net("10.244.3.0/24")), "never our own");
+            assert!(!policy.allows(&net("10.244.0.0/16")), "nor over it");
+        }
+        assert!(on.allows(&net("10.244.4.0/24")));
+        assert!(!off.allows(&net("10.244.4.0/24")));
     }
 }

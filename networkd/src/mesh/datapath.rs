@@ -14,14 +14,16 @@
 //!   is moved to its next candidate every [`super::select::RETRY`]; the
 //!   kernel's own roaming does the rest. Up means a fresh handshake and
 //!   received bytes that grew within [`super::select::STALE`] (the
-//!   kernel reports no time of last receipt; the peers' 25 s keepalives
-//!   make the count grow), so a dead peer is noticed in 40 s, not when
-//!   its handshake is 3 minutes old ([`RxWatch`]);
+//!   kernel reports no time of last receipt), so a dead peer is noticed
+//!   in 40 s, not when its handshake is 3 minutes old ([`RxWatch`]). A
+//!   peer quiet for [`PING_AFTER`] gets a datagram to its mesh address
+//!   through the link, which any WireGuard answers (see [`super::ping`]:
+//!   an idle kernel peer that hears our keepalives sends none);
 //! - there is no relay: the kernel cannot frame or unframe relayed
 //!   datagrams, so relays are ignored.
 
 use std::collections::HashMap;
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +34,7 @@ use super::device::{
     Device, DeviceStatus, Gossip, PeerConfig, PeerControl, PeerState, SharedStatus,
 };
 use super::kernel::{KernelDevice, KernelError};
+use super::ping::PING_AFTER;
 use super::select::{Path, STALE, Selector};
 use super::wire::{self, Message};
 
@@ -44,6 +47,9 @@ impl Drop for Task {
     }
 }
 
+// One per node, held by the controller and never moved on a hot path:
+// boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Datapath {
     User {
         control: PeerControl,
@@ -55,6 +61,9 @@ pub enum Datapath {
         applied: Vec<PeerConfig>,
         paths: HashMap<[u8; 32], Selector>,
         rx: RxWatch,
+        /// Unmarked, so its datagrams go into the link: liveness pings.
+        ping: UdpSocket,
+        pinged: HashMap<[u8; 32], Instant>,
         _reader: Task,
     },
 }
@@ -64,6 +73,11 @@ pub enum Datapath {
 pub struct RxWatch(HashMap<[u8; 32], (u64, Instant)>);
 
 impl RxWatch {
+    /// When `key`'s count last grew.
+    pub fn last_growth(&self, key: &[u8; 32]) -> Option<Instant> {
+        self.0.get(key).map(|(_, at)| *at)
+    }
+
     /// Notes the counts in `status` at `now`, and marks `connecting` every
     /// peer whose count has not grown for [`STALE`] (a peer seen for the
     /// first time counts as having just received).
@@ -121,12 +135,15 @@ impl Datapath {
         let socket = Arc::new(socket);
         let (tx, inbox) = mpsc::channel(256);
         let reader = tokio::spawn(read_gossip(socket.clone(), tx));
+        let ping = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await?;
         Ok(Started {
             datapath: Datapath::Kernel {
                 device,
                 applied: Vec::new(),
                 paths: HashMap::new(),
                 rx: RxWatch::default(),
+                ping,
+                pinged: HashMap::new(),
                 _reader: Task(reader),
             },
             socket,
@@ -171,11 +188,15 @@ impl Datapath {
                 device,
                 applied,
                 paths,
+                rx,
+                ping,
+                pinged,
                 ..
             } => {
                 if *applied != configs {
                     device.set_peers(&configs).await?;
                     paths.retain(|k, _| configs.iter().any(|c| c.public_key == *k));
+                    pinged.retain(|k, _| configs.iter().any(|c| c.public_key == *k));
                     for c in &configs {
                         paths
                             .entry(c.public_key)
@@ -190,8 +211,25 @@ impl Datapath {
                         continue;
                     };
                     if peer.state == PeerState::Up {
+                        let heard = rx.last_growth(&peer.public_key).unwrap_or(now);
                         if let Some(current) = peer.endpoint {
-                            path.received(current, now);
+                            path.received(current, heard);
+                        }
+                        let quiet = |t: Instant| now.saturating_duration_since(t) >= PING_AFTER;
+                        let due = pinged.get(&peer.public_key).is_none_or(|t| quiet(*t));
+                        let mesh_address = applied
+                            .iter()
+                            .find(|c| c.public_key == peer.public_key)
+                            .and_then(|c| c.allowed_ips.first())
+                            .map(|net| net.addr());
+                        if quiet(heard)
+                            && due
+                            && let Some(to) = mesh_address
+                        {
+                            pinged.insert(peer.public_key, now);
+                            // The discard port: the datagram only has to
+                            // cross the tunnel as data.
+                            let _ = ping.try_send_to(b"ping", SocketAddr::new(to, 9));
                         }
                         continue;
                     }

@@ -27,7 +27,7 @@
 //!   records to the controller ([`Device::gossip_inbox`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::keys::NodeKey;
 use super::offload::{self, Coalescer, Packets, VNET_HDR_LEN, VnetHdr};
+use super::ping::PING_AFTER;
 use super::select::{Path, Selector};
 use super::tun::Tun;
 use super::udp;
@@ -68,6 +69,9 @@ const UDP_BUF: usize = 64 * (1500 + 36);
 /// send (the kernel's UDP GSO limits: 64 segments, a 16-bit length).
 const MAX_RUN: usize = 64;
 const MAX_RUN_BYTES: usize = 65000;
+/// After the kernel refused a GSO send, datagrams go one by one for this
+/// long before GSO is tried again (a path or device may have changed).
+const GSO_RETRY: Duration = Duration::from_secs(300);
 /// A WireGuard data message (type 4), as opposed to handshake messages.
 const DATA_MESSAGE: u8 = 4;
 /// Gossiped records waiting for the controller; more are dropped (and
@@ -165,6 +169,9 @@ struct Peer {
     tunn: Tunn,
     config: PeerConfig,
     path: Selector,
+    /// The last liveness ping ([`super::ping`]) and its sequence number.
+    pinged: Option<Instant>,
+    pings: u16,
 }
 
 /// A gossiped record and where it came from.
@@ -193,10 +200,14 @@ pub struct Device {
     packets: Packets,
     /// Encrypted datagrams for one peer, waiting to leave in one send.
     run: Run,
-    /// False once the kernel refused a GSO send: one send per datagram.
-    gso: bool,
+    /// Set when the kernel refused a GSO send: one send per datagram until
+    /// then.
+    gso_off_until: Option<Instant>,
     /// Decrypted packets of one UDP receive, on their way to the TUN.
     coalescer: Coalescer,
+    /// This node's mesh address, the source of liveness pings (none
+    /// without it).
+    ping_from: Option<Ipv6Addr>,
 }
 
 /// Datagrams for one peer, back to back, all of `size` bytes but the
@@ -248,8 +259,9 @@ impl Device {
             frame: Vec::with_capacity(BUF),
             packets: Packets::default(),
             run: Run::default(),
-            gso: true,
+            gso_off_until: None,
             coalescer: Coalescer::default(),
+            ping_from: None,
         };
         udp::enable_gro(&device.udp);
         device.set_peers(peers);
@@ -259,6 +271,12 @@ impl Device {
 
     pub fn status(&self) -> SharedStatus {
         self.status.clone()
+    }
+
+    /// Pings peers that have gone quiet, from `address` (this node's mesh
+    /// address) to theirs ([`super::ping`]).
+    pub fn ping_from(&mut self, address: Ipv6Addr) {
+        self.ping_from = Some(address);
     }
 
     /// Changes the peers while the device runs.
@@ -382,6 +400,8 @@ impl Device {
                     Some(self.limiter.clone()),
                 ),
                 path: Selector::new(config.endpoints.clone(), config.relays.clone()),
+                pinged: None,
+                pings: 0,
                 config,
             };
             self.peers.insert(slot, peer);
@@ -474,7 +494,11 @@ impl Device {
         }
         let mut run = std::mem::take(&mut self.run);
         let direct = match self.peers.get(&run.slot).and_then(|p| p.path.current()) {
-            Some(Path::Direct(to)) if run.count > 1 && self.gso => Some(to),
+            Some(Path::Direct(to))
+                if run.count > 1 && self.gso_off_until.is_none_or(|t| Instant::now() >= t) =>
+            {
+                Some(to)
+            }
             _ => None,
         };
         let sent = match direct {
@@ -482,9 +506,10 @@ impl Device {
                 Ok(()) => true,
                 Err(e) if gso_unsupported(&e) => {
                     tracing::warn!(
-                        "mesh: the kernel refused a GSO send ({e}); sending datagrams one by one"
+                        "mesh: the kernel refused a GSO send ({e}); sending datagrams one by one for {} s",
+                        GSO_RETRY.as_secs()
                     );
-                    self.gso = false;
+                    self.gso_off_until = Some(Instant::now() + GSO_RETRY);
                     false
                 }
                 Err(e) => {
@@ -511,12 +536,33 @@ impl Device {
         if self.coalescer.joined() > 0 {
             self.status.lock().unwrap().segments_joined += self.coalescer.joined() as u64;
         }
+        let mut refused = None;
         for write in self.coalescer.writes() {
             if let Err(e) = self.tun.send(write).await {
-                tracing::debug!("mesh: writing to the TUN: {e}");
+                // A joined segment the kernel refused: its packets, as
+                // they came, one by one.
+                if let Some(hdr) = VnetHdr::parse(write).filter(|h| h.gso_type != 0) {
+                    let mut packets = Packets::default();
+                    let mut segment = write[VNET_HDR_LEN..].to_vec();
+                    if offload::split(hdr, &mut segment, &mut packets).is_ok() {
+                        let mut one = Vec::new();
+                        for packet in packets.iter() {
+                            one.clear();
+                            one.extend_from_slice(&[0; VNET_HDR_LEN]);
+                            one.extend_from_slice(packet);
+                            let _ = self.tun.send(&one).await;
+                        }
+                    }
+                }
+                refused = Some(e);
             }
         }
         self.coalescer.clear();
+        if let Some(e) = refused
+            && self.junk_log.allow("tun write", Instant::now()).is_some()
+        {
+            tracing::warn!("mesh: the TUN refused a write: {e}");
+        }
     }
 
     /// Sends a WireGuard datagram to a peer on its current path.
@@ -746,6 +792,38 @@ impl Device {
                 TunnResult::Err(e) => tracing::debug!("mesh: timers of peer {slot}: {e:?}"),
                 TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
             }
+            self.ping_if_quiet(slot, now, out).await;
+        }
+    }
+
+    /// Sends a liveness ping to a peer that is up but has sent nothing for
+    /// [`PING_AFTER`], once per that long.
+    async fn ping_if_quiet(&mut self, slot: u32, now: Instant, out: &mut [u8]) {
+        let Some(from) = self.ping_from else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
+        let quiet =
+            |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= PING_AFTER);
+        if !peer.path.is_up(now) || !quiet(peer.path.last_received()) || !quiet(peer.pinged) {
+            return;
+        }
+        // Its mesh address: the first allowed IP (`peers::peer_configs`).
+        let to = peer.config.allowed_ips.iter().find_map(|net| match net {
+            IpNet::V6(v6) if v6.prefix_len() == 128 => Some(v6.addr()),
+            _ => None,
+        });
+        let Some(to) = to else {
+            return;
+        };
+        peer.pinged = Some(now);
+        peer.pings = peer.pings.wrapping_add(1);
+        let packet = super::ping::echo_request(from, to, peer.pings);
+        if let TunnResult::WriteToNetwork(data) = peer.tunn.encapsulate(&packet, out) {
+            let len = data.len();
+            self.send_to_peer(slot, &out[..len]).await;
         }
     }
 

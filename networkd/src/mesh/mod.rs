@@ -22,6 +22,7 @@
 //! - [`tun`], [`udp`]: the TUN device on tokio's reactor; the dual-stack
 //!   UDP socket, with segmentation offload (GSO) to send a run of
 //!   datagrams in one call and GRO to receive one.
+//! - [`ping`]: the echo request that makes a quiet peer answer.
 //! - [`offload`]: cutting the kernel's 64 KiB TCP segments from the TUN
 //!   into packets, and joining decrypted packets back for it.
 //! - [`link`]: address, MTU (underlying − 80) and up, over rtnetlink.
@@ -45,6 +46,7 @@ pub mod keys;
 pub mod link;
 pub mod offload;
 pub mod peers;
+pub mod ping;
 pub mod routing;
 pub mod select;
 pub mod status;

@@ -209,7 +209,12 @@ fn finish_checksum(packet: &mut [u8], start: usize, offset: usize) -> Result<(),
     if at + 2 > packet.len() {
         return Err(SplitError::Offsets);
     }
-    let sum = !fold(sum(&packet[start..], 0));
+    // A sum of zero is sent as 0xffff, as the kernel does: for UDP, zero
+    // would mean "no checksum" (and is invalid over IPv6).
+    let sum = match !fold(sum(&packet[start..], 0)) {
+        0 => 0xffff,
+        s => s,
+    };
     put_u16(packet, at, sum);
     Ok(())
 }
@@ -433,7 +438,7 @@ fn put_u16(b: &mut [u8], at: usize, v: u16) {
 
 /// Adds `data` to a one's-complement sum (RFC 1071), 32 bits at a time
 /// into 64: the same sum as 16-bit words once folded.
-fn sum(data: &[u8], mut acc: u64) -> u64 {
+pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
     let mut words = data.chunks_exact(4);
     for w in &mut words {
         acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
@@ -444,7 +449,7 @@ fn sum(data: &[u8], mut acc: u64) -> u64 {
     acc + u64::from(u32::from_be_bytes(tail))
 }
 
-fn fold(mut acc: u64) -> u16 {
+pub(crate) fn fold(mut acc: u64) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }

@@ -122,6 +122,11 @@ impl Selector {
         self.current
     }
 
+    /// When the last authenticated datagram arrived.
+    pub fn last_received(&self) -> Option<Instant> {
+        self.last_rx
+    }
+
     pub fn is_up(&self, now: Instant) -> bool {
         self.last_rx
             .is_some_and(|t| now.saturating_duration_since(t) < STALE)
