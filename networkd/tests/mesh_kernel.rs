@@ -179,13 +179,10 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
 
     let moved: SocketAddr = "192.0.2.11:51820".parse().unwrap();
     device.set_endpoint(&a.public_bytes(), moved).await.unwrap();
-    let status = device.status().await.unwrap();
-    let got = status
-        .peers
-        .iter()
-        .find(|s| s.public_key == a.public_bytes())
-        .unwrap();
-    assert_eq!(got.endpoint, Some(MeshPath::Direct(moved)));
+    assert_eq!(
+        endpoint_of(&device, &a).await,
+        Some(MeshPath::Direct(moved))
+    );
     // An unknown key is refused, not created.
     assert!(matches!(
         device.set_endpoint(&[9; 32], moved).await,
@@ -194,13 +191,10 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
 
     // Re-applying the same set keeps the chosen candidate endpoint.
     device.set_peers(&peers).await.unwrap();
-    let status = device.status().await.unwrap();
-    let got = status
-        .peers
-        .iter()
-        .find(|s| s.public_key == a.public_bytes())
-        .unwrap();
-    assert_eq!(got.endpoint, Some(MeshPath::Direct(moved)));
+    assert_eq!(
+        endpoint_of(&device, &a).await,
+        Some(MeshPath::Direct(moved))
+    );
 
     // A restarted networkd takes the link over, peers and all; a smaller
     // set removes the other peer.
@@ -253,4 +247,14 @@ async fn exercise(handle: &rtnetlink::Handle, mut device: KernelDevice, key: &No
 
     device.delete(handle).await.unwrap();
     assert!(!link_exists(LINK));
+}
+
+/// The endpoint the kernel reports for `peer`.
+async fn endpoint_of(device: &KernelDevice, peer: &NodeKey) -> Option<MeshPath> {
+    let status = device.status().await.unwrap();
+    let got = status
+        .peers
+        .iter()
+        .find(|s| s.public_key == peer.public_bytes());
+    got.expect("the peer is on the device").endpoint
 }

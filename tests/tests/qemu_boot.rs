@@ -46,6 +46,21 @@ fn boot_with(
     Vm::start(&opts, Some(&dir.path().join("console.log"))).expect("starting QEMU")
 }
 
+/// Boots `bundle`'s control-plane config by direct kernel boot and waits
+/// for apid; the API target.
+async fn boot_ready(a: &Artifacts, bundle: &Bundle, dir: &tempfile::TempDir) -> (Vm, Target) {
+    let mut vm = boot(
+        Boot::kernel(a),
+        &bundle.controlplane.to_yaml().unwrap(),
+        dir,
+    );
+    api::wait_for_version(&mut vm, admin_tls(bundle), BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = Target::parse(&vm.endpoint()).unwrap();
+    (vm, target)
+}
+
 async fn boots_and_answers(boot_kind: Boot) -> (Vm, Bundle) {
     let bundle = cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -295,15 +310,7 @@ async fn vlan_and_dummy_links_from_the_machine_config() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut vm = boot(
-        Boot::kernel(&a),
-        &bundle.controlplane.to_yaml().unwrap(),
-        &dir,
-    );
-    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let (vm, target) = boot_ready(&a, &bundle, &dir).await;
     let list = async |kind: &str| api::list(&target, admin_tls(&bundle), kind).await.unwrap();
     let start = std::time::Instant::now();
     loop {
@@ -422,15 +429,7 @@ async fn the_wireguard_module_is_loaded_at_boot() {
     let a = Artifacts::find().unwrap();
     let bundle = cluster();
     let dir = tempfile::tempdir().unwrap();
-    let mut vm = boot(
-        Boot::kernel(&a),
-        &bundle.controlplane.to_yaml().unwrap(),
-        &dir,
-    );
-    api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let (vm, target) = boot_ready(&a, &bundle, &dir).await;
     // The link drivers load after the node's first address, at idle
     // priority: give TCG time.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

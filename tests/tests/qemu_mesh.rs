@@ -81,7 +81,12 @@ fn ip(args: &[&str]) {
     netns::run(&[&["ip"], args].concat());
 }
 
-/// The peer named `hostname` in `peers` (mesh-peers specs), if up.
+/// The peer named `hostname` in `peers` (mesh-peers specs).
+fn named(peers: Vec<serde_json::Value>, hostname: &str) -> Option<serde_json::Value> {
+    peers.into_iter().find(|p| p["hostname"] == hostname)
+}
+
+/// The peer named `hostname` in `peers`, if up.
 fn up<'a>(peers: &'a [serde_json::Value], hostname: &str) -> Option<&'a serde_json::Value> {
     peers
         .iter()
@@ -166,23 +171,31 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let target = Target::parse(&vm.endpoint()).unwrap();
-
-    // Both list each other as up: discovery alone told them.
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    let (vm_identity, host_sees_vm) = loop {
-        let vm_peers = api::list(&target, tls.clone(), "mesh-peers")
+    // What each side lists in mesh-peers (none while it cannot answer).
+    let list_vm = || async {
+        api::list(&target, tls.clone(), "mesh-peers")
             .await
-            .unwrap_or_default();
-        // meshlab's reader runs a runtime of its own: off this one.
+            .unwrap_or_default()
+    };
+    let list_host = || {
         let socket = host_socket.clone();
-        let host_peers: Vec<serde_json::Value> =
+        async move {
+            // meshlab's reader runs a runtime of its own: off this one.
             tokio::task::spawn_blocking(move || meshlab::list(&socket, "mesh-peers"))
                 .await
                 .unwrap()
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(_, spec)| spec)
-                .collect();
+                .collect::<Vec<serde_json::Value>>()
+        }
+    };
+
+    // Both list each other as up: discovery alone told them.
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    let (vm_identity, host_sees_vm) = loop {
+        let vm_peers = list_vm().await;
+        let host_peers = list_host().await;
         if up(&vm_peers, "host").is_some()
             && let Some(seen) = up(&host_peers, "vm")
         {
@@ -236,7 +249,7 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
         std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)).map(drop)
     });
     connected.unwrap_or_else(|e| panic!("connecting to the VM's apid at {to} over the mesh: {e}"));
-    let vm_peers = api::list(&target, tls.clone(), "mesh-peers").await.unwrap();
+    let vm_peers = list_vm().await;
     let host = up(&vm_peers, "host").expect("still up");
     assert!(
         host["rxBytes"].as_u64().unwrap_or(0) > 0 && host["txBytes"].as_u64().unwrap_or(0) > 0,
@@ -246,40 +259,26 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
     // Idle past STALE (40 s): each side keeps the other up, with the same
     // session on the host (no handshake forced by a peer gone quiet), and
     // what each sent while idle was counted by the other.
-    let vm_view = || async {
-        let peers = api::list(&target, tls.clone(), "mesh-peers")
-            .await
-            .unwrap_or_default();
-        peers.into_iter().find(|p| p["hostname"] == "host")
-    };
-    let host_view = || {
-        let socket = host_socket.clone();
-        tokio::task::spawn_blocking(move || {
-            let peers = meshlab::list(&socket, "mesh-peers").unwrap_or_default();
-            peers
-                .into_iter()
-                .map(|(_, spec)| spec)
-                .find(|p| p["hostname"] == "vm")
-        })
-    };
-    let before = host_view().await.unwrap().expect("the host lists the VM");
-    let vm_before = vm_view().await.expect("the VM lists the host");
+    let host_view = async || named(list_host().await, "vm").expect("the host lists the VM");
+    let vm_view = async || named(list_vm().await, "host").expect("the VM lists the host");
+    let before = host_view().await;
+    let vm_before = vm_view().await;
     for _ in 0..IDLE_POLLS {
         tokio::time::sleep(IDLE_POLL).await;
-        let now = host_view().await.unwrap().expect("the host lists the VM");
+        let now = host_view().await;
         assert_eq!(now["state"], "up", "the host's view while idle: {now:#}");
         assert_eq!(
             now["lastHandshake"], before["lastHandshake"],
             "no new handshake while idle: {now:#}"
         );
-        let vm_now = vm_view().await.expect("the VM lists the host");
+        let vm_now = vm_view().await;
         assert_eq!(
             vm_now["state"], "up",
             "the VM's view while idle: {vm_now:#}"
         );
     }
-    let after = host_view().await.unwrap().unwrap();
-    let vm_after = vm_view().await.unwrap();
+    let after = host_view().await;
+    let vm_after = vm_view().await;
     for (b, a) in [(&before, &after), (&vm_before, &vm_after)] {
         assert!(
             a["rxBytes"].as_u64() > b["rxBytes"].as_u64(),

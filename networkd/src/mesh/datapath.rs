@@ -220,8 +220,7 @@ impl Datapath {
                         let mesh_address = applied
                             .iter()
                             .find(|c| c.public_key == peer.public_key)
-                            .and_then(|c| c.allowed_ips.first())
-                            .map(|net| net.addr());
+                            .and_then(PeerConfig::mesh_address);
                         if quiet(heard)
                             && due
                             && let Some(to) = mesh_address
@@ -229,7 +228,7 @@ impl Datapath {
                             pinged.insert(peer.public_key, now);
                             // The discard port: the datagram only has to
                             // cross the tunnel as data.
-                            let _ = ping.try_send_to(b"ping", SocketAddr::new(to, 9));
+                            let _ = ping.try_send_to(b"ping", SocketAddr::new(to.into(), 9));
                         }
                         continue;
                     }

@@ -95,6 +95,17 @@ pub struct PeerConfig {
     pub relays: Vec<[u8; 32]>,
 }
 
+impl PeerConfig {
+    /// The peer's mesh address: its first allowed IP, a single IPv6
+    /// address, as [`super::peers::peer_configs`] makes them.
+    pub fn mesh_address(&self) -> Option<Ipv6Addr> {
+        match self.allowed_ips.first() {
+            Some(IpNet::V6(net)) if net.prefix_len() == 128 => Some(net.addr()),
+            _ => None,
+        }
+    }
+}
+
 /// How a peer is reached now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -810,12 +821,7 @@ impl Device {
         if !peer.path.is_up(now) || !quiet(peer.path.last_received()) || !quiet(peer.pinged) {
             return;
         }
-        // Its mesh address: the first allowed IP (`peers::peer_configs`).
-        let to = peer.config.allowed_ips.iter().find_map(|net| match net {
-            IpNet::V6(v6) if v6.prefix_len() == 128 => Some(v6.addr()),
-            _ => None,
-        });
-        let Some(to) = to else {
+        let Some(to) = peer.config.mesh_address() else {
             return;
         };
         peer.pinged = Some(now);
