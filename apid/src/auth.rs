@@ -1,7 +1,7 @@
 //! Who may call what: the role comes from the client certificate's
 //! Organization, and each RPC names the least role it needs.
 
-use slate_machinery::pki::{self, Role};
+use slate_pki::{self as pki, Role};
 use tonic::{Request, Status};
 
 /// What an RPC requires of its caller.

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
-use slate_machinery::config::MachineConfig;
-use slate_machinery::pki::{self, Authority};
-use slate_machinery::tls;
+use slate_config::MachineConfig;
+use slate_pki::tls;
+use slate_pki::{self as pki, Authority};
 
 /// Files the other daemons publish and machined's socket (see
-/// `slate_machinery::constants`).
+/// `slate_common::constants`).
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub config: PathBuf,
@@ -86,7 +86,7 @@ pub async fn tls_for(
     paths: &Paths,
 ) -> anyhow::Result<ServerConfig> {
     use anyhow::Context as _;
-    if !slate_machinery::fs::wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
+    if !slate_common::fs::wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
         tracing::warn!(
             "no network address after {}s; certificate names only hostname and loopback",
             NETWORK_WAIT.as_secs()

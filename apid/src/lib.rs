@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use slate_machinery::constants;
+use slate_common::constants;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
 
 pub use boot::Paths;
@@ -44,7 +44,7 @@ pub use boot::Paths;
 /// The process: logging, a one-thread runtime, [`run`]. Returns only on
 /// failure (init restarts apid).
 pub fn main() -> std::process::ExitCode {
-    slate_machinery::logging::init();
+    slate_common::logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         .context("reading the listening address")?;
     // The key does not depend on the config: make it on another thread
     // while this one waits for machined, off the boot's critical path.
-    let key = tokio::task::spawn_blocking(slate_machinery::pki::ServerKey::generate);
+    let key = tokio::task::spawn_blocking(slate_pki::ServerKey::generate);
     let mode = boot::wait_for_mode(&paths).await;
     tracing::debug!("config verdict received");
     let key = Arc::new(
@@ -112,10 +112,9 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         Arc::clone(&mode),
         tls_tx,
     ));
-    let machined =
-        slate_machinery::client::machine(slate_machinery::client::local(&paths.machined_socket));
+    let machined = slate_client::machine(slate_client::local(&paths.machined_socket));
     let networkd = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
-        slate_machinery::client::local(&paths.networkd_socket),
+        slate_client::local(&paths.networkd_socket),
     );
     let resources = resource::ResourceApi::new(machine::Authorizer::new(mode.clone()), networkd);
     let service = machine::MachineApi::new(mode, machined);

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use slate_machinery::pki::ServerKey;
+use slate_pki::ServerKey;
 use tokio::sync::watch;
 
 use crate::boot::{self, Mode, Paths};

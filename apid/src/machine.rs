@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use slate_machinery::pki::{Authority, Role};
-use slate_machinery::version;
+use slate_common::version;
+use slate_pki::{Authority, Role};
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
@@ -53,7 +53,7 @@ impl Authorizer {
                     .ca
                     .crt_pem()
                     .ok()
-                    .and_then(|pem| slate_machinery::pki::pem_to_der(&pem).ok()),
+                    .and_then(|pem| slate_pki::pem_to_der(&pem).ok()),
                 Mode::Maintenance(_) => None,
             };
             (mode.maintenance().map(str::to_owned), ca)
@@ -160,7 +160,7 @@ impl MachineService for MachineApi {
         let mut forwarded = Request::new(request.into_inner());
         if anonymous {
             forwarded.metadata_mut().insert(
-                slate_machinery::constants::UNAUTHENTICATED_HEADER,
+                slate_common::constants::UNAUTHENTICATED_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
         }
@@ -197,7 +197,7 @@ impl MachineService for MachineApi {
         let role: Role = r
             .role
             .parse()
-            .map_err(|e: slate_machinery::pki::PkiError| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e: slate_pki::PkiError| Status::invalid_argument(e.to_string()))?;
         let name = if r.name.is_empty() {
             role.as_str().to_owned()
         } else {

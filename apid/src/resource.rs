@@ -4,7 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use slate_machinery::pki::Role;
+use slate_pki::Role;
 use slate_proto::resource::resource_service_client::ResourceServiceClient;
 use slate_proto::resource::resource_service_server::ResourceService;
 use slate_proto::resource::{ListRequest, ListResponse, WatchEvent, WatchRequest};
@@ -15,7 +15,7 @@ use crate::auth::Access;
 use crate::machine::Authorizer;
 
 /// The types networkd owns; every other type is unknown for now.
-use slate_machinery::constants::NETWORKD_RESOURCE_TYPES as NETWORKD_TYPES;
+use slate_common::constants::NETWORKD_RESOURCE_TYPES as NETWORKD_TYPES;
 
 pub struct ResourceApi {
     auth: Authorizer,

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use slate_client::{self as client, Target};
+use slate_config::MachineConfig;
+use slate_config::generate::{self, Options};
 use slate_machined::node::{Source, Storage};
 use slate_machined::power::{Action, Power};
 use slate_machined::publish::Verdict;
 use slate_machined::state::State;
-use slate_machinery::client::{self, Target};
-use slate_machinery::config::MachineConfig;
-use slate_machinery::generate::{self, Options};
-use slate_machinery::pki::{Authority, Role};
-use slate_machinery::tls;
+use slate_pki::tls;
+use slate_pki::{Authority, Role};
 use slate_proto::machine::{
     ApplyConfigurationRequest, ApplyMode, GetMachineConfigRequest, ProcessesRequest, VersionRequest,
 };
@@ -738,7 +738,7 @@ async fn a_minted_reader_config_reads_but_cannot_reboot() {
         .await
         .unwrap()
         .into_inner();
-    let id = slate_machinery::pki::CertAndKey {
+    let id = slate_pki::CertAndKey {
         cert_pem: minted.crt_pem,
         key_pem: minted.key_pem,
     };

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use slate_machinery::client::{self, ClientError, Target};
-use slate_machinery::clientconfig::ClientConfig;
-use slate_machinery::tls;
+use slate_client::{self as client, ClientError, Target};
+use slate_config::clientconfig::ClientConfig;
+use slate_pki::tls;
 use tonic::transport::Channel;
 
 use crate::Global;
@@ -129,7 +129,7 @@ impl Session {
     pub async fn connect_to(&self, target: &Target) -> anyhow::Result<Channel> {
         self.connect(target)
             .await
-            .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))
+            .map_err(|e| anyhow::anyhow!("{target}: {}", slate_common::error::chain(&e)))
     }
 
     /// Connects to `target`, retrying only failures that look transient.
@@ -160,7 +160,7 @@ impl Session {
         for target in &self.targets {
             let outcome = match self.connect(target).await {
                 Ok(channel) => call(channel).await.map_err(|s| describe_status(&s)),
-                Err(e) => Err(slate_machinery::error::chain(&e)),
+                Err(e) => Err(slate_common::error::chain(&e)),
             };
             match outcome {
                 Ok(v) => results.push((target.clone(), v)),
@@ -178,7 +178,7 @@ fn describe_status(status: &tonic::Status) -> String {
     format!(
         "{}: {}",
         code_name(status.code()),
-        slate_machinery::error::chain(status)
+        slate_common::error::chain(status)
     )
 }
 

@@ -35,7 +35,7 @@ pub fn print<T: Rows + Serialize>(format: Format, items: &[T]) -> anyhow::Result
             }
         }
         Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
-        Format::Yaml => print!("{}", slate_machinery::yaml::to_string(&items)?),
+        Format::Yaml => print!("{}", slate_config::yaml::to_string(&items)?),
     }
     Ok(())
 }
@@ -69,7 +69,7 @@ pub fn print_values(
             }
         }
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
-        Format::Yaml => print!("{}", slate_machinery::yaml::to_string(&rows)?),
+        Format::Yaml => print!("{}", slate_config::yaml::to_string(&rows)?),
     }
     Ok(())
 }

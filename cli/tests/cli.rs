@@ -103,7 +103,7 @@ fn version_shows_the_client_and_the_node() {
     std::fs::create_dir(&state).unwrap();
     // Published as machined does: validated, as JSON.
     let yaml = std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap();
-    let config = slate_machinery::config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
+    let config = slate_config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
     std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
     std::fs::write(state.join("network.ready"), "lo 127.0.0.1/8 static\n").unwrap();
     let paths = slate_apid::Paths {
@@ -248,7 +248,7 @@ fn configs_made_later_from_saved_secrets_join_the_same_cluster() {
         let (out, out_dir) = gen_with_secrets(sub);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let yaml = std::fs::read_to_string(out_dir.join("worker.yaml")).unwrap();
-        slate_machinery::config::MachineConfig::parse(&yaml, "worker.yaml").unwrap()
+        slate_config::MachineConfig::parse(&yaml, "worker.yaml").unwrap()
     };
     let (a, b) = (make("a"), make("b"));
     assert_eq!(a.machine.ca, b.machine.ca);
@@ -284,7 +284,7 @@ fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let read = |name: &str| {
         let yaml = std::fs::read_to_string(dir.path().join(name)).unwrap();
-        slate_machinery::config::MachineConfig::parse(&yaml, name).unwrap()
+        slate_config::MachineConfig::parse(&yaml, name).unwrap()
     };
     let (cp, worker) = (read("controlplane.yaml"), read("worker.yaml"));
     assert_eq!(cp.machine.network.interfaces[0].addresses, ["10.0.0.5/24"]);
@@ -306,8 +306,7 @@ fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
         "machine: {network: {interfaces: [{interface: eth0, addresses: [10.0.0.6/24]}]}}",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let patched =
-        slate_machinery::config::MachineConfig::parse(&text(&out.stdout), "stdout").unwrap();
+    let patched = slate_config::MachineConfig::parse(&text(&out.stdout), "stdout").unwrap();
     assert_eq!(
         patched.machine.network.interfaces[0].addresses,
         ["10.0.0.5/24", "10.0.0.6/24"]

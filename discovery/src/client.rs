@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::rt::TokioIo;
-use slate_machinery::client::Target;
+use slate_client::Target;
 
 use crate::bundle::{self, BundleError, MAX_BUNDLE_BYTES};
 use crate::record::ClusterKeys;

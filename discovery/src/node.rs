@@ -63,7 +63,7 @@ pub fn node_limits() -> Limits {
 /// The node's copy: [`node_limits`], no arguments (the image carries no
 /// argument parser for it; run the standalone binary for options).
 pub fn main() -> ExitCode {
-    slate_machinery::logging::init();
+    slate_common::logging::init();
     if std::env::args_os().len() > 1 {
         tracing::error!(
             "slate-discovery on a node takes no arguments (it listens on {NODE_LISTEN})"
@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
     match serve(NODE_LISTEN, node_limits()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("slate-discovery: {}", slate_machinery::error::chain(&e));
+            tracing::error!("slate-discovery: {}", slate_common::error::chain(&e));
             ExitCode::FAILURE
         }
     }

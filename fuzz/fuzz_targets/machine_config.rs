@@ -4,13 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slate_machinery::config::patch::{Patch, merge};
-use slate_machinery::config::{MachineConfig, Mode};
+use slate_config::patch::{Patch, merge};
+use slate_config::{MachineConfig, Mode};
 
 fuzz_target!(|data: &[u8]| {
     let _ = MachineConfig::parse_bytes(data, "user-data", Mode::Metal);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = slate_machinery::yaml::PathIndex::build(text);
+        let _ = slate_config::yaml::PathIndex::build(text);
         if let Ok(Patch::Merge(fragment)) = Patch::parse(text, "patch") {
             let mut doc = serde_json::json!({"machine": {"certSANs": ["a"]}});
             merge(&mut doc, &fragment);

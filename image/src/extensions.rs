@@ -98,7 +98,7 @@ pub enum ExtensionError {
     #[error("extension {0} is given twice")]
     Duplicate(String),
     #[error(transparent)]
-    Service(#[from] slate_machinery::extension_service::ExtensionServiceError),
+    Service(#[from] slate_config::extension_service::ExtensionServiceError),
     #[error("unknown Debian extension {0:?} (known: containerd, runc, etcd-server)")]
     Unknown(String),
     #[error(transparent)]
@@ -203,7 +203,7 @@ pub fn build(
     services: &[PathBuf],
     epoch: u64,
 ) -> Result<PathBuf, ExtensionError> {
-    use slate_machinery::extension_service::{DIR_IN_LAYER, ExtensionService};
+    use slate_config::extension_service::{DIR_IN_LAYER, ExtensionService};
     let staging = work.join("extensions");
     // A layer of an earlier build must not leak into this one.
     if staging.exists() {

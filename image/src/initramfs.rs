@@ -16,7 +16,7 @@ use crate::tools::{Tool, Toolbox};
 
 /// Where init finds the modules to load, one absolute path per line, each
 /// after its dependencies.
-pub const LOAD_LIST: &str = slate_machinery::constants::STAGE1_MODULE_LIST;
+pub const LOAD_LIST: &str = slate_common::constants::STAGE1_MODULE_LIST;
 
 /// Where the extension layer's segment puts its squashfs
 /// ([`crate::extensions`]); init looks for it there.

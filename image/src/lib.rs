@@ -36,7 +36,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use slate_machinery::fs::{AtomicWriteError, copy_atomic, write_atomic};
+use slate_common::fs::{AtomicWriteError, copy_atomic, write_atomic};
 
 use crate::progress::Progress;
 use crate::report::{BuildReport, Output};
@@ -76,7 +76,7 @@ pub struct Options {
     /// More extension programs (`kubelet=PATH`).
     pub extensions: Vec<extensions::Extension>,
     /// Service declarations for the extension layer
-    /// ([`slate_machinery::extension_service`]).
+    /// ([`slate_config::extension_service`]).
     pub extension_services: Vec<PathBuf>,
 }
 

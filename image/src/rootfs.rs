@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use slate_machinery::constants::{LATE_MODULE_LIST, LINK_MODULE_LIST};
+use slate_common::constants::{LATE_MODULE_LIST, LINK_MODULE_LIST};
 
 use crate::exec::{self, ExecError};
 use crate::kernel::Kernel;

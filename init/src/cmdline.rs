@@ -1,7 +1,7 @@
 //! The few kernel command-line switches init reads.
 //!
 //! Read from a path passed in (normally
-//! [`slate_machinery::constants::PROC_CMDLINE`]) so tests use a temp file.
+//! [`slate_common::constants::PROC_CMDLINE`]) so tests use a temp file.
 //! The command line never selects the boot stage: see [`crate::detect_stage`].
 
 use std::path::Path;

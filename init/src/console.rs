@@ -116,7 +116,7 @@ pub fn install_panic_hook() {
     }));
 }
 
-pub use slate_machinery::error::chain;
+pub use slate_common::error::chain;
 
 /// A short human duration: `250ms`, `2s`, `1.5s`.
 pub struct Short(pub Duration);

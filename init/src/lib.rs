@@ -93,7 +93,7 @@ pub const EXTENSIONS_MOUNT: &str = "usr/local";
 /// Where stage 1 mounts the squashfs before switching to it.
 pub const NEW_ROOT: &str = "/newroot";
 /// Modules stage 1 loads: one absolute path per line, in dependency order.
-pub const MODULE_LIST: &str = slate_machinery::constants::STAGE1_MODULE_LIST;
+pub const MODULE_LIST: &str = slate_common::constants::STAGE1_MODULE_LIST;
 /// Stage 2: this same binary, inside the squashfs.
 pub const NEXT_INIT: &str = "/sbin/init";
 

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use slate_machinery::constants::PROC_CMDLINE;
+use slate_common::constants::PROC_CMDLINE;
 use thiserror::Error;
 
 use crate::cmdline::Cmdline;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use slate_machinery::constants::{
+use slate_common::constants::{
     LATE_MODULE_LIST, LINK_MODULE_LIST, NETWORK_READY_FILE, PROC_CMDLINE, RUN_DIR,
 };
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
-use slate_machinery::constants::{APID_BIN, MACHINED_BIN, NETWORKD_BIN};
+use slate_common::constants::{APID_BIN, MACHINED_BIN, NETWORKD_BIN};
 
 use crate::console::Short;
 use crate::host::Host;

@@ -99,7 +99,7 @@ impl MachineService for MachinedApi {
     ) -> Result<Response<ApplyConfigurationResponse>, Status> {
         let anonymous = request
             .metadata()
-            .contains_key(slate_machinery::constants::UNAUTHENTICATED_HEADER);
+            .contains_key(slate_common::constants::UNAUTHENTICATED_HEADER);
         let r = request.into_inner();
         let mode = ApplyMode::try_from(r.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", r.mode)))?;
@@ -124,11 +124,11 @@ impl MachineService for MachinedApi {
                 "the node has no config (maintenance mode)",
             ));
         };
-        let render = |c: &slate_machinery::config::MachineConfig| -> Result<String, Status> {
+        let render = |c: &slate_config::MachineConfig| -> Result<String, Status> {
             let text = if show_secrets {
                 c.to_yaml().map_err(|e| Status::internal(e.to_string()))?
             } else {
-                slate_machinery::yaml::to_string(&c.redacted())
+                slate_config::yaml::to_string(&c.redacted())
                     .map_err(|e| Status::internal(e.to_string()))?
             };
             Ok(text)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
-use slate_machinery::constants::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
+use slate_common::constants::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
 
 /// Block devices are probed by the kernel while machined starts; a drive
 /// that is there at all shows up well within this.

@@ -51,7 +51,7 @@ async fn list_now(socket: &Path, namespace: &str) -> Result<Vec<ContainerInfo>, 
             .await
             .map_err(|e| ContainersError::Connect {
                 socket: socket.display().to_string(),
-                reason: slate_machinery::error::chain(&e),
+                reason: slate_common::error::chain(&e),
             })?;
     let namespaces = if namespace.is_empty() {
         NamespacesClient::new(channel.clone())

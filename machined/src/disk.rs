@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
-use slate_machinery::constants::{EPHEMERAL_LABEL, MKE2FS_BIN, STATE_LABEL};
+use slate_common::constants::{EPHEMERAL_LABEL, MKE2FS_BIN, STATE_LABEL};
 
 const MIB: u64 = 1024 * 1024;
 /// Room before STATE for EFI (100 MiB), BIOS boot (1 MiB), BOOT (1000 MiB,

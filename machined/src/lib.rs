@@ -39,8 +39,8 @@ pub mod url;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use slate_machinery::config::MachineConfig;
-use slate_machinery::constants;
+use slate_common::constants;
+use slate_config::MachineConfig;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
 
 use crate::node::{Node, Source, Storage};
@@ -83,7 +83,7 @@ impl Default for Paths {
 
 /// The process: logging, then [`run`], which never returns.
 pub fn main() -> std::process::ExitCode {
-    slate_machinery::logging::init();
+    slate_common::logging::init();
     run(&Paths::default())
 }
 
@@ -217,18 +217,14 @@ pub async fn boot(
     if let Some(url) = url::from_cmdline(&cmdline) {
         // The first attempt without an address could only fail.
         let network = std::path::Path::new(constants::NETWORK_READY_FILE);
-        if !slate_machinery::fs::wait_for_file(network, std::time::Duration::from_secs(30)).await {
+        if !slate_common::fs::wait_for_file(network, std::time::Duration::from_secs(30)).await {
             tracing::warn!("no network address after 30 s; fetching anyway");
         }
         tracing::info!("fetching the machine config from {}", url::redacted(&url));
         let shown = url::redacted(&url);
         let verdict = match url::fetch_with_retries(&url).await {
             Ok(body) => {
-                match MachineConfig::parse_bytes(
-                    &body,
-                    &shown,
-                    slate_machinery::config::Mode::Cloud,
-                ) {
+                match MachineConfig::parse_bytes(&body, &shown, slate_config::Mode::Cloud) {
                     Ok(config) => Verdict::valid(config),
                     Err(e) => Verdict::Invalid(e.to_string()),
                 }

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slate_machinery::config::diff::{Change, diff};
-use slate_machinery::config::{MachineConfig, Mode};
+use slate_config::diff::{Change, diff};
+use slate_config::{MachineConfig, Mode};
 use slate_proto::machine::{ApplyConfigurationResponse, ApplyMode};
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -404,7 +404,7 @@ mod tests {
     #[tokio::test]
     async fn an_anonymous_apply_is_refused_once_the_node_has_a_config() {
         let dir = tempfile::tempdir().unwrap();
-        let config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let config = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "t".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             ..Default::default()

@@ -1,7 +1,7 @@
 //! Publishing machined's verdict on the config for the other daemons.
 
-use slate_machinery::config::MachineConfig;
-use slate_machinery::fs::{AtomicWriteError, write_atomic};
+use slate_common::fs::{AtomicWriteError, write_atomic};
+use slate_config::MachineConfig;
 
 use crate::Paths;
 use crate::configdrive::UserData;
@@ -53,7 +53,7 @@ pub fn usable_machine_ca(config: &MachineConfig) -> Result<(), String> {
         .key_pem()
         .map_err(|e| format!("machine.ca.key: {e}"))?
         .ok_or("machine.ca.key: is required")?;
-    slate_machinery::pki::Authority::from_pem(&crt, &key)
+    slate_pki::Authority::from_pem(&crt, &key)
         .map(drop)
         .map_err(|e| format!("machine.ca: {e}"))
 }
@@ -119,7 +119,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(dir.path());
-        let bundle = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let bundle = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "t".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             additional_sans: vec![],

@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-use slate_machinery::config::{MachineConfig, Mode};
-use slate_machinery::fs::{AtomicWriteError, copy_atomic, write_atomic};
+use slate_common::fs::{AtomicWriteError, copy_atomic, write_atomic};
+use slate_config::{MachineConfig, Mode};
 
 const CONFIG: &str = "config.yaml";
 const PREVIOUS: &str = "config.prev.yaml";
@@ -109,7 +109,7 @@ impl State {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("serializing the config")]
-    Serialize(#[source] slate_machinery::config::ConfigError),
+    Serialize(#[source] slate_config::ConfigError),
     #[error("writing to STATE")]
     Write(#[from] AtomicWriteError),
 }
@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     fn config(host: &str) -> MachineConfig {
-        let mut c = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let mut c = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "t".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             ..Default::default()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use slate_machinery::config::MAX_CONFIG_BYTES;
+use slate_config::MAX_CONFIG_BYTES;
 
 /// The kernel argument naming the URL.
 pub const CMDLINE_KEY: &str = "slate.config=";
@@ -104,7 +104,7 @@ pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
 
 struct Parsed<'a> {
     tls: bool,
-    target: slate_machinery::client::Target,
+    target: slate_client::Target,
     path: &'a str,
 }
 
@@ -119,7 +119,7 @@ fn parse(url: &str) -> Option<Parsed<'_>> {
         None => (rest, "/"),
     };
     let default_port = if tls { 443 } else { 80 };
-    let target = slate_machinery::client::Target::parse_with_port(authority, default_port).ok()?;
+    let target = slate_client::Target::parse_with_port(authority, default_port).ok()?;
     Some(Parsed { tls, target, path })
 }
 
@@ -136,7 +136,7 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
     if u.tls {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let config = rustls::ClientConfig::builder_with_provider(slate_machinery::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(slate_pki::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| FetchError::Tls {
                 host: u.target.host.clone(),

@@ -45,7 +45,7 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
-use slate_machinery::constants;
+use slate_common::constants;
 
 pub mod apply;
 pub mod balancer;
@@ -322,12 +322,12 @@ fn create_parent(path: &Path) -> Result<(), RunError> {
     }
 }
 
-pub use slate_machinery::error::chain as error_chain;
+pub use slate_common::error::chain as error_chain;
 
 /// machined's published config, if there is a valid one.
-pub(crate) fn published_config(path: &Path) -> Option<slate_machinery::config::MachineConfig> {
+pub(crate) fn published_config(path: &Path) -> Option<slate_config::MachineConfig> {
     let text = std::fs::read_to_string(path).ok()?;
-    slate_machinery::config::MachineConfig::from_json(&text, &path.display().to_string())
+    slate_config::MachineConfig::from_json(&text, &path.display().to_string())
         .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
         .ok()
 }
@@ -335,7 +335,7 @@ pub(crate) fn published_config(path: &Path) -> Option<slate_machinery::config::M
 /// The process: logging, a one-thread runtime, [`run`]. Returns on SIGTERM
 /// (success) or on failure (init restarts networkd).
 pub fn main() -> std::process::ExitCode {
-    slate_machinery::logging::init();
+    slate_common::logging::init();
     match run_process() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use slate_machinery::config::Network;
+use slate_config::Network;
 
 use crate::hostname;
 

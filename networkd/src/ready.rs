@@ -1,5 +1,5 @@
 //! The network-ready file other daemons wait for
-//! ([`slate_machinery::constants::NETWORK_READY_FILE`]): one line per
+//! ([`slate_common::constants::NETWORK_READY_FILE`]): one line per
 //! configured non-loopback address, `IFNAME ADDRESS/PREFIX SOURCE`. It exists
 //! exactly while at least one address is configured.
 
@@ -44,7 +44,7 @@ pub enum ReadyError {
     Write {
         path: PathBuf,
         #[source]
-        source: slate_machinery::fs::AtomicWriteError,
+        source: slate_common::fs::AtomicWriteError,
     },
     #[error("removing {path}")]
     Remove {
@@ -106,7 +106,7 @@ impl ReadyFile {
                 _ => Ok(()),
             };
         }
-        slate_machinery::fs::write_atomic(&self.path, self.render().as_bytes(), 0o644).map_err(
+        slate_common::fs::write_atomic(&self.path, self.render().as_bytes(), 0o644).map_err(
             |source| ReadyError::Write {
                 path: self.path.clone(),
                 source,

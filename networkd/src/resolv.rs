@@ -1,6 +1,6 @@
 //! resolv.conf, written whole and atomically so a resolver never reads a
 //! half-written file. The image links `/etc/resolv.conf` to
-//! [`slate_machinery::constants::RESOLV_CONF_FILE`] because `/etc` is
+//! [`slate_common::constants::RESOLV_CONF_FILE`] because `/etc` is
 //! read-only.
 
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ pub enum ResolvError {
     Write {
         path: PathBuf,
         #[source]
-        source: slate_machinery::fs::AtomicWriteError,
+        source: slate_common::fs::AtomicWriteError,
     },
 }
 
@@ -40,7 +40,7 @@ pub fn render(nameservers: &[IpAddr], search: &[&str]) -> String {
 
 /// Writes [`render`]'s output to `path` (mode 0644: every process resolves).
 pub fn write_text(path: &Path, text: &str) -> Result<(), ResolvError> {
-    slate_machinery::fs::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+    slate_common::fs::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
         ResolvError::Write {
             path: path.to_owned(),
             source,

@@ -75,7 +75,7 @@ fn json(spec: &impl Serialize) -> String {
 }
 
 /// The types networkd owns.
-pub use slate_machinery::constants::NETWORKD_RESOURCE_TYPES as TYPES;
+pub use slate_common::constants::NETWORKD_RESOURCE_TYPES as TYPES;
 
 #[derive(Serialize)]
 struct LinkSpec {
@@ -163,7 +163,7 @@ pub async fn snapshot(
         _ => {}
     }
     let unavailable =
-        |e: netlink::NetlinkError| Status::unavailable(slate_machinery::error::chain(&e));
+        |e: netlink::NetlinkError| Status::unavailable(slate_common::error::chain(&e));
     let actual = netlink::read(handle, sysfs).await.map_err(unavailable)?;
     let names: BTreeMap<u32, String> = actual
         .links

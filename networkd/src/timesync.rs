@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use slate_machinery::config::Time;
+use slate_config::Time;
 
 /// Offsets below this are not worth a step at the first sync.
 const STEP_MIN: f64 = 0.001;

@@ -126,7 +126,7 @@ fn all_up_requests_succeed_spread_and_show_in_the_resource() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut client = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
-            slate_machinery::client::local(&socket),
+            slate_client::local(&socket),
         );
         let list = client
             .list(slate_proto::resource::ListRequest {
@@ -397,7 +397,7 @@ fn follows_the_published_config() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("machine-config.json");
     let write = |enabled: bool, port: u16, backend: usize| {
-        let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let mut config = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "balancer".into(),
             endpoint: format!("https://{}", lab.backends[backend].addr),
             ..Default::default()

@@ -26,9 +26,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use slate_config::MachineType;
 use slate_discovery::client;
 use slate_discovery::record::ClusterKeys;
-use slate_machinery::config::MachineType;
 use slate_tests::meshlab::{
     self, ECHO_PORT, ICMP, Lab, MESH_PORT, NAT_PUBLIC, Packet, RELAYED, Site, UDP, UP,
 };
@@ -470,7 +470,7 @@ fn a_record_sealed_with_another_secret_is_ignored(lab: &mut Lab, names: &[&str])
     let mut wrong = right.clone();
     wrong.cluster.secret = Some(base64::engine::general_purpose::STANDARD.encode([0x5a; 32]));
     lab.start_networkd(networkd(), "c3", &wrong);
-    let keys = |c: &slate_machinery::config::MachineConfig| {
+    let keys = |c: &slate_config::MachineConfig| {
         ClusterKeys::from_config(
             c.cluster.id.as_deref().expect("an id"),
             c.cluster.secret.as_deref().expect("a secret"),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use slate_machinery::config::Network;
+use slate_config::Network;
 use slate_networkd::reconcile::Reconciler;
 use slate_tests::netns::{self, ip};
 
@@ -27,7 +27,7 @@ where
 }
 
 fn network(yaml: &str) -> Network {
-    slate_machinery::yaml::from_str(yaml).unwrap()
+    slate_config::yaml::from_str(yaml).unwrap()
 }
 
 /// Links that exist already (veth pairs): every kernel has them.
@@ -225,7 +225,7 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
         veths();
         let dir = tempfile::tempdir().unwrap();
         // The published config, as machined writes it.
-        let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let mut config = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "net".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             ..Default::default()
@@ -391,7 +391,7 @@ fn status_lists_and_watches_addresses() {
             },
         ));
         wait_for("the socket", || socket.exists()).await;
-        let mut client = ResourceServiceClient::new(slate_machinery::client::local(&socket));
+        let mut client = ResourceServiceClient::new(slate_client::local(&socket));
         let list = client
             .list(ListRequest {
                 r#type: "addresses".into(),

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use slate_machinery::client::{self, Target};
-use slate_machinery::clientconfig::ClientConfig;
-use slate_machinery::generate::{self, Bundle, Options};
+use slate_client::{self as client, Target};
+use slate_config::clientconfig::ClientConfig;
+use slate_config::generate::{self, Bundle, Options};
 use slate_proto::machine::{VersionRequest, VersionResponse};
 
 use crate::qemu::Vm;
@@ -116,7 +116,7 @@ pub fn context_tls(client: &ClientConfig, name: &str) -> anyhow::Result<Arc<rust
         .contexts
         .get(name)
         .with_context(|| format!("no context {name:?} in the client config"))?;
-    Ok(Arc::new(slate_machinery::tls::client(
+    Ok(Arc::new(slate_pki::tls::client(
         &ctx.ca_pem()?,
         Some(&ctx.identity()?),
     )?))

@@ -8,7 +8,7 @@
 //! name, so a client knows who served it; keep-alive, an optional delay
 //! before each answer, and a kill that closes the port and every
 //! connection, as a crashed API server would. Certificates come from a
-//! test CA (machinery's pki): clients verify them, end to end through the
+//! test CA (slate-pki): clients verify them, end to end through the
 //! balancer.
 //!
 //! Root only, needs `ip`. Everything goes away on drop.
@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slate_machinery::pki;
-use slate_machinery::tls;
 use slate_networkd::balancer::{Balancer, Settings, Target};
+use slate_pki as pki;
+use slate_pki::tls;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::netns::{self, Namespaces};

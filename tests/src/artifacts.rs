@@ -94,7 +94,7 @@ impl Artifacts {
         let mut bytes =
             std::fs::read(layer).with_context(|| format!("reading {}", layer.display()))?;
         bytes.extend(std::fs::read(&self.initramfs)?);
-        slate_machinery::fs::write_atomic(out, &bytes, 0o644)
+        slate_common::fs::write_atomic(out, &bytes, 0o644)
             .with_context(|| format!("writing {}", out.display()))
     }
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use slate_machinery::config::Interface;
-use slate_machinery::generate::{self, Bundle, Options};
+use slate_config::Interface;
+use slate_config::generate::{self, Bundle, Options};
 
 use crate::qemu::{Boot, Lan, Vm, VmOptions};
 
@@ -251,8 +251,7 @@ impl Cluster {
             ca.crt_pem()?,
             ca.key_pem()?.context("the etcd CA has no key")?,
         );
-        let client =
-            slate_machinery::pki::Authority::from_pem(&crt, &key)?.issue_etcd_client("etcdctl")?;
+        let client = slate_pki::Authority::from_pem(&crt, &key)?.issue_etcd_client("etcdctl")?;
         let dir = self.dir.join("etcdctl");
         std::fs::create_dir_all(&dir)?;
         let paths = (
@@ -262,7 +261,7 @@ impl Cluster {
         );
         std::fs::write(&paths.0, crt)?;
         std::fs::write(&paths.1, client.cert_pem)?;
-        slate_machinery::fs::write_atomic(&paths.2, client.key_pem.as_bytes(), 0o600)?;
+        slate_common::fs::write_atomic(&paths.2, client.key_pem.as_bytes(), 0o600)?;
         Ok(paths)
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, ensure};
-use slate_machinery::constants::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
+use slate_common::constants::{CONFIG_DRIVE_LABEL, CONFIG_DRIVE_USER_DATA};
 
 /// Writes a config drive image to `out` with `user_data` as its machine config.
 pub fn build(user_data: &str, out: &Path) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use slate_machinery::client::{self, Target};
+use slate_client::{self as client, Target};
 use slate_proto::machine::{BootstrapRequest, ServiceListRequest};
 
 use crate::api;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use slate_machinery::config::{MachineConfig, MachineType};
+use slate_config::{MachineConfig, MachineType};
 
 use crate::netns::{self, Namespaces, exec, run};
 
@@ -151,7 +151,7 @@ pub struct Lab {
     capture: Option<Child>,
     dir: tempfile::TempDir,
     /// The config every node's is made from (one cluster's secrets).
-    base: slate_machinery::generate::Bundle,
+    base: slate_config::generate::Bundle,
     /// Last: dropped after every process and echo thread is gone.
     namespaces: Namespaces,
 }
@@ -160,7 +160,7 @@ impl Lab {
     /// `r`, `nat1`, `nat2` wired up; no nodes yet.
     pub fn start() -> Lab {
         let tag = format!("ml{}", std::process::id() % 100_000);
-        let base = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let base = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "meshlab".into(),
             endpoint: CONTROL_PLANE_ENDPOINT.into(),
             ..Default::default()
@@ -799,7 +799,7 @@ pub fn list(socket: &Path, kind: &str) -> Result<Vec<(String, serde_json::Value)
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut client = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
-            slate_machinery::client::local(socket),
+            slate_client::local(socket),
         );
         let request = slate_proto::resource::ListRequest {
             r#type: kind.to_owned(),

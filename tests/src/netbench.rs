@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use slate_machinery::config::Network;
+use slate_config::Network;
 use slate_networkd::reconcile::Reconciler;
 
 use crate::netns::{self, Netns};
@@ -56,7 +56,7 @@ fn network(shift: bool) -> anyhow::Result<Network> {
             "      - {{network: 10.200.{i}.0/24, gateway: 10.100.0.254}}\n"
         ));
     }
-    slate_machinery::yaml::from_str(&yaml).map_err(|e| anyhow::anyhow!("{}", e.message))
+    slate_config::yaml::from_str(&yaml).map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
 async fn measure(r: &mut Reconciler, net: &Network, what: &'static str) -> anyhow::Result<Pass> {

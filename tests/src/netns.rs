@@ -189,14 +189,14 @@ impl Netns {
     /// Publishes a machine config whose `machine.network` is `yaml`, where
     /// networkd reads it (machined's published config).
     pub fn write_network_config(&self, yaml: &str) {
-        let mut config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let mut config = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "netns".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             ..Default::default()
         })
         .expect("generating a config")
         .worker;
-        config.machine.network = slate_machinery::yaml::from_str(yaml).expect("network yaml");
+        config.machine.network = slate_config::yaml::from_str(yaml).expect("network yaml");
         std::fs::create_dir_all(self.path("run")).unwrap();
         std::fs::write(
             self.path("run/machine-config.json"),

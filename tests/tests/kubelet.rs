@@ -34,7 +34,7 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
     std::fs::create_dir_all(paths.proc_sys.join("net/ipv4")).unwrap();
     std::fs::write(paths.proc_sys.join("net/ipv4/ip_forward"), "0").unwrap();
     std::fs::write(&paths.swaps, "Filename Type Size Used Priority\n").unwrap();
-    let config = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+    let config = slate_config::generate::generate(&slate_config::generate::Options {
         cluster_name: "kube".into(),
         endpoint: "https://10.0.2.100:6443".into(),
         ..Default::default()

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slate_machinery::client::Target;
-use slate_machinery::generate::Bundle;
-use slate_machinery::pki::{Authority, Role};
-use slate_machinery::tls;
+use slate_client::Target;
+use slate_config::generate::Bundle;
+use slate_pki::tls;
+use slate_pki::{Authority, Role};
 use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::configdrive;
@@ -244,7 +244,7 @@ async fn static_address_from_the_machine_config() {
     let mut bundle = cluster();
     // QEMU forwards the API port to 10.0.2.15: the config gives eth0 that
     // address and the default route; `ip=off` leaves eth0 to the config.
-    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+    bundle.controlplane.machine.network = slate_config::yaml::from_str(
         "hostname: cfg-node
 nameservers: [10.0.2.3]
 interfaces:
@@ -298,7 +298,7 @@ interfaces:
 async fn vlan_and_dummy_links_from_the_machine_config() {
     let a = Artifacts::find().unwrap();
     let mut bundle = cluster();
-    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+    bundle.controlplane.machine.network = slate_config::yaml::from_str(
         "interfaces:
   - interface: eth0
     dhcp: true
@@ -351,7 +351,7 @@ async fn vlan_and_dummy_links_from_the_machine_config() {
 async fn a_bond_keeps_the_api_reachable_when_either_link_is_cut() {
     let a = Artifacts::find().unwrap();
     let mut bundle = cluster();
-    bundle.controlplane.machine.network = slate_machinery::yaml::from_str(
+    bundle.controlplane.machine.network = slate_config::yaml::from_str(
         "interfaces:
   - interface: bond0
     bond: {interfaces: [eth0, eth1], mode: active-backup}

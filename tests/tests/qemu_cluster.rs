@@ -62,7 +62,7 @@ async fn three_control_planes_bootstrap_join_survive_a_power_cut_and_rejoin() {
     let boot = Boot::kernel_with_extensions(&a).unwrap();
     let mut cluster = Cluster::create(3, dir.path(), &boot).unwrap();
     let config = cluster.slateconfig.clone();
-    let client = slate_machinery::clientconfig::ClientConfig::load(&config).unwrap();
+    let client = slate_config::clientconfig::ClientConfig::load(&config).unwrap();
     let admin = api::context_tls(&client, "slate-cluster").unwrap();
     for i in 0..3 {
         cluster.start(i).unwrap();

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slate_machinery::client::Target;
-use slate_machinery::tls;
+use slate_client::Target;
+use slate_pki::tls;
 use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::console;
@@ -62,8 +62,7 @@ fn gen_config(name: &str, dir: &Path) {
 
 /// The admin TLS identity of context `name` in `dir`'s slateconfig.
 fn admin(dir: &Path, name: &str) -> Arc<rustls::ClientConfig> {
-    let client =
-        slate_machinery::clientconfig::ClientConfig::load(&dir.join("slateconfig")).unwrap();
+    let client = slate_config::clientconfig::ClientConfig::load(&dir.join("slateconfig")).unwrap();
     api::context_tls(&client, name).unwrap()
 }
 

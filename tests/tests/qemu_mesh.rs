@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use slate_machinery::client::Target;
-use slate_machinery::config::{MachineConfig, MeshBackend};
+use slate_client::Target;
+use slate_config::{MachineConfig, MeshBackend};
 use slate_tests::api;
 use slate_tests::artifacts::{Artifacts, built};
 use slate_tests::cluster;

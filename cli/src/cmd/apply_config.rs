@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use slate_machinery::config::MAX_CONFIG_BYTES;
+use slate_config::MAX_CONFIG_BYTES;
 use slate_proto::machine::{ApplyConfigurationRequest, ApplyMode};
 
 use crate::{Global, connect};
@@ -94,7 +94,7 @@ pub async fn run(global: &Global, args: ApplyConfigArgs) -> anyhow::Result<ExitC
         .for_each(|channel| {
             let request = request.clone();
             async move {
-                slate_machinery::client::machine(channel)
+                slate_client::machine(channel)
                     .apply_configuration(request)
                     .await
                     .map(|r| r.into_inner())

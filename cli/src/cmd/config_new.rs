@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use slate_machinery::clientconfig::{ClientConfig, Context};
-use slate_machinery::pki::{CertAndKey, Role};
+use slate_config::clientconfig::{ClientConfig, Context};
+use slate_pki::{CertAndKey, Role};
 use slate_proto::machine::GenerateClientConfigurationRequest;
 
 use crate::{Global, connect};
@@ -53,8 +53,8 @@ pub async fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode
     let channel = session
         .connect(&target)
         .await
-        .map_err(|e| anyhow::anyhow!("{target}: {}", slate_machinery::error::chain(&e)))?;
-    let r = slate_machinery::client::machine(channel)
+        .map_err(|e| anyhow::anyhow!("{target}: {}", slate_common::error::chain(&e)))?;
+    let r = slate_client::machine(channel)
         .generate_client_configuration(GenerateClientConfigurationRequest {
             role: args.role.as_str().to_owned(),
             name: args.name.clone(),

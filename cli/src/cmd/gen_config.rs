@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use slate_machinery::config::{Mode, patch};
-use slate_machinery::fs::write_atomic;
-use slate_machinery::generate::{self, Options, Secrets};
+use slate_common::fs::write_atomic;
+use slate_config::generate::{self, Options, Secrets};
+use slate_config::{Mode, patch};
 
 use super::patch_args;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
-use slate_machinery::client::Target;
+use slate_client::Target;
 use slate_proto::machine::GetMachineConfigRequest;
 use slate_proto::resource::resource_service_client::ResourceServiceClient;
 use slate_proto::resource::watch_event::Kind;
@@ -256,7 +256,7 @@ async fn machine_config(session: &connect::Session, args: GetArgs) -> anyhow::Re
     let show_secrets = args.insecure_show_secrets;
     let (results, ok) = session
         .for_each(|channel| async move {
-            slate_machinery::client::machine(channel)
+            slate_client::machine(channel)
                 .get_machine_config(GetMachineConfigRequest { show_secrets })
                 .await
                 .map(|r| r.into_inner())
@@ -277,7 +277,7 @@ async fn machine_config(session: &connect::Session, args: GetArgs) -> anyhow::Re
             }
             Format::Json => {
                 let parse = |y: &str| -> anyhow::Result<serde_json::Value> {
-                    slate_machinery::yaml::from_str(y)
+                    slate_config::yaml::from_str(y)
                         .map_err(|e| anyhow::anyhow!("the node's YAML: {}", e.message))
                 };
                 let staged = if r.staged_yaml.is_empty() {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use slate_machinery::config::{MachineConfig, Mode, patch};
-use slate_machinery::fs::write_atomic;
+use slate_common::fs::write_atomic;
+use slate_config::{MachineConfig, Mode, patch};
 
 use super::patch_args;
 

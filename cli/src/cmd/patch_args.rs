@@ -2,7 +2,7 @@
 //! is the patch itself (YAML or JSON), as in talosctl.
 
 use anyhow::Context as _;
-use slate_machinery::config::patch::Patch;
+use slate_config::patch::Patch;
 
 /// Loads every patch argument, naming each by its file or `--patch #N`.
 pub fn load(args: &[String], flag: &str) -> anyhow::Result<Vec<(String, Patch)>> {

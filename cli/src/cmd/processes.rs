@@ -52,7 +52,7 @@ pub async fn run(global: &Global, args: ProcessesArgs) -> anyhow::Result<ExitCod
     let session = connect::session(global)?;
     let (results, ok) = session
         .for_each(|channel| async move {
-            slate_machinery::client::machine(channel)
+            slate_client::machine(channel)
                 .processes(ProcessesRequest {})
                 .await
                 .map(|r| r.into_inner())

@@ -152,17 +152,14 @@ impl Rows for Row {
 async fn fetch(
     global: &Global,
     id: &str,
-) -> anyhow::Result<(
-    Vec<(slate_machinery::client::Target, Vec<ServiceInfo>)>,
-    bool,
-)> {
+) -> anyhow::Result<(Vec<(slate_client::Target, Vec<ServiceInfo>)>, bool)> {
     let session = connect::session(global)?;
     let id = id.to_owned();
     Ok(session
         .for_each(|channel| {
             let id = id.clone();
             async move {
-                slate_machinery::client::machine(channel)
+                slate_client::machine(channel)
                     .service_list(ServiceListRequest { id })
                     .await
                     .map(|r| r.into_inner().services)
@@ -208,7 +205,7 @@ pub async fn service(global: &Global, args: ServiceArgs) -> anyhow::Result<ExitC
         .for_each(|channel| {
             let id = id.clone();
             async move {
-                slate_machinery::client::machine(channel)
+                slate_client::machine(channel)
                     .service_action(ServiceActionRequest {
                         id,
                         action: kind as i32,
@@ -280,13 +277,13 @@ pub(crate) async fn one_node(
     global: &Global,
     what: &str,
 ) -> anyhow::Result<(
-    slate_machinery::client::Target,
+    slate_client::Target,
     slate_proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel>,
 )> {
     let session = connect::session(global)?;
     let target = session.single(what)?;
     let channel = session.connect_to(&target).await?;
-    Ok((target, slate_machinery::client::machine(channel)))
+    Ok((target, slate_client::machine(channel)))
 }
 
 async fn print_lines(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use slate_machinery::config::{MachineConfig, Mode};
+use slate_config::{MachineConfig, Mode};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde::Serialize;
-use slate_machinery::version;
+use slate_common::version;
 use slate_proto::machine::VersionRequest;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -88,7 +88,7 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
         let session = connect::session(global)?;
         let (results, all_ok) = session
             .for_each(|channel| async move {
-                slate_machinery::client::machine(channel)
+                slate_client::machine(channel)
                     .version(VersionRequest {})
                     .await
                     .map(|r| r.into_inner())

@@ -33,7 +33,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    slate_machinery::logging::init();
+    slate_common::logging::init();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use slate_machinery::config::MachineConfig;
-use slate_machinery::pki::Authority;
+use slate_config::MachineConfig;
+use slate_pki::Authority;
 
 use super::Identity;
 
@@ -14,7 +14,7 @@ pub const CA_CRT: &str = "ca.crt";
 pub const MEMBER_CRT: &str = "member.crt";
 pub const MEMBER_KEY: &str = "member.key";
 
-fn ca(config: &MachineConfig) -> Result<&slate_machinery::config::PemKeyPair, String> {
+fn ca(config: &MachineConfig) -> Result<&slate_config::PemKeyPair, String> {
     config
         .cluster
         .etcd
@@ -53,9 +53,7 @@ pub fn write(config: &MachineConfig, who: &Identity, dir: &Path) -> Result<(), S
     ];
     // Joining nodes dial the control-plane endpoint's host (a DNS name or
     // VIP in front of the control plane): every member answers to it.
-    if let Some(host) =
-        slate_machinery::config::endpoint_host(&config.cluster.control_plane.endpoint)
-    {
+    if let Some(host) = slate_config::endpoint_host(&config.cluster.control_plane.endpoint) {
         names.push(host);
     }
     let member = authority
@@ -64,8 +62,8 @@ pub fn write(config: &MachineConfig, who: &Identity, dir: &Path) -> Result<(), S
     let ca = etcd_ca(config)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let write = |name: &str, text: &str, mode: u32| {
-        slate_machinery::fs::write_atomic(&dir.join(name), text.as_bytes(), mode)
-            .map_err(|e| slate_machinery::error::chain(&e))
+        slate_common::fs::write_atomic(&dir.join(name), text.as_bytes(), mode)
+            .map_err(|e| slate_common::error::chain(&e))
     };
     write(CA_CRT, &ca, 0o644)?;
     write(MEMBER_CRT, &member.cert_pem, 0o644)?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
-use slate_machinery::pki::CertAndKey;
+use slate_pki::CertAndKey;
 
 /// How long one endpoint gets to answer before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

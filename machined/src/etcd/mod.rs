@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slate_machinery::config::{MachineConfig, MachineType};
-use slate_machinery::pki::CertAndKey;
+use slate_config::{MachineConfig, MachineType};
+use slate_pki::CertAndKey;
 
 use crate::services::spec::{Condition, HealthCheck, Probe, ServiceSpec};
 
@@ -59,7 +59,7 @@ impl Default for EtcdPaths {
         Self {
             data: "/var/lib/etcd".into(),
             pki: "/run/slate/etcd".into(),
-            network_ready: slate_machinery::constants::NETWORK_READY_FILE.into(),
+            network_ready: slate_common::constants::NETWORK_READY_FILE.into(),
             hostname: "/proc/sys/kernel/hostname".into(),
         }
     }
@@ -215,8 +215,7 @@ impl Etcd {
     /// then the members seen last; never `own` (this node's).
     fn candidates(&self, own: Option<&str>) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(host) =
-            slate_machinery::config::endpoint_host(&self.config.cluster.control_plane.endpoint)
+        if let Some(host) = slate_config::endpoint_host(&self.config.cluster.control_plane.endpoint)
         {
             out.push(match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => url(ip, CLIENT_PORT),

@@ -5,13 +5,13 @@
 //! whose layer has it ([`crate::etcd`]); kubelet when the layer has one and
 //! the node has a config ([`super::kubelet`]); and the services the layer
 //! declares itself (`etc/slate/services/*.yaml`,
-//! [`slate_machinery::extension_service`]). The mesh's discovery service
+//! [`slate_config::extension_service`]). The mesh's discovery service
 //! is in the root image and runs on control-plane nodes ([`runs_discovery`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use slate_machinery::config::MachineConfig;
+use slate_config::MachineConfig;
 
 use super::spec::{
     Condition, HealthCheck, KillMode, Limits, Probe, RestartPolicy, ServiceSpec, prepare_with,
@@ -42,7 +42,7 @@ pub fn specs(
     }
     if let Some(layer) = bin.parent() {
         out.extend(extension_services(
-            &layer.join(slate_machinery::extension_service::DIR_IN_LAYER),
+            &layer.join(slate_config::extension_service::DIR_IN_LAYER),
         ));
     }
     if let Some(config) = config
@@ -68,7 +68,7 @@ pub fn specs(
 /// The services the layer declares in `dir` (`*.yaml`); a declaration
 /// that does not parse is logged and skipped, never the others.
 pub fn extension_services(dir: &Path) -> Vec<ServiceSpec> {
-    use slate_machinery::extension_service::ExtensionService;
+    use slate_config::extension_service::ExtensionService;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -98,8 +98,8 @@ pub fn extension_services(dir: &Path) -> Vec<ServiceSpec> {
 }
 
 /// The supervisor's spec for a declared extension service.
-pub fn extension_spec(s: &slate_machinery::extension_service::ExtensionService) -> ServiceSpec {
-    use slate_machinery::extension_service::Restart;
+pub fn extension_spec(s: &slate_config::extension_service::ExtensionService) -> ServiceSpec {
+    use slate_config::extension_service::Restart;
     let mut spec = ServiceSpec::with_command(&s.name, s.command.clone());
     spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
     spec.env
@@ -111,7 +111,7 @@ pub fn extension_spec(s: &slate_machinery::extension_service::ExtensionService) 
     };
     if s.depends_on.network {
         spec.depends.push(Condition::File(
-            slate_machinery::constants::NETWORK_READY_FILE.into(),
+            slate_common::constants::NETWORK_READY_FILE.into(),
         ));
     }
     spec.depends.extend(
@@ -138,7 +138,7 @@ pub const DISCOVERY_BIN: &str = "/usr/bin/slate-discovery";
 /// the control-plane endpoint's host, port 3000.
 pub fn runs_discovery(config: &MachineConfig) -> bool {
     let mesh = &config.cluster.mesh;
-    config.machine.kind == slate_machinery::config::MachineType::Controlplane
+    config.machine.kind == slate_config::MachineType::Controlplane
         && mesh.enabled
         && mesh.discovery.endpoint.is_none()
 }
@@ -183,8 +183,8 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
         if let Some(dir) = config.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        slate_machinery::fs::write_atomic(&config, text.as_bytes(), 0o644)
-            .map_err(|e| slate_machinery::error::chain(&e))?;
+        slate_common::fs::write_atomic(&config, text.as_bytes(), 0o644)
+            .map_err(|e| slate_common::error::chain(&e))?;
         Ok(Vec::new())
     }));
     spec.health = Some(HealthCheck {
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn control_plane_nodes_run_discovery_when_the_mesh_needs_theirs() {
-        let generated = slate_machinery::generate::generate(&slate_machinery::generate::Options {
+        let generated = slate_config::generate::generate(&slate_config::generate::Options {
             cluster_name: "c".into(),
             endpoint: "https://10.0.0.1:6443".into(),
             ..Default::default()

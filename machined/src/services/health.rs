@@ -52,7 +52,7 @@ async fn http_get(addr: &str, path: &str) -> Result<(), String> {
     crate::url::fetch(&url)
         .await
         .map(drop)
-        .map_err(|e| format!("{url}: {}", slate_machinery::error::chain(&e)))
+        .map_err(|e| format!("{url}: {}", slate_common::error::chain(&e)))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use slate_machinery::config::MachineConfig;
+use slate_config::MachineConfig;
 
 use super::catalog::CONTAINERD_SOCKET;
 use super::spec::{Condition, HealthCheck, Probe, ServiceSpec};
@@ -47,7 +47,7 @@ impl Default for KubeletPaths {
     fn default() -> Self {
         Self {
             dir: "/var/lib/kubelet".into(),
-            network_ready: slate_machinery::constants::NETWORK_READY_FILE.into(),
+            network_ready: slate_common::constants::NETWORK_READY_FILE.into(),
             proc_sys: "/proc/sys".into(),
             swaps: "/proc/swaps".into(),
         }
@@ -115,8 +115,8 @@ fn prepare(config: &MachineConfig, paths: &KubeletPaths) -> Result<Vec<String>, 
         .decode(config.cluster.ca.crt.trim())
         .map_err(|e| format!("cluster.ca.crt is not base64: {e}"))?;
     let write = |path: PathBuf, bytes: &[u8], mode: u32| {
-        slate_machinery::fs::write_atomic(&path, bytes, mode)
-            .map_err(|e| slate_machinery::error::chain(&e))
+        slate_common::fs::write_atomic(&path, bytes, mode)
+            .map_err(|e| slate_common::error::chain(&e))
     };
     write(paths.ca(), &ca, 0o644)?;
     write(

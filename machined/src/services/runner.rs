@@ -203,7 +203,7 @@ async fn run_once(
             cgroup
         }
         Err(e) => {
-            service.record(State::Failed, slate_machinery::error::chain(&e));
+            service.record(State::Failed, slate_common::error::chain(&e));
             return Outcome::NotStarted;
         }
     };
@@ -313,7 +313,7 @@ fn spawn(
     let (program, args) = spec.command.split_first().ok_or("no command")?;
     let procs = cgroup
         .procs_file()
-        .map_err(|e| slate_machinery::error::chain(&e))?;
+        .map_err(|e| slate_common::error::chain(&e))?;
     let fd = procs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)

@@ -91,7 +91,7 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum BalancerError {
     #[error("setting up the probes' TLS")]
-    Tls(#[source] slate_machinery::tls::TlsError),
+    Tls(#[source] slate_pki::tls::TlsError),
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -134,7 +134,7 @@ struct State {
 
 impl Balancer {
     pub fn new(settings: Settings) -> Result<Balancer, BalancerError> {
-        let mut tls = slate_machinery::tls::client_insecure().map_err(BalancerError::Tls)?;
+        let mut tls = slate_pki::tls::client_insecure().map_err(BalancerError::Tls)?;
         // The probe speaks HTTP/1.1: one small GET, no multiplexing needed.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));

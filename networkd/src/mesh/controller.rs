@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
+use slate_config::MeshBackend;
 use slate_discovery::client;
 use slate_discovery::gossip::{AffiliateTable, MAX_PEERS, Merged};
 use slate_discovery::record::{ClusterKeys, ControlPlane, MAX_SEEN, Record, next_version};
-use slate_machinery::config::MeshBackend;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -134,7 +134,7 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
         secret: config.cluster.secret.clone()?,
         discovery,
         seed,
-        control_plane: config.machine.kind == slate_machinery::config::MachineType::Controlplane,
+        control_plane: config.machine.kind == slate_config::MachineType::Controlplane,
         hostname: config.machine.network.hostname.clone().unwrap_or_default(),
         route_filter: mesh.route_filter.clone(),
         api_balancer: config.cluster.api_balancer.enabled,

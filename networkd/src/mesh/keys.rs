@@ -27,7 +27,7 @@ pub enum KeyError {
     Write {
         path: PathBuf,
         #[source]
-        source: slate_machinery::fs::AtomicWriteError,
+        source: slate_common::fs::AtomicWriteError,
     },
 }
 
@@ -84,12 +84,12 @@ impl NodeKey {
                     "{}\n",
                     base64::engine::general_purpose::STANDARD.encode(key.secret.to_bytes())
                 );
-                slate_machinery::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(
-                    |source| KeyError::Write {
+                slate_common::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+                    KeyError::Write {
                         path: path.to_owned(),
                         source,
-                    },
-                )?;
+                    }
+                })?;
                 tracing::info!(
                     "created the mesh key {} ({})",
                     path.display(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use slate_machinery::config::{BondMode, DeviceSelector, Network, Route};
+use slate_config::{BondMode, DeviceSelector, Network, Route};
 
 use super::model::{ActualLink, Addr, DEFAULT_METRIC, Desired, DesiredLink, Kind, RouteSpec};
 
@@ -165,7 +165,7 @@ mod tests {
     }
 
     fn network(yaml: &str) -> Network {
-        slate_machinery::yaml::from_str(yaml).unwrap()
+        slate_config::yaml::from_str(yaml).unwrap()
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtnetlink::Handle;
-use slate_machinery::config::Network;
-use slate_machinery::fs::write_atomic;
+use slate_common::fs::write_atomic;
+use slate_config::Network;
 
 use model::{Addr, Op};
 
@@ -150,7 +150,7 @@ impl Reconciler {
                     }
                     report.done.push(op);
                 }
-                Err(e) => report.failed.push(slate_machinery::error::chain(&e)),
+                Err(e) => report.failed.push(slate_common::error::chain(&e)),
             }
         }
         report.present = present;
@@ -165,7 +165,7 @@ impl Reconciler {
                 .map(|a| format!("{} {}\n", a.ifname, a.net))
                 .collect();
             if let Err(e) = write_atomic(&self.owned_file, text.as_bytes(), 0o644) {
-                tracing::warn!("{}", slate_machinery::error::chain(&e));
+                tracing::warn!("{}", slate_common::error::chain(&e));
             }
         }
         Ok(report)
@@ -217,12 +217,12 @@ fn sync_ready(ready: &SharedReady, present: &BTreeSet<Addr>, listed: &mut BTreeM
         if listed.get(ifname) != Some(entry)
             && let Err(e) = file.set(entry.clone())
         {
-            tracing::warn!("{}", slate_machinery::error::chain(&e));
+            tracing::warn!("{}", slate_common::error::chain(&e));
         }
     }
     for gone in listed.keys().filter(|k| !now.contains_key(*k)) {
         if let Err(e) = file.remove(gone, Source::Config) {
-            tracing::warn!("{}", slate_machinery::error::chain(&e));
+            tracing::warn!("{}", slate_common::error::chain(&e));
         }
     }
     *listed = now;
@@ -403,7 +403,7 @@ pub async fn run(ctx: Context) {
                 }
             }
             Err(e) => {
-                let why = slate_machinery::error::chain(&e);
+                let why = slate_common::error::chain(&e);
                 tracing::warn!("network: {why}");
                 ctx.status.set(NetworkStatus {
                     configured: true,

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use slate_machinery::clientconfig::ClientConfig;
-use slate_machinery::generate::{self, Options};
+use slate_config::clientconfig::ClientConfig;
+use slate_config::generate::{self, Options};
 use slate_tests::artifacts::Artifacts;
 use slate_tests::configdrive;
 use slate_tests::qemu::{self, Boot, VmOptions};
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
             secrets: None,
         })?;
         let write = |path: &PathBuf, text: String| {
-            slate_machinery::fs::write_atomic(path, text.as_bytes(), 0o600)
+            slate_common::fs::write_atomic(path, text.as_bytes(), 0o600)
                 .with_context(|| format!("writing {}", path.display()))
         };
         write(&controlplane, bundle.controlplane.to_yaml()?)?;

@@ -1,23 +1,24 @@
 //! Golden files for validation messages: each `golden/NAME.yaml` is checked
 //! and what `slatectl validate` would print is compared with
 //! `golden/NAME.errors`. After a deliberate change of wording, regenerate
-//! with `UPDATE_GOLDEN=1 cargo test -p slate-machinery --test validation`
+//! with `UPDATE_GOLDEN=1 cargo test -p slate-config --test validation`
 //! and review the diff.
 
 use std::path::Path;
 
-use slate_machinery::config::{MachineConfig, Mode};
+use slate_config::{MachineConfig, Mode};
 
 fn check(name: &str, mode: Mode) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let input = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
+    let input =
+        std::fs::read_to_string(dir.join(format!("{name}.yaml"))).expect("read golden input");
     let got = match MachineConfig::parse_for(&input, &format!("{name}.yaml"), mode) {
         Ok(_) => "valid\n".to_owned(),
         Err(e) => format!("{e}\n"),
     };
     let golden = dir.join(format!("{name}.errors"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, &got).unwrap();
+        std::fs::write(&golden, &got).expect("write golden output");
     }
     let want = std::fs::read_to_string(&golden).unwrap_or_default();
     assert_eq!(

@@ -12,7 +12,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::constants::APID_PORT;
+use slate_common::constants::APID_PORT;
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 
 /// Where to reach a node: `host` or `host:port` (IPv6 as `[::1]:50000`).

@@ -5,14 +5,24 @@
 //! - [`validate`]: semantic checks that report every problem at once, each
 //!   with its YAML path and, when parsed from YAML, line and column.
 //!
+//! Beside it, in this crate:
+//! - [`clientconfig`]: slatectl's contexts;
+//! - [`generate`]: a new cluster's secrets and configs (`gen config`);
+//! - [`extension_service`]: services declared in the extension layer;
+//! - [`yaml`]: YAML in and out with positions in errors.
+//!
 //! Parsing is strict: unknown fields are errors, so a typo never silently
 //! does nothing; and the input is bounded ([`MAX_CONFIG_BYTES`]) because a
 //! config arrives from the network and from disks.
 
+pub mod clientconfig;
 pub mod diff;
+pub mod extension_service;
+pub mod generate;
 pub mod patch;
 mod schema;
 mod validate;
+pub mod yaml;
 
 use base64::Engine as _;
 

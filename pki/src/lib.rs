@@ -3,6 +3,9 @@
 //!
 //! Keys: Ed25519 for the CA and clients (small, fast), ECDSA P-256 for the
 //! server, which every TLS client supports.
+//!
+//! [`tls`] builds the rustls configurations for apid and its clients from
+//! them.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,6 +16,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
+
+pub mod tls;
 
 /// A role, carried in the Organization of a client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PemKeyPair;
-use crate::pki::CertAndKey;
+use crate::PemKeyPair;
+use slate_pki::CertAndKey;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +97,7 @@ pub enum ClientConfigError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::fs::AtomicWriteError,
+        source: slate_common::fs::AtomicWriteError,
     },
 }
 
@@ -122,7 +122,7 @@ impl ClientConfig {
     /// Writes the config with mode 0600: it holds a private key.
     pub fn save(&self, path: &Path) -> Result<(), ClientConfigError> {
         let text = self.to_yaml()?;
-        crate::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+        slate_common::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
             ClientConfigError::Write {
                 path: path.to_owned(),
                 source,

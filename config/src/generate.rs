@@ -10,11 +10,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::clientconfig::{ClientConfig, Context};
-use crate::config::{
-    self, ApiBalancer, CONFIG_VERSION, Cluster, ClusterNetwork, ControlPlane, Etcd, Install,
-    Kubelet, Machine, MachineConfig, MachineType, Mesh, Network, PemKeyPair, Time,
+use crate::{
+    self as config, ApiBalancer, CONFIG_VERSION, Cluster, ClusterNetwork, ControlPlane, Etcd,
+    Install, Kubelet, Machine, MachineConfig, MachineType, Mesh, Network, PemKeyPair, Time,
 };
-use crate::pki::{self, Authority, PkiError, Role};
+use slate_pki::{self as pki, Authority, PkiError, Role};
 
 /// Everything `gen config` writes.
 #[derive(Debug)]

@@ -140,7 +140,7 @@ impl ExtensionService {
             field,
             message,
         };
-        if !crate::config::is_label(&service.name) {
+        if !crate::is_label(&service.name) {
             return Err(invalid(
                 "name",
                 format!("{:?} is not a-z, 0-9 and '-'", service.name),

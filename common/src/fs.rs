@@ -41,6 +41,7 @@ pub enum AtomicWriteError {
 /// Waits until `path` exists (another daemon published it), checking every
 /// 10 ms: the files daemons hand over appear once per boot on tmpfs, so the
 /// check costs nothing and keeps boot latency low. False after `limit`.
+#[cfg(feature = "tokio")]
 pub async fn wait_for_file(path: &Path, limit: std::time::Duration) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {

@@ -14,7 +14,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::pki::CertAndKey;
+use crate::CertAndKey;
 
 /// gRPC runs over HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
