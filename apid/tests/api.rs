@@ -103,7 +103,7 @@ async fn start(boot: Boot<'_>) -> Node {
         slate_machined::serve(&machined_paths, node, supervisor, None).await
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = Target::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+    let target = slate_client::parse_target(&listener.local_addr().unwrap().to_string()).unwrap();
     let apid = tokio::spawn(slate_apid::serve(paths, listener));
     Node {
         dir,

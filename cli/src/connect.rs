@@ -32,7 +32,7 @@ fn default_config_path() -> Option<PathBuf> {
 pub fn session(global: &Global) -> anyhow::Result<Session> {
     let parse = |list: &[String]| {
         list.iter()
-            .map(|s| Target::parse(s))
+            .map(|s| slate_client::parse_target(s))
             .collect::<Result<Vec<_>, _>>()
     };
     let flag_endpoints = parse(&global.endpoints)?;

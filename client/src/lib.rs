@@ -16,64 +16,12 @@ use slate_common::constants::APID_PORT;
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 
 /// Where to reach a node: `host` or `host:port` (IPv6 as `[::1]:50000`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
+pub use slate_common::hostport::HostPort as Target;
 
-impl Target {
-    /// `host` or `host:port`, apid's port by default.
-    pub fn parse(s: &str) -> Result<Self, ClientError> {
-        Self::parse_with_port(s, APID_PORT)
-    }
-
-    /// `host` or `host:port` (IPv6 in brackets), `default_port` without one.
-    pub fn parse_with_port(s: &str, default_port: u16) -> Result<Self, ClientError> {
-        let bad = || ClientError::BadTarget(s.to_owned());
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(bad());
-        }
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-            match after.strip_prefix(':') {
-                Some(p) => (host, Some(p)),
-                None if after.is_empty() => (host, None),
-                None => return Err(bad()),
-            }
-        } else if s.matches(':').count() == 1 {
-            let (h, p) = s.split_once(':').ok_or_else(bad)?;
-            (h, Some(p))
-        } else {
-            (s, None) // a name, an IPv4 address or a bare IPv6 address
-        };
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
-            None => default_port,
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    fn socket_addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.socket_addr())
-    }
+/// `host` or `host:port` (IPv6 in brackets, or bare without a port),
+/// apid's port by default.
+pub fn parse_target(s: &str) -> Result<Target, ClientError> {
+    Target::parse_or(s, APID_PORT).map_err(|_| ClientError::BadTarget(s.to_owned()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +69,7 @@ impl ClientError {
 pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<Channel, ClientError> {
     let server_name = ServerName::try_from(target.host.clone())
         .map_err(|_| ClientError::BadServerName(target.host.clone()))?;
-    let addr = target.socket_addr();
+    let addr = target.to_string();
     let connector = tokio_rustls::TlsConnector::from(tls);
     // The scheme only fills HTTP/2's :scheme; TLS is done by the connector.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -178,7 +126,7 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = |s: &str| Target::parse(s).map(|t| (t.host, t.port));
+        let t = |s: &str| parse_target(s).map(|t| (t.host, t.port));
         assert_eq!(t("10.0.0.1").unwrap(), ("10.0.0.1".into(), 50000));
         assert_eq!(t("10.0.0.1:1234").unwrap(), ("10.0.0.1".into(), 1234));
         assert_eq!(t("node-1").unwrap(), ("node-1".into(), 50000));

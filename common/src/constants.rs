@@ -6,6 +6,11 @@
 /// Port of apid's gRPC API (mutual TLS).
 pub const APID_PORT: u16 = 50000;
 
+/// Port of the mesh's discovery service: where a control-plane node's own
+/// copy listens, and where networkd looks for it at the control-plane
+/// endpoint's host when `cluster.mesh.discovery.endpoint` is unset.
+pub const DISCOVERY_PORT: u16 = 3000;
+
 /// Runtime state shared between daemons (tmpfs).
 pub const RUN_DIR: &str = "/run/slate";
 

@@ -3,11 +3,15 @@
 //! - [`constants`]: paths, ports and names;
 //! - [`error`]: an error and its causes on one line;
 //! - [`fs`]: atomic state writes;
+//! - [`hostport`]: `host:port` as users and configs write it;
+//! - [`ratelimit`]: log lines a flood cannot multiply;
 //! - [`version`]: what this build is;
 //! - [`logging`] (feature `logging`): the daemons' console log format.
 pub mod constants;
 pub mod error;
 pub mod fs;
+pub mod hostport;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod ratelimit;
 pub mod version;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use ipnet::IpNet;
+use slate_common::hostport::HostPort;
 
 use super::schema::*;
 use super::{CONFIG_VERSION, Mode};
@@ -514,15 +515,14 @@ fn extra_args(path: &str, args: &std::collections::BTreeMap<String, String>, p: 
     }
 }
 
-/// The host of `https://HOST:PORT` (IPv6 in brackets), if the URL has that shape.
+/// The host of `https://HOST:PORT` (IPv6 in brackets, no path), if the
+/// URL has that shape.
 pub fn endpoint_host(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("https://")?.trim_end_matches('/');
-    let (host, port) = match rest.strip_prefix('[') {
-        Some(v6) => v6.split_once("]:")?,
-        None => rest.rsplit_once(':')?,
-    };
-    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p != 0))
-        .then(|| host.to_owned())
+    let authority = url.strip_prefix("https://")?.trim_end_matches('/');
+    if authority.contains(['/', '?', '#']) {
+        return None;
+    }
+    HostPort::from_https_url(url, None).ok().map(|t| t.host)
 }
 
 fn is_token(t: &str) -> bool {

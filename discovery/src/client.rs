@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::rt::TokioIo;
-use slate_client::Target;
+use slate_common::hostport::HostPort;
 
 use crate::bundle::{self, BundleError, MAX_BUNDLE_BYTES};
 use crate::record::ClusterKeys;
@@ -130,7 +130,7 @@ async fn call(url: &str, mut request: http::Request<Full<Bytes>>) -> Result<Byte
         .ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let target =
-        Target::parse_with_port(authority, 80).map_err(|_| ClientError::BadUrl(url.to_owned()))?;
+        HostPort::parse_or(authority, 80).map_err(|_| ClientError::BadUrl(url.to_owned()))?;
     *request.uri_mut() = (if path.is_empty() { "/" } else { path })
         .parse()
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;

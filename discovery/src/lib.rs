@@ -16,7 +16,6 @@
 //!   and from its peers, and the bundles it passes on, so the mesh heals
 //!   while the service is down.
 //! - [`bundle`]: the wire form of a list of sealed records.
-//! - [`ratelimit`]: logging bad input at most once per source per window.
 //! - [`node`]: the service as a process (the binary, and a node's copy).
 //!
 //! # Limitations
@@ -26,6 +25,5 @@ pub mod bundle;
 pub mod client;
 pub mod gossip;
 pub mod node;
-pub mod ratelimit;
 pub mod record;
 pub mod service;

@@ -7,12 +7,14 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use slate_common::constants::DISCOVERY_PORT;
+
 use crate::service::{self, Limits, Service, SystemClock};
 
-/// Where a node's copy listens: every address, port 3000 (the port
-/// networkd assumes when `cluster.mesh.discovery.endpoint` is unset).
+/// Where a node's copy listens: every address, [`DISCOVERY_PORT`] (the
+/// port networkd assumes when `cluster.mesh.discovery.endpoint` is unset).
 pub const NODE_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 3000);
+    SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), DISCOVERY_PORT);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::bundle::{self, MAX_BUNDLE_RECORDS};
-use crate::ratelimit::RateLimitedLog;
 use crate::record::MAX_SEALED;
+use slate_common::ratelimit::{LogLimiter, held_back};
 
 /// Header with which a node asks for a shorter TTL than the service's.
 pub const TTL_HEADER: &str = "slate-ttl";
@@ -225,7 +225,7 @@ pub struct Service {
     limits: Limits,
     store: Mutex<Store>,
     clock: Arc<dyn Clock>,
-    log: RateLimitedLog,
+    log: Mutex<LogLimiter<IpAddr>>,
 }
 
 impl Service {
@@ -241,12 +241,22 @@ impl Service {
             )),
             limits,
             clock,
-            log: RateLimitedLog::new(Duration::from_secs(60), 4096),
+            log: Mutex::new(LogLimiter::with_capacity(Duration::from_secs(60), 4096)),
         }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs `what` at warn level unless a line about `source` was logged
+    /// within the last minute: what strangers send must not flood the log.
+    fn warn(&self, source: IpAddr, what: std::fmt::Arguments<'_>) {
+        let allowed =
+            (self.log.lock().unwrap_or_else(|e| e.into_inner())).allow(&source, Instant::now());
+        if let Some(n) = allowed {
+            tracing::warn!("{source}: {what}{}", held_back(n));
+        }
     }
 
     /// Sweeps expired blobs now.
@@ -281,7 +291,7 @@ pub async fn run(listener: TcpListener, service: Arc<Service>) {
             },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            service.log.warn(
+            service.warn(
                 peer.ip(),
                 format_args!("connection refused: too many connections"),
             );
@@ -301,7 +311,7 @@ pub async fn run(listener: TcpListener, service: Arc<Service>) {
                 );
             match tokio::time::timeout(limits.connection_timeout, conn).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => service.log.warn(peer.ip(), format_args!("HTTP: {e}")),
+                Ok(Err(e)) => service.warn(peer.ip(), format_args!("HTTP: {e}")),
                 Err(_) => tracing::debug!("{peer}: connection open too long, closed"),
             }
             drop(permit);
@@ -365,7 +375,7 @@ async fn handle(
     let response = match dispatch(&service, req).await {
         Ok(r) => r,
         Err((status, why)) => {
-            service.log.warn(
+            service.warn(
                 peer.ip(),
                 format_args!("{method} {path:.80}: {status}: {why}"),
             );

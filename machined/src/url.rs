@@ -104,7 +104,7 @@ pub async fn fetch_with_retries(url: &str) -> Result<Vec<u8>, FetchError> {
 
 struct Parsed<'a> {
     tls: bool,
-    target: slate_client::Target,
+    target: slate_common::hostport::HostPort,
     path: &'a str,
 }
 
@@ -119,7 +119,7 @@ fn parse(url: &str) -> Option<Parsed<'_>> {
         None => (rest, "/"),
     };
     let default_port = if tls { 443 } else { 80 };
-    let target = slate_client::Target::parse_with_port(authority, default_port).ok()?;
+    let target = slate_common::hostport::HostPort::parse_or(authority, default_port).ok()?;
     Some(Parsed { tls, target, path })
 }
 

@@ -26,7 +26,7 @@ pub async fn wait_for_version(
     vm.wait_for_line(READY_LINE, deadline, 80)
         .await
         .context("apid never became ready")?;
-    let target = Target::parse(&vm.endpoint())?;
+    let target = slate_client::parse_target(&vm.endpoint())?;
     let mut last_error = String::new();
     while Instant::now() < deadline {
         match version(&target, tls.clone()).await {

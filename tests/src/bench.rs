@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use slate_client::{self as client, Target};
+use slate_client as client;
 use slate_proto::machine::ProcessesRequest;
 
 use crate::api;
@@ -188,7 +188,7 @@ async fn floor_answer(vm: &mut Vm) -> anyhow::Result<(f64, f64)> {
 
 /// RSS of each daemon, read inside the node and reported through the API.
 async fn daemon_rss(vm: &Vm, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Vec<(String, u64)>> {
-    let channel = client::connect(&Target::parse(&vm.endpoint())?, tls).await?;
+    let channel = client::connect(&slate_client::parse_target(&vm.endpoint())?, tls).await?;
     let procs = client::machine(channel)
         .processes(ProcessesRequest {})
         .await?

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use slate_client::{self as client, Target};
+use slate_client as client;
 use slate_proto::machine::{BootstrapRequest, ServiceListRequest};
 
 use crate::api;
@@ -39,7 +39,7 @@ async fn one(
     let mut vm = Vm::start(&opts, None)?;
     api::wait_for_version(&mut vm, admin.clone(), TIMEOUT).await?;
     let qemu_to_api = vm.started.elapsed().as_secs_f64();
-    let target = Target::parse(&vm.endpoint())?;
+    let target = slate_client::parse_target(&vm.endpoint())?;
     let mut machine = client::machine(client::connect(&target, admin).await?);
     // apid answers Version itself; machined may open its socket a moment
     // later: retry while it is not there yet.

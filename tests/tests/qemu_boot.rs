@@ -57,7 +57,7 @@ async fn boot_ready(a: &Artifacts, bundle: &Bundle, dir: &tempfile::TempDir) -> 
     api::wait_for_version(&mut vm, admin_tls(bundle), BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     (vm, target)
 }
 
@@ -101,7 +101,7 @@ async fn boots_and_answers(boot_kind: Boot) -> (Vm, Bundle) {
 #[ignore = "boots QEMU: run by `make test`"]
 async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
     let (mut vm, bundle) = boots_and_answers(Boot::kernel(&Artifacts::find().unwrap())).await;
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     let node_ca = bundle.controlplane.machine.ca.crt_pem().unwrap();
 
     // A client certificate from another CA is refused.
@@ -191,7 +191,7 @@ async fn invalid_config_drive_gives_maintenance_mode_not_a_crash_loop() {
     assert!(line.contains("user-data: line 3, column"), "{line}");
 
     // Proper clients are refused with a clear reason rather than served.
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     let ca = bundle.worker.machine.ca.crt_pem().unwrap();
     let admin = bundle.client.contexts["boot-test"].identity().unwrap();
     assert!(
@@ -264,7 +264,7 @@ interfaces:
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     // The reconciler names the node within a poll of the config.
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     for _ in 0..50 {
         if v.hostname == "cfg-node" {
             break;
@@ -371,7 +371,7 @@ async fn a_bond_keeps_the_api_reachable_when_either_link_is_cut() {
     api::wait_for_version(&mut vm, admin_tls(&bundle), BOOT_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     let links = api::list(&target, admin_tls(&bundle), "links")
         .await
         .unwrap();

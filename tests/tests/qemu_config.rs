@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slate_client::Target;
 use slate_pki::tls;
 use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
@@ -154,7 +153,7 @@ async fn maintenance_apply_config_and_state_across_reboot() {
         "{}",
         text(&out)
     );
-    let target = Target::parse(&node).unwrap();
+    let target = slate_client::parse_target(&node).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = slatectl_as(&client, &node, &["version"]);

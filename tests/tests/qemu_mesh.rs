@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use slate_client::Target;
 use slate_config::{MachineConfig, MeshBackend};
 use slate_tests::api;
 use slate_tests::artifacts::{Artifacts, built};
@@ -170,7 +169,7 @@ async fn kernel_wireguard_in_a_vm_and_boringtun_on_the_host_form_the_mesh() {
     api::wait_for_version(&mut vm, tls.clone(), Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let target = Target::parse(&vm.endpoint()).unwrap();
+    let target = slate_client::parse_target(&vm.endpoint()).unwrap();
     // What each side lists in mesh-peers (none while it cannot answer).
     let list_vm = || async {
         api::list(&target, tls.clone(), "mesh-peers")

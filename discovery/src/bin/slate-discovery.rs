@@ -15,7 +15,7 @@ use slate_discovery::service::Limits;
 #[command(name = "slate-discovery", version)]
 struct Args {
     /// Address and port to listen on.
-    #[arg(long, default_value = "[::]:3000")]
+    #[arg(long, default_value_t = slate_discovery::node::NODE_LISTEN)]
     listen: SocketAddr,
     /// Seconds a record is kept after it was last published.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -65,7 +65,7 @@ mod tests {
     fn arguments() {
         Args::command().debug_assert();
         let a = Args::try_parse_from(["slate-discovery"]).unwrap();
-        assert_eq!(a.listen, "[::]:3000".parse().unwrap());
+        assert_eq!(a.listen.to_string(), "[::]:3000");
         assert_eq!(a.ttl, 300);
         let a = Args::try_parse_from(["slate-discovery", "--listen", "127.0.0.1:9", "--ttl", "60"])
             .unwrap();

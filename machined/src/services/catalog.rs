@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use slate_common::constants::DISCOVERY_PORT;
 use slate_config::MachineConfig;
 
 use super::spec::{
@@ -135,7 +136,7 @@ pub const DISCOVERY_BIN: &str = "/usr/bin/slate-discovery";
 
 /// A control-plane node runs the mesh's discovery service when the mesh is
 /// on and the config names no other: networkd's default is the service at
-/// the control-plane endpoint's host, port 3000.
+/// the control-plane endpoint's host, [`DISCOVERY_PORT`].
 pub fn runs_discovery(config: &MachineConfig) -> bool {
     let mesh = &config.cluster.mesh;
     config.machine.kind == slate_config::MachineType::Controlplane
@@ -149,7 +150,7 @@ pub fn discovery(program: &Path) -> ServiceSpec {
     let mut spec = ServiceSpec::new("discovery", &[&program.display().to_string()]);
     spec.health = Some(HealthCheck {
         probe: Probe::Http {
-            addr: "127.0.0.1:3000".into(),
+            addr: format!("127.0.0.1:{DISCOVERY_PORT}"),
             path: "/healthz".into(),
         },
         interval: Duration::from_secs(5),

@@ -4,121 +4,15 @@
 //! Plain data and functions, no I/O: the unit tests drive it directly.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
 
 /// A control-plane endpoint, `host:port`: the host a DNS name (resolved
 /// on each new probe connection and dial) or an IP address.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    #[error("endpoint {0:?} has no port (want HOST:PORT)")]
-    NoPort(String),
-    #[error("endpoint {0:?} has an invalid port")]
-    BadPort(String),
-    #[error("endpoint {0:?} has an invalid host")]
-    BadHost(String),
-    #[error("endpoint URL {0:?} is not https://HOST[:PORT]")]
-    BadUrl(String),
-}
-
-impl Target {
-    /// `host:port`, `[v6]:port` or `v4:port`.
-    pub fn parse(s: &str) -> Result<Target, TargetError> {
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, port) = rest
-                .split_once(']')
-                .ok_or_else(|| TargetError::BadHost(s.to_owned()))?;
-            let port = port
-                .strip_prefix(':')
-                .ok_or_else(|| TargetError::NoPort(s.to_owned()))?;
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(TargetError::BadHost(s.to_owned()));
-            }
-            (host, port)
-        } else {
-            let (host, port) = s
-                .rsplit_once(':')
-                .ok_or_else(|| TargetError::NoPort(s.to_owned()))?;
-            // A bare IPv6 address has colons of its own: ask for brackets
-            // rather than guess where the port starts.
-            if host.contains(':') || !valid_host(host) {
-                return Err(TargetError::BadHost(s.to_owned()));
-            }
-            (host, port)
-        };
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| TargetError::BadPort(s.to_owned()))?;
-        Ok(Target {
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// The host and port of `cluster.controlPlane.endpoint`,
-    /// `https://HOST[:PORT][/…]` (443 when no port is given).
-    pub fn from_url(url: &str) -> Result<Target, TargetError> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| TargetError::BadUrl(url.to_owned()))?;
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        if authority.is_empty() || authority.contains('@') {
-            return Err(TargetError::BadUrl(url.to_owned()));
-        }
-        let has_port = match authority.rfind(']') {
-            Some(i) => authority[i..].contains(':'),
-            None => authority.contains(':'),
-        };
-        if has_port {
-            Target::parse(authority)
-        } else {
-            Target::parse(&format!("{authority}:443"))
-        }
-    }
-
-    /// The IP address when the host is one (then nothing to resolve).
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
-    }
-}
-
-fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-}
-
-impl From<SocketAddr> for Target {
-    fn from(addr: SocketAddr) -> Self {
-        Target {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+pub use slate_common::hostport::{HostPort as Target, HostPortError as TargetError};
 
 /// What the last probe or dial said about an endpoint.
 ///
@@ -349,41 +243,6 @@ mod tests {
             latency: ms.map(Duration::from_millis),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn parses_targets_and_urls() {
-        let cases: &[(&str, Option<(&str, u16)>)] = &[
-            ("10.0.0.1:6443", Some(("10.0.0.1", 6443))),
-            ("[fd00::1]:6443", Some(("fd00::1", 6443))),
-            ("api.example.com:443", Some(("api.example.com", 443))),
-            ("fd00::1:6443", None),
-            ("10.0.0.1", None),
-            ("10.0.0.1:0", None),
-            ("10.0.0.1:70000", None),
-            (":6443", None),
-            ("a b:1", None),
-            ("[10.0.0.1]:1", None),
-        ];
-        for (input, want) in cases {
-            let got = Target::parse(input).ok().map(|t| (t.host, t.port));
-            assert_eq!(got, want.map(|(h, p)| (h.to_owned(), p)), "{input}");
-        }
-        assert_eq!(
-            Target::from_url("https://10.0.0.1:6443").unwrap(),
-            t("10.0.0.1:6443")
-        );
-        assert_eq!(
-            Target::from_url("https://api.example/").unwrap(),
-            t("api.example:443")
-        );
-        assert_eq!(
-            Target::from_url("https://[fd00::1]").unwrap(),
-            t("[fd00::1]:443")
-        );
-        assert!(Target::from_url("http://10.0.0.1:6443").is_err());
-        assert!(Target::from_url("https://u@h:1").is_err());
-        assert_eq!(t("[fd00::1]:6443").to_string(), "[fd00::1]:6443");
     }
 
     #[test]

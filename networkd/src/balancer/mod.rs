@@ -40,7 +40,6 @@
 pub mod endpoints;
 pub mod probe;
 pub mod proxy;
-pub mod ratelimit;
 pub mod status;
 
 use std::collections::HashMap;
@@ -55,7 +54,7 @@ pub use endpoints::{Health, Target, TargetError};
 pub use status::{BalancerStatus, EndpointStatus};
 
 use endpoints::Endpoints;
-use ratelimit::LogLimiter;
+use slate_common::ratelimit::LogLimiter;
 
 /// The timings and limits; [`Settings::default`] is production.
 #[derive(Debug, Clone)]
@@ -394,11 +393,11 @@ fn wanted(config_file: &std::path::Path) -> Wanted {
         return Wanted::default();
     };
     let b = &config.cluster.api_balancer;
-    let (endpoint, endpoint_error) = match Target::from_url(&config.cluster.control_plane.endpoint)
-    {
-        Ok(t) => (Some(t), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let (endpoint, endpoint_error) =
+        match Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
     Wanted {
         enabled: b.enabled,
         port: b.port,

@@ -42,8 +42,9 @@ use super::routing::{self, PolicyRouting, RouteFilter};
 use super::select::Path;
 use super::status::{MeshIdentity, MeshPeer, SharedMesh};
 use super::{PORT, link, peers, tun, wire};
-use crate::balancer::ratelimit::LogLimiter;
 use crate::balancer::{Balancer, Target};
+use slate_common::constants::DISCOVERY_PORT;
+use slate_common::ratelimit::LogLimiter;
 
 /// The mesh interface.
 pub const INTERFACE: &str = "slmesh0";
@@ -65,8 +66,6 @@ const REPLY_GAP: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Underlay MTU assumed for the mesh link (Ethernet).
 const UNDERLAY_MTU: u32 = 1500;
-/// The discovery service's port when the config names none.
-const DISCOVERY_PORT: u16 = 3000;
 /// Link kinds and name prefixes whose addresses are not the node's own
 /// (see `read_addresses`). Not veth or dummy: a node in a container has a
 /// veth uplink, and routed setups put the node IP on a dummy; the pods'
@@ -122,7 +121,7 @@ fn wanted(ctx: &Context) -> Option<Wanted> {
     if !mesh.enabled {
         return None;
     }
-    let endpoint = Target::from_url(&config.cluster.control_plane.endpoint).ok();
+    let endpoint = Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)).ok();
     let seed = endpoint.as_ref().and_then(|t| t.host.parse().ok());
     let discovery = mesh
         .discovery
@@ -880,7 +879,7 @@ mod tests {
 
     #[test]
     fn the_default_discovery_service_is_at_the_control_plane_host() {
-        let url = |e: &str| default_discovery(&Target::from_url(e).unwrap());
+        let url = |e: &str| default_discovery(&Target::from_https_url(e, Some(443)).unwrap());
         assert_eq!(url("https://10.0.0.1:6443"), "http://10.0.0.1:3000");
         assert_eq!(url("https://[fd00::1]:6443"), "http://[fd00::1]:3000");
         assert_eq!(

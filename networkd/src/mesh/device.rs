@@ -48,7 +48,7 @@ use super::select::{Path, Selector};
 use super::tun::Tun;
 use super::udp;
 use super::wire::{self, Message};
-use crate::balancer::ratelimit::LogLimiter;
+use slate_common::ratelimit::LogLimiter;
 
 /// How often peers' timers run.
 pub const TICK: Duration = Duration::from_millis(250);
