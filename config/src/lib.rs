@@ -18,6 +18,8 @@
 pub mod clientconfig;
 pub mod diff;
 pub mod extension_service;
+#[cfg(feature = "feed")]
+pub mod feed;
 pub mod generate;
 pub mod patch;
 mod schema;
