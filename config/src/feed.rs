@@ -250,9 +250,8 @@ mod tests {
         let before = parses();
         let feed = follow(path.clone());
         assert!(feed.borrow().is_none(), "nothing published yet");
-        let hostname = |c: Option<&MachineConfig>| {
-            c.and_then(|c| c.machine.network.hostname.clone())
-        };
+        let hostname =
+            |c: Option<&MachineConfig>| c.and_then(|c| c.machine.network.hostname.clone());
         let mut slices: Vec<_> = (0..3).map(|_| derive(feed.clone(), hostname)).collect();
 
         publish(&path, &config("a"));

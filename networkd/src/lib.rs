@@ -45,10 +45,11 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
+use slate_balancer as balancer;
 use slate_common::constants;
+use slate_config::feed;
 
 pub mod apply;
-pub mod balancer;
 pub mod cmdline;
 pub mod dhcp;
 pub mod dhcp6;
@@ -198,6 +199,8 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let time = timesync::SharedTimeStatus::default();
     let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
     let network_status = reconcile::SharedNetworkStatus::default();
+    // The published config: parsed once per change, for every subsystem.
+    let feed = feed::follow(opts.config_file.clone());
     let balancer = balancer::Balancer::new(balancer::Settings::default())?;
     let mesh = mesh::status::SharedMesh::default();
     tokio::spawn(status::serve(
@@ -220,7 +223,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         mesh,
         balancer: balancer.clone(),
     }));
-    tokio::spawn(balancer::run(opts.config_file.clone(), balancer));
+    tokio::spawn(balancer::run(
+        feed::derive(feed.clone(), balancer::BalancerSettings::from_config),
+        balancer,
+    ));
     if opts.sync_time {
         tokio::spawn(timesync::run(opts.config_file.clone(), time));
     }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slate_networkd::balancer::{BalancerStatus, Health, Settings, Target};
+use slate_balancer::{BalancerStatus, Health, Settings, Target};
 use slate_tests::apiservers::{self, Lab, RunningBalancer, request};
 use slate_tests::netns;
 
@@ -38,7 +38,7 @@ fn endpoint<'a>(
     status: &'a BalancerStatus,
     lab: &Lab,
     i: usize,
-) -> &'a slate_networkd::balancer::EndpointStatus {
+) -> &'a slate_balancer::EndpointStatus {
     let want = Target::from(lab.backends[i].addr).to_string();
     status
         .endpoints
@@ -409,10 +409,13 @@ fn follows_the_published_config() {
         std::fs::write(&file, config.to_json().unwrap()).unwrap();
     };
     write(true, 17445, 0);
-    b.handle.spawn(slate_networkd::balancer::run(
-        file.clone(),
-        b.balancer.clone(),
-    ));
+    let settings = {
+        let _runtime = b.handle.enter();
+        let feed = slate_config::feed::follow(file.clone());
+        slate_config::feed::derive(feed, slate_balancer::BalancerSettings::from_config)
+    };
+    b.handle
+        .spawn(slate_balancer::run(settings, b.balancer.clone()));
     let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let serving = |port: u16, backend: usize| {
         let s = b.balancer.status();

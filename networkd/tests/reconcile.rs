@@ -386,7 +386,7 @@ fn status_lists_and_watches_addresses() {
                 time: Default::default(),
                 names: names.clone(),
                 network: Default::default(),
-                balancer: slate_networkd::balancer::Balancer::new(Default::default()).unwrap(),
+                balancer: slate_balancer::Balancer::new(Default::default()).unwrap(),
                 mesh: Default::default(),
             },
         ));

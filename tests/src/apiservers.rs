@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slate_networkd::balancer::{Balancer, Settings, Target};
+use slate_balancer::{Balancer, Settings, Target};
 use slate_pki as pki;
 use slate_pki::tls;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use slate_networkd::balancer::Settings;
+use slate_balancer::Settings;
 
 use crate::apiservers::{self, Conn, Lab};
 use crate::bench::percentile;

@@ -28,7 +28,7 @@
 //! - Bounded: at most [`Settings::max_connections`] client connections;
 //!   beyond, new ones are accepted and dropped at once (a reset when the
 //!   client had sent data: the cheapest refusal under a flood). Each bad
-//!   event is logged at most once per source per minute ([`ratelimit`]).
+//!   event is logged at most once per source per minute ([`slate_common::ratelimit`]).
 //! - [`status`]: the `apibalancer` resource.
 //!
 //! # Limitations
@@ -44,10 +44,10 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use endpoints::{Health, Target, TargetError};
@@ -159,7 +159,7 @@ impl Balancer {
             Err(source) => {
                 let e = BalancerError::Listen { addr, source };
                 let mut s = self.shared.lock();
-                s.error = Some(crate::error_chain(&e));
+                s.error = Some(slate_common::error::chain(&e));
                 drop(s);
                 self.shared.notify();
                 return Err(e);
@@ -356,73 +356,64 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// Each client connection holds two descriptors; the soft limit of 1024
 /// that init leaves would cap the balancer near 500 connections.
 fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let want = (max_connections as u64) * 2 + 1024;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
-            return;
-        }
-        lim.rlim_cur = want;
-        // Root may raise the hard limit as well (up to fs.nr_open).
-        lim.rlim_max = lim.rlim_max.max(want);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            tracing::warn!(
-                "api balancer: raising the descriptor limit to {want}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    if soft >= want {
+        return;
+    }
+    // Root may raise the hard limit as well (up to fs.nr_open).
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want)) {
+        tracing::warn!("api balancer: raising the descriptor limit to {want}: {e}");
     }
 }
 
-/// What the published config asks of the balancer.
+/// What the machine config asks of the balancer: its slice of the config
+/// feed ([`slate_config::feed::derive`]).
 #[derive(Debug, Clone, PartialEq, Default)]
-struct Wanted {
-    enabled: bool,
-    port: u16,
-    endpoint: Option<Target>,
+pub struct BalancerSettings {
+    pub enabled: bool,
+    pub port: u16,
+    pub endpoint: Option<Target>,
     /// Why the configured endpoint is not used, if it is not.
-    endpoint_error: Option<String>,
+    pub endpoint_error: Option<String>,
 }
 
-fn wanted(config_file: &std::path::Path) -> Wanted {
-    let Some(config) = crate::published_config(config_file) else {
-        return Wanted::default();
-    };
-    let b = &config.cluster.api_balancer;
-    let (endpoint, endpoint_error) =
-        match Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)) {
-            Ok(t) => (Some(t), None),
-            Err(e) => (None, Some(e.to_string())),
+impl BalancerSettings {
+    /// `cluster.apiBalancer` and `cluster.controlPlane.endpoint`; off
+    /// without a config.
+    pub fn from_config(config: Option<&slate_config::MachineConfig>) -> BalancerSettings {
+        let Some(config) = config else {
+            return BalancerSettings::default();
         };
-    Wanted {
-        enabled: b.enabled,
-        port: b.port,
-        endpoint,
-        endpoint_error,
+        let b = &config.cluster.api_balancer;
+        let (endpoint, endpoint_error) =
+            match Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+        BalancerSettings {
+            enabled: b.enabled,
+            port: b.port,
+            endpoint,
+            endpoint_error,
+        }
     }
 }
 
-/// How often the published config is looked at (as the reconciler does).
-const CONFIG_POLL: Duration = Duration::from_millis(500);
 /// After a failed bind (the port taken), try again this often.
 const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
-/// networkd's balancer: follows `cluster.apiBalancer` and
-/// `cluster.controlPlane.endpoint` of the published config for ever —
-/// listens, moves to another port, stops, and changes the `config`
-/// endpoint as the config changes.
-pub async fn run(config_file: PathBuf, balancer: Balancer) {
-    let mut applied = Wanted::default();
+/// networkd's balancer: follows its settings for ever — listens, moves
+/// to another port, stops, and changes the `config` endpoint as they
+/// change. Wakes up for a change, or to retry a port that was taken.
+pub async fn run(mut settings: watch::Receiver<BalancerSettings>, balancer: Balancer) {
+    let mut applied = BalancerSettings::default();
     let mut listening = false;
-    let mut retry_at = Instant::now();
-    let mut poll = tokio::time::interval(CONFIG_POLL);
     loop {
-        poll.tick().await;
-        let now = wanted(&config_file);
+        let now = settings.borrow_and_update().clone();
         if !now.enabled {
             if applied.enabled {
                 // Endpoints of other sources (discovery) stay known.
@@ -430,33 +421,38 @@ pub async fn run(config_file: PathBuf, balancer: Balancer) {
                 balancer.set_endpoints("config", Vec::new());
                 listening = false;
             }
-            applied = now;
-            continue;
-        }
-        if now.endpoint_error != applied.endpoint_error
-            && let Some(e) = &now.endpoint_error
-        {
-            // Once per change, not at every poll.
-            tracing::warn!("api balancer: {e}");
-        }
-        if now.endpoint != applied.endpoint || !applied.enabled {
-            balancer.set_endpoints("config", now.endpoint.clone().into_iter().collect());
-        }
-        let port_changed = applied.enabled && now.port != applied.port;
-        if port_changed || (!listening && Instant::now() >= retry_at) {
-            let addr = SocketAddr::from(([127, 0, 0, 1], now.port));
-            match balancer.listen(addr).await {
-                Ok(_) => listening = true,
-                Err(e) => {
-                    listening = false;
-                    retry_at = Instant::now() + LISTEN_RETRY;
-                    // A port someone else holds: said once a minute.
-                    balancer
-                        .shared
-                        .warn_limited("listen", || crate::error_chain(&e));
+        } else {
+            if now.endpoint_error != applied.endpoint_error
+                && let Some(e) = &now.endpoint_error
+            {
+                // Once per change.
+                tracing::warn!("api balancer: {e}");
+            }
+            if now.endpoint != applied.endpoint || !applied.enabled {
+                balancer.set_endpoints("config", now.endpoint.clone().into_iter().collect());
+            }
+            let port_changed = applied.enabled && now.port != applied.port;
+            if port_changed || !listening {
+                let addr = SocketAddr::from(([127, 0, 0, 1], now.port));
+                match balancer.listen(addr).await {
+                    Ok(_) => listening = true,
+                    Err(e) => {
+                        listening = false;
+                        // A port someone else holds: said once a minute.
+                        balancer
+                            .shared
+                            .warn_limited("listen", || slate_common::error::chain(&e));
+                    }
                 }
             }
         }
         applied = now;
+        let retry = applied.enabled && !listening;
+        tokio::select! {
+            changed = settings.changed() => if changed.is_err() {
+                return;
+            },
+            _ = tokio::time::sleep(LISTEN_RETRY), if retry => {}
+        }
     }
 }
