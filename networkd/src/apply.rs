@@ -257,7 +257,7 @@ impl Applier {
             .build();
         if let Err(source) = self.handle.address().del(msg).execute().await {
             // Gone already: the kernel expired it with its lifetime.
-            if errno(&source) != Some(libc::EADDRNOTAVAIL) {
+            if slate_netlink::errno(&source) != Some(libc::EADDRNOTAVAIL) {
                 let e = ApplyError::DelAddress {
                     ifname: link.name.clone(),
                     address: setup.address,
@@ -338,7 +338,7 @@ impl Applier {
         let msg = Self::route_message(link, setup, route);
         if let Err(e) = self.handle.route().del(msg).execute().await {
             // ESRCH: removed already, with the address it went through.
-            if errno(&e) != Some(libc::ESRCH) {
+            if slate_netlink::errno(&e) != Some(libc::ESRCH) {
                 tracing::debug!(
                     "{}: removing route {}/{}: {e}",
                     link.name,
@@ -347,14 +347,6 @@ impl Applier {
                 );
             }
         }
-    }
-}
-
-/// The errno of a netlink error reply.
-pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
-        _ => None,
     }
 }
 

@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use slate_balancer as balancer;
 use slate_common::constants;
 use slate_config::feed;
+pub use slate_netlink::link;
 
 pub mod apply;
 pub mod cmdline;
@@ -55,7 +56,6 @@ pub mod dhcp;
 pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
-pub mod link;
 pub mod mesh;
 pub mod names;
 pub mod ready;

@@ -6,7 +6,7 @@
 //! - Keys, port, fwmark and peers go over generic netlink (family
 //!   `wireguard`, commands `WG_CMD_SET_DEVICE` / `WG_CMD_GET_DEVICE`), on a
 //!   connection of the device's own (netlink-proto, rtnetlink's own; the
-//!   family id is looked up here, see [`resolve_family`]).
+//!   family id is looked up with [`slate_netlink::genl::resolve_family`]).
 //! - [`KernelDevice::set_peers`] sends a diff against what the kernel holds,
 //!   never `WGDEVICE_F_REPLACE_PEERS`: replacing drops every peer's session,
 //!   and the controller re-applies the peer set whenever discovery changes.
@@ -20,24 +20,21 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_core::{
-    DecodeError, Emitable, ErrorMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, ParseableParametrized,
+    DecodeError, Emitable, ErrorMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkPayload,
 };
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
+use netlink_packet_generic::{GenlFamily, GenlMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
     WireguardTimeSpec,
 };
-use netlink_proto::sys::{SocketAddr as NetlinkAddr, protocols::NETLINK_GENERIC};
 use netlink_proto::{ConnectionHandle, NetlinkProtoError};
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard};
+use slate_netlink::genl::{self, FamilyError, NETLINK_GENERIC, RawGenl, request};
 
 use super::device::{DeviceStatus, PeerConfig, PeerStatus};
 use super::keys::NodeKey;
@@ -50,7 +47,6 @@ pub const MAX_PEERS: usize = 1 << 16;
 pub const MAX_ALLOWED_IPS: usize = 1 << 20;
 
 const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
-const ENOENT: i32 = libc::ENOENT;
 const ENODEV: i32 = libc::ENODEV;
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +211,7 @@ impl KernelDevice {
                     .add(LinkWireguard::new(name).build())
                     .execute()
                     .await
-                    .map_err(|source| match netlink_code(&source) {
+                    .map_err(|source| match slate_netlink::errno(&source) {
                         Some(EOPNOTSUPP) => KernelError::Unsupported {
                             link: name.to_owned(),
                             reason: "the link kind wireguard is unknown".into(),
@@ -264,11 +260,11 @@ impl KernelDevice {
                 }
             })?;
         let connection = tokio::spawn(connection).abort_handle();
-        let family = match resolve_family(&genl, name).await {
+        let family = match genl::resolve_family(&genl, WireguardMessage::family_name()).await {
             Ok(family) => family,
             Err(e) => {
                 connection.abort();
-                return Err(e);
+                return Err(family_error(name, e));
             }
         };
         let mut device = KernelDevice {
@@ -490,157 +486,36 @@ fn message(
     genl
 }
 
-/// A generic netlink message as bytes (its generic header and attributes)
-/// and its family id. One connection carries the controller's messages and
-/// wireguard's, and the decoding is ours ([`request`]): an answer that does
-/// not parse is then an error, where netlink-proto would log and drop it.
-#[derive(Debug)]
-struct RawGenl {
-    family: u16,
-    bytes: Vec<u8>,
-}
-
-impl netlink_packet_core::NetlinkSerializable for RawGenl {
-    fn message_type(&self) -> u16 {
-        self.family
-    }
-
-    fn buffer_len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    fn serialize(&self, buffer: &mut [u8]) {
-        buffer.copy_from_slice(&self.bytes);
-    }
-}
-
-impl NetlinkDeserializable for RawGenl {
-    type Error = std::convert::Infallible;
-
-    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, Self::Error> {
-        Ok(RawGenl {
-            family: header.message_type,
-            bytes: payload.to_vec(),
-        })
-    }
-}
-
-/// `genl` as a netlink request of family `family` (unless the payload's
-/// family has a fixed id, as the controller's has), lengths and type set.
-fn raw_request<F>(mut genl: GenlMessage<F>, family: u16, flags: u16) -> NetlinkMessage<RawGenl>
-where
-    F: GenlFamily + Emitable + std::fmt::Debug,
-{
-    if genl.family_id() == 0 {
-        genl.set_resolved_family_id(family);
-    }
-    let mut bytes = vec![0; genl.buffer_len()];
-    genl.emit(&mut bytes);
-    let raw = RawGenl {
-        family: genl.family_id(),
-        bytes,
-    };
-    let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(raw));
-    nl.header.flags = flags;
-    nl.finalize();
-    nl
-}
-
-/// Sends `genl` and decodes the answers as `F`.
-fn request<F>(
-    handle: &ConnectionHandle<RawGenl>,
-    genl: GenlMessage<F>,
-    family: u16,
-    flags: u16,
-) -> Result<
-    impl Stream<Item = Result<NetlinkMessage<GenlMessage<F>>, DecodeError>> + use<F>,
-    NetlinkProtoError,
->
-where
-    F: GenlFamily + Emitable + ParseableParametrized<[u8], GenlHeader> + std::fmt::Debug,
-{
-    let answers = handle.request(raw_request(genl, family, flags), NetlinkAddr::new(0, 0))?;
-    Ok(answers.map(|answer| {
-        let (header, payload) = answer.into_parts();
-        let payload = match payload {
-            NetlinkPayload::InnerMessage(raw) => NetlinkPayload::InnerMessage(
-                GenlMessage::<F>::parse_with_param(&raw.bytes, raw.family)?,
-            ),
-            NetlinkPayload::Done(m) => NetlinkPayload::Done(m),
-            NetlinkPayload::Error(m) => NetlinkPayload::Error(m),
-            NetlinkPayload::Overrun(m) => NetlinkPayload::Overrun(m),
-            _ => NetlinkPayload::Noop,
-        };
-        Ok(NetlinkMessage::new(header, payload))
-    }))
-}
-
-/// The id of the generic netlink family `wireguard`, asked of the
-/// controller (`CTRL_CMD_GETFAMILY`); ENOENT: the module is not loaded.
-///
-/// Ours rather than the `genetlink` crate's resolver: genetlink 0.3 brought
-/// a second netlink stack into slated (netlink-proto 0.13 beside
-/// rtnetlink's 0.14, and thiserror 1 beside 2), and the root image is held
-/// to a hard budget (`ROOTFS_BUDGET` in image/src/lib.rs). This is the one
-/// thing genetlink did for us.
-async fn resolve_family(
-    handle: &ConnectionHandle<RawGenl>,
-    link: &str,
-) -> Result<u16, KernelError> {
+/// What a failed lookup of family `wireguard` means here.
+fn family_error(link: &str, e: FamilyError) -> KernelError {
     const OP: &str = "looking up the generic netlink family wireguard";
-    let mut ctrl = GenlMessage::from_payload(GenlCtrl {
-        cmd: GenlCtrlCmd::GetFamily,
-        nlas: vec![GenlCtrlAttrs::FamilyName(
-            WireguardMessage::family_name().to_owned(),
-        )],
-    });
-    ctrl.finalize();
-    let mut answers =
-        request(handle, ctrl, 0, NLM_F_REQUEST).map_err(|source| KernelError::Genetlink {
-            link: link.to_owned(),
+    let link = link.to_owned();
+    match e {
+        FamilyError::Missing => KernelError::Unsupported {
+            link,
+            reason: "no generic netlink family wireguard".into(),
+        },
+        FamilyError::Send(source) => KernelError::Genetlink {
+            link,
             op: OP,
             source,
-        })?;
-    let mut id = None;
-    while let Some(answer) = answers.next().await {
-        let answer = answer.map_err(|source| KernelError::Decode {
-            link: link.to_owned(),
+        },
+        FamilyError::Decode(source) => KernelError::Decode {
+            link,
             op: OP,
             source,
-        })?;
-        match answer.payload {
-            NetlinkPayload::InnerMessage(m) => id = id.or(family_id(&m.payload)),
-            NetlinkPayload::Error(e) => match e.code.map(|c| c.get().abs()) {
-                Some(ENOENT) => {
-                    return Err(KernelError::Unsupported {
-                        link: link.to_owned(),
-                        reason: "no generic netlink family wireguard".into(),
-                    });
-                }
-                Some(_) => {
-                    return Err(KernelError::Kernel {
-                        link: link.to_owned(),
-                        op: OP,
-                        source: e.to_io(),
-                    });
-                }
-                None => {}
-            },
-            _ => {}
-        }
+        },
+        FamilyError::Kernel(source) => KernelError::Kernel {
+            link,
+            op: OP,
+            source,
+        },
+        FamilyError::NoId => KernelError::Unexpected {
+            link,
+            op: OP,
+            what: e.to_string(),
+        },
     }
-    id.ok_or_else(|| KernelError::Unexpected {
-        link: link.to_owned(),
-        op: OP,
-        what: "the controller answered without a family id".into(),
-    })
-}
-
-fn family_id(answer: &GenlCtrl) -> Option<u16> {
-    answer.nlas.iter().find_map(|a| match a {
-        GenlCtrlAttrs::FamilyId(id) => Some(*id),
-        _ => None,
-    })
 }
 
 /// The index of link `name` if it exists and is wireguard; an error if it
@@ -655,7 +530,7 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<u32>, KernelErr
         .await;
     let msgs = match found {
         Ok(msgs) => msgs,
-        Err(e) if netlink_code(&e) == Some(ENODEV) => return Ok(None),
+        Err(e) if slate_netlink::errno(&e) == Some(ENODEV) => return Ok(None),
         Err(source) => {
             return Err(KernelError::Link {
                 link: name.to_owned(),
@@ -680,14 +555,6 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<u32>, KernelErr
             link: name.to_owned(),
             kind: other.map_or_else(|| "plain".to_owned(), |k| k.to_string()),
         }),
-    }
-}
-
-/// The errno of a netlink error answer, positive.
-fn netlink_code(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
-        _ => None,
     }
 }
 
@@ -914,6 +781,8 @@ fn handshake(t: &WireguardTimeSpec) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::ParseableParametrized as _;
+    use netlink_packet_generic::GenlHeader;
 
     fn config(key: u8, endpoints: &[&str], ips: &[&str]) -> PeerConfig {
         PeerConfig {
@@ -956,7 +825,7 @@ mod tests {
     /// Serialises like the kernel would see it and parses it back with
     /// the crate, as a dump answer would be.
     fn round_trip(attributes: Vec<WireguardAttribute>) -> Vec<WireguardAttribute> {
-        let msg = raw_request(
+        let msg = genl::raw_request(
             message(WireguardCmd::SetDevice, attributes),
             0x20,
             NLM_F_REQUEST,
@@ -994,58 +863,6 @@ mod tests {
         assert_eq!(got.endpoint, Some(p.endpoints[0]));
         assert_eq!(got.allowed_ips, p.allowed_ips);
         assert_eq!(got.persistent_keepalive, Some(25));
-    }
-
-    #[test]
-    fn the_family_lookup_goes_to_the_controller_and_reads_the_id() {
-        let mut ctrl = GenlMessage::from_payload(GenlCtrl {
-            cmd: GenlCtrlCmd::GetFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName("wireguard".into())],
-        });
-        ctrl.finalize();
-        // The controller's id is fixed: the family passed is not used.
-        let msg = raw_request(ctrl, 0x20, NLM_F_REQUEST);
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        assert_eq!(&buf[4..6], &0x10u16.to_ne_bytes(), "GENL_ID_CTRL");
-        assert_eq!(buf[16], 3, "CTRL_CMD_GETFAMILY");
-
-        // The answer, as the kernel would send it, decoded as `request` does.
-        let mut answer = GenlMessage::from_payload(GenlCtrl {
-            cmd: GenlCtrlCmd::NewFamily,
-            nlas: vec![
-                GenlCtrlAttrs::FamilyName("wireguard".into()),
-                GenlCtrlAttrs::FamilyId(0x1b),
-            ],
-        });
-        answer.finalize();
-        let mut bytes = vec![0; answer.buffer_len()];
-        answer.emit(&mut bytes);
-        let back = GenlMessage::<GenlCtrl>::parse_with_param(&bytes, 0x10).unwrap();
-        assert_eq!(family_id(&back.payload), Some(0x1b));
-
-        let idless = GenlCtrl {
-            cmd: GenlCtrlCmd::NewFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName("wireguard".into())],
-        };
-        assert_eq!(family_id(&idless), None);
-    }
-
-    /// The lookup against this kernel's controller: an id where WireGuard
-    /// is there, Unsupported where it is not (this build machine).
-    #[tokio::test]
-    async fn the_family_lookup_asks_the_kernel() {
-        let (connection, genl, _) = netlink_proto::new_connection(NETLINK_GENERIC).unwrap();
-        let connection = tokio::spawn(connection);
-        match resolve_family(&genl, "slwg0").await {
-            // Dynamic ids come after the controller's.
-            Ok(id) => assert!(id > 0x10, "{id}"),
-            Err(KernelError::Unsupported { reason, .. }) => {
-                assert_eq!(reason, "no generic netlink family wireguard")
-            }
-            Err(e) => panic!("{e}"),
-        }
-        connection.abort();
     }
 
     #[test]

@@ -336,7 +336,7 @@ async fn delete_rule(
             Ok(())
         }
         // Someone else removed it meanwhile: done.
-        Err(e) if crate::apply::errno(&e) == Some(libc::ENOENT) => Ok(()),
+        Err(e) if slate_netlink::errno(&e) == Some(libc::ENOENT) => Ok(()),
         Err(source) => Err(RoutingError::DelRule {
             family,
             rule: shown,
@@ -476,7 +476,7 @@ async fn delete_route(handle: &Handle, route: &TableRoute) -> Result<(), Routing
             Ok(())
         }
         // Gone with its link, or removed meanwhile: done.
-        Err(e) if crate::apply::errno(&e) == Some(libc::ESRCH) => Ok(()),
+        Err(e) if slate_netlink::errno(&e) == Some(libc::ESRCH) => Ok(()),
         Err(source) => Err(RoutingError::DelRoute {
             net: route.net,
             source,

@@ -14,7 +14,7 @@
 
 pub mod desired;
 pub mod model;
-pub mod netlink;
+pub use slate_netlink::state as netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

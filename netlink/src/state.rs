@@ -1,5 +1,5 @@
-//! The kernel side of the reconciler: reading links, addresses and routes
-//! ([`read`]) and carrying out [`Op`]s ([`execute`]) over rtnetlink.
+//! Links, addresses and routes over rtnetlink: reading them ([`read`],
+//! [`main_routes`]) and carrying out [`Op`]s ([`execute`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,7 +16,7 @@ use rtnetlink::{
     Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan, RouteMessageBuilder,
 };
 
-use super::model::{Actual, ActualLink, Addr, Kind, Op, RouteSpec};
+use crate::model::{Actual, ActualLink, Addr, Kind, Op, RouteSpec};
 
 /// The rtnetlink groups whose events may change what networkd keeps or
 /// shows.
@@ -212,7 +212,7 @@ fn parse_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Kern
     })
 }
 
-pub(crate) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
@@ -393,7 +393,7 @@ fn promote_secondaries(ifname: &str) {
 /// with an address or a link) has done its job.
 fn gone_is_fine(result: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::Error> {
     match result {
-        Err(e) if crate::apply::errno(&e) == Some(errno) => Ok(()),
+        Err(e) if crate::errno(&e) == Some(errno) => Ok(()),
         other => other,
     }
 }
