@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use slate_balancer as balancer;
 use slate_common::constants;
 use slate_config::feed;
+use slate_mesh as mesh;
 pub use slate_netlink::link;
 
 pub mod apply;
@@ -56,7 +57,6 @@ pub mod dhcp;
 pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
-pub mod mesh;
 pub mod names;
 pub mod ready;
 pub mod reconcile;
@@ -215,14 +215,24 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             mesh: mesh.clone(),
         },
     ));
+    // The mesh announces the control-plane nodes it learns; the balancer
+    // takes them as its `discovery` endpoints.
+    let (control_plane, mut learnt) = tokio::sync::watch::channel(Vec::new());
     tokio::spawn(mesh::controller::run(mesh::controller::Context {
-        config_file: opts.config_file.clone(),
+        settings: feed::derive(feed.clone(), mesh::controller::MeshSettings::from_config),
         key_file: opts.mesh_key.clone(),
         sysfs: opts.sysfs.clone(),
         handle: handle.clone(),
         mesh,
-        balancer: balancer.clone(),
+        control_plane,
     }));
+    let to_balancer = balancer.clone();
+    tokio::spawn(async move {
+        while learnt.changed().await.is_ok() {
+            let endpoints = learnt.borrow_and_update().clone();
+            to_balancer.set_endpoints("discovery", endpoints);
+        }
+    });
     tokio::spawn(balancer::run(
         feed::derive(feed.clone(), balancer::BalancerSettings::from_config),
         balancer,

@@ -12,10 +12,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context as _, anyhow};
-use slate_networkd::mesh::device::{Device, DeviceStatus, PeerConfig, SharedStatus};
-use slate_networkd::mesh::keys::NodeKey;
-use slate_networkd::mesh::tun::Tun;
-use slate_networkd::mesh::{self, PORT};
+use slate_mesh::device::{Device, DeviceStatus, PeerConfig, SharedStatus};
+use slate_mesh::keys::NodeKey;
+use slate_mesh::tun::Tun;
+use slate_mesh::{self as mesh, PORT};
 
 use crate::netns::{self, Namespaces};
 
@@ -101,7 +101,7 @@ impl Node {
 
     /// The device's counters (refreshed every tick).
     pub fn status(&self) -> DeviceStatus {
-        self.status.lock().unwrap().clone()
+        self.status.snapshot()
     }
 
     pub fn running(&self) -> bool {

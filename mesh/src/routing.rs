@@ -55,7 +55,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, R
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
-use crate::reconcile::netlink::PROTO_SLATE;
+use slate_netlink::state::PROTO_SLATE;
 
 /// The mark the mesh's own UDP socket carries (`SO_MARK`).
 pub const MARK: u32 = 0x2000;
@@ -412,7 +412,7 @@ fn parse_table_route(msg: &RouteMessage) -> Option<TableRoute> {
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => dst = crate::reconcile::netlink::ip_of(a),
+            RouteAttribute::Destination(a) => dst = slate_netlink::state::ip_of(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }

@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,8 +150,62 @@ pub struct DeviceStatus {
     pub segments_joined: u64,
 }
 
-/// Readable while the device runs; refreshed every [`TICK`].
-pub type SharedStatus = Arc<Mutex<DeviceStatus>>;
+/// Readable while the device runs: the counters are atomics, bumped on
+/// the per-packet path without a lock; the peers are refreshed every
+/// [`TICK`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedStatus(Arc<StatusCells>);
+
+#[derive(Debug, Default)]
+struct StatusCells {
+    peers: Mutex<Vec<PeerStatus>>,
+    rejected_datagrams: AtomicU64,
+    unroutable_packets: AtomicU64,
+    relayed_datagrams: AtomicU64,
+    segments_cut: AtomicU64,
+    segments_joined: AtomicU64,
+}
+
+/// A counter of [`DeviceStatus`].
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Rejected,
+    Unroutable,
+    Relayed,
+    SegmentsCut,
+    SegmentsJoined,
+}
+
+impl SharedStatus {
+    /// The status as it is now.
+    pub fn snapshot(&self) -> DeviceStatus {
+        let c = &self.0;
+        DeviceStatus {
+            peers: c.peers.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            rejected_datagrams: c.rejected_datagrams.load(Ordering::Relaxed),
+            unroutable_packets: c.unroutable_packets.load(Ordering::Relaxed),
+            relayed_datagrams: c.relayed_datagrams.load(Ordering::Relaxed),
+            segments_cut: c.segments_cut.load(Ordering::Relaxed),
+            segments_joined: c.segments_joined.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, counter: Counter, n: u64) {
+        let c = &self.0;
+        let cell = match counter {
+            Counter::Rejected => &c.rejected_datagrams,
+            Counter::Unroutable => &c.unroutable_packets,
+            Counter::Relayed => &c.relayed_datagrams,
+            Counter::SegmentsCut => &c.segments_cut,
+            Counter::SegmentsJoined => &c.segments_joined,
+        };
+        cell.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn set_peers(&self, peers: Vec<PeerStatus>) {
+        *self.0.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -262,7 +317,7 @@ impl Device {
             routes: Vec::new(),
             limiter,
             junk_log: LogLimiter::new(Duration::from_secs(60)),
-            status: Arc::new(Mutex::new(DeviceStatus::default())),
+            status: SharedStatus::default(),
             control: Arc::new(control),
             updates,
             gossip_tx,
@@ -435,13 +490,13 @@ impl Device {
         let mut packets = std::mem::take(&mut self.packets);
         packets.clear();
         if let Err(e) = offload::split(hdr, &mut read[VNET_HDR_LEN..], &mut packets) {
-            self.status.lock().unwrap().unroutable_packets += 1;
+            self.status.add(Counter::Unroutable, 1);
             if self.junk_log.allow("tun", Instant::now()).is_some() {
                 tracing::warn!("mesh: dropping a segment from the TUN: {e} ({hdr:?})");
             }
         }
         if packets.len() > 1 {
-            self.status.lock().unwrap().segments_cut += 1;
+            self.status.add(Counter::SegmentsCut, 1);
         }
         for packet in packets.iter() {
             self.encapsulate(packet, out).await;
@@ -454,7 +509,7 @@ impl Device {
         let slot = Tunn::dst_address(packet).and_then(|dst| route(&self.routes, dst));
         let Some(slot) = slot else {
             // Router solicitations, MLD, traffic for a peer we do not know.
-            self.status.lock().unwrap().unroutable_packets += 1;
+            self.status.add(Counter::Unroutable, 1);
             return;
         };
         let peer = self.peers.get_mut(&slot).expect("routes follow peers");
@@ -545,7 +600,8 @@ impl Device {
     async fn write_to_tun(&mut self) {
         self.coalescer.finish();
         if self.coalescer.joined() > 0 {
-            self.status.lock().unwrap().segments_joined += self.coalescer.joined() as u64;
+            self.status
+                .add(Counter::SegmentsJoined, self.coalescer.joined() as u64);
         }
         let mut refused = None;
         for write in self.coalescer.writes() {
@@ -594,9 +650,9 @@ impl Device {
                     wire::to_relay(&peer.config.public_key, data, &mut self.frame);
                     send(&self.udp, &self.frame, to).await;
                 }
-                None => self.status.lock().unwrap().unroutable_packets += 1,
+                None => self.status.add(Counter::Unroutable, 1),
             },
-            None => self.status.lock().unwrap().unroutable_packets += 1,
+            None => self.status.add(Counter::Unroutable, 1),
         }
     }
 
@@ -646,7 +702,7 @@ impl Device {
     /// Counts a refused datagram; says why at most once a minute per
     /// source (`why` is formatted only then).
     fn reject(&mut self, src: SocketAddr, why: impl std::fmt::Display) {
-        self.status.lock().unwrap().rejected_datagrams += 1;
+        self.status.add(Counter::Rejected, 1);
         if let Some(held) = self.junk_log.allow(&src.ip().to_string(), Instant::now()) {
             tracing::warn!(
                 "mesh: dropping datagrams from {src}: {why} ({held} more since the last line)"
@@ -694,7 +750,7 @@ impl Device {
         let origin = self.peers[&from].config.public_key;
         wire::from_relay(&origin, inner, &mut self.frame);
         send(&self.udp, &self.frame, to).await;
-        self.status.lock().unwrap().relayed_datagrams += 1;
+        self.status.add(Counter::Relayed, 1);
     }
 
     /// A WireGuard datagram, from `src` directly or, with `via` = (relay's
@@ -859,7 +915,7 @@ impl Device {
                 }
             })
             .collect();
-        self.status.lock().unwrap().peers = peers;
+        self.status.set_peers(peers);
     }
 }
 

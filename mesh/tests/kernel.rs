@@ -7,13 +7,15 @@
 //! a second `create` takes the link over with its peers, and `delete`
 //! removes it. Root only; skipped with a message otherwise.
 
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
 use std::net::SocketAddr;
 use std::path::Path;
 
-use slate_networkd::mesh::device::PeerConfig;
-use slate_networkd::mesh::kernel::{KernelDevice, KernelError};
-use slate_networkd::mesh::keys::NodeKey;
-use slate_networkd::mesh::select::Path as MeshPath;
+use slate_mesh::device::PeerConfig;
+use slate_mesh::kernel::{KernelDevice, KernelError};
+use slate_mesh::keys::NodeKey;
+use slate_mesh::select::Path as MeshPath;
 use slate_tests::netns::{self, Namespaces};
 
 const NS: &str = "slkwg";

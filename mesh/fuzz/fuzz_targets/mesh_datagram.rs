@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use libfuzzer_sys::fuzz_target;
 use slate_discovery::gossip::AffiliateTable;
 use slate_discovery::record::ClusterKeys;
-use slate_networkd::mesh::wire::{self, Message};
+use slate_mesh::wire::{self, Message};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(message) = wire::parse(data) else {

@@ -115,7 +115,7 @@ impl Datapath {
         let inbox = device.gossip_inbox().expect("a new device has its inbox");
         let task = tokio::spawn(async move {
             let Err(e) = device.run().await;
-            tracing::error!("mesh: device stopped: {}", crate::error_chain(&e));
+            tracing::error!("mesh: device stopped: {}", slate_common::error::chain(&e));
         });
         Started {
             datapath: Datapath::User {
@@ -161,9 +161,7 @@ impl Datapath {
 
     pub async fn status(&mut self) -> Result<DeviceStatus, KernelError> {
         match self {
-            Datapath::User { status, .. } => {
-                Ok(status.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            }
+            Datapath::User { status, .. } => Ok(status.snapshot()),
             Datapath::Kernel { device, rx, .. } => {
                 let mut status = device.status().await?;
                 rx.apply(&mut status, Instant::now());

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slate_networkd::mesh::offload::{Coalescer, Packets, VNET_HDR_LEN, VnetHdr, split};
+use slate_mesh::offload::{Coalescer, Packets, VNET_HDR_LEN, VnetHdr, split};
 
 fuzz_target!(|data: &[u8]| {
     // Packets: a length byte, then that many bytes, repeated.

@@ -7,12 +7,14 @@
 //! what a user runs: a TCP echo across the mesh (ping is not installed
 //! here). Root only; skipped with a message otherwise.
 
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use slate_networkd::mesh::select::Path;
-use slate_networkd::mesh::wire;
+use slate_mesh::select::Path;
+use slate_mesh::wire;
 use slate_tests::meshnode::{self, Lab};
 use slate_tests::netns;
 

@@ -13,7 +13,7 @@ pub const OVERHEAD: u32 = 80;
 #[derive(Debug, thiserror::Error)]
 pub enum MeshLinkError {
     #[error(transparent)]
-    Link(#[from] crate::link::LinkError),
+    Link(#[from] slate_netlink::link::LinkError),
     #[error("adding {address}/{prefix_len} to {ifname}")]
     Address {
         ifname: String,
@@ -34,8 +34,8 @@ pub async fn configure(
     prefix_len: u8,
     underlying_mtu: u32,
 ) -> Result<(), MeshLinkError> {
-    let link = crate::link::by_name(handle, ifname).await?;
-    crate::link::set_mtu(handle, &link, underlying_mtu.saturating_sub(OVERHEAD)).await?;
+    let link = slate_netlink::link::by_name(handle, ifname).await?;
+    slate_netlink::link::set_mtu(handle, &link, underlying_mtu.saturating_sub(OVERHEAD)).await?;
     let mut req = handle
         .address()
         .add(link.index, address, prefix_len)
@@ -54,6 +54,6 @@ pub async fn configure(
             prefix_len,
             source,
         })?;
-    crate::link::set_up(handle, &link).await?;
+    slate_netlink::link::set_up(handle, &link).await?;
     Ok(())
 }

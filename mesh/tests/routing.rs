@@ -6,12 +6,15 @@
 //! and where a marked and an unmarked socket send from. Root only, and
 //! needs /dev/net/tun and `ip`; skipped with a message otherwise.
 
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use ipnet::IpNet;
-use slate_networkd::mesh;
-use slate_networkd::mesh::routing::{MARK, MASK, PolicyRouting, RULE_PRIORITY, TABLE};
-use slate_networkd::mesh::tun::Tun;
+
+use slate_mesh as mesh;
+use slate_mesh::routing::{MARK, MASK, PolicyRouting, RULE_PRIORITY, TABLE};
+use slate_mesh::tun::Tun;
 use slate_tests::meshnode;
 use slate_tests::netns::{self, ip};
 
@@ -119,7 +122,7 @@ fn mesh_policy_routing() {
         mesh::link::configure(&handle, MESH_IF, IpAddr::V6(MESH_ADDRESS), 64, 1500)
             .await
             .unwrap();
-        let index = slate_networkd::link::by_name(&handle, MESH_IF)
+        let index = slate_netlink::link::by_name(&handle, MESH_IF)
             .await
             .unwrap()
             .index;

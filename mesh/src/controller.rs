@@ -27,12 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
-use slate_config::MeshBackend;
+use slate_common::hostport::HostPort as Target;
+use slate_config::{MachineConfig, MeshBackend};
 use slate_discovery::client;
 use slate_discovery::gossip::{AffiliateTable, MAX_PEERS, Merged};
 use slate_discovery::record::{ClusterKeys, ControlPlane, MAX_SEEN, Record, next_version};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::datapath::{Datapath, Task};
 use super::device::{Device, DeviceStatus, Gossip, PeerState};
@@ -42,7 +43,6 @@ use super::routing::{self, PolicyRouting, RouteFilter};
 use super::select::Path;
 use super::status::{MeshIdentity, MeshPeer, SharedMesh};
 use super::{PORT, link, peers, tun, wire};
-use crate::balancer::{Balancer, Target};
 use slate_common::constants::DISCOVERY_PORT;
 use slate_common::ratelimit::LogLimiter;
 
@@ -84,70 +84,78 @@ const PUBLISH_RETRY: Duration = Duration::from_secs(10);
 /// What networkd gives the mesh.
 #[derive(Clone)]
 pub struct Context {
-    pub config_file: PathBuf,
+    /// The mesh's slice of the config feed: `None` while it is off.
+    pub settings: watch::Receiver<Option<MeshSettings>>,
     pub key_file: PathBuf,
     pub sysfs: PathBuf,
     pub handle: rtnetlink::Handle,
     pub mesh: SharedMesh,
-    pub balancer: Balancer,
+    /// The control-plane nodes' API endpoints the mesh learnt (when the
+    /// API balancer is on): networkd forwards them to the balancer.
+    pub control_plane: watch::Sender<Vec<Target>>,
 }
 
-/// What the published config asks of the mesh.
+/// What the machine config asks of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
-    cluster_id: String,
-    secret: String,
-    discovery: Option<String>,
+pub struct MeshSettings {
+    pub cluster_id: String,
+    pub secret: String,
+    pub discovery: Option<String>,
     /// The control-plane endpoint's host, when it is an address: asked
     /// for records while no peer answers.
-    seed: Option<IpAddr>,
-    control_plane: bool,
-    hostname: String,
-    route_filter: Vec<String>,
+    pub seed: Option<IpAddr>,
+    pub control_plane: bool,
+    pub hostname: String,
+    pub route_filter: Vec<String>,
     /// Whether the API balancer runs, and wants control-plane endpoints.
-    api_balancer: bool,
-    backend: MeshBackend,
+    pub api_balancer: bool,
+    pub backend: MeshBackend,
     /// The cluster's pod subnets, within which this node's own pod
     /// networks are looked for; and whether it publishes them (and routes
     /// others' into the mesh: both ends must, or the receiving end drops
     /// pod traffic from a peer whose pod network it does not know).
-    pod_subnets: Vec<IpNet>,
-    advertise_pods: bool,
+    pub pod_subnets: Vec<IpNet>,
+    pub advertise_pods: bool,
 }
 
-fn wanted(ctx: &Context) -> Option<Wanted> {
-    let config = crate::published_config(&ctx.config_file)?;
-    let mesh = &config.cluster.mesh;
-    if !mesh.enabled {
-        return None;
+impl MeshSettings {
+    /// `cluster.mesh` and what the mesh needs besides; `None` when the
+    /// mesh is off (or the config lacks the cluster's id and secret).
+    pub fn from_config(config: Option<&MachineConfig>) -> Option<MeshSettings> {
+        let config = config?;
+        let mesh = &config.cluster.mesh;
+        if !mesh.enabled {
+            return None;
+        }
+        let endpoint =
+            Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)).ok();
+        let seed = endpoint.as_ref().and_then(|t| t.host.parse().ok());
+        let discovery = mesh
+            .discovery
+            .endpoint
+            .clone()
+            .or_else(|| endpoint.as_ref().map(default_discovery));
+        Some(MeshSettings {
+            cluster_id: config.cluster.id.clone()?,
+            secret: config.cluster.secret.clone()?,
+            discovery,
+            seed,
+            control_plane: config.machine.kind == slate_config::MachineType::Controlplane,
+            hostname: config.machine.network.hostname.clone().unwrap_or_default(),
+            route_filter: mesh.route_filter.clone(),
+            api_balancer: config.cluster.api_balancer.enabled,
+            backend: mesh.backend,
+            // Validated with the config: a bad entry never gets here.
+            pod_subnets: config
+                .cluster
+                .network
+                .pod_subnets
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            advertise_pods: mesh.advertise_pod_networks,
+        })
     }
-    let endpoint = Target::from_https_url(&config.cluster.control_plane.endpoint, Some(443)).ok();
-    let seed = endpoint.as_ref().and_then(|t| t.host.parse().ok());
-    let discovery = mesh
-        .discovery
-        .endpoint
-        .clone()
-        .or_else(|| endpoint.as_ref().map(default_discovery));
-    Some(Wanted {
-        cluster_id: config.cluster.id.clone()?,
-        secret: config.cluster.secret.clone()?,
-        discovery,
-        seed,
-        control_plane: config.machine.kind == slate_config::MachineType::Controlplane,
-        hostname: config.machine.network.hostname.clone().unwrap_or_default(),
-        route_filter: mesh.route_filter.clone(),
-        api_balancer: config.cluster.api_balancer.enabled,
-        backend: mesh.backend,
-        // Validated with the config: a bad entry never gets here.
-        pod_subnets: config
-            .cluster
-            .network
-            .pod_subnets
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect(),
-        advertise_pods: mesh.advertise_pod_networks,
-    })
 }
 
 /// This node's pod networks: the networks of its addresses that lie in
@@ -198,23 +206,27 @@ fn default_discovery(endpoint: &Target) -> String {
 
 /// Follows the config for ever: starts, restarts (on a change of what
 /// the mesh needs) and stops the mesh.
-pub async fn run(ctx: Context) {
-    let mut running: Option<(Wanted, Task)> = None;
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
+pub async fn run(mut ctx: Context) {
+    let mut running: Option<(MeshSettings, Task)> = None;
     loop {
-        poll.tick().await;
-        let now = wanted(&ctx);
+        let now = ctx.settings.borrow_and_update().clone();
         if running.as_ref().map(|(w, _)| w) == now.as_ref() {
+            if ctx.settings.changed().await.is_err() {
+                return;
+            }
             continue;
         }
         if running.take().is_some() {
             tracing::info!("mesh: stopping");
             ctx.mesh.set(None, Vec::new());
-            ctx.balancer.set_endpoints("discovery", Vec::new());
+            ctx.control_plane.send_replace(Vec::new());
             // The TUN went with the task; its rules and routes did not,
             // nor a kernel WireGuard link (which holds the private key).
             if let Err(e) = routing::clear(&ctx.handle).await {
-                tracing::warn!("mesh: removing its routes: {}", crate::error_chain(&e));
+                tracing::warn!(
+                    "mesh: removing its routes: {}",
+                    slate_common::error::chain(&e)
+                );
             }
             remove_link(&ctx.handle).await;
         }
@@ -226,7 +238,7 @@ pub async fn run(ctx: Context) {
     }
 }
 
-async fn keep_running(w: Wanted, ctx: Context) {
+async fn keep_running(w: MeshSettings, ctx: Context) {
     loop {
         match Mesh::start(&w, &ctx).await {
             Ok(mesh) => mesh.run().await,
@@ -237,7 +249,7 @@ async fn keep_running(w: Wanted, ctx: Context) {
 }
 
 struct Mesh {
-    w: Wanted,
+    w: MeshSettings,
     ctx: Context,
     keys: Arc<ClusterKeys>,
     public_key: [u8; 32],
@@ -267,7 +279,7 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(w: &Wanted, ctx: &Context) -> anyhow::Result<Mesh> {
+    async fn start(w: &MeshSettings, ctx: &Context) -> anyhow::Result<Mesh> {
         use anyhow::Context as _;
         let keys = ClusterKeys::from_config(&w.cluster_id, &w.secret)
             .context("cluster.id and cluster.secret")?;
@@ -314,7 +326,9 @@ impl Mesh {
                     .context("binding the gossip socket")?
             }
         };
-        let index = crate::link::by_name(&ctx.handle, INTERFACE).await?.index;
+        let index = slate_netlink::link::by_name(&ctx.handle, INTERFACE)
+            .await?
+            .index;
         let routing = PolicyRouting::new(ctx.handle.clone(), index)
             .await
             .context("installing the mesh's routing rule")?;
@@ -378,7 +392,7 @@ impl Mesh {
                         "status",
                         format!(
                             "mesh: reading the kernel's peers: {}",
-                            crate::error_chain(&e)
+                            slate_common::error::chain(&e)
                         ),
                     );
                     DeviceStatus::default()
@@ -403,7 +417,7 @@ impl Mesh {
     }
 
     async fn read_addresses(&mut self) {
-        match crate::reconcile::netlink::read(&self.ctx.handle, &self.ctx.sysfs).await {
+        match slate_netlink::state::read(&self.ctx.handle, &self.ctx.sysfs).await {
             Ok(actual) => {
                 // Addresses on links that only exist inside the node
                 // (containers' veths, CNI bridges and tunnels, kube-ipvs0)
@@ -438,7 +452,7 @@ impl Mesh {
             }
             Err(e) => self.warn(
                 "addresses",
-                format!("reading addresses: {}", crate::error_chain(&e)),
+                format!("reading addresses: {}", slate_common::error::chain(&e)),
             ),
         }
     }
@@ -611,7 +625,7 @@ impl Mesh {
                 "peers",
                 format!(
                     "mesh: setting the kernel's peers: {}",
-                    crate::error_chain(&e)
+                    slate_common::error::chain(&e)
                 ),
             );
         }
@@ -649,7 +663,10 @@ impl Mesh {
         if let Err(e) = self.routing.set_networks(&nets).await {
             self.warn(
                 "route",
-                format!("mesh: routing peers' networks: {}", crate::error_chain(&e)),
+                format!(
+                    "mesh: routing peers' networks: {}",
+                    slate_common::error::chain(&e)
+                ),
             );
         }
     }
@@ -792,9 +809,7 @@ impl Mesh {
             .collect();
         targets.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
         if targets != self.balancer_targets {
-            self.ctx
-                .balancer
-                .set_endpoints("discovery", targets.clone());
+            self.ctx.control_plane.send_replace(targets.clone());
             self.balancer_targets = targets;
         }
     }
@@ -808,7 +823,7 @@ impl Mesh {
 
 /// Deletes the mesh link if it is still there (the kernel backend's).
 async fn remove_link(handle: &rtnetlink::Handle) {
-    let Ok(link) = crate::link::by_name(handle, INTERFACE).await else {
+    let Ok(link) = slate_netlink::link::by_name(handle, INTERFACE).await else {
         return;
     };
     if let Err(e) = handle.link().del(link.index).execute().await {
