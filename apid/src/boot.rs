@@ -2,12 +2,15 @@
 //! and, for the server certificate's names, the node's first address.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use slate_config::MachineConfig;
+use slate_config::feed::{self, Feed};
 use slate_pki::tls;
 use slate_pki::{self as pki, Authority};
+use tokio::sync::watch;
 
 /// Files the other daemons publish and machined's socket (see
 /// `slate_common::constants`).
@@ -22,7 +25,7 @@ pub struct Paths {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
-    Configured(Box<MachineConfig>),
+    Configured(Arc<MachineConfig>),
     /// No usable config; the reason is shown to `--insecure` clients.
     Maintenance(String),
 }
@@ -37,18 +40,38 @@ impl Mode {
     }
 }
 
-/// What machined has published right now, if anything.
-pub fn read_mode(paths: &Paths) -> Option<Mode> {
-    if let Ok(text) = std::fs::read_to_string(&paths.config) {
-        let source = paths.config.display().to_string();
-        return Some(match MachineConfig::from_json(&text, &source) {
-            Ok(config) => Mode::Configured(Box::new(config)),
-            Err(e) => Mode::Maintenance(format!("published config is invalid: {e}")),
-        });
+/// machined's verdict as apid follows it: the config feed (one parse per
+/// version, see `slate_config::feed`) and the maintenance reason beside it.
+pub struct Published {
+    config: Feed,
+    reason: watch::Receiver<Option<String>>,
+}
+
+impl Published {
+    /// Starts following both files on the current runtime.
+    pub fn follow(paths: &Paths) -> Published {
+        Published {
+            config: feed::follow(paths.config.clone()),
+            reason: feed::follow_text(paths.config_error.clone()),
+        }
     }
-    std::fs::read_to_string(&paths.config_error)
-        .ok()
-        .map(|reason| Mode::Maintenance(reason.trim().to_owned()))
+
+    /// What machined has published right now, if anything: a config wins
+    /// over a reason (machined removes the reason when it publishes one).
+    pub fn mode(&self) -> Option<Mode> {
+        if let Some(config) = self.config.borrow().as_ref() {
+            return Some(Mode::Configured(Arc::clone(config)));
+        }
+        self.reason.borrow().clone().map(Mode::Maintenance)
+    }
+
+    /// Waits until either file changed; `false` once neither is followed.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.config.changed() => r.is_ok(),
+            r = self.reason.changed() => r.is_ok(),
+        }
+    }
 }
 
 /// machined decides within milliseconds; if it publishes nothing for this
@@ -58,24 +81,23 @@ const CONFIG_WAIT: Duration = Duration::from_secs(30);
 /// How long the server certificate waits for the node's first address.
 /// Without one the certificate still carries the hostname and loopback.
 const NETWORK_WAIT: Duration = Duration::from_secs(10);
-/// The files appear once per boot, on tmpfs; checking this often costs
-/// nothing and keeps boot-to-API latency low.
-const POLL: Duration = Duration::from_millis(10);
 
-/// Waits until machined has published either the config or an error.
-pub async fn wait_for_mode(paths: &Paths) -> Mode {
-    let start = Instant::now();
+/// Waits until machined has published either the config or a reason.
+pub async fn wait_for_mode(published: &mut Published) -> Mode {
+    let deadline = tokio::time::Instant::now() + CONFIG_WAIT;
     loop {
-        if let Some(mode) = read_mode(paths) {
+        if let Some(mode) = published.mode() {
             return mode;
         }
-        if start.elapsed() > CONFIG_WAIT {
-            return Mode::Maintenance(format!(
-                "machined published no config within {}s",
-                CONFIG_WAIT.as_secs()
-            ));
+        match tokio::time::timeout_at(deadline, published.changed()).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                return Mode::Maintenance(format!(
+                    "machined published no config within {}s",
+                    CONFIG_WAIT.as_secs()
+                ));
+            }
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 

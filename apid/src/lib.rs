@@ -93,7 +93,8 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     // The key does not depend on the config: make it on another thread
     // while this one waits for machined, off the boot's critical path.
     let key = tokio::task::spawn_blocking(slate_pki::ServerKey::generate);
-    let mode = boot::wait_for_mode(&paths).await;
+    let mut published = boot::Published::follow(&paths);
+    let mode = boot::wait_for_mode(&mut published).await;
     tracing::debug!("config verdict received");
     let key = Arc::new(
         key.await
@@ -107,6 +108,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     let mode = Arc::new(std::sync::RwLock::new(mode));
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls));
     tokio::spawn(live::follow(
+        published,
         paths.clone(),
         Arc::clone(&key),
         Arc::clone(&mode),

@@ -45,24 +45,49 @@ pub fn parses() -> u64 {
 /// not parse is logged and leaves the feed as it was (machined validated
 /// what it wrote; a broken file is a bug, not a reason to drop the mesh).
 pub fn follow(path: PathBuf) -> Feed {
+    follow_parsed(path, |path, bytes| {
+        PARSES.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(bytes);
+        MachineConfig::from_json(&text, &path.display().to_string())
+            .map(Arc::new)
+            .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
+            .ok()
+    })
+}
+
+/// Follows a small text file the same way (machined's maintenance reason
+/// beside the config): its trimmed text, `None` while it does not exist.
+pub fn follow_text(path: PathBuf) -> watch::Receiver<Option<String>> {
+    follow_parsed(path, |_, bytes| {
+        Some(String::from_utf8_lossy(bytes).trim().to_owned())
+    })
+}
+
+/// The one file follower: `parse` runs once per new content; `None` from
+/// it keeps the value as it was.
+fn follow_parsed<T, P>(path: PathBuf, parse: P) -> watch::Receiver<Option<T>>
+where
+    T: Send + Sync + 'static,
+    P: Fn(&Path, &[u8]) -> Option<T> + Send + 'static,
+{
     let (tx, rx) = watch::channel(None);
     let mut last = None;
-    load(&path, &mut last, &tx);
+    load(&path, &mut last, &tx, &parse);
     tokio::spawn(async move {
         loop {
             match Watcher::new(&path) {
                 Ok(mut w) => {
                     // Between the first read and the watch a version may
                     // have landed: read once more now that none is missed.
-                    load(&path, &mut last, &tx);
+                    load(&path, &mut last, &tx, &parse);
                     while w.changed().await {
-                        load(&path, &mut last, &tx);
+                        load(&path, &mut last, &tx, &parse);
                     }
                 }
                 Err(e) => {
                     tracing::debug!("watching {}: {e}; looking every second", path.display());
                     tokio::time::sleep(FALLBACK_POLL).await;
-                    load(&path, &mut last, &tx);
+                    load(&path, &mut last, &tx, &parse);
                 }
             }
             if tx.is_closed() {
@@ -101,35 +126,33 @@ where
 }
 
 /// Reads `path`; parses it when its bytes differ from the last ones read.
-fn load(path: &Path, last: &mut Option<Vec<u8>>, tx: &watch::Sender<Option<Arc<MachineConfig>>>) {
+fn load<T, P>(path: &Path, last: &mut Option<Vec<u8>>, tx: &watch::Sender<Option<T>>, parse: &P)
+where
+    P: Fn(&Path, &[u8]) -> Option<T>,
+{
     let bytes = match std::fs::read(path) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
-            tracing::warn!("reading the published config {}: {e}", path.display());
+            tracing::warn!("reading {}: {e}", path.display());
             return;
         }
     };
     if bytes == *last {
         return;
     }
-    let config = match &bytes {
+    let value = match &bytes {
         None => None,
-        Some(b) => {
-            PARSES.fetch_add(1, Ordering::Relaxed);
-            let text = String::from_utf8_lossy(b);
-            match MachineConfig::from_json(&text, &path.display().to_string()) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    tracing::warn!("ignoring the published config: {e}");
-                    *last = bytes;
-                    return;
-                }
+        Some(b) => match parse(path, b) {
+            Some(v) => Some(v),
+            None => {
+                *last = bytes;
+                return;
             }
-        }
+        },
     };
     *last = bytes;
-    tx.send_replace(config);
+    tx.send_replace(value);
 }
 
 /// inotify on the file's directory: the file is replaced by rename, so the

@@ -238,12 +238,15 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         balancer,
     ));
     if opts.sync_time {
-        tokio::spawn(timesync::run(opts.config_file.clone(), time));
+        tokio::spawn(timesync::run(
+            feed::derive(feed.clone(), timesync::settings_from_config),
+            time,
+        ));
     }
     let dhcp_links = dhcp::links::DhcpLinks::new(handle.clone(), ready.clone(), names.clone());
     tokio::spawn(reconcile::run(reconcile::Context {
         sysfs: opts.sysfs.clone(),
-        config_file: opts.config_file.clone(),
+        network: feed::derive(feed.clone(), reconcile::settings_from_config),
         owned_file: opts.owned_file.clone(),
         ready: ready.clone(),
         names: names.clone(),
@@ -339,14 +342,6 @@ fn create_parent(path: &Path) -> Result<(), RunError> {
 }
 
 pub use slate_common::error::chain as error_chain;
-
-/// machined's published config, if there is a valid one.
-pub(crate) fn published_config(path: &Path) -> Option<slate_config::MachineConfig> {
-    let text = std::fs::read_to_string(path).ok()?;
-    slate_config::MachineConfig::from_json(&text, &path.display().to_string())
-        .map_err(|e| tracing::warn!("ignoring the published config: {e}"))
-        .ok()
-}
 
 /// The process: logging, a one-thread runtime, [`run`]. Returns on SIGTERM
 /// (success) or on failure (init restarts networkd).

@@ -173,17 +173,25 @@ pub async fn sync_once(
     false
 }
 
-fn read_time(config_file: &std::path::Path) -> Time {
-    crate::published_config(config_file)
-        .map(|c| c.machine.time)
-        .unwrap_or_default()
+/// What time synchronisation works from: the config's `machine.time`,
+/// or the defaults (on, no servers) while there is no config.
+pub type TimeSettings = Time;
+
+/// The time slice of a published config.
+pub fn settings_from_config(config: Option<&slate_config::MachineConfig>) -> TimeSettings {
+    config.map(|c| c.machine.time.clone()).unwrap_or_default()
 }
 
-/// Keeps the clock synced for ever, as the published config says.
-pub async fn run(config_file: std::path::PathBuf, status: SharedTimeStatus) {
+/// Keeps the clock synced for ever, as the settings say: a query round at
+/// once, again after the poll interval or as soon as the settings change.
+pub async fn run(
+    mut settings: tokio::sync::watch::Receiver<TimeSettings>,
+    status: SharedTimeStatus,
+) {
     let mut clock = SystemClock;
+    let mut followed = true;
     loop {
-        let time = read_time(&config_file);
+        let time = settings.borrow_and_update().clone();
         let synced = if time.disabled {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
             s.disabled = true;
@@ -201,7 +209,11 @@ pub async fn run(config_file: std::path::PathBuf, status: SharedTimeStatus) {
                 sync_once(&mut clock, &time.servers, &status).await
             }
         };
-        tokio::time::sleep(if synced { SYNCED_POLL } else { UNSYNCED_POLL }).await;
+        let wait = tokio::time::sleep(if synced { SYNCED_POLL } else { UNSYNCED_POLL });
+        tokio::select! {
+            () = wait => {}
+            changed = settings.changed(), if followed => followed = changed.is_ok(),
+        }
     }
 }
 

@@ -248,7 +248,10 @@ fn a_deleted_address_and_route_come_back_within_a_second() {
         tokio::spawn(slate_networkd::reconcile::run(
             slate_networkd::reconcile::Context {
                 sysfs: PathBuf::from("/sys"),
-                config_file: config_file.clone(),
+                network: slate_config::feed::derive(
+                    slate_config::feed::follow(config_file.clone()),
+                    slate_networkd::reconcile::settings_from_config,
+                ),
                 owned_file: dir.path().join("owned"),
                 ready,
                 names: names.clone(),

@@ -17,7 +17,7 @@ pub mod model;
 pub use slate_netlink::state as netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rtnetlink::Handle;
@@ -184,13 +184,13 @@ fn parse_owned(text: &str) -> BTreeSet<Addr> {
         .collect()
 }
 
-/// Reads the network half of the published config, if there is one.
-fn read_network(config_file: &Path) -> Option<Network> {
-    crate::published_config(config_file).map(|c| c.machine.network)
+/// The network slice of a published config; `None` while there is none
+/// (maintenance mode), which is not the same as a config without links.
+pub fn settings_from_config(config: Option<&slate_config::MachineConfig>) -> Option<Network> {
+    config.map(|c| c.machine.network.clone())
 }
 
-/// How often the published config is checked, and the safety-net pass.
-const CONFIG_POLL: Duration = Duration::from_millis(500);
+/// The safety-net pass, and the first retry of a failed one.
 const SAFETY_NET: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -231,8 +231,8 @@ fn sync_ready(ready: &SharedReady, present: &BTreeSet<Addr>, listed: &mut BTreeM
 /// What the reconciler works with.
 pub struct Context {
     pub sysfs: PathBuf,
-    /// machined's published config.
-    pub config_file: PathBuf,
+    /// The network slice of machined's published config.
+    pub network: tokio::sync::watch::Receiver<Option<Network>>,
     /// The addresses networkd added.
     pub owned_file: PathBuf,
     pub ready: SharedReady,
@@ -305,7 +305,7 @@ fn first_nic_mac(links: &[model::ActualLink]) -> Option<Vec<u8>> {
 }
 
 /// Reconciles for ever: on config changes, kernel events and a timer.
-pub async fn run(ctx: Context) {
+pub async fn run(mut ctx: Context) {
     let (connection, handle, mut events) =
         match rtnetlink::new_multicast_connection(&netlink::EVENT_GROUPS) {
             Ok(c) => c,
@@ -316,11 +316,14 @@ pub async fn run(ctx: Context) {
         };
     tokio::spawn(connection);
     let mut reconciler = Reconciler::new(handle, ctx.sysfs.clone(), ctx.owned_file.clone());
+    // The config as it is at start counts as a change: the first pass
+    // runs at once.
+    ctx.network.mark_changed();
     let mut network: Option<Network> = None;
+    let mut followed = true;
     let mut last_missing: Vec<String> = Vec::new();
     let mut listed = BTreeMap::new();
     let mut backoff = RETRY;
-    let mut poll = tokio::time::interval(CONFIG_POLL);
     let mut safety = tokio::time::interval(SAFETY_NET);
     // After a failed operation (a link driver still loading, a link not yet
     // there), try again soon rather than at the next safety-net pass.
@@ -338,8 +341,9 @@ pub async fn run(ctx: Context) {
                 retry_at = None;
                 due = true;
             }
-            _ = poll.tick() => {
-                let now = read_network(&ctx.config_file);
+            changed = ctx.network.changed(), if followed => {
+                followed = changed.is_ok();
+                let now = ctx.network.borrow_and_update().clone();
                 if now != network {
                     network = now;
                     ctx.names.set_config(network.as_ref());
