@@ -202,7 +202,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     // The published config: parsed once per change, for every subsystem.
     let feed = feed::follow(opts.config_file.clone());
     let balancer = balancer::Balancer::new(balancer::Settings::default())?;
-    let mesh = mesh::status::SharedMesh::default();
+    let mesh = mesh::resources::SharedMesh::default();
     tokio::spawn(status::serve(
         opts.socket.clone(),
         handle.clone(),

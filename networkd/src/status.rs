@@ -35,7 +35,7 @@ pub struct Sources {
     pub names: SharedNames,
     pub network: SharedNetworkStatus,
     pub balancer: crate::balancer::Balancer,
-    pub mesh: crate::mesh::status::SharedMesh,
+    pub mesh: crate::mesh::resources::SharedMesh,
 }
 
 impl Sources {

@@ -28,9 +28,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -38,9 +38,14 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use ipnet::IpNet;
-use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
+
+mod status;
+use status::Counter;
+pub use status::{
+    DeviceError, DeviceStatus, PeerConfig, PeerControl, PeerState, PeerStatus, SharedStatus,
+};
 
 use super::keys::NodeKey;
 use super::offload::{self, Coalescer, Packets, VNET_HDR_LEN, VnetHdr};
@@ -81,155 +86,6 @@ const GOSSIP_QUEUE: usize = 256;
 /// boringtun keeps our index of a peer in the top 24 bits of its session
 /// indexes.
 const MAX_SLOTS: u32 = 1 << 24;
-
-/// One peer as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub public_key: [u8; 32],
-    /// Candidate endpoints, tried in turn until one answers; the source of
-    /// the peer's authenticated datagrams then wins (roaming).
-    pub endpoints: Vec<SocketAddr>,
-    pub allowed_ips: Vec<IpNet>,
-    pub persistent_keepalive: Option<u16>,
-    /// Peers that say they reach this one: tried, as relays, after the
-    /// direct candidates.
-    pub relays: Vec<[u8; 32]>,
-}
-
-impl PeerConfig {
-    /// The peer's mesh address: its first allowed IP, a single IPv6
-    /// address, as [`super::peers::peer_configs`] makes them.
-    pub fn mesh_address(&self) -> Option<Ipv6Addr> {
-        match self.allowed_ips.first() {
-            Some(IpNet::V6(net)) if net.prefix_len() == 128 => Some(net.addr()),
-            _ => None,
-        }
-    }
-}
-
-/// How a peer is reached now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    /// Authenticated datagrams arrive directly.
-    Up,
-    /// Authenticated datagrams arrive through a relay.
-    Relayed,
-    /// Nothing recent: its paths are being tried.
-    Connecting,
-}
-
-/// What the `mesh-peers` resource shows about a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    pub public_key: [u8; 32],
-    pub endpoint: Option<Path>,
-    pub state: PeerState,
-    /// Payload bytes sent to and received from the peer (boringtun's
-    /// counters: decrypted sizes, keepalives excluded).
-    pub tx_bytes: u64,
-    pub rx_bytes: u64,
-    pub last_handshake: Option<SystemTime>,
-}
-
-/// Counters of the whole device.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStatus {
-    pub peers: Vec<PeerStatus>,
-    /// Datagrams refused before reaching a peer (not WireGuard, bad MAC,
-    /// unknown key or index, relay requests from strangers).
-    pub rejected_datagrams: u64,
-    /// Packets from the TUN with no peer for their destination, or whose
-    /// peer has no path yet.
-    pub unroutable_packets: u64,
-    /// Datagrams this node passed on between two of its peers.
-    pub relayed_datagrams: u64,
-    /// TCP segments from the TUN cut into more than one packet, and TUN
-    /// writes that joined more than one ([`super::offload`]).
-    pub segments_cut: u64,
-    pub segments_joined: u64,
-}
-
-/// Readable while the device runs: the counters are atomics, bumped on
-/// the per-packet path without a lock; the peers are refreshed every
-/// [`TICK`].
-#[derive(Debug, Clone, Default)]
-pub struct SharedStatus(Arc<StatusCells>);
-
-#[derive(Debug, Default)]
-struct StatusCells {
-    peers: Mutex<Vec<PeerStatus>>,
-    rejected_datagrams: AtomicU64,
-    unroutable_packets: AtomicU64,
-    relayed_datagrams: AtomicU64,
-    segments_cut: AtomicU64,
-    segments_joined: AtomicU64,
-}
-
-/// A counter of [`DeviceStatus`].
-#[derive(Debug, Clone, Copy)]
-enum Counter {
-    Rejected,
-    Unroutable,
-    Relayed,
-    SegmentsCut,
-    SegmentsJoined,
-}
-
-impl SharedStatus {
-    /// The status as it is now.
-    pub fn snapshot(&self) -> DeviceStatus {
-        let c = &self.0;
-        DeviceStatus {
-            peers: c.peers.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            rejected_datagrams: c.rejected_datagrams.load(Ordering::Relaxed),
-            unroutable_packets: c.unroutable_packets.load(Ordering::Relaxed),
-            relayed_datagrams: c.relayed_datagrams.load(Ordering::Relaxed),
-            segments_cut: c.segments_cut.load(Ordering::Relaxed),
-            segments_joined: c.segments_joined.load(Ordering::Relaxed),
-        }
-    }
-
-    fn add(&self, counter: Counter, n: u64) {
-        let c = &self.0;
-        let cell = match counter {
-            Counter::Rejected => &c.rejected_datagrams,
-            Counter::Unroutable => &c.unroutable_packets,
-            Counter::Relayed => &c.relayed_datagrams,
-            Counter::SegmentsCut => &c.segments_cut,
-            Counter::SegmentsJoined => &c.segments_joined,
-        };
-        cell.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn set_peers(&self, peers: Vec<PeerStatus>) {
-        *self.0.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error("reading from TUN device {name}")]
-    TunRead {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Changes the peers of a running device; the latest set wins.
-#[derive(Clone)]
-pub struct PeerControl(Arc<watch::Sender<Vec<PeerConfig>>>);
-
-impl PeerControl {
-    pub fn set(&self, peers: Vec<PeerConfig>) {
-        self.0.send_if_modified(|current| {
-            let changed = *current != peers;
-            *current = peers;
-            changed
-        });
-    }
-}
 
 struct Peer {
     tunn: Tunn,
@@ -888,35 +744,6 @@ impl Device {
             self.send_to_peer(slot, &out[..len]).await;
         }
     }
-
-    fn publish_status(&self) {
-        let now = SystemTime::now();
-        let instant = Instant::now();
-        let mut slots: Vec<&u32> = self.peers.keys().collect();
-        slots.sort();
-        let peers = slots
-            .into_iter()
-            .map(|slot| {
-                let p = &self.peers[slot];
-                let (since, tx, rx, _loss, _rtt) = p.tunn.stats();
-                let endpoint = p.path.current();
-                let state = match endpoint {
-                    _ if !p.path.is_up(instant) => PeerState::Connecting,
-                    Some(Path::Relay(_)) => PeerState::Relayed,
-                    _ => PeerState::Up,
-                };
-                PeerStatus {
-                    public_key: p.config.public_key,
-                    endpoint,
-                    state,
-                    tx_bytes: tx as u64,
-                    rx_bytes: rx as u64,
-                    last_handshake: since.and_then(|d| now.checked_sub(d)),
-                }
-            })
-            .collect();
-        self.status.set_peers(peers);
-    }
 }
 
 /// The peer for `dst` in `routes` (sorted longest prefix first).
@@ -966,19 +793,4 @@ async fn send(udp: &UdpSocket, data: &[u8], to: SocketAddr) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn longest_prefix_wins() {
-        let mut routes: Vec<(IpNet, u32)> = vec![
-            ("10.0.0.0/8".parse().unwrap(), 0),
-            ("10.1.0.0/16".parse().unwrap(), 1),
-        ];
-        routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        let find = |ip: &str| route(&routes, ip.parse().unwrap());
-        assert_eq!(find("10.1.2.3"), Some(1));
-        assert_eq!(find("10.2.0.1"), Some(0));
-        assert_eq!(find("192.168.0.1"), None);
-    }
-}
+mod tests;

@@ -30,13 +30,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use slate_config::{MachineConfig, MachineType};
@@ -554,167 +551,12 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs `f` on a new thread that has entered namespace `ns`; the thread
-/// ends with `f`, so no thread of the test stays in a namespace.
-pub fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        netns::enter(&ns).unwrap_or_else(|e| panic!("entering {ns}: {e}"));
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| panic!("a thread in a namespace panicked"))
-}
+pub use capture::{ICMP, Packet, TCP, UDP, read_pcap};
+use probe::EchoServer;
+pub use probe::{echo, http_get, in_namespace, udp_source_seen};
 
-/// TCP echo server on `[::]:7` (dual-stack) in a namespace: one thread
-/// accepting, one per connection; stopped on drop.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    clients: Arc<Mutex<Vec<SocketAddr>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(ns: &str) -> EchoServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (ns, stop2, clients2) = (ns.to_owned(), stop.clone(), clients.clone());
-        let thread = std::thread::spawn(move || {
-            let listener = netns::enter(&ns)
-                .and_then(|()| TcpListener::bind((Ipv6Addr::UNSPECIFIED, ECHO_PORT)))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l));
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("echo server in {ns}: {e}")));
-                    return;
-                }
-            };
-            // Polled, so that drop can stop it (and the namespace is not
-            // kept alive by its socket).
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut conn, from)) => {
-                        clients2
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(from);
-                        std::thread::spawn(move || {
-                            let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                            let mut buf = [0u8; 4096];
-                            while let Ok(n) = conn.read(&mut buf) {
-                                if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        ready_rx
-            .recv()
-            .expect("the echo thread reports")
-            .unwrap_or_else(|e| panic!("{e}"));
-        EchoServer {
-            stop,
-            clients,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// From namespace `ns`, sends a line to `to`'s echo server and checks it
-/// comes back; `Err` says what failed.
-pub fn echo(ns: &str, to: SocketAddr, timeout: Duration) -> Result<(), String> {
-    let payload = format!("hello {to} from {ns}\n");
-    let ns2 = ns.to_owned();
-    in_namespace(ns, move || -> Result<(), String> {
-        let fail = |what: &str, e: std::io::Error| format!("{ns2} -> {to}: {what}: {e}");
-        let mut conn = TcpStream::connect_timeout(&to, timeout).map_err(|e| fail("connect", e))?;
-        conn.set_read_timeout(Some(timeout))
-            .map_err(|e| fail("timeout", e))?;
-        conn.write_all(payload.as_bytes())
-            .map_err(|e| fail("write", e))?;
-        let mut back = vec![0u8; payload.len()];
-        conn.read_exact(&mut back).map_err(|e| fail("read", e))?;
-        if back == payload.as_bytes() {
-            Ok(())
-        } else {
-            Err(format!("{ns2} -> {to}: echoed {back:?}"))
-        }
-    })
-}
-
-/// One UDP datagram from port `from_port` in namespace `from_ns` to `to`
-/// (port 9999), received in namespace `to_ns`: the source address the
-/// receiver saw.
-pub fn udp_source_seen(
-    from_ns: &str,
-    from_port: u16,
-    to_ns: &str,
-    to: Ipv4Addr,
-) -> Result<SocketAddr, String> {
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let to_ns = to_ns.to_owned();
-    let receiver = std::thread::spawn(move || -> Result<SocketAddr, String> {
-        let socket = netns::enter(&to_ns)
-            .and_then(|()| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9999)))
-            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(3))).map(|()| s));
-        let socket = match socket {
-            Ok(s) => {
-                let _ = bound_tx.send(());
-                s
-            }
-            Err(e) => return Err(format!("receiving in {to_ns}: {e}")),
-        };
-        let mut buf = [0u8; 64];
-        let (_, from) = socket
-            .recv_from(&mut buf)
-            .map_err(|e| format!("receiving in {to_ns}: {e}"))?;
-        Ok(from)
-    });
-    if bound_rx.recv().is_ok() {
-        in_namespace(from_ns, move || {
-            std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from_port))
-                .and_then(|s| s.send_to(b"hello", (to, 9999)))
-                .map_err(|e| format!("sending: {e}"))
-        })?;
-    }
-    receiver.join().expect("the receiving thread")
-}
-
-/// From namespace `ns`, `GET path` on `to`; the whole answer.
-pub fn http_get(ns: &str, to: SocketAddr, path: &str) -> Result<String, String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
-    in_namespace(ns, move || -> Result<String, String> {
-        let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-            .map_err(|e| format!("connecting to {to}: {e}"))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        conn.write_all(request.as_bytes())
-            .map_err(|e| format!("sending to {to}: {e}"))?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)
-            .map_err(|e| format!("reading from {to}: {e}"))?;
-        Ok(answer)
-    })
-}
+mod capture;
+mod probe;
 
 // ---- networkd's mesh resources -------------------------------------------
 // The one place their type names and fields are spelled (the contract of
@@ -819,98 +661,4 @@ pub fn list(socket: &Path, kind: &str) -> Result<Vec<(String, serde_json::Value)
             })
             .collect()
     })
-}
-
-// ---- the capture -----------------------------------------------------------
-
-/// An IPv4 packet seen by the capture (ports for TCP and UDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    /// IP protocol number: 6 TCP, 17 UDP, 1 ICMP.
-    pub proto: u8,
-    pub sport: u16,
-    pub dport: u16,
-    /// For an ICMP error (unreachable, time exceeded, parameter problem):
-    /// the protocol and ports of the packet it answers, from the headers
-    /// it quotes.
-    pub quoted: Option<(u8, u16, u16)>,
-}
-
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-
-/// The IPv4 packets of a pcap file (tcpdump's own format, either byte
-/// order; Ethernet, Linux cooked v1 or v2 link headers, which is what
-/// `-i any` writes). Other protocols (ARP, IPv6) are skipped; a record
-/// cut short at the end (tcpdump still writing) ends the list.
-pub fn read_pcap(path: &Path) -> Result<Vec<Packet>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if data.len() < 24 {
-        return Err(format!("{}: no pcap header yet", path.display()));
-    }
-    let little = match data[..4] {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => return Err(format!("{}: not a pcap file", path.display())),
-    };
-    let u32_at = |at: usize| {
-        let b: [u8; 4] = data[at..at + 4].try_into().expect("4 bytes");
-        if little {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        }
-    };
-    let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
-    // Where the ethertype is and where the network header starts.
-    let (ethertype_at, header_len) = match u32_at(20) {
-        1 => (12, 14),
-        113 => (14, 16),
-        276 => (0, 20),
-        other => return Err(format!("{}: link type {other}", path.display())),
-    };
-    let mut packets = Vec::new();
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let captured = u32_at(at + 8) as usize;
-        let frame = match data.get(at + 16..at + 16 + captured) {
-            Some(f) => f,
-            None => break,
-        };
-        at += 16 + captured;
-        if frame.len() < header_len + 20 || be16(frame, ethertype_at) != 0x0800 {
-            continue;
-        }
-        let ip = &frame[header_len..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let proto = ip[9];
-        let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
-        let (sport, dport) = match ip.get(ihl..ihl + 4) {
-            Some(l4) if proto == TCP || proto == UDP => (be16(l4, 0), be16(l4, 2)),
-            _ => (0, 0),
-        };
-        // An ICMP error quotes the IP header and 8 bytes of what it answers.
-        let quoted = match ip.get(ihl..) {
-            Some(icmp) if proto == ICMP && matches!(icmp.first(), Some(3 | 11 | 12)) => {
-                icmp.get(8..).and_then(|inner| {
-                    let inner_ihl = usize::from(inner.first()? & 0x0f) * 4;
-                    let l4 = inner.get(inner_ihl..inner_ihl + 4)?;
-                    Some((*inner.get(9)?, be16(l4, 0), be16(l4, 2)))
-                })
-            }
-            _ => None,
-        };
-        packets.push(Packet {
-            src: addr(12),
-            dst: addr(16),
-            proto,
-            sport,
-            dport,
-            quoted,
-        });
-    }
-    Ok(packets)
 }
