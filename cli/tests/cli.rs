@@ -1,5 +1,7 @@
 //! slatectl as a user runs it: the built binary, its exit codes and what it
 //! prints, against a real apid on loopback.
+// Test helpers outside #[test] fns: a panic here fails the test that called it.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! The discovery service in-process on 127.0.0.1, with nodes publishing and
 //! listing through the client, an intruder, expiry on a clock the test
 //! moves, and junk on the socket.
+// Test helpers outside #[test] fns: a panic here fails the test that called it.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! `slatectl containers` against a real containerd (Debian's, started
 //! here with its own root, state and socket): a container created through
 //! containerd's API is listed with its namespace, image and pod labels.
+// Test helpers outside #[test] fns: a panic here fails the test that called it.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +25,7 @@ impl Drop for Containerd {
 }
 
 fn start_containerd(dir: &Path) -> Option<Containerd> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/containerd").exists() {
         eprintln!("SKIPPED containerd test: needs root and Debian's containerd (make deps)");
         return None;

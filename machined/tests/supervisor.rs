@@ -1,6 +1,8 @@
 //! The service supervisor on the host, with real processes in real cgroups
 //! (root and a cgroup2 mount needed; skipped with a message otherwise).
 //! Each test gets a cgroup root of its own, removed at the end.
+// Test helpers outside #[test] fns: a panic here fails the test that called it.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! network, and the namespace disappears with the thread, also when an
 //! assertion fails. Root only; skipped with a message otherwise. Needs `ip`
 //! (iproute2) to make veth pairs and to play the operator.
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

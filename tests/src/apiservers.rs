@@ -12,6 +12,8 @@
 //! balancer.
 //!
 //! Root only, needs `ip`. Everything goes away on drop.
+// A test fixture: a panic here fails the test that set it up.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -52,6 +52,7 @@ pub fn percentile(v: &[Duration], p: usize) -> Duration {
 pub fn cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for getrusage to fill.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)

@@ -302,7 +302,10 @@ fn measure() -> anyhow::Result<[Figures; 2]> {
         udp_drops: runs.iter().map(|r| r.udp_drops).sum(),
         trips,
     });
-    Ok([paths.next().unwrap(), paths.next().unwrap()])
+    match (paths.next(), paths.next()) {
+        (Some(first), Some(second)) => Ok([first, second]),
+        _ => bail!("the benchmark measured fewer than two paths"),
+    }
 }
 
 fn us(d: Duration) -> f64 {

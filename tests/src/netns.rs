@@ -3,6 +3,8 @@
 //! against dnsmasq in a second namespace joined by a veth pair. Nothing
 //! touches the host's network, and everything goes away on drop. Root
 //! only. Needs `ip` (iproute2) and `dnsmasq` (Debian `dnsmasq-base`).
+// A test fixture: a panic here fails the test that set it up.
+#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! (root and cgroup2; skipped otherwise), against `kubelet-standin` (which
 //! only answers /healthz: the real kubelet cannot be downloaded here). The
 //! spec, its files, flags, checks and dependencies are the real ones.
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Boot tests: the real image in QEMU (TCG), reached through the forwarded
 //! apid port with slatectl's client code. Slow, so `#[ignore]`d: `make test`
 //! runs them with `--include-ignored` after building the image.
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The machine config lifecycle on a real node, driven by the slatectl
 //! binary as a user runs it: maintenance mode, `apply-config --insecure`,
 //! persistence on STATE across a reboot, roles.
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

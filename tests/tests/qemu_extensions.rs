@@ -6,6 +6,8 @@
 //! - kubelet runs as the node's service, after containerd, with the files
 //!   and flags machined writes for it: `kubelet-standin` (test-only, it
 //!   answers /healthz) as the layer's kubelet.
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,10 @@
 //! What the apid end-to-end tests share: a node (apid and machined on
 //! loopback, in a temporary directory), the cluster's certificates and
 //! clients for each role.
-#![allow(dead_code, unused_imports)] // each test file uses part of it
+#![allow(dead_code, unused_imports)]
+// each test file uses part of it
+// Test helpers outside #[test] fns: a panic here fails the test that called it.
+#![allow(clippy::unwrap_used)]
 
 pub use std::sync::Arc;
 
