@@ -11,9 +11,9 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::daemons::DaemonSpec;
 use crate::reaper::Reaped;
 use crate::spawn::{SpawnError, Stdio};
-use crate::supervisor::DaemonSpec;
 
 pub trait Host {
     /// Start a daemon; returns once it has exec'd.

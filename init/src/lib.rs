@@ -66,6 +66,7 @@
 
 pub mod cmdline;
 pub mod console;
+pub mod daemons;
 pub mod host;
 pub mod loopdev;
 pub mod modules;

@@ -173,7 +173,8 @@ pub fn sleep_forever() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::{BackoffPolicy, DAEMONS};
+    use crate::daemons::DAEMONS;
+    use crate::supervisor::BackoffPolicy;
     use crate::testing::{FakeHost, Scripted};
 
     fn secs(n: u64) -> Duration {

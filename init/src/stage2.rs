@@ -13,10 +13,11 @@ use slate_common::constants::{
 };
 
 use crate::cmdline::Cmdline;
+use crate::daemons::DAEMONS;
 use crate::host::{Host, RealHost};
 use crate::mounts::{self, STAGE2_MOUNTS};
 use crate::shutdown::{self, Action, GRACE, KILL_WAIT};
-use crate::supervisor::{BackoffPolicy, DAEMONS, Supervisor};
+use crate::supervisor::{BackoffPolicy, Supervisor};
 use crate::{console, debug, log};
 
 /// Longest single wait when nothing is scheduled; only bounds how stale a

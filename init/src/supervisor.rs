@@ -9,39 +9,11 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
-use slate_common::constants::{APID_BIN, MACHINED_BIN, NETWORKD_BIN};
 
 use crate::console::Short;
+use crate::daemons::DaemonSpec;
 use crate::host::Host;
 use crate::reaper::ExitStatus;
-
-/// A daemon init starts and restarts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DaemonSpec {
-    pub name: &'static str,
-    pub path: &'static str,
-    pub args: &'static [&'static str],
-}
-
-/// Started in this order: machined first (it owns config and disks),
-/// then networkd, then apid (which forwards to both).
-pub const DAEMONS: &[DaemonSpec] = &[
-    DaemonSpec {
-        name: "machined",
-        path: MACHINED_BIN,
-        args: &[],
-    },
-    DaemonSpec {
-        name: "networkd",
-        path: NETWORKD_BIN,
-        args: &[],
-    },
-    DaemonSpec {
-        name: "apid",
-        path: APID_BIN,
-        args: &[],
-    },
-];
 
 /// Capped exponential restart delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,6 +270,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemons::DAEMONS;
     use crate::testing::{Call, FakeHost};
     use nix::sys::signal::Signal;
 

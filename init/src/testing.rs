@@ -10,10 +10,10 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::daemons::DaemonSpec;
 use crate::host::Host;
 use crate::reaper::{ExitStatus, Reaped};
 use crate::spawn::SpawnError;
-use crate::supervisor::DaemonSpec;
 
 /// What the code under test did, with the fake time since start.
 #[derive(Clone, Debug, PartialEq, Eq)]

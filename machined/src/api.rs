@@ -330,7 +330,7 @@ impl MachineService for MachinedApi {
         &self,
         request: Request<ContainersRequest>,
     ) -> Result<Response<ContainersResponse>, Status> {
-        let socket = std::path::Path::new(services::catalog::CONTAINERD_SOCKET);
+        let socket = std::path::Path::new(services::layer::CONTAINERD_SOCKET);
         let containers = crate::containers::list(socket, &request.into_inner().namespace)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;

@@ -30,6 +30,7 @@ pub mod disk;
 pub mod etcd;
 pub mod kmsg;
 pub mod node;
+pub mod node_ip;
 pub mod power;
 pub mod publish;
 pub mod services;
@@ -121,7 +122,7 @@ pub fn run(paths: &Paths) -> ! {
                 );
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
                 let config = node.configs().await.0.map(|(config, _)| config);
-                let bin = std::path::Path::new(services::catalog::EXTENSIONS_BIN);
+                let bin = std::path::Path::new(services::layer::EXTENSIONS_BIN);
                 let etcd = config.as_ref().and_then(|c| {
                     etcd::Etcd::for_node(c, &bin.join("etcd"), etcd::EtcdPaths::default())
                 });

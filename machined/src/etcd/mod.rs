@@ -149,7 +149,7 @@ impl Etcd {
         let mut spec = ServiceSpec::with_command("etcd", args);
         spec.env = vec![(
             "LD_LIBRARY_PATH".into(),
-            crate::services::catalog::EXTENSIONS_LIB.into(),
+            crate::services::layer::EXTENSIONS_LIB.into(),
         )];
         spec.depends = vec![Condition::File(self.paths.network_ready.clone())];
         spec.health = Some(HealthCheck {
@@ -178,11 +178,9 @@ impl Etcd {
             .trim()
             .to_owned();
         let ready = std::fs::read_to_string(&self.paths.network_ready).unwrap_or_default();
-        let ip = crate::services::kubelet::node_ip(
-            &ready,
-            &self.config.machine.kubelet.node_ip.valid_subnets,
-        )
-        .ok_or("no node address in machine.kubelet.nodeIP.validSubnets yet")?;
+        let ip =
+            crate::node_ip::node_ip(&ready, &self.config.machine.kubelet.node_ip.valid_subnets)
+                .ok_or("no node address in machine.kubelet.nodeIP.validSubnets yet")?;
         Ok(Identity { name, ip })
     }
 

@@ -1,5 +1,5 @@
 //! The node's services, as far as the image carries their programs: the
-//! extension layer on `/usr/local` ([`EXTENSIONS_BIN`]) decides what runs.
+//! extension layer on `/usr/local` ([`super::layer::EXTENSIONS_BIN`]) decides what runs.
 //!
 //! containerd runs whenever the layer has it; etcd on control-plane nodes
 //! whose layer has it ([`crate::etcd`]); kubelet when the layer has one and
@@ -14,17 +14,11 @@ use std::time::Duration;
 use slate_common::constants::DISCOVERY_PORT;
 use slate_config::MachineConfig;
 
+use super::layer::{CONTAINERD_SOCKET, EXTENSIONS_LIB};
 use super::spec::{
     Condition, HealthCheck, KillMode, Limits, Probe, RestartPolicy, ServiceSpec, prepare_with,
 };
 
-/// Where the extension layer's programs are.
-pub const EXTENSIONS_BIN: &str = "/usr/local/bin";
-/// And their shared libraries.
-pub const EXTENSIONS_LIB: &str = "/usr/local/lib";
-
-/// containerd's socket, where kubelet (CRI) and `ctr` find it.
-pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 const CONTAINERD_CONFIG: &str = "/run/slate/containerd/config.toml";
 
 /// The specs of the services whose programs are in `bin`; kubelet only

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod cgroup;
 pub mod health;
 pub mod kubelet;
+pub mod layer;
 pub mod logs;
 pub mod runner;
 pub mod spec;
