@@ -9,7 +9,7 @@
 //! At boot: read `ip=` from the kernel command line ([`cmdline`]), bring up
 //! `lo`, wait for the first Ethernet link ([`link`]) and configure it either
 //! statically or with our own DHCPv4 client ([`dhcp`]). Everything that
-//! touches the system goes through [`apply::Applier`]: address and routes
+//! touches the system goes through [`ipv4_setup::Applier`]: address and routes
 //! over rtnetlink (routes tagged with protocol `dhcp`/`static`), MTU,
 //! resolv.conf ([`resolv`]), hostname ([`hostname`]) and the ready file
 //! other daemons wait for ([`ready`]). One tokio current-thread runtime, so
@@ -51,17 +51,18 @@ use slate_config::feed;
 use slate_mesh as mesh;
 pub use slate_netlink::link;
 
-pub mod apply;
 pub mod cmdline;
 pub mod dhcp;
 pub mod dhcp6;
 pub mod hostname;
 pub mod ipv4;
+pub mod ipv4_setup;
+pub mod lease_loop;
 pub mod names;
 pub mod ready;
 pub mod reconcile;
 pub mod resolv;
-pub mod status;
+pub mod resources;
 pub mod timesync;
 
 /// Paths and switches; production values from [`Options::default`], tests
@@ -150,7 +151,7 @@ pub enum RunError {
     #[error(transparent)]
     Link(#[from] link::LinkError),
     #[error(transparent)]
-    Apply(#[from] apply::ApplyError),
+    Apply(#[from] ipv4_setup::ApplyError),
     #[error(transparent)]
     Ready(#[from] ready::ReadyError),
     #[error(transparent)]
@@ -203,11 +204,11 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let feed = feed::follow(opts.config_file.clone());
     let balancer = balancer::Balancer::new(balancer::Settings::default())?;
     let mesh = mesh::resources::SharedMesh::default();
-    tokio::spawn(status::serve(
+    tokio::spawn(resources::serve(
         opts.socket.clone(),
         handle.clone(),
         opts.sysfs.clone(),
-        status::Sources {
+        resources::Sources {
             time: time.clone(),
             names: names.clone(),
             network: network_status.clone(),
@@ -283,7 +284,7 @@ async fn boot_network(
     opts: &Options,
     names: &names::SharedNames,
     dhcp_links: &dhcp::links::DhcpLinks,
-    applier: &mut apply::Applier,
+    applier: &mut ipv4_setup::Applier,
 ) -> Result<Infallible, RunError> {
     match config {
         cmdline::IpConfig::Off => {
@@ -293,14 +294,14 @@ async fn boot_network(
             let link = link::wait_for(handle, s.device.as_deref(), &opts.sysfs).await?;
             link::set_up(handle, &link).await?;
             names.offer_fallback(&link.mac);
-            let setup = apply::Setup {
+            let setup = ipv4_setup::Setup {
                 source: ready::Source::Static,
                 address: s.address,
                 prefix_len: s.prefix_len,
                 lifetime: None,
                 routes: s
                     .gateway
-                    .map(apply::Route::default_via)
+                    .map(ipv4_setup::Route::default_via)
                     .into_iter()
                     .collect(),
                 dns: s.dns,

@@ -108,11 +108,11 @@ fn all_up_requests_succeed_spread_and_show_in_the_resource() {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
         let names = slate_networkd::names::SharedNames::new(dir.path().join("resolv.conf"), false);
-        tokio::spawn(slate_networkd::status::serve(
+        tokio::spawn(slate_networkd::resources::serve(
             socket.clone(),
             handle,
             "/sys".into(),
-            slate_networkd::status::Sources {
+            slate_networkd::resources::Sources {
                 time: Default::default(),
                 names,
                 network: Default::default(),

@@ -383,11 +383,11 @@ fn status_lists_and_watches_addresses() {
         tokio::spawn(conn);
         let socket = dir.path().join("networkd.sock");
         let names = slate_networkd::names::SharedNames::new(dir.path().join("resolv.conf"), false);
-        tokio::spawn(slate_networkd::status::serve(
+        tokio::spawn(slate_networkd::resources::serve(
             socket.clone(),
             handle,
             PathBuf::from("/sys"),
-            slate_networkd::status::Sources {
+            slate_networkd::resources::Sources {
                 time: Default::default(),
                 names: names.clone(),
                 network: Default::default(),

@@ -1,11 +1,12 @@
-//! Runs the DHCP state machine on a link: waits for a datagram or the next
-//! deadline, feeds it in, carries out the actions.
+//! Runs the DHCP state machine on a link ([`crate::lease_loop`]) and
+//! carries out its actions.
 
 use std::time::Instant;
 
 use super::socket::{DhcpSocket, SocketError};
 use super::state::{Action, Client};
-use crate::apply::{Applier, Setup};
+use crate::ipv4_setup::{Applier, Setup};
+use crate::lease_loop;
 use crate::link::LinkInfo;
 
 /// Room for any reply we asked for (option 57 says 1500) and then some.
@@ -34,31 +35,8 @@ pub async fn run(
     let mut buf = vec![0u8; RECV_BUFFER];
     tracing::info!("{}: starting DHCP", link.name);
     loop {
-        let deadline = client.deadline();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                // Infinite lease: nothing left to time.
-                None => std::future::pending().await,
-            }
-        };
         let actions = tokio::select! {
-            received = socket.recv(&mut buf) => match received {
-                Ok(n) => match client.on_packet(Instant::now(), &buf[..n]) {
-                    Ok(actions) => actions,
-                    Err(why) => {
-                        tracing::debug!("{}: ignoring DHCP datagram: {why}", link.name);
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("{}: receiving on the DHCP socket: {e}", link.name);
-                    // Do not spin on a persistent error.
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            () = sleep => client.on_timeout(Instant::now()),
+            actions = lease_loop::next(&mut client, &socket, &mut buf, "DHCP", &link.name) => actions,
             // The guard wait_for returns is not Send: drop it at once.
             () = async { drop(stop.wait_for(|stop| *stop).await) } => {
                 tracing::info!("{}: stopping DHCP", link.name);

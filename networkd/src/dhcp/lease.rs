@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
-use crate::apply::{Route, Setup};
 use crate::ipv4;
+use crate::ipv4_setup::{Route, Setup};
 use crate::ready::Source;
 
 /// RFC 2131's "infinity" lease time.

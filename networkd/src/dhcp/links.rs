@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rtnetlink::Handle;
 
-use crate::apply::Applier;
+use crate::ipv4_setup::Applier;
 use crate::link;
 use crate::names::SharedNames;
 use crate::ready::SharedReady;

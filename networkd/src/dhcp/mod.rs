@@ -1,5 +1,5 @@
 //! DHCPv4 client: [`state`] is the protocol, pure; [`client`] drives it with
-//! a [`socket`], the clock and the [`crate::apply::Applier`].
+//! a [`socket`], the clock and the [`crate::ipv4_setup::Applier`].
 
 pub mod client;
 pub mod lease;

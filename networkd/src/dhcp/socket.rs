@@ -77,3 +77,9 @@ impl DhcpSocket {
         self.socket.recv_from(buf).await.map(|(n, _)| n)
     }
 }
+
+impl crate::lease_loop::Receive for DhcpSocket {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        DhcpSocket::recv(self, buf).await
+    }
+}

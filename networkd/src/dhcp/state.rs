@@ -508,3 +508,17 @@ fn check_server(msg: &Message, want: Ipv4Addr) -> Result<(), Ignored> {
         _ => Ok(()),
     }
 }
+
+impl crate::lease_loop::Machine for Client {
+    type Action = Action;
+    type Ignored = Ignored;
+    fn deadline(&self) -> Option<Instant> {
+        Client::deadline(self)
+    }
+    fn on_packet(&mut self, now: Instant, datagram: &[u8]) -> Result<Vec<Action>, Ignored> {
+        Client::on_packet(self, now, datagram)
+    }
+    fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
+        Client::on_timeout(self, now)
+    }
+}

@@ -9,7 +9,7 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::lease::{Lease, Timers};
 use super::state::{Action, Client, Ignored, Phase};
-use crate::apply::Route;
+use crate::ipv4_setup::Route;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 

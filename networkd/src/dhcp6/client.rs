@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::state::{Action, Client, Lease};
+use crate::lease_loop;
 use crate::link::LinkInfo;
 use crate::names::{Contribution, SharedNames};
 
@@ -78,83 +79,95 @@ pub async fn run(
     let mut client = Client::new(&link.mac, fastrand::Rng::new(), Instant::now());
     let mut applied: Option<Lease> = None;
     let mut buf = vec![0u8; RECV_BUFFER];
-    let to = SocketAddrV6::new(SERVERS, SERVER_PORT, 0, link.index);
-    let names_key = format!("{}/dhcp6", link.name);
-    tracing::info!("{}: starting DHCPv6", link.name);
+    let on = OnLink {
+        to: SocketAddrV6::new(SERVERS, SERVER_PORT, 0, link.index),
+        names_key: format!("{}/dhcp6", link.name),
+        handle,
+        link,
+        socket,
+        names,
+    };
+    tracing::info!("{}: starting DHCPv6", on.link.name);
     loop {
-        let deadline = client.deadline();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let actions = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, _)) => match client.on_packet(Instant::now(), &buf[..n]) {
-                    Ok(actions) => actions,
-                    Err(why) => {
-                        tracing::debug!("{}: ignoring DHCPv6 datagram: {why}", link.name);
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("{}: receiving on the DHCPv6 socket: {e}", link.name);
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            () = sleep => client.on_timeout(Instant::now()),
-        };
+        let actions =
+            lease_loop::next(&mut client, &on.socket, &mut buf, "DHCPv6", &on.link.name).await;
         for action in actions {
-            match action {
-                Action::Send { kind, bytes } => {
-                    tracing::debug!("{}: sending DHCPv6 {kind:?}", link.name);
-                    // Before the link-local address passes DAD the kernel
-                    // has no source to send from: retransmission retries.
-                    if let Err(e) = socket.send_to(&bytes, to).await {
-                        tracing::debug!("{}: sending DHCPv6 {kind:?}: {e}", link.name);
-                    }
+            on.execute(&mut applied, action).await;
+        }
+    }
+}
+
+/// What the DHCPv6 client acts on: its link, socket and the names it
+/// contributes to.
+struct OnLink {
+    handle: Handle,
+    link: LinkInfo,
+    socket: UdpSocket,
+    /// Where requests go: all DHCP servers on the link.
+    to: SocketAddrV6,
+    names: SharedNames,
+    names_key: String,
+}
+
+impl OnLink {
+    /// Carries out one action; `applied` is the lease on the link.
+    async fn execute(&self, applied: &mut Option<Lease>, action: Action) {
+        let Self {
+            handle,
+            link,
+            socket,
+            to,
+            names,
+            names_key,
+        } = self;
+        let to = *to;
+        match action {
+            Action::Send { kind, bytes } => {
+                tracing::debug!("{}: sending DHCPv6 {kind:?}", link.name);
+                // Before the link-local address passes DAD the kernel
+                // has no source to send from: retransmission retries.
+                if let Err(e) = socket.send_to(&bytes, to).await {
+                    tracing::debug!("{}: sending DHCPv6 {kind:?}: {e}", link.name);
                 }
-                Action::Configure(lease) => {
-                    if let Some(old) = applied.take().filter(|o| o.address != lease.address) {
-                        remove(&handle, &link, &old).await;
-                    }
-                    match add(&handle, &link, &lease).await {
-                        Ok(()) => tracing::info!(
-                            "{}: {}/128 via dhcp6, valid {} s{}",
-                            link.name,
-                            lease.address,
-                            lease.valid.as_secs(),
-                            dns_summary(&lease)
-                        ),
-                        Err(e) => tracing::error!(
-                            "{}: adding {}/128: {}",
-                            link.name,
-                            lease.address,
-                            crate::error_chain(&e)
-                        ),
-                    }
-                    names.set_lease(
-                        &names_key,
-                        Some(Contribution {
-                            hostname: None,
-                            nameservers: lease.dns.iter().copied().map(IpAddr::V6).collect(),
-                            search: lease.search.clone(),
-                        }),
-                    );
-                    applied = Some(lease);
+            }
+            Action::Configure(lease) => {
+                if let Some(old) = applied.take().filter(|o| o.address != lease.address) {
+                    remove(handle, link, &old).await;
                 }
-                Action::Deconfigure(lease) => {
-                    tracing::warn!(
-                        "{}: lost DHCPv6 lease on {}, removing it",
+                match add(handle, link, &lease).await {
+                    Ok(()) => tracing::info!(
+                        "{}: {}/128 via dhcp6, valid {} s{}",
                         link.name,
-                        lease.address
-                    );
-                    remove(&handle, &link, &lease).await;
-                    names.set_lease(&names_key, None);
-                    applied = None;
+                        lease.address,
+                        lease.valid.as_secs(),
+                        dns_summary(&lease)
+                    ),
+                    Err(e) => tracing::error!(
+                        "{}: adding {}/128: {}",
+                        link.name,
+                        lease.address,
+                        crate::error_chain(&e)
+                    ),
                 }
+                names.set_lease(
+                    names_key,
+                    Some(Contribution {
+                        hostname: None,
+                        nameservers: lease.dns.iter().copied().map(IpAddr::V6).collect(),
+                        search: lease.search.clone(),
+                    }),
+                );
+                *applied = Some(lease);
+            }
+            Action::Deconfigure(lease) => {
+                tracing::warn!(
+                    "{}: lost DHCPv6 lease on {}, removing it",
+                    link.name,
+                    lease.address
+                );
+                remove(handle, link, &lease).await;
+                names.set_lease(names_key, None);
+                *applied = None;
             }
         }
     }
@@ -170,7 +183,7 @@ fn dns_summary(lease: &Lease) -> String {
 
 async fn add(handle: &Handle, link: &LinkInfo, lease: &Lease) -> Result<(), rtnetlink::Error> {
     let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1);
-    crate::apply::add_address(
+    crate::ipv4_setup::add_address(
         handle,
         link.index,
         IpAddr::V6(lease.address),

@@ -475,6 +475,20 @@ fn blank(kind: MessageType, xid: u32) -> Message {
         .unwrap_or_else(|_| unreachable!("a fixed, valid header"))
 }
 
+impl crate::lease_loop::Machine for Client {
+    type Action = Action;
+    type Ignored = Ignored;
+    fn deadline(&self) -> Option<Instant> {
+        Client::deadline(self)
+    }
+    fn on_packet(&mut self, now: Instant, datagram: &[u8]) -> Result<Vec<Action>, Ignored> {
+        Client::on_packet(self, now, datagram)
+    }
+    fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
+        Client::on_timeout(self, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
