@@ -17,6 +17,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+pub mod keys;
 pub mod tls;
 
 /// A role, carried in the Organization of a client certificate.
@@ -135,7 +136,7 @@ pub fn generate_ca(common_name: &str) -> Result<CertAndKey, PkiError> {
         .map_err(|source| PkiError::Sign { what: "CA", source })?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: keys::to_pem(&key),
     })
 }
 
@@ -182,7 +183,7 @@ impl Authority {
             })?;
         Ok(CertAndKey {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: keys::to_pem(&key),
         })
     }
 
@@ -205,7 +206,7 @@ impl Authority {
             })?;
         Ok(CertAndKey {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: keys::to_pem(key),
         })
     }
 }
@@ -251,7 +252,7 @@ impl Authority {
             .map_err(|source| PkiError::Sign { what, source })?;
         Ok(CertAndKey {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: keys::to_pem(&key),
         })
     }
 }
@@ -283,7 +284,7 @@ pub fn self_signed_server(
         })?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: keys::to_pem(key),
     })
 }
 
