@@ -136,89 +136,132 @@ fn network(n: &super::schema::Network, p: &mut Problems) {
     // Every static address on the node, to catch the same one twice.
     let mut seen: HashMap<IpAddr, String> = HashMap::new();
     for (i, iface) in n.interfaces.iter().enumerate() {
-        let path = format!("machine.network.interfaces[{i}]");
-        match (&iface.interface, &iface.device_selector) {
-            (Some(_), Some(_)) => p.add(
-                &path,
-                "has both interface and deviceSelector: name the link one way",
-            ),
-            (None, None) => p.add(
-                &path,
-                "needs interface (a link name) or deviceSelector (hardware match)",
-            ),
-            (Some(name), None) => {
-                if !is_link_name(name) {
-                    p.add(
-                        format!("{path}.interface"),
-                        format!("{name:?} is not a valid link name (1-15 characters, no '/', ':' or spaces)"),
-                    );
-                } else if let Some(first) = names.insert(name, i) {
-                    p.add(
-                        format!("{path}.interface"),
-                        format!(
-                            "{name:?} is already configured in machine.network.interfaces[{first}]"
-                        ),
-                    );
-                }
-            }
-            (None, Some(sel)) => selector(&format!("{path}.deviceSelector"), sel, p),
-        }
-        let subnets = addresses(&path, &iface.addresses, &mut seen, p);
-        routes(&path, &iface.routes, &subnets, iface.dhcp, p);
-        mtu(&path, iface.mtu, p);
-        let mut vlan_ids = BTreeSet::new();
-        for (j, vlan) in iface.vlans.iter().enumerate() {
-            let vpath = format!("{path}.vlans[{j}]");
-            if !(1..=4094).contains(&vlan.vlan_id) {
+        interface(i, iface, &mut names, &mut seen, p);
+    }
+    route_conflicts(&n.interfaces, p);
+    resolvers(n, p);
+}
+
+/// Checks one entry of `machine.network.interfaces`. `names` and `seen`
+/// span all entries, so a link name or an address used twice is caught.
+fn interface<'a>(
+    i: usize,
+    iface: &'a Interface,
+    names: &mut HashMap<&'a str, usize>,
+    seen: &mut HashMap<IpAddr, String>,
+    p: &mut Problems,
+) {
+    let path = format!("machine.network.interfaces[{i}]");
+    link_selection(&path, i, iface, names, p);
+    let subnets = addresses(&path, &iface.addresses, seen, p);
+    routes(&path, &iface.routes, &subnets, iface.dhcp, p);
+    mtu(&path, iface.mtu, p);
+    vlans(&path, &iface.vlans, seen, p);
+    link_kind(&path, iface, p);
+}
+
+/// Checks that the entry names its link exactly one way, and that a
+/// name is not claimed by two entries.
+fn link_selection<'a>(
+    path: &str,
+    i: usize,
+    iface: &'a Interface,
+    names: &mut HashMap<&'a str, usize>,
+    p: &mut Problems,
+) {
+    match (&iface.interface, &iface.device_selector) {
+        (Some(_), Some(_)) => p.add(
+            path,
+            "has both interface and deviceSelector: name the link one way",
+        ),
+        (None, None) => p.add(
+            path,
+            "needs interface (a link name) or deviceSelector (hardware match)",
+        ),
+        (Some(name), None) => {
+            if !is_link_name(name) {
                 p.add(
-                    format!("{vpath}.vlanId"),
-                    format!("{} is not a VLAN id (1-4094)", vlan.vlan_id),
+                    format!("{path}.interface"),
+                    format!(
+                        "{name:?} is not a valid link name (1-15 characters, no '/', ':' or spaces)"
+                    ),
                 );
-            } else if !vlan_ids.insert(vlan.vlan_id) {
+            } else if let Some(first) = names.insert(name, i) {
                 p.add(
-                    format!("{vpath}.vlanId"),
-                    format!("VLAN {} is configured twice on this link", vlan.vlan_id),
-                );
-            }
-            let subnets = addresses(&vpath, &vlan.addresses, &mut seen, p);
-            routes(&vpath, &vlan.routes, &subnets, vlan.dhcp, p);
-            mtu(&vpath, vlan.mtu, p);
-        }
-        let kinds = [iface.bond.is_some(), iface.bridge.is_some(), iface.dummy];
-        if kinds.iter().filter(|k| **k).count() > 1 {
-            p.add(&path, "can be only one of bond, bridge and dummy");
-        }
-        let members = [
-            ("bond", iface.bond.as_ref().map(|b| &b.interfaces)),
-            ("bridge", iface.bridge.as_ref().map(|b| &b.interfaces)),
-        ];
-        for (kind, list) in members {
-            let Some(list) = list else { continue };
-            if list.is_empty() {
-                p.add(
-                    format!("{path}.{kind}.interfaces"),
-                    "needs at least one member link",
+                    format!("{path}.interface"),
+                    format!(
+                        "{name:?} is already configured in machine.network.interfaces[{first}]"
+                    ),
                 );
             }
-            for (j, member) in list.iter().enumerate() {
-                if !is_link_name(member) {
-                    p.add(
-                        format!("{path}.{kind}.interfaces[{j}]"),
-                        format!("{member:?} is not a valid link name"),
-                    );
-                } else if iface.interface.as_deref() == Some(member) {
-                    p.add(
-                        format!("{path}.{kind}.interfaces[{j}]"),
-                        format!("{member:?} cannot be a member of itself"),
-                    );
-                }
+        }
+        (None, Some(sel)) => selector(&format!("{path}.deviceSelector"), sel, p),
+    }
+}
+
+/// Checks a link's VLANs like links of their own; an id may be used
+/// once per parent link.
+fn vlans(path: &str, list: &[Vlan], seen: &mut HashMap<IpAddr, String>, p: &mut Problems) {
+    let mut vlan_ids = BTreeSet::new();
+    for (j, vlan) in list.iter().enumerate() {
+        let vpath = format!("{path}.vlans[{j}]");
+        if !(1..=4094).contains(&vlan.vlan_id) {
+            p.add(
+                format!("{vpath}.vlanId"),
+                format!("{} is not a VLAN id (1-4094)", vlan.vlan_id),
+            );
+        } else if !vlan_ids.insert(vlan.vlan_id) {
+            p.add(
+                format!("{vpath}.vlanId"),
+                format!("VLAN {} is configured twice on this link", vlan.vlan_id),
+            );
+        }
+        let subnets = addresses(&vpath, &vlan.addresses, seen, p);
+        routes(&vpath, &vlan.routes, &subnets, vlan.dhcp, p);
+        mtu(&vpath, vlan.mtu, p);
+    }
+}
+
+/// Checks that a virtual link is of one kind at most, and that its bond
+/// or bridge members are links other than itself.
+fn link_kind(path: &str, iface: &Interface, p: &mut Problems) {
+    let kinds = [iface.bond.is_some(), iface.bridge.is_some(), iface.dummy];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        p.add(path, "can be only one of bond, bridge and dummy");
+    }
+    let members = [
+        ("bond", iface.bond.as_ref().map(|b| &b.interfaces)),
+        ("bridge", iface.bridge.as_ref().map(|b| &b.interfaces)),
+    ];
+    for (kind, list) in members {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
+            p.add(
+                format!("{path}.{kind}.interfaces"),
+                "needs at least one member link",
+            );
+        }
+        for (j, member) in list.iter().enumerate() {
+            if !is_link_name(member) {
+                p.add(
+                    format!("{path}.{kind}.interfaces[{j}]"),
+                    format!("{member:?} is not a valid link name"),
+                );
+            } else if iface.interface.as_deref() == Some(member) {
+                p.add(
+                    format!("{path}.{kind}.interfaces[{j}]"),
+                    format!("{member:?} cannot be a member of itself"),
+                );
             }
         }
     }
-    // The kernel keeps one route per destination and metric: two would
-    // fight over it.
+}
+
+/// The kernel keeps one route per destination and metric: two would
+/// fight over it.
+fn route_conflicts(interfaces: &[Interface], p: &mut Problems) {
     let mut route_keys: HashMap<(IpNet, u32), String> = HashMap::new();
-    for (i, iface) in n.interfaces.iter().enumerate() {
+    for (i, iface) in interfaces.iter().enumerate() {
         let base = format!("machine.network.interfaces[{i}]");
         let lists = std::iter::once((base.clone(), &iface.routes)).chain(
             iface
@@ -248,6 +291,10 @@ fn network(n: &super::schema::Network, p: &mut Problems) {
             }
         }
     }
+}
+
+/// Checks the nameservers and search domains.
+fn resolvers(n: &super::schema::Network, p: &mut Problems) {
     for (i, ns) in n.nameservers.iter().enumerate() {
         if ns.parse::<IpAddr>().is_err() {
             p.add(
@@ -407,6 +454,18 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
             ),
         );
     }
+    cluster_keys(c, kind, p);
+    extra_args("cluster.etcd.extraArgs", &c.etcd.extra_args, p);
+    cluster_network(&c.network, p);
+    mesh(c, p);
+    if c.api_balancer.port == 0 {
+        p.add("cluster.apiBalancer.port", "0 is not a port");
+    }
+}
+
+/// Checks the cluster and etcd CAs. Only control-plane nodes sign with
+/// them, so only they need the private keys.
+fn cluster_keys(c: &Cluster, kind: MachineType, p: &mut Problems) {
     let needs_keys = kind == MachineType::Controlplane;
     let signer = needs_keys.then_some("control-plane nodes sign with it");
     key_pair("cluster.ca", &c.ca, signer, p);
@@ -418,11 +477,15 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
         ),
         None => {}
     }
-    extra_args("cluster.etcd.extraArgs", &c.etcd.extra_args, p);
+}
+
+/// Checks the pod and service subnets, which must not overlap one
+/// another, and the DNS domain.
+fn cluster_network(n: &ClusterNetwork, p: &mut Problems) {
     let mut nets: Vec<(String, IpNet)> = Vec::new();
     for (field, list) in [
-        ("podSubnets", &c.network.pod_subnets),
-        ("serviceSubnets", &c.network.service_subnets),
+        ("podSubnets", &n.pod_subnets),
+        ("serviceSubnets", &n.service_subnets),
     ] {
         if list.is_empty() {
             p.add(
@@ -450,12 +513,18 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
             }
         }
     }
-    if !is_dns_name(&c.network.dns_domain) {
+    if !is_dns_name(&n.dns_domain) {
         p.add(
             "cluster.network.dnsDomain",
-            format!("{:?} is not a DNS domain", c.network.dns_domain),
+            format!("{:?} is not a DNS domain", n.dns_domain),
         );
     }
+}
+
+/// Checks `cluster.mesh`. The mesh derives its addresses from the cluster
+/// id and seals its discovery records with the secret: enabling it makes
+/// both required.
+fn mesh(c: &Cluster, p: &mut Problems) {
     if c.mesh.enabled {
         for (field, value) in [("cluster.id", &c.id), ("cluster.secret", &c.secret)] {
             if value.is_none() {
@@ -479,9 +548,6 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
                 format!("{entry:?} is not a CIDR or !CIDR"),
             );
         }
-    }
-    if c.api_balancer.port == 0 {
-        p.add("cluster.apiBalancer.port", "0 is not a port");
     }
 }
 

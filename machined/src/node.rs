@@ -74,6 +74,15 @@ struct Inner {
     rollback: Option<(Option<(MachineConfig, Source)>, tokio::task::AbortHandle)>,
 }
 
+impl Inner {
+    /// Ends a `try` in progress: its config stays, and its timer stops.
+    fn confirm_try(&mut self) {
+        if let Some((_, timer)) = self.rollback.take() {
+            timer.abort();
+        }
+    }
+}
+
 impl Node {
     /// `state` is the STATE volume found at boot, if any.
     pub fn new(paths: Paths, storage: Storage, state: Option<State>, power: Power) -> Arc<Self> {
@@ -187,20 +196,8 @@ impl Node {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         crate::publish::usable_machine_ca(&new).map_err(Status::invalid_argument)?;
         let mut inner = self.inner.lock().await;
-        if anonymous && inner.running.is_some() {
-            return Err(Status::permission_denied(
-                "the node has a config: apply-config needs a client certificate of its machine CA",
-            ));
-        }
         let running = inner.running.as_ref().map(|(c, _)| c);
-        if let Some(old) = running
-            && old.machine.ca.crt != new.machine.ca.crt
-        {
-            return Err(Status::failed_precondition(
-                "this config belongs to another cluster: its machine CA (machine.ca.crt) is not \
-                 the node's; reset the node to move it to another cluster",
-            ));
-        }
+        admit(running, &new, anonymous)?;
         let changes = match running {
             Some(old) => diff(old, &new),
             None => Vec::new(),
@@ -211,31 +208,9 @@ impl Node {
             .map(|c| c.path().to_owned())
             .collect();
         // A node without a config takes its first one live.
-        let needs_reboot = !reboot_by.is_empty();
-        let mode = match mode {
-            ApplyMode::Auto if needs_reboot => ApplyMode::Reboot,
-            ApplyMode::Auto => ApplyMode::NoReboot,
-            ApplyMode::NoReboot | ApplyMode::Try if needs_reboot => {
-                return Err(Status::failed_precondition(format!(
-                    "these changes need a reboot, which --mode {} does not allow: {}",
-                    mode_name(mode),
-                    reboot_by.join(", ")
-                )));
-            }
-            other => other,
-        };
+        let mode = effective_mode(mode, &reboot_by)?;
         if matches!(mode, ApplyMode::Staged | ApplyMode::Reboot) && !dry_run {
-            match self.ensure_state(&new).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(Status::failed_precondition(format!(
-                        "--mode {} needs the STATE partition to keep the config across the \
-                         reboot, and this node has none",
-                        mode_name(mode)
-                    )));
-                }
-                Err(e) => return Err(Status::failed_precondition(e)),
-            }
+            self.require_state(&new, mode).await?;
         }
         let first = running.is_none();
         let summary = summary(mode, first, changes.is_empty(), dry_run);
@@ -248,56 +223,86 @@ impl Node {
         if dry_run {
             return Ok(response);
         }
+        self.commit(&mut inner, new, mode, try_timeout).await?;
+        Ok(response)
+    }
 
+    /// Staged and reboot modes are about the next boot: without STATE to
+    /// keep the config on, it would not survive until then.
+    async fn require_state(&self, new: &MachineConfig, mode: ApplyMode) -> Result<(), Status> {
+        match self.ensure_state(new).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Status::failed_precondition(format!(
+                "--mode {} needs the STATE partition to keep the config across the \
+                 reboot, and this node has none",
+                mode_name(mode)
+            ))),
+            Err(e) => Err(Status::failed_precondition(e)),
+        }
+    }
+
+    /// Carries out an apply that passed every check: stores, stages or
+    /// publishes `new` as `mode` (settled by [`effective_mode`]) says.
+    async fn commit(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        new: MachineConfig,
+        mode: ApplyMode,
+        try_timeout: Option<Duration>,
+    ) -> Result<(), Status> {
         // Any successful apply confirms (ends) a try in progress; a failed
         // one leaves it running, timer and all.
-        let confirm = |inner: &mut Inner| {
-            if let Some((_, timer)) = inner.rollback.take() {
-                timer.abort();
-            }
-        };
         match mode {
             ApplyMode::Staged => {
                 self.store_staged(&new).await?;
-                confirm(&mut inner);
+                inner.confirm_try();
                 inner.staged = Some(new);
             }
             ApplyMode::Reboot => {
                 self.store(&new).await?;
-                confirm(&mut inner);
+                inner.confirm_try();
                 inner.staged = Some(new);
                 self.power.request(Action::Reboot);
             }
-            ApplyMode::Try => {
-                // Back to what ran before the first try of a series.
-                let rollback_to = match inner.rollback.take() {
-                    Some((before, timer)) => {
-                        timer.abort();
-                        before
-                    }
-                    None => inner.running.clone(),
-                };
-                // Live only: a reboot during the try boots what STATE holds.
-                self.go_live(&mut inner, new, Source::Api);
-                let timeout = try_timeout.unwrap_or(DEFAULT_TRY_TIMEOUT);
-                let node = Arc::clone(self);
-                let timer = tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    node.roll_back().await;
-                });
-                inner.rollback = Some((rollback_to, timer.abort_handle()));
-            }
+            ApplyMode::Try => self.start_try(inner, new, try_timeout),
             ApplyMode::NoReboot | ApplyMode::Auto => {
                 self.store(&new).await?;
-                confirm(&mut inner);
+                inner.confirm_try();
                 inner.staged = None;
                 if let Some(state) = self.state() {
                     state.clear_staged();
                 }
-                self.go_live(&mut inner, new, Source::Api);
+                self.go_live(inner, new, Source::Api);
             }
         }
-        Ok(response)
+        Ok(())
+    }
+
+    /// Puts `new` live on trial and arms the timer that rolls it back
+    /// unless another apply confirms it first.
+    fn start_try(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        new: MachineConfig,
+        timeout: Option<Duration>,
+    ) {
+        // Back to what ran before the first try of a series.
+        let rollback_to = match inner.rollback.take() {
+            Some((before, timer)) => {
+                timer.abort();
+                before
+            }
+            None => inner.running.clone(),
+        };
+        // Live only: a reboot during the try boots what STATE holds.
+        self.go_live(inner, new, Source::Api);
+        let timeout = timeout.unwrap_or(DEFAULT_TRY_TIMEOUT);
+        let node = Arc::clone(self);
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            node.roll_back().await;
+        });
+        inner.rollback = Some((rollback_to, timer.abort_handle()));
     }
 
     /// Keeps `config` on STATE (created if need be) as the one to boot.
@@ -362,6 +367,48 @@ impl Node {
             }
         }
     }
+}
+
+/// Refuses a config the node must not take from this caller: any config
+/// without a client certificate once the node has one, and a config of
+/// another cluster (its machine CA differs) ever.
+fn admit(
+    running: Option<&MachineConfig>,
+    new: &MachineConfig,
+    anonymous: bool,
+) -> Result<(), Status> {
+    if anonymous && running.is_some() {
+        return Err(Status::permission_denied(
+            "the node has a config: apply-config needs a client certificate of its machine CA",
+        ));
+    }
+    if let Some(old) = running
+        && old.machine.ca.crt != new.machine.ca.crt
+    {
+        return Err(Status::failed_precondition(
+            "this config belongs to another cluster: its machine CA (machine.ca.crt) is not \
+             the node's; reset the node to move it to another cluster",
+        ));
+    }
+    Ok(())
+}
+
+/// Settles `Auto` by whether any change (`reboot_by` names them) needs a
+/// reboot, and refuses a mode that cannot carry such changes out.
+fn effective_mode(mode: ApplyMode, reboot_by: &[String]) -> Result<ApplyMode, Status> {
+    let needs_reboot = !reboot_by.is_empty();
+    Ok(match mode {
+        ApplyMode::Auto if needs_reboot => ApplyMode::Reboot,
+        ApplyMode::Auto => ApplyMode::NoReboot,
+        ApplyMode::NoReboot | ApplyMode::Try if needs_reboot => {
+            return Err(Status::failed_precondition(format!(
+                "these changes need a reboot, which --mode {} does not allow: {}",
+                mode_name(mode),
+                reboot_by.join(", ")
+            )));
+        }
+        other => other,
+    })
 }
 
 fn mode_name(mode: ApplyMode) -> &'static str {

@@ -8,7 +8,7 @@ use std::path::Path;
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{BondMode, LinkAttribute, LinkFlags, LinkInfo};
+use netlink_packet_route::link::{BondMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -16,7 +16,7 @@ use rtnetlink::{
     Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan, RouteMessageBuilder,
 };
 
-use crate::model::{Actual, ActualLink, Addr, Kind, Op, RouteSpec};
+use crate::model::{Actual, ActualLink, Addr, DesiredLink, Kind, Op, RouteSpec};
 
 /// The rtnetlink groups whose events may change what networkd keeps or
 /// shows.
@@ -249,131 +249,177 @@ fn device_of(sysfs: &Path, ifname: &str) -> (Option<String>, Vec<String>) {
 
 /// Carries out one operation.
 pub async fn execute(handle: &Handle, op: &Op) -> Result<(), NetlinkError> {
-    let fail = |source| NetlinkError::Op {
-        op: op.to_string(),
-        source,
-    };
-    let index = async |name: &str| -> Result<u32, NetlinkError> {
-        let mut stream = handle.link().get().match_name(name.to_owned()).execute();
+    let x = Execution { handle, op };
+    match op {
+        Op::CreateLink(l) => x.create_link(l).await,
+        Op::SetController { ifname, controller } => x.set_controller(ifname, controller).await,
+        Op::SetMtu { ifname, mtu } => {
+            let i = x.index(ifname).await?;
+            x.set_link(LinkUnspec::new_with_index(i).mtu(*mtu).build())
+                .await
+        }
+        Op::SetUp { ifname } => {
+            let i = x.index(ifname).await?;
+            x.set_link(LinkUnspec::new_with_index(i).up().build()).await
+        }
+        Op::AddAddress(a) => x.add_address(a).await,
+        Op::DelAddress(a) => x.del_address(a).await,
+        Op::AddRoute(r) => x.add_route(r).await,
+        Op::DelRoute(r) => x.del_route(r).await,
+    }
+}
+
+/// One [`Op`] being carried out: every error it meets is reported as
+/// that op's.
+struct Execution<'a> {
+    handle: &'a Handle,
+    op: &'a Op,
+}
+
+impl Execution<'_> {
+    fn fail(&self, source: rtnetlink::Error) -> NetlinkError {
+        NetlinkError::Op {
+            op: self.op.to_string(),
+            source,
+        }
+    }
+
+    /// The index of the link called `name`.
+    async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(msg.header.index),
             _ => Err(NetlinkError::NoLink {
-                op: op.to_string(),
+                op: self.op.to_string(),
                 ifname: name.to_owned(),
             }),
         }
-    };
-    let link = handle.link();
-    match op {
-        Op::CreateLink(l) => {
-            let msg = match &l.kind {
-                Kind::Existing => return Ok(()),
-                Kind::Vlan { parent, id } => {
-                    LinkVlan::new(&l.name, index(parent).await?, *id).build()
-                }
-                Kind::Bond { lacp } => LinkBond::new(&l.name)
-                    .mode(if *lacp {
-                        BondMode::Ieee8023Ad
-                    } else {
-                        BondMode::ActiveBackup
-                    })
-                    .miimon(100)
-                    .build(),
-                Kind::Bridge => LinkBridge::new(&l.name).build(),
-                Kind::Dummy => LinkDummy::new(&l.name).build(),
-            };
-            link.add(msg).execute().await.map_err(fail)
-        }
-        Op::SetController { ifname, controller } => {
-            let (i, c) = (index(ifname).await?, index(controller).await?);
-            // A bond takes only members that are down; up again after.
-            link.set(LinkUnspec::new_with_index(i).down().build())
-                .execute()
-                .await
-                .map_err(fail)?;
-            let joined = link
-                .set(LinkUnspec::new_with_index(i).controller(c).build())
-                .execute()
-                .await;
-            // Up again whether or not it joined: a failed join must not
-            // leave the link down.
-            let up = link
-                .set(LinkUnspec::new_with_index(i).up().build())
-                .execute()
-                .await;
-            joined.and(up).map_err(fail)
-        }
-        Op::SetMtu { ifname, mtu } => link
-            .set(
-                LinkUnspec::new_with_index(index(ifname).await?)
-                    .mtu(*mtu)
-                    .build(),
-            )
+    }
+
+    async fn set_link(&self, msg: LinkMessage) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(msg)
             .execute()
             .await
-            .map_err(fail),
-        Op::SetUp { ifname } => link
-            .set(
-                LinkUnspec::new_with_index(index(ifname).await?)
-                    .up()
-                    .build(),
-            )
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn create_link(&self, l: &DesiredLink) -> Result<(), NetlinkError> {
+        let msg = match &l.kind {
+            Kind::Existing => return Ok(()),
+            Kind::Vlan { parent, id } => {
+                LinkVlan::new(&l.name, self.index(parent).await?, *id).build()
+            }
+            Kind::Bond { lacp } => LinkBond::new(&l.name)
+                .mode(if *lacp {
+                    BondMode::Ieee8023Ad
+                } else {
+                    BondMode::ActiveBackup
+                })
+                .miimon(100)
+                .build(),
+            Kind::Bridge => LinkBridge::new(&l.name).build(),
+            Kind::Dummy => LinkDummy::new(&l.name).build(),
+        };
+        self.handle
+            .link()
+            .add(msg)
             .execute()
             .await
-            .map_err(fail),
-        Op::AddAddress(a) => {
-            if a.net.addr().is_ipv4() {
-                promote_secondaries(&a.ifname);
-            }
-            handle
-                .address()
-                .add(index(&a.ifname).await?, a.net.addr(), a.net.prefix_len())
-                .replace()
-                .execute()
-                .await
-                .map_err(fail)
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn set_controller(&self, ifname: &str, controller: &str) -> Result<(), NetlinkError> {
+        let (i, c) = (self.index(ifname).await?, self.index(controller).await?);
+        let link = self.handle.link();
+        // A bond takes only members that are down; up again after.
+        link.set(LinkUnspec::new_with_index(i).down().build())
+            .execute()
+            .await
+            .map_err(|e| self.fail(e))?;
+        let joined = link
+            .set(LinkUnspec::new_with_index(i).controller(c).build())
+            .execute()
+            .await;
+        // Up again whether or not it joined: a failed join must not
+        // leave the link down.
+        let up = link
+            .set(LinkUnspec::new_with_index(i).up().build())
+            .execute()
+            .await;
+        joined.and(up).map_err(|e| self.fail(e))
+    }
+
+    async fn add_address(&self, a: &Addr) -> Result<(), NetlinkError> {
+        if a.net.addr().is_ipv4() {
+            promote_secondaries(&a.ifname);
         }
-        Op::DelAddress(a) => {
-            let Ok(i) = index(&a.ifname).await else {
-                return Ok(()); // the link is gone, and the address with it
-            };
-            if a.net.addr().is_ipv4() {
-                promote_secondaries(&a.ifname);
-            }
-            let msg = match a.net.addr() {
-                IpAddr::V4(v4) => rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
-                    .index(i)
-                    .address(v4, a.net.prefix_len())
-                    .build(),
-                IpAddr::V6(v6) => rtnetlink::AddressMessageBuilder::<Ipv6Addr>::new()
-                    .index(i)
-                    .address(v6, a.net.prefix_len())
-                    .build(),
-            };
-            gone_is_fine(
-                handle.address().del(msg).execute().await,
-                libc::EADDRNOTAVAIL,
+        self.handle
+            .address()
+            .add(
+                self.index(&a.ifname).await?,
+                a.net.addr(),
+                a.net.prefix_len(),
             )
-            .map_err(fail)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn del_address(&self, a: &Addr) -> Result<(), NetlinkError> {
+        let Ok(i) = self.index(&a.ifname).await else {
+            return Ok(()); // the link is gone, and the address with it
+        };
+        if a.net.addr().is_ipv4() {
+            promote_secondaries(&a.ifname);
         }
-        Op::AddRoute(r) => {
-            // No replace: the kernel keys a replace on destination and
-            // metric alone, so it would overwrite another owner's route
-            // (DHCP's, the kernel's) or another link's. A clash fails and
-            // is reported instead.
-            let msg = route_message(r, index(&r.ifname).await?);
-            handle.route().add(msg).execute().await.map_err(fail)
-        }
-        Op::DelRoute(r) => {
-            let Ok(i) = index(&r.ifname).await else {
-                return Ok(()); // the link is gone, and its routes with it
-            };
-            gone_is_fine(
-                handle.route().del(route_message(r, i)).execute().await,
-                libc::ESRCH,
-            )
-            .map_err(fail)
-        }
+        let msg = match a.net.addr() {
+            IpAddr::V4(v4) => rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(i)
+                .address(v4, a.net.prefix_len())
+                .build(),
+            IpAddr::V6(v6) => rtnetlink::AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(i)
+                .address(v6, a.net.prefix_len())
+                .build(),
+        };
+        gone_is_fine(
+            self.handle.address().del(msg).execute().await,
+            libc::EADDRNOTAVAIL,
+        )
+        .map_err(|e| self.fail(e))
+    }
+
+    async fn add_route(&self, r: &RouteSpec) -> Result<(), NetlinkError> {
+        // No replace: the kernel keys a replace on destination and
+        // metric alone, so it would overwrite another owner's route
+        // (DHCP's, the kernel's) or another link's. A clash fails and
+        // is reported instead.
+        let msg = route_message(r, self.index(&r.ifname).await?);
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn del_route(&self, r: &RouteSpec) -> Result<(), NetlinkError> {
+        let Ok(i) = self.index(&r.ifname).await else {
+            return Ok(()); // the link is gone, and its routes with it
+        };
+        gone_is_fine(
+            self.handle.route().del(route_message(r, i)).execute().await,
+            libc::ESRCH,
+        )
+        .map_err(|e| self.fail(e))
     }
 }
 

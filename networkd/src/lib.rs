@@ -197,63 +197,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let ready: ready::SharedReady = std::sync::Arc::new(std::sync::Mutex::new(
         ready::ReadyFile::new(&opts.ready_file)?,
     ));
-    let time = timesync::SharedTimeStatus::default();
-    let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
-    let network_status = reconcile::SharedNetworkStatus::default();
-    // The published config: parsed once per change, for every subsystem.
-    let feed = feed::follow(opts.config_file.clone());
-    let balancer = balancer::Balancer::new(balancer::Settings::default())?;
-    let mesh = mesh::resources::SharedMesh::default();
-    tokio::spawn(resources::serve(
-        opts.socket.clone(),
-        handle.clone(),
-        opts.sysfs.clone(),
-        resources::Sources {
-            time: time.clone(),
-            names: names.clone(),
-            network: network_status.clone(),
-            balancer: balancer.clone(),
-            mesh: mesh.clone(),
-        },
-    ));
-    // The mesh announces the control-plane nodes it learns; the balancer
-    // takes them as its `discovery` endpoints.
-    let (control_plane, mut learnt) = tokio::sync::watch::channel(Vec::new());
-    tokio::spawn(mesh::controller::run(mesh::controller::Context {
-        settings: feed::derive(feed.clone(), mesh::controller::MeshSettings::from_config),
-        key_file: opts.mesh_key.clone(),
-        sysfs: opts.sysfs.clone(),
-        handle: handle.clone(),
-        mesh,
-        control_plane,
-    }));
-    let to_balancer = balancer.clone();
-    tokio::spawn(async move {
-        while learnt.changed().await.is_ok() {
-            let endpoints = learnt.borrow_and_update().clone();
-            to_balancer.set_endpoints("discovery", endpoints);
-        }
-    });
-    tokio::spawn(balancer::run(
-        feed::derive(feed.clone(), balancer::BalancerSettings::from_config),
-        balancer,
-    ));
-    if opts.sync_time {
-        tokio::spawn(timesync::run(
-            feed::derive(feed.clone(), timesync::settings_from_config),
-            time,
-        ));
-    }
-    let dhcp_links = dhcp::links::DhcpLinks::new(handle.clone(), ready.clone(), names.clone());
-    tokio::spawn(reconcile::run(reconcile::Context {
-        sysfs: opts.sysfs.clone(),
-        network: feed::derive(feed.clone(), reconcile::settings_from_config),
-        owned_file: opts.owned_file.clone(),
-        ready: ready.clone(),
-        names: names.clone(),
-        status: network_status,
-        dhcp: Some(dhcp_links.clone()),
-    }));
+    let (names, dhcp_links) = start_subsystems(&opts, &handle, &ready)?;
     let mut applier = dhcp_links.applier();
     let boot_dhcp = dhcp_links.clone();
     // Its own task, so a SIGTERM does not drop the boot DHCP client before
@@ -275,6 +219,85 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             Ok(())
         }
     }
+}
+
+/// Starts what runs beside the boot network and follows the published
+/// config: the resource server, the mesh, the balancer, time sync and the
+/// reconciler. Returns what the boot network shares with them: the names
+/// (hostname, DNS) and the DHCP clients.
+fn start_subsystems(
+    opts: &Options,
+    handle: &rtnetlink::Handle,
+    ready: &ready::SharedReady,
+) -> Result<(names::SharedNames, dhcp::links::DhcpLinks), RunError> {
+    let time = timesync::SharedTimeStatus::default();
+    let names = names::SharedNames::new(opts.resolv_conf.clone(), opts.set_hostname);
+    let network_status = reconcile::SharedNetworkStatus::default();
+    // The published config: parsed once per change, for every subsystem.
+    let feed = feed::follow(opts.config_file.clone());
+    let balancer = balancer::Balancer::new(balancer::Settings::default())?;
+    let mesh = mesh::resources::SharedMesh::default();
+    tokio::spawn(resources::serve(
+        opts.socket.clone(),
+        handle.clone(),
+        opts.sysfs.clone(),
+        resources::Sources {
+            time: time.clone(),
+            names: names.clone(),
+            network: network_status.clone(),
+            balancer: balancer.clone(),
+            mesh: mesh.clone(),
+        },
+    ));
+    start_mesh_and_balancer(opts, handle, &feed, mesh, balancer);
+    if opts.sync_time {
+        tokio::spawn(timesync::run(
+            feed::derive(feed.clone(), timesync::settings_from_config),
+            time,
+        ));
+    }
+    let dhcp_links = dhcp::links::DhcpLinks::new(handle.clone(), ready.clone(), names.clone());
+    tokio::spawn(reconcile::run(reconcile::Context {
+        sysfs: opts.sysfs.clone(),
+        network: feed::derive(feed.clone(), reconcile::settings_from_config),
+        owned_file: opts.owned_file.clone(),
+        ready: ready.clone(),
+        names: names.clone(),
+        status: network_status,
+        dhcp: Some(dhcp_links.clone()),
+    }));
+    Ok((names, dhcp_links))
+}
+
+/// The mesh announces the control-plane nodes it learns; the balancer
+/// takes them as its `discovery` endpoints.
+fn start_mesh_and_balancer(
+    opts: &Options,
+    handle: &rtnetlink::Handle,
+    feed: &feed::Feed,
+    mesh: mesh::resources::SharedMesh,
+    balancer: balancer::Balancer,
+) {
+    let (control_plane, mut learnt) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(mesh::controller::run(mesh::controller::Context {
+        settings: feed::derive(feed.clone(), mesh::controller::MeshSettings::from_config),
+        key_file: opts.mesh_key.clone(),
+        sysfs: opts.sysfs.clone(),
+        handle: handle.clone(),
+        mesh,
+        control_plane,
+    }));
+    let to_balancer = balancer.clone();
+    tokio::spawn(async move {
+        while learnt.changed().await.is_ok() {
+            let endpoints = learnt.borrow_and_update().clone();
+            to_balancer.set_endpoints("discovery", endpoints);
+        }
+    });
+    tokio::spawn(balancer::run(
+        feed::derive(feed.clone(), balancer::BalancerSettings::from_config),
+        balancer,
+    ));
 }
 
 /// What `ip=` asks for at boot, then nothing more for ever.

@@ -178,42 +178,13 @@ async fn run_once(
     commands: &mut mpsc::Receiver<Command>,
 ) -> Outcome {
     let spec = &service.spec;
-    let mut extra_args = Vec::new();
-    if let Some(prepare) = &spec.prepare {
-        service.record(State::Preparing, "writing its configuration");
-        let noter = service.clone();
-        let progress = super::spec::Progress::new(move |m| noter.note(m));
-        let result = tokio::select! {
-            r = prepare(progress) => r,
-            cmd = commands.recv() => return Outcome::Commanded(cmd.unwrap_or(Command::Stop)),
-        };
-        match result {
-            Ok(args) => extra_args = args,
-            Err(e) => {
-                service.record(State::Failed, format!("preparing: {e}"));
-                return Outcome::NotStarted;
-            }
-        }
-    }
-    let cgroup = match Cgroup::create(&shared.cgroup_root, &spec.id, &spec.limits) {
-        Ok((cgroup, problems)) => {
-            for p in problems {
-                service.note(p);
-            }
-            cgroup
-        }
-        Err(e) => {
-            service.record(State::Failed, slate_common::error::chain(&e));
-            return Outcome::NotStarted;
-        }
+    let extra_args = match prepare(service, commands).await {
+        Ok(args) => args,
+        Err(outcome) => return outcome,
     };
-    // Leftovers of an earlier run (or of a machined that was restarted)
-    // must not share the new process's cgroup; under KillMode::Process
-    // they are meant to stay (containerd's shims).
-    if spec.kill_mode == KillMode::ControlGroup && !cgroup.pids().is_empty() {
-        service.note("killing processes left from an earlier run");
-        cgroup.kill_all(KILL_WAIT).await;
-    }
+    let Some(cgroup) = fresh_cgroup(shared, service).await else {
+        return Outcome::NotStarted;
+    };
     let mut child = match spawn(spec, &extra_args, &cgroup) {
         Ok(child) => child,
         Err(e) => {
@@ -248,29 +219,7 @@ async fn run_once(
     let outcome = tokio::select! {
         status = child.wait() => {
             let ran_for = started.elapsed();
-            let (success, mut message) = match status {
-                Ok(s) if s.success() => (true, "exited with code 0".to_owned()),
-                Ok(s) => match (s.code(), s.signal()) {
-                    (Some(code), _) => (false, format!("exited with code {code}")),
-                    (None, Some(sig)) => (false, format!("killed by signal {}", signal_name(sig))),
-                    _ => (false, format!("ended: {s}")),
-                },
-                Err(e) => (false, format!("waiting for it: {e}")),
-            };
-            if cgroup.oom_kills() > oom_before {
-                message.push_str(" (out of memory: killed at its memory limit)");
-            }
-            // Children of a process that ended stay nowhere (but see
-            // KillMode::Process).
-            if spec.kill_mode == KillMode::ControlGroup {
-                cgroup.kill_all(KILL_WAIT).await;
-            }
-            let state = if success { State::Finished } else { State::Failed };
-            service.update(|s| {
-                s.pid = None;
-                s.healthy = None;
-                s.record(state, message);
-            });
+            let success = record_exit(status, &cgroup, oom_before, service).await;
             Outcome::Exited { success, ran_for }
         }
         cmd = next_command(commands) => {
@@ -291,6 +240,94 @@ async fn run_once(
         let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
     }
     outcome
+}
+
+/// Runs the service's prepare step, if it has one, for the extra
+/// arguments it hands the command. `Err` is how the run ends instead: a
+/// command cut the step short, or it failed (already recorded).
+async fn prepare(
+    service: &Arc<Service>,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Result<Vec<String>, Outcome> {
+    let Some(prepare) = &service.spec.prepare else {
+        return Ok(Vec::new());
+    };
+    service.record(State::Preparing, "writing its configuration");
+    let noter = service.clone();
+    let progress = super::spec::Progress::new(move |m| noter.note(m));
+    let result = tokio::select! {
+        r = prepare(progress) => r,
+        cmd = commands.recv() => return Err(Outcome::Commanded(cmd.unwrap_or(Command::Stop))),
+    };
+    result.map_err(|e| {
+        service.record(State::Failed, format!("preparing: {e}"));
+        Outcome::NotStarted
+    })
+}
+
+/// The service's cgroup, ready for a new process; `None` (recorded) when
+/// it cannot be made.
+async fn fresh_cgroup(shared: &Shared, service: &Service) -> Option<Cgroup> {
+    let spec = &service.spec;
+    let cgroup = match Cgroup::create(&shared.cgroup_root, &spec.id, &spec.limits) {
+        Ok((cgroup, problems)) => {
+            for p in problems {
+                service.note(p);
+            }
+            cgroup
+        }
+        Err(e) => {
+            service.record(State::Failed, slate_common::error::chain(&e));
+            return None;
+        }
+    };
+    // Leftovers of an earlier run (or of a machined that was restarted)
+    // must not share the new process's cgroup; under KillMode::Process
+    // they are meant to stay (containerd's shims).
+    if spec.kill_mode == KillMode::ControlGroup && !cgroup.pids().is_empty() {
+        service.note("killing processes left from an earlier run");
+        cgroup.kill_all(KILL_WAIT).await;
+    }
+    Some(cgroup)
+}
+
+/// Records how the process ended by itself, blaming the memory limit
+/// when the cgroup saw an OOM kill since `oom_before`; whether it
+/// succeeded.
+async fn record_exit(
+    status: std::io::Result<std::process::ExitStatus>,
+    cgroup: &Cgroup,
+    oom_before: u64,
+    service: &Service,
+) -> bool {
+    let (success, mut message) = match status {
+        Ok(s) if s.success() => (true, "exited with code 0".to_owned()),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => (false, format!("exited with code {code}")),
+            (None, Some(sig)) => (false, format!("killed by signal {}", signal_name(sig))),
+            _ => (false, format!("ended: {s}")),
+        },
+        Err(e) => (false, format!("waiting for it: {e}")),
+    };
+    if cgroup.oom_kills() > oom_before {
+        message.push_str(" (out of memory: killed at its memory limit)");
+    }
+    // Children of a process that ended stay nowhere (but see
+    // KillMode::Process).
+    if service.spec.kill_mode == KillMode::ControlGroup {
+        cgroup.kill_all(KILL_WAIT).await;
+    }
+    let state = if success {
+        State::Finished
+    } else {
+        State::Failed
+    };
+    service.update(|s| {
+        s.pid = None;
+        s.healthy = None;
+        s.record(state, message);
+    });
+    success
 }
 
 /// The next Stop or Restart (a Start for a running service is a no-op).

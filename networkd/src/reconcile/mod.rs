@@ -323,22 +323,13 @@ pub async fn run(mut ctx: Context) {
     let mut followed = true;
     let mut last_missing: Vec<String> = Vec::new();
     let mut listed = BTreeMap::new();
-    let mut backoff = RETRY;
     let mut safety = tokio::time::interval(SAFETY_NET);
-    // After a failed operation (a link driver still loading, a link not yet
-    // there), try again soon rather than at the next safety-net pass.
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut retry = Retry::new();
     loop {
         let mut due = false;
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = retry => {
-                retry_at = None;
+            () = sleep_until(retry.at) => {
+                retry.at = None;
                 due = true;
             }
             changed = ctx.network.changed(), if followed => {
@@ -370,41 +361,8 @@ pub async fn run(mut ctx: Context) {
                 for failure in &report.failed {
                     tracing::warn!("network: {failure}");
                 }
-                // Retry what failed soon, then less and less often: a
-                // failure that repeats (an MTU the NIC refuses) must not
-                // keep the daemon busy.
-                if report.failed.is_empty() && report.missing.is_empty() {
-                    backoff = RETRY;
-                } else {
-                    retry_at = Some(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(SAFETY_NET);
-                }
-                sync_ready(&ctx.ready, &report.present, &mut listed);
-                if let Some(mac) = first_nic_mac(&report.links) {
-                    ctx.names.offer_fallback(&mac);
-                }
-                ctx.status.set(NetworkStatus {
-                    configured: true,
-                    converged: report.failed.is_empty() && report.missing.is_empty(),
-                    missing: report.missing.clone(),
-                    failed: report.failed.clone(),
-                });
-                if let Some(dhcp) = &ctx.dhcp {
-                    for want in dhcp_links(net, &report.links) {
-                        if want.v4 {
-                            dhcp.ensure(&want.ifname);
-                        }
-                        if want.v6 {
-                            dhcp.ensure6(&want.ifname);
-                        }
-                    }
-                }
-                if report.missing != last_missing {
-                    for m in &report.missing {
-                        tracing::warn!("network: {m}; waiting for it");
-                    }
-                    last_missing = report.missing;
-                }
+                retry.after(&report);
+                share_report(&ctx, net, report, &mut listed, &mut last_missing);
             }
             Err(e) => {
                 let why = slate_common::error::chain(&e);
@@ -417,5 +375,81 @@ pub async fn run(mut ctx: Context) {
                 });
             }
         }
+    }
+}
+
+/// When the next pass comes after one that left something undone.
+///
+/// After a failed operation (a link driver still loading, a link not yet
+/// there), try again soon rather than at the next safety-net pass.
+struct Retry {
+    backoff: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            backoff: RETRY,
+            at: None,
+        }
+    }
+
+    fn after(&mut self, report: &Report) {
+        // Retry what failed soon, then less and less often: a failure that
+        // repeats (an MTU the NIC refuses) must not keep the daemon busy.
+        if report.failed.is_empty() && report.missing.is_empty() {
+            self.backoff = RETRY;
+        } else {
+            self.at = Some(tokio::time::Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(SAFETY_NET);
+        }
+    }
+}
+
+/// Sleeps until `at`; for ever when there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Passes on what a pass found: to the ready file, the fallback hostname,
+/// the status resource and the DHCP clients, and to the log the links
+/// still missing, once each time that list changes. `listed` and
+/// `last_missing` are what earlier passes passed on.
+fn share_report(
+    ctx: &Context,
+    net: &Network,
+    report: Report,
+    listed: &mut BTreeMap<String, Entry>,
+    last_missing: &mut Vec<String>,
+) {
+    sync_ready(&ctx.ready, &report.present, listed);
+    if let Some(mac) = first_nic_mac(&report.links) {
+        ctx.names.offer_fallback(&mac);
+    }
+    ctx.status.set(NetworkStatus {
+        configured: true,
+        converged: report.failed.is_empty() && report.missing.is_empty(),
+        missing: report.missing.clone(),
+        failed: report.failed.clone(),
+    });
+    if let Some(dhcp) = &ctx.dhcp {
+        for want in dhcp_links(net, &report.links) {
+            if want.v4 {
+                dhcp.ensure(&want.ifname);
+            }
+            if want.v6 {
+                dhcp.ensure6(&want.ifname);
+            }
+        }
+    }
+    if report.missing != *last_missing {
+        for m in &report.missing {
+            tracing::warn!("network: {m}; waiting for it");
+        }
+        *last_missing = report.missing;
     }
 }
