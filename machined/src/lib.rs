@@ -97,19 +97,17 @@ pub fn run(paths: &Paths) -> ! {
         Ok(runtime) => {
             let mount_point = PathBuf::from(constants::STATE_MOUNT);
             let state_device = disk::find_state();
-            let state = state_device.as_deref().and_then(|device| {
+            let state = match state_device.as_deref() {
+                None => Ok(None),
                 // Mounted already when init restarted machined.
-                if disk::is_mounted(&mount_point) {
-                    return Some(state::State::new(&mount_point));
+                Some(_) if disk::is_mounted(&mount_point) => {
+                    Ok(Some(state::State::new(&mount_point)))
                 }
-                match disk::mount_state(device, &mount_point) {
-                    Ok(()) => Some(state::State::new(&mount_point)),
-                    Err(e) => {
-                        tracing::error!("{:#}", anyhow::Error::from(e));
-                        None
-                    }
-                }
-            });
+                Some(device) => match disk::mount_state(device, &mount_point) {
+                    Ok(()) => Ok(Some(state::State::new(&mount_point))),
+                    Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
+                },
+            };
             let storage = Storage::Disks { mount_point };
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
             // Before any service writes to /var. A first boot from a config
@@ -139,12 +137,17 @@ pub fn run(paths: &Paths) -> ! {
             });
             let (services, etcd) = services;
             if let Err(e) = runtime.block_on(serve(paths, node, services, etcd)) {
-                tracing::error!("{e:#}");
+                // Without its socket machined is deaf: apid cannot apply,
+                // reboot or read logs. Exit, and init starts a new one (a
+                // socket it can bind, the running config kept: `boot`).
+                tracing::error!("{e:#}; exiting for init to restart machined");
+                std::process::exit(1);
             }
         }
         Err(e) => tracing::error!("starting the runtime: {e}"),
     }
-    // Exiting would only make init restart us into the same failure.
+    // Without a runtime, exiting would only make init restart us into the
+    // same failure.
     loop {
         nix::unistd::pause();
     }
@@ -182,11 +185,12 @@ fn var_fstype() -> Option<String> {
 }
 
 /// Finds the config (STATE, then `slate.config=URL`, then the config
-/// drive) and publishes it.
+/// drive) and publishes it. `state` is the STATE volume, or why the one
+/// the disk has did not mount.
 pub async fn boot(
     paths: &Paths,
     storage: Storage,
-    state: Option<state::State>,
+    state: Result<Option<state::State>, String>,
     power: Power,
 ) -> std::sync::Arc<Node> {
     // machined restarted by init (the published files are on tmpfs, so
@@ -195,11 +199,19 @@ pub async fn boot(
     if let Ok(text) = std::fs::read_to_string(&paths.config)
         && let Ok(config) = MachineConfig::from_json(&text, "published config")
     {
-        let node = Node::new(paths.clone(), storage, state, power);
+        let node = Node::new(paths.clone(), storage, state.ok().flatten(), power);
         tracing::info!("machined restarted: keeping the running config");
         node.boot(Verdict::valid(config), Source::Published).await;
         return node;
     }
+    let state = match state {
+        Ok(state) => state,
+        Err(why) => {
+            let node = Node::new(paths.clone(), storage, None, power);
+            node.boot(Verdict::Refused(why), Source::State).await;
+            return node;
+        }
+    };
     if let Some(s) = &state {
         match s.promote_staged() {
             Ok(true) => tracing::info!("the staged config is now the node's config"),
@@ -208,10 +220,20 @@ pub async fn boot(
         }
     }
     let stored = state.as_ref().and_then(state::State::load);
+    let holds_config = state.as_ref().is_some_and(state::State::holds_config);
     let node = Node::new(paths.clone(), storage, state, power);
     if let Some(config) = stored {
         tracing::info!("machine config from STATE");
         node.boot(Verdict::valid(config), Source::State).await;
+        return node;
+    }
+    // Not a blank node: falling through to the config drive or to
+    // maintenance mode would let anyone who reaches it take it over.
+    if holds_config {
+        let why = "STATE holds a machine config, and neither config.yaml nor \
+                   config.prev.yaml loads"
+            .to_owned();
+        node.boot(Verdict::Refused(why), Source::State).await;
         return node;
     }
     let cmdline = std::fs::read_to_string(constants::PROC_CMDLINE).unwrap_or_default();

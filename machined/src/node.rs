@@ -72,6 +72,10 @@ struct Inner {
     staged: Option<MachineConfig>,
     /// A `try` in progress: the config to go back to, and the timer.
     rollback: Option<(Option<(MachineConfig, Source)>, tokio::task::AbortHandle)>,
+    /// Set for the boot when the disk holds state that did not load
+    /// ([`Verdict::Refused`]): no anonymous apply, with or without a
+    /// running config.
+    refused: Option<String>,
 }
 
 impl Inner {
@@ -150,8 +154,12 @@ impl Node {
         if let Some(staged) = self.state().and_then(|s| s.load_staged()) {
             self.inner.lock().await.staged = Some(staged);
         }
-        if let Verdict::Valid { config, .. } = &verdict {
-            self.inner.lock().await.running = Some(((**config).clone(), source));
+        match &verdict {
+            Verdict::Valid { config, .. } => {
+                self.inner.lock().await.running = Some(((**config).clone(), source));
+            }
+            Verdict::Refused(why) => self.inner.lock().await.refused = Some(why.clone()),
+            _ => {}
         }
         // Publish first: apid and networkd wait for it, and keeping the
         // config (which may partition and format a disk) need not delay them.
@@ -197,7 +205,7 @@ impl Node {
         crate::publish::usable_machine_ca(&new).map_err(Status::invalid_argument)?;
         let mut inner = self.inner.lock().await;
         let running = inner.running.as_ref().map(|(c, _)| c);
-        admit(running, &new, anonymous)?;
+        admit(running, inner.refused.as_deref(), &new, anonymous)?;
         let changes = match running {
             Some(old) => diff(old, &new),
             None => Vec::new(),
@@ -374,9 +382,17 @@ impl Node {
 /// another cluster (its machine CA differs) ever.
 fn admit(
     running: Option<&MachineConfig>,
+    refused: Option<&str>,
     new: &MachineConfig,
     anonymous: bool,
 ) -> Result<(), Status> {
+    if let Some(why) = refused
+        && anonymous
+    {
+        return Err(Status::permission_denied(format!(
+            "{why}: apply-config needs a client certificate of the node's machine CA"
+        )));
+    }
     if anonymous && running.is_some() {
         return Err(Status::permission_denied(
             "the node has a config: apply-config needs a client certificate of its machine CA",

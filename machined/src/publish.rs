@@ -19,6 +19,11 @@ pub enum Verdict {
     Unreadable(String),
     /// No config anywhere.
     Missing,
+    /// The disk holds Slate state that cannot be used (STATE does not
+    /// mount, or its configs do not load): the node was someone's, so it
+    /// refuses a config without a certificate until its disk is fixed or
+    /// wiped. The reason is what went wrong.
+    Refused(String),
 }
 
 impl Verdict {
@@ -75,6 +80,11 @@ pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError>
         }
         Verdict::Invalid(e) => format!("invalid machine config: {e}"),
         Verdict::Unreadable(e) => format!("machine config unreadable: {e}"),
+        Verdict::Refused(e) => format!(
+            "{e}: this node refuses apply-config without a client certificate of its \
+             machine CA (a node that was configured must not be claimable by anyone); \
+             fix the disk, or wipe STATE to reclaim the node"
+        ),
         Verdict::Missing => "no machine config (none on STATE, no volume labelled cidata \
                              with a user-data file): waiting for apply-config"
             .to_owned(),

@@ -36,6 +36,14 @@ impl State {
         &self.dir
     }
 
+    /// Whether any config was ever kept here (current, previous or
+    /// staged): the node belonged to someone, whether or not it loads.
+    pub fn holds_config(&self) -> bool {
+        [CONFIG, PREVIOUS, STAGED]
+            .iter()
+            .any(|name| self.dir.join(name).exists())
+    }
+
     /// The stored config, falling back to the previous one when the current
     /// one is unreadable or invalid; `None` when nothing is stored yet.
     pub fn load(&self) -> Option<MachineConfig> {
