@@ -16,6 +16,9 @@ pub fn format_record(raw: &str) -> Option<String> {
     let micros: u64 = head.split(',').nth(2)?.parse().ok()?;
     // Continuation lines (" SUBSYSTEM=…") are metadata, not the message.
     let message = message.lines().next().unwrap_or("");
+    // The kernel quotes its command line; a slate.config URL may hold a
+    // credential, and dmesg is readable by more than the operator role.
+    let message = crate::url::redact_cmdline(message);
     Some(format!(
         "[{:>5}.{:06}] {message}",
         micros / 1_000_000,
@@ -90,6 +93,18 @@ fn read_record(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_record_hides_config_url_credentials() {
+        let line = format_record(
+            "5,0,0,-;Command line: console=ttyS0 slate.config=https://user:s3cret@10.0.2.2/c.yaml?token=t0k quiet\n",
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "[    0.000000] Command line: console=ttyS0 slate.config=https://10.0.2.2/c.yaml quiet"
+        );
+    }
 
     #[test]
     fn records_read_like_dmesg() {

@@ -252,9 +252,10 @@ pub async fn boot(
                     Err(e) => Verdict::Invalid(e.to_string()),
                 }
             }
-            Err(e) => {
-                Verdict::Unreadable(format!("slate.config={url}: {:#}", anyhow::Error::from(e)))
-            }
+            Err(e) => Verdict::Unreadable(format!(
+                "slate.config={shown}: {:#}",
+                anyhow::Error::from(e)
+            )),
         };
         node.boot(verdict, Source::Url).await;
         return node;

@@ -31,6 +31,8 @@ pub fn from_cmdline(cmdline: &str) -> Option<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// Holds the URL as [`redacted`] shows it: errors reach the console
+    /// and anonymous `version --insecure`.
     #[error("{0:?} is not an http:// or https:// URL with a host")]
     BadUrl(String),
     #[error("connecting to {addr}")]
@@ -72,6 +74,23 @@ pub fn redacted(url: &str) -> String {
     } else {
         format!("{scheme}://{rest}")
     }
+}
+
+/// `text` (a kernel command line, or a log line quoting one) with every
+/// `slate.config=URL` [`redacted`]: dmesg readers see the kernel's
+/// "Command line:" record, and a URL may carry a token.
+pub fn redact_cmdline(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(CMDLINE_KEY) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let words: Vec<String> = text
+        .split(' ')
+        .map(|word| match word.strip_prefix(CMDLINE_KEY) {
+            Some(url) => format!("{CMDLINE_KEY}{}", redacted(url)),
+            None => word.to_owned(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(words.join(" "))
 }
 
 /// Fetches `url`, retrying until it answers 200 or [`GIVE_UP_AFTER`].
@@ -125,7 +144,7 @@ fn parse(url: &str) -> Option<Parsed<'_>> {
 
 /// One GET.
 pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
-    let u = parse(url).ok_or_else(|| FetchError::BadUrl(url.to_owned()))?;
+    let u = parse(url).ok_or_else(|| FetchError::BadUrl(redacted(url)))?;
     let addr = u.target.to_string();
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
@@ -145,7 +164,7 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = rustls_pki_types::ServerName::try_from(u.target.host.clone())
-            .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
+            .map_err(|_| FetchError::BadUrl(redacted(url)))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
@@ -171,7 +190,7 @@ where
         .header(http::header::HOST, u.target.host.as_str())
         .header(http::header::USER_AGENT, "slate-machined")
         .body(Empty::<Bytes>::new())
-        .map_err(|_| FetchError::BadUrl(u.path.to_owned()))?;
+        .map_err(|_| FetchError::BadUrl(redacted(u.path)))?;
     let response = sender.send_request(request).await?;
     if response.status() != http::StatusCode::OK {
         return Err(FetchError::Status(response.status()));
@@ -189,6 +208,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_bad_url_is_reported_without_its_credentials() {
+        let err = fetch_with_retries("ftp://admin:hunter2@10.0.2.2/c.yaml?k=v")
+            .await
+            .unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k=v"),
+            "{shown}"
+        );
+        assert!(shown.contains("ftp://10.0.2.2/c.yaml"), "{shown}");
+    }
 
     #[test]
     fn the_url_comes_from_the_command_line() {
