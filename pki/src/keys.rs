@@ -142,15 +142,4 @@ mod tests {
             assert!(ok, "openssl pkey refused {name}: {said}");
         }
     }
-
-    /// What the fix is for: OpenSSL 3.0 refuses ring's v2 form. Should a
-    /// later OpenSSL accept it, this test says so rather than passing.
-    #[test]
-    fn openssl_refused_the_form_ring_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let (ok, said) = openssl_reads(dir.path(), "v2.key", &key.serialize_pem());
-        assert!(!ok, "openssl now reads PKCS#8 v2 Ed25519 keys");
-        assert!(!said.is_empty());
-    }
 }
