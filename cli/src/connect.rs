@@ -49,7 +49,10 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
         }
         return Ok(Session {
             targets,
-            tls: Arc::new(tls::client_insecure()?),
+            tls: Arc::new(match &global.cert_fingerprint {
+                Some(pin) => tls::client_pinned(pin).context("--cert-fingerprint")?,
+                None => tls::client_insecure()?,
+            }),
         });
     }
 

@@ -56,6 +56,11 @@ pub struct Global {
     /// nodes in safe or maintenance mode, which answer only harmless calls.
     #[arg(short = 'i', long, global = true)]
     pub insecure: bool,
+    /// With --insecure: trust only the node whose certificate has this
+    /// SHA-256 fingerprint (as its console prints it, AB:CD:…); any other
+    /// answer is refused before anything is sent.
+    #[arg(long, global = true, value_name = "SHA256", requires = "insecure")]
+    pub cert_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

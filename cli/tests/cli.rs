@@ -327,3 +327,127 @@ fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
     assert_fails_naming(&out, "machine.network.interfaces[0].mtu: 9 is not an MTU");
     assert_eq!(std::fs::read(&worker_file).unwrap(), before);
 }
+
+/// apid on a free loopback port, on its own thread with its own runtime
+/// (as in the node), with its files in `state`; returns its address.
+fn spawn_apid(state: &Path) -> String {
+    std::fs::write(state.join("network.ready"), "lo 127.0.0.1/8 static\n").unwrap();
+    let paths = slate_apid::Paths {
+        config: state.join("config.json"),
+        config_error: state.join("config.error"),
+        network_ready: state.join("network.ready"),
+        machined_socket: state.join("machined.sock"),
+        networkd_socket: state.join("networkd.sock"),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().to_string()).unwrap();
+            let _ = slate_apid::serve(paths, listener).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The SHA-256 fingerprint of the certificate `node` serves, read by
+/// OpenSSL as a person would (`openssl s_client | openssl x509`).
+fn fingerprint_by_openssl(node: &str) -> String {
+    for _ in 0..50 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {node} -alpn h2 </dev/null 2>/dev/null \
+                 | openssl x509 -noout -fingerprint -sha256"
+            ))
+            .output()
+            .expect("running openssl (make deps installs it)");
+        let text = text(&out.stdout);
+        if let Some(fp) = text.trim().strip_prefix("sha256 Fingerprint=") {
+            return fp.to_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("openssl could not read the certificate of {node}");
+}
+
+#[test]
+fn insecure_calls_pinned_to_the_console_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("run");
+    std::fs::create_dir(&state).unwrap();
+    // Maintenance mode, as machined publishes it.
+    std::fs::write(state.join("config.error"), "no machine config\n").unwrap();
+    let node = spawn_apid(&state);
+    let right = fingerprint_by_openssl(&node);
+
+    let out = slatectl(&[
+        "--insecure",
+        "--cert-fingerprint",
+        &right,
+        "-n",
+        &node,
+        "version",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&node), "{}", text(&out.stdout));
+    // Lower case without colons is the same fingerprint.
+    let bare = right.replace(':', "").to_lowercase();
+    let out = slatectl(&[
+        "--insecure",
+        "--cert-fingerprint",
+        &bare,
+        "-n",
+        &node,
+        "version",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Someone else's certificate: refused, nothing sent.
+    let mut wrong = right.clone();
+    wrong.replace_range(0..2, if right.starts_with("00") { "11" } else { "00" });
+    let out = slatectl(&[
+        "--insecure",
+        "--cert-fingerprint",
+        &wrong,
+        "-n",
+        &node,
+        "version",
+    ]);
+    assert_fails_naming(&out, "fingerprint");
+    assert_fails_naming(&out, &right);
+
+    let out = slatectl(&[
+        "--insecure",
+        "--cert-fingerprint",
+        "AB:CD",
+        "-n",
+        &node,
+        "version",
+    ]);
+    assert_fails_naming(&out, "--cert-fingerprint");
+    let out = slatectl(&["--cert-fingerprint", &right, "-n", &node, "version"]);
+    assert_fails_naming(&out, "--insecure");
+
+    // apply-config --insecure without a pin says loudly what it risks.
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(&config, "version: v1alpha1\n").unwrap();
+    let out = slatectl(&[
+        "--insecure",
+        "-n",
+        &node,
+        "apply-config",
+        "-f",
+        config.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        text(&out.stderr).contains("WARNING: --insecure without --cert-fingerprint"),
+        "{}",
+        text(&out.stderr)
+    );
+}

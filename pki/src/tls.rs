@@ -35,6 +35,8 @@ pub enum TlsError {
     ClientVerifier(#[source] rustls::server::VerifierBuilderError),
     #[error("setting up TLS")]
     Config(#[source] rustls::Error),
+    #[error("{0:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")]
+    Fingerprint(String),
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -122,8 +124,44 @@ pub fn client(ca_pem: &str, identity: Option<&CertAndKey>) -> Result<ClientConfi
 /// The handshake signature is still checked, so the session is bound to the
 /// key of the certificate the server showed.
 pub fn client_insecure() -> Result<ClientConfig, TlsError> {
+    client_unverified(None)
+}
+
+/// A client for a node in maintenance mode that trusts exactly one server
+/// certificate: the one whose SHA-256 [`crate::fingerprint`] the node
+/// printed on its console. Anyone else answering is refused before a
+/// config (and its secrets) is sent.
+pub fn client_pinned(fingerprint: &str) -> Result<ClientConfig, TlsError> {
+    client_unverified(Some(parse_fingerprint(fingerprint)?))
+}
+
+/// `AB:CD:…` as the console prints it, or the bare hex, either case, with
+/// an optional `sha256:` in front.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let bad = || TlsError::Fingerprint(text.to_owned());
+    let trimmed = text.trim();
+    let hex = trimmed
+        .strip_prefix("sha256:")
+        .or_else(|| trimmed.strip_prefix("SHA256:"))
+        .unwrap_or(trimmed)
+        .replace(':', "");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn client_unverified(pin: Option<[u8; 32]>) -> Result<ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = AnyServerCert(provider.signature_verification_algorithms);
+    let verifier = AnyServerCert {
+        algorithms: provider.signature_verification_algorithms,
+        pin,
+    };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
@@ -134,18 +172,33 @@ pub fn client_insecure() -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// Accepts any server certificate, or with `pin` only the one of that
+/// SHA-256 digest; handshake signatures are checked either way.
 #[derive(Debug)]
-struct AnyServerCert(WebPkiSupportedAlgorithms);
+struct AnyServerCert {
+    algorithms: WebPkiSupportedAlgorithms,
+    pin: Option<[u8; 32]>,
+}
 
 impl ServerCertVerifier for AnyServerCert {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(pin) = &self.pin {
+            let digest = ring::digest::digest(&ring::digest::SHA256, end_entity);
+            if digest.as_ref() != pin {
+                return Err(rustls::Error::General(format!(
+                    "the node's certificate fingerprint is {}, not the one given with \
+                     --cert-fingerprint: not sending anything to it",
+                    crate::fingerprint(end_entity)
+                )));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -155,7 +208,7 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -164,10 +217,10 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }

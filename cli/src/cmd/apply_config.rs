@@ -84,6 +84,19 @@ pub async fn run(global: &Global, args: ApplyConfigArgs) -> anyhow::Result<ExitC
         data.len()
     );
     let session = connect::session(global)?;
+    if global.insecure && global.cert_fingerprint.is_none() {
+        eprintln!(
+            "WARNING: --insecure without --cert-fingerprint: the node is not authenticated, and \
+             this config's secrets (CA keys, tokens) go to whoever answers at {}. Compare the \
+             fingerprint the node prints on its console and pass --cert-fingerprint SHA256.",
+            session
+                .targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let request = ApplyConfigurationRequest {
         data,
         mode: ApplyMode::from(args.mode) as i32,
