@@ -5,8 +5,11 @@
 //! node leaves maintenance mode, the next handshake already requires a
 //! client certificate.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slate_common::ratelimit::LogLimiter;
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,12 +20,33 @@ use tokio_stream::wrappers::ReceiverStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic; accepting pauses when full.
 const BACKLOG: usize = 64;
+/// One line per source address per this about refused handshakes: a
+/// scanner or a misconfigured client must not fill the console.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a failed handshake from `peer`, at most once per
+/// [`REFUSED_LOG_EVERY`] per address, with the count held back.
+fn log_refused(limiter: &Mutex<LogLimiter<IpAddr>>, peer: std::net::SocketAddr, why: &str) {
+    let allowed = match limiter.lock() {
+        Ok(mut limiter) => limiter.allow(&peer.ip(), Instant::now()),
+        // A panic while logging poisoned it: log rather than go quiet.
+        Err(_) => Some(0),
+    };
+    match allowed {
+        Some(0) => tracing::info!("TLS client {peer}: {why}"),
+        Some(held) => {
+            tracing::info!("TLS client {peer}: {why} ({held} more from its address held back)")
+        }
+        None => {}
+    }
+}
 
 pub fn tls_incoming(
     listener: TcpListener,
     config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
+    let limiter = Arc::new(Mutex::new(LogLimiter::new(REFUSED_LOG_EVERY)));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -37,13 +61,14 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(Arc::clone(&config.borrow()));
             let tx = tx.clone();
+            let limiter = Arc::clone(&limiter);
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::info!("refused TLS client {peer}: {e}"),
-                    Err(_) => tracing::info!("TLS client {peer} timed out in the handshake"),
+                    Ok(Err(e)) => log_refused(&limiter, peer, &format!("refused: {e}")),
+                    Err(_) => log_refused(&limiter, peer, "timed out in the handshake"),
                 }
             });
         }

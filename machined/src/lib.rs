@@ -141,6 +141,7 @@ pub fn run(paths: &Paths) -> ! {
                 // reboot or read logs. Exit, and init starts a new one (a
                 // socket it can bind, the running config kept: `boot`).
                 tracing::error!("{e:#}; exiting for init to restart machined");
+                slate_common::logging::flush();
                 std::process::exit(1);
             }
         }
@@ -288,6 +289,7 @@ async fn stop_services_on_sigterm(services: Supervisor) {
     term.recv().await;
     tracing::info!("stopping the services");
     services.stop_all(SERVICES_STOP).await;
+    slate_common::logging::flush();
     std::process::exit(0);
 }
 
