@@ -323,7 +323,10 @@ async fn logs_follow_and_service_restart_through_apid() {
         // /proc/self belongs to the process's effective user.
         || std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) != 0
     {
-        eprintln!("SKIPPED logs_follow_and_service_restart_through_apid: needs root and cgroup2");
+        slate_testskip::skip(
+            "logs_follow_and_service_restart_through_apid",
+            slate_testskip::Reason::Setup("needs root and cgroup2"),
+        );
         return;
     }
     let bundle = cluster();

@@ -20,7 +20,10 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn main() {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        eprintln!("reaper_host: SKIPPED: cannot become a child subreaper");
+        slate_testskip::skip(
+            "reaper_host",
+            slate_testskip::Reason::Privilege("PR_SET_CHILD_SUBREAPER"),
+        );
         return;
     }
     block_all_signals().expect("blocking signals");

@@ -27,7 +27,10 @@ impl Drop for Containerd {
 fn start_containerd(dir: &Path) -> Option<Containerd> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/containerd").exists() {
-        eprintln!("SKIPPED containerd test: needs root and Debian's containerd (make deps)");
+        slate_testskip::skip(
+            "containerd test",
+            slate_testskip::Reason::Setup("needs root and Debian's containerd (make deps)"),
+        );
         return None;
     }
     let config = dir.join("config.toml");

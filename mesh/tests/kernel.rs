@@ -33,8 +33,7 @@ fn skip(test: &str) -> bool {
         None
     };
     if let Some(why) = why {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        slate_testskip::skip(test, slate_testskip::Reason::Setup(why));
     }
     why.is_some()
 }

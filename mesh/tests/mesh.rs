@@ -21,8 +21,7 @@ use slate_tests::netns;
 fn skip(test: &str) -> bool {
     let why = meshnode::skip_reason();
     if let Some(why) = why {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        slate_testskip::skip(test, slate_testskip::Reason::Setup(why));
     }
     why.is_some()
 }

@@ -16,8 +16,7 @@ use slate_tests::netns;
 fn skip(test: &str) -> bool {
     match apiservers::skip_reason() {
         Some(why) => {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+            slate_testskip::skip(test, slate_testskip::Reason::Setup(&why));
             true
         }
         None => false,

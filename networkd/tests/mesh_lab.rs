@@ -74,10 +74,9 @@ fn kind(name: &str) -> MachineType {
 #[test]
 fn the_mesh_forms_survives_discovery_loss_refuses_strangers_and_follows_a_move() {
     if let Some(why) = meshlab::skip_reason() {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED the_mesh_forms_survives_discovery_loss_refuses_strangers_and_follows_a_move: {why}"
+        slate_testskip::skip(
+            "the_mesh_forms_survives_discovery_loss_refuses_strangers_and_follows_a_move",
+            slate_testskip::Reason::Setup(&why),
         );
         return;
     }

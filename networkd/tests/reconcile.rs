@@ -142,11 +142,9 @@ fn links_addresses_and_routes_converge_and_a_second_pass_writes_nothing() {
 fn vlan_bond_and_dummy_links_are_created() {
     in_netns("virtual links", async || {
         if !kernel_has_virtual_links() {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED vlan_bond_and_dummy_links_are_created: this kernel has no dummy/bond \
-                 drivers (the image's Debian kernel has them)"
+            slate_testskip::skip(
+                "vlan_bond_and_dummy_links_are_created",
+                slate_testskip::Reason::Kernel("dummy and bond links"),
             );
             return;
         }
@@ -548,10 +546,9 @@ impl slate_networkd::timesync::Clock for Recorder {
 fn time_syncs_against_chrony_and_reports_a_lost_server() {
     use slate_networkd::timesync::{Action, STEP_LIMIT, sync_once};
     if !Path::new("/usr/sbin/chronyd").exists() {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED time_syncs_against_chrony: chronyd not installed (make deps)"
+        slate_testskip::skip(
+            "time_syncs_against_chrony",
+            slate_testskip::Reason::Tool("chronyd"),
         );
         return;
     }

@@ -40,8 +40,7 @@ where
     F: AsyncFnOnce() + Send + 'static,
 {
     if let Some(why) = skip {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+        slate_testskip::skip(name, slate_testskip::Reason::Setup(&why));
         return;
     }
     let result = std::thread::spawn(move || {
@@ -75,10 +74,9 @@ pub fn ip(args: &[&str]) -> String {
 /// Straight to stderr: libtest captures `eprintln!` of passing tests, and a
 /// skip must be visible.
 pub fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why} (needs root, ip, dnsmasq)"
+    slate_testskip::skip(
+        test,
+        slate_testskip::Reason::Setup(&format!("{why} (needs root, ip, dnsmasq)")),
     );
 }
 

@@ -17,7 +17,10 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
     // SAFETY: geteuid cannot fail.
     let (root_user, mount) = (unsafe { libc::geteuid() } == 0, cgroup::cgroup2_mount());
     let Some(mount) = mount.filter(|_| root_user) else {
-        eprintln!("SKIPPED kubelet_waits_for_its_checks…: needs root and cgroup2");
+        slate_testskip::skip(
+            "kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy",
+            slate_testskip::Reason::Setup("needs root and cgroup2"),
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
