@@ -107,29 +107,7 @@ fn version_shows_the_client_and_the_node() {
     let yaml = std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap();
     let config = slate_config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
     std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
-    std::fs::write(state.join("network.ready"), "lo 127.0.0.1/8 static\n").unwrap();
-    let paths = slate_apid::Paths {
-        config: state.join("config.json"),
-        config_error: state.join("config.error"),
-        network_ready: state.join("network.ready"),
-        machined_socket: state.join("machined.sock"),
-        networkd_socket: state.join("networkd.sock"),
-    };
-    // apid runs on its own thread with its own runtime, as in the node;
-    // the thread ends with the test process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().to_string()).unwrap();
-            let _ = slate_apid::serve(paths, listener).await;
-        });
-    });
-    let node = rx.recv().unwrap();
+    let node = spawn_apid(&state);
 
     let config = dir.path().join("slateconfig");
     let out = slatectl(&[
