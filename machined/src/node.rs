@@ -269,6 +269,11 @@ impl Node {
             ApplyMode::Reboot => {
                 self.store(&new).await?;
                 inner.confirm_try();
+                // An older staged config would be promoted over `new` at
+                // the very boot this asks for.
+                if let Some(state) = self.state() {
+                    state.clear_staged();
+                }
                 inner.staged = Some(new);
                 self.power.request(Action::Reboot);
             }
@@ -462,6 +467,55 @@ mod tests {
 
     fn paths(dir: &std::path::Path) -> Paths {
         Paths::under(dir)
+    }
+
+    #[tokio::test]
+    async fn a_reboot_apply_is_what_the_next_boot_runs_even_after_a_staged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let state = State::new(&state_dir);
+        let base = slate_config::generate::generate(&slate_config::generate::Options {
+            cluster_name: "t".into(),
+            endpoint: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .worker;
+        let named = |host: &str| {
+            let mut c = base.clone();
+            c.machine.network.hostname = Some(host.into());
+            c.to_yaml().unwrap()
+        };
+        let node = Node::new(
+            paths(dir.path()),
+            Storage::Fixed(Some(state.clone())),
+            None,
+            Power::Record(Default::default()),
+        );
+        node.boot(Verdict::valid(base.clone()), Source::State).await;
+        node.apply(
+            named("staged").as_bytes(),
+            ApplyMode::Staged,
+            false,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+        node.apply(
+            named("rebooted").as_bytes(),
+            ApplyMode::Reboot,
+            false,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+        // The next boot, as machined's boot() does it.
+        state.promote_staged().unwrap();
+        let next = state.load().unwrap();
+        assert_eq!(next.machine.network.hostname.as_deref(), Some("rebooted"));
     }
 
     #[tokio::test]

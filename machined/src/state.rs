@@ -77,7 +77,7 @@ impl State {
             return Ok(false);
         };
         self.save(&config)?;
-        let _ = std::fs::remove_file(staged);
+        remove_durably(&staged);
         Ok(true)
     }
 
@@ -98,7 +98,7 @@ impl State {
 
     /// Drops a staged config (a newer one was applied live).
     pub fn clear_staged(&self) {
-        let _ = std::fs::remove_file(self.dir.join(STAGED));
+        remove_durably(&self.dir.join(STAGED));
     }
 
     /// Stores `config` as the one to boot with; the current one becomes
@@ -111,6 +111,25 @@ impl State {
         }
         write_atomic(&current, yaml.as_bytes(), 0o600)?;
         Ok(())
+    }
+}
+
+/// Unlinks `path` and fsyncs its directory, so a power cut cannot bring
+/// the file back (a staged config resurrected would win the next boot).
+/// Errors are logged: the file may be gone already.
+fn remove_durably(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::error!("removing {}: {e}", path.display());
+            return;
+        }
+    }
+    if let Some(dir) = path.parent()
+        && let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all())
+    {
+        tracing::error!("syncing {}: {e}", dir.display());
     }
 }
 
