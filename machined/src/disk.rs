@@ -94,9 +94,29 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError
     move |source| DiskError::Io { op, path, source }
 }
 
-/// The STATE partition, if some disk has one.
+/// The STATE partition, if the system disk has one: partition 5 of a
+/// fixed, writable disk, labelled STATE. A STATE label anywhere else (a USB
+/// stick, a partition number Slate never makes) is anybody's, and a node
+/// that booted its config would be theirs.
 pub fn find_state() -> Option<PathBuf> {
-    find_labelled(STATE_LABEL)
+    blockdev::dev_paths(block_names().into_iter().filter(|name| is_partition(name)))
+        .filter(|dev| is_system_state(dev, is_candidate_disk))
+        .find(|dev| {
+            blockdev::label_and_type(dev, &["ext4"]).is_some_and(|(label, _)| label == STATE_LABEL)
+        })
+}
+
+/// Whether `partition` is where Slate puts STATE on a disk that
+/// `fixed_disk` (by its name under /sys/class/block) accepts.
+fn is_system_state(partition: &Path, fixed_disk: impl Fn(&str) -> bool) -> bool {
+    let Some(disk) = disk_of(partition) else {
+        return false;
+    };
+    partition_device(&disk, STATE_NUMBER) == partition
+        && disk
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(fixed_disk)
 }
 
 /// EPHEMERAL on the disk that holds `state` (partition 6 beside it), if
@@ -121,12 +141,6 @@ fn disk_of(partition: &Path) -> Option<PathBuf> {
         _ => base,
     };
     Some(PathBuf::from(base))
-}
-
-fn find_labelled(wanted: &str) -> Option<PathBuf> {
-    blockdev::dev_paths(block_names().into_iter().filter(|name| is_partition(name))).find(|dev| {
-        blockdev::label_and_type(dev, &["ext4"]).is_some_and(|(label, _)| label == wanted)
-    })
 }
 
 /// Mounts EPHEMERAL on `/var` (over the boot's tmpfs): programs run from
@@ -401,6 +415,18 @@ mod tests {
             Some(PathBuf::from("/dev/mmcblk0"))
         );
         assert_eq!(disk_of(Path::new("/dev/vda")), None);
+    }
+
+    #[test]
+    fn state_is_taken_only_from_partition_5_of_a_fixed_disk() {
+        let fixed = |name: &str| name != "sdb";
+        assert!(is_system_state(Path::new("/dev/vda5"), fixed));
+        assert!(is_system_state(Path::new("/dev/nvme0n1p5"), fixed));
+        // A USB stick labelled STATE.
+        assert!(!is_system_state(Path::new("/dev/sdb5"), fixed));
+        // A STATE label on a partition Slate never makes.
+        assert!(!is_system_state(Path::new("/dev/vda1"), fixed));
+        assert!(!is_system_state(Path::new("/dev/vda"), fixed));
     }
 
     #[test]
