@@ -221,7 +221,7 @@ pub async fn boot(
         }
     }
     let stored = state.as_ref().and_then(state::State::load);
-    let holds_config = state.as_ref().is_some_and(state::State::holds_config);
+    let holds_config = stored.is_none() && state.as_ref().is_some_and(state::State::holds_config);
     let node = Node::new(paths.clone(), storage, state, power);
     if let Some(config) = stored {
         tracing::info!("machine config from STATE");
