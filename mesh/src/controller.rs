@@ -134,10 +134,46 @@ async fn keep_running(w: MeshSettings, ctx: Context) {
     loop {
         match Mesh::start(&w, &ctx).await {
             Ok(mesh) => mesh.run().await,
-            Err(e) => tracing::error!("mesh: {e:#}; trying again in 5 s"),
+            Err(e) => tracing::error!(
+                "mesh: {}; trying again in 5 s",
+                slate_common::error::chain(&e)
+            ),
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Why the mesh did not start; [`keep_running`] logs it and tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cluster.id and cluster.secret")]
+    ClusterKeys(#[source] slate_discovery::record::KeyError),
+    #[error("cluster.mesh.routeFilter")]
+    RouteFilter(#[source] routing::FilterError),
+    #[error("the mesh key in {}", path.display())]
+    NodeKey {
+        path: PathBuf,
+        #[source]
+        source: super::keys::KeyError,
+    },
+    #[error("opening the mesh TUN device")]
+    Tun(#[source] tun::TunError),
+    #[error("configuring the mesh link")]
+    Link(#[source] link::MeshLinkError),
+    #[error("binding UDP port {PORT}")]
+    Bind(#[source] std::io::Error),
+    #[error("marking the mesh socket")]
+    Mark(#[source] std::io::Error),
+    #[error(transparent)]
+    Device(#[from] super::device::DeviceError),
+    #[error(transparent)]
+    Kernel(#[from] super::kernel::KernelError),
+    #[error("binding the gossip socket")]
+    GossipSocket(#[source] std::io::Error),
+    #[error(transparent)]
+    MeshLink(#[from] slate_netlink::link::LinkError),
+    #[error("installing the mesh's routing rule")]
+    Routing(#[source] routing::RoutingError),
 }
 
 struct Mesh {
@@ -171,20 +207,21 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(w: &MeshSettings, ctx: &Context) -> anyhow::Result<Mesh> {
-        use anyhow::Context as _;
-        let keys = ClusterKeys::from_config(&w.cluster_id, &w.secret)
-            .context("cluster.id and cluster.secret")?;
-        let filter = RouteFilter::parse(&w.route_filter).context("cluster.mesh.routeFilter")?;
+    async fn start(w: &MeshSettings, ctx: &Context) -> Result<Mesh, StartError> {
+        let keys =
+            ClusterKeys::from_config(&w.cluster_id, &w.secret).map_err(StartError::ClusterKeys)?;
+        let filter = RouteFilter::parse(&w.route_filter).map_err(StartError::RouteFilter)?;
         let key_file = key_file(&ctx.key_file);
-        let key = NodeKey::load_or_create(&key_file)
-            .with_context(|| format!("the mesh key in {}", key_file.display()))?;
+        let key = NodeKey::load_or_create(&key_file).map_err(|source| StartError::NodeKey {
+            path: key_file.clone(),
+            source,
+        })?;
         let public_key = key.public_bytes();
         let mesh_address = keys.mesh_address(&public_key);
         let prefix = IpNet::new(IpAddr::V6(mesh_address), 64)
             .expect("64 is a prefix length")
             .trunc();
-        let configure = || {
+        let configure = || async {
             link::configure(
                 &ctx.handle,
                 INTERFACE,
@@ -192,17 +229,17 @@ impl Mesh {
                 64,
                 UNDERLAY_MTU,
             )
+            .await
+            .map_err(StartError::Link)
         };
         let started = match w.backend {
             MeshBackend::Userspace => {
-                let tun = tun::Tun::open(INTERFACE).context("opening the mesh TUN device")?;
-                configure().await.context("configuring the mesh link")?;
-                let udp = super::udp::bind(PORT)
-                    .await
-                    .with_context(|| format!("binding UDP port {PORT}"))?;
+                let tun = tun::Tun::open(INTERFACE).map_err(StartError::Tun)?;
+                configure().await?;
+                let udp = super::udp::bind(PORT).await.map_err(StartError::Bind)?;
                 // The mesh's own datagrams to peers' node IPs must not be
                 // routed into the mesh.
-                routing::mark_socket(&udp, routing::MARK).context("marking the mesh socket")?;
+                routing::mark_socket(&udp, routing::MARK).map_err(StartError::Mark)?;
                 let mut device = Device::new(key.clone(), tun, udp, Vec::new())?;
                 device.ping_from(mesh_address);
                 Datapath::user(device)
@@ -212,10 +249,10 @@ impl Mesh {
                 // after this first try: keep_running tries again.
                 let device =
                     KernelDevice::create(&ctx.handle, INTERFACE, &key, PORT, routing::MARK).await?;
-                configure().await.context("configuring the mesh link")?;
+                configure().await?;
                 Datapath::kernel(device, routing::MARK)
                     .await
-                    .context("binding the gossip socket")?
+                    .map_err(StartError::GossipSocket)?
             }
         };
         let index = slate_netlink::link::by_name(&ctx.handle, INTERFACE)
@@ -223,7 +260,7 @@ impl Mesh {
             .index;
         let routing = PolicyRouting::new(ctx.handle.clone(), index)
             .await
-            .context("installing the mesh's routing rule")?;
+            .map_err(StartError::Routing)?;
         let node_id = slate_discovery::gossip::key_id(&public_key);
         let keys = Arc::new(keys);
         tracing::info!("mesh: node {node_id}, address {mesh_address}");
