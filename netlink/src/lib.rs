@@ -5,10 +5,13 @@
 //!   operations on them;
 //! - [`state`]: reading them and carrying operations out over rtnetlink,
 //!   [`PROTO_SLATE`], the event groups worth a re-read;
+//! - [`kernel`]: those two calls as a trait the reconciler runs against,
+//!   so tests can give it a fake kernel;
 //! - [`genl`]: generic netlink requests and the family lookup;
 //! - [`errno`]: the error number of a refused request.
 
 pub mod genl;
+pub mod kernel;
 pub mod link;
 pub mod model;
 pub mod state;

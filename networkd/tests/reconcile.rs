@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use slate_config::Network;
-use slate_networkd::reconcile::Reconciler;
+use slate_networkd::reconcile::{Reconciler, Rtnetlink};
 use slate_tests::netns::{self, ip};
 
 fn is_root() -> bool {
@@ -83,7 +83,7 @@ fn veths() {
 fn reconciler(dir: &Path) -> Reconciler {
     let (conn, handle, _) = rtnetlink::new_connection().unwrap();
     tokio::spawn(conn);
-    Reconciler::new(handle, PathBuf::from("/sys"), dir.join("owned"))
+    Reconciler::new(Rtnetlink::new(handle, "/sys"), dir.join("owned"))
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_config::Network;
-use slate_networkd::reconcile::Reconciler;
+use slate_networkd::reconcile::{Reconciler, Rtnetlink};
 
 use crate::netns::{self, Netns};
 
@@ -88,7 +88,8 @@ fn passes() -> anyhow::Result<Vec<Pass>> {
             .block_on(async {
                 let (conn, handle, _) = rtnetlink::new_connection()?;
                 tokio::spawn(conn);
-                let mut r = Reconciler::new(handle, "/sys".into(), dir.path().join("owned"));
+                let mut r =
+                    Reconciler::new(Rtnetlink::new(handle, "/sys"), dir.path().join("owned"));
                 let (all, shifted) = (network(false)?, network(true)?);
                 Ok(vec![
                     measure(&mut r, &all, "first pass (everything to add)").await?,

@@ -14,13 +14,13 @@
 
 pub mod desired;
 pub mod model;
+pub use slate_netlink::kernel::{Kernel, Rtnetlink};
 pub use slate_netlink::state as netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rtnetlink::Handle;
 use slate_common::fs::write_atomic;
 use slate_config::Network;
 
@@ -96,24 +96,22 @@ pub struct Report {
     pub links: Vec<model::ActualLink>,
 }
 
-pub struct Reconciler {
-    handle: Handle,
-    sysfs: PathBuf,
+pub struct Reconciler<K: Kernel = Rtnetlink> {
+    kernel: K,
     owned_file: PathBuf,
     owned: BTreeSet<Addr>,
 }
 
-impl Reconciler {
+impl<K: Kernel> Reconciler<K> {
     /// `owned_file` remembers the addresses networkd added (see the module
     /// docs); it is read now if it exists.
-    pub fn new(handle: Handle, sysfs: PathBuf, owned_file: PathBuf) -> Self {
+    pub fn new(kernel: K, owned_file: PathBuf) -> Self {
         let owned = std::fs::read_to_string(&owned_file)
             .ok()
             .map(|t| parse_owned(&t))
             .unwrap_or_default();
         Self {
-            handle,
-            sysfs,
+            kernel,
             owned_file,
             owned,
         }
@@ -121,7 +119,7 @@ impl Reconciler {
 
     /// One pass: read, plan, apply.
     pub async fn pass(&mut self, network: &Network) -> Result<Report, netlink::NetlinkError> {
-        let actual = netlink::read(&self.handle, &self.sysfs).await?;
+        let actual = self.kernel.read().await?;
         let desired = desired::desired(network, &actual.links);
         let ops = model::plan(&desired, &actual, &self.owned);
         let mut report = Report {
@@ -136,7 +134,7 @@ impl Reconciler {
             .cloned()
             .collect();
         for op in ops {
-            match netlink::execute(&self.handle, &op).await {
+            match self.kernel.execute(&op).await {
                 Ok(()) => {
                     match &op {
                         Op::AddAddress(a) => {
@@ -315,7 +313,10 @@ pub async fn run(mut ctx: Context) {
             }
         };
     tokio::spawn(connection);
-    let mut reconciler = Reconciler::new(handle, ctx.sysfs.clone(), ctx.owned_file.clone());
+    let mut reconciler = Reconciler::new(
+        Rtnetlink::new(handle, ctx.sysfs.clone()),
+        ctx.owned_file.clone(),
+    );
     // The config as it is at start counts as a change: the first pass
     // runs at once.
     ctx.network.mark_changed();
@@ -453,3 +454,6 @@ fn share_report(
         *last_missing = report.missing;
     }
 }
+
+#[cfg(test)]
+mod tests;
