@@ -168,10 +168,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     let epoch32 = u32::try_from(epoch).map_err(|_| Error::EpochRange { epoch })?;
 
     let work = opts.out.join("work");
-    if work.exists() {
-        prepare(|p| fs::remove_dir_all(p), &work)?;
-    }
-    prepare(|p| fs::create_dir_all(p), &work)?;
+    fresh_dir(&work)?;
     let direct_cmdline = cmdline(DEFAULT_CMDLINE, opts.cmdline_extra.as_deref());
     let iso_cmdline = cmdline(ISO_CMDLINE, opts.cmdline_extra.as_deref());
 
@@ -182,32 +179,12 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     let kernel = progress.step("fetching the kernel", || {
         kernel::fetch(&tools, opts.kernel, &opts.out.join("cache")).map_err(Error::Kernel)
     })?;
-    let index = modules::ModuleIndex::load(&kernel.modules_dir()).map_err(Error::ModuleIndex)?;
-    let stage1 = index
-        .resolve(&modules::stage1(opts.kernel))
-        .map_err(Error::Modules)?;
-    let root_mods = index
-        .resolve(&modules::rootfs_allow(opts.kernel))
-        .map_err(Error::Modules)?;
-    // Late modules that stage 1 already loads (as a dependency) are left out.
-    let late: Vec<String> = index
-        .resolve(modules::LATE)
-        .map_err(Error::Modules)?
-        .ordered
-        .into_iter()
-        .filter(|m| !stage1.ordered.contains(m))
-        .collect();
-    let links: Vec<String> = index
-        .resolve(modules::LINK_DRIVERS)
-        .map_err(Error::Modules)?
-        .ordered
-        .into_iter()
-        .filter(|m| !stage1.ordered.contains(m) && !late.contains(m))
-        .collect();
-    for name in stage1.missing.iter().chain(&root_mods.missing) {
-        tracing::warn!("module {name} is not in kernel {}: skipped", kernel.release);
-    }
-    tracing::debug!(builtin = ?stage1.builtin, "built-in stage-1 modules");
+    let ModulePlan {
+        stage1,
+        root_mods,
+        late,
+        links,
+    } = ModulePlan::resolve(&kernel, opts.kernel)?;
 
     let rootfs = progress.step("building rootfs.sqsh", || {
         let mut shipped = root_mods.ordered.clone();
@@ -244,12 +221,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
     })?;
     let extensions = if with_extensions {
         Some(progress.step("building extensions.cpio", || {
-            let mut all =
-                extensions::debian(&tools, &opts.debian_extensions, &opts.out.join("cache"))
-                    .map_err(Error::Extensions)?;
-            all.extend(opts.extensions.iter().cloned());
-            extensions::build(&tools, &work, &all, &opts.extension_services, epoch)
-                .map_err(Error::Extensions)
+            build_extensions(&tools, &work, opts, epoch)
         })?)
     } else {
         None
@@ -283,15 +255,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
         )
         .map_err(Error::Install)
     })?;
-    if let Some(sqsh) = outputs.iter().find(|o| o.name == "rootfs.sqsh")
-        && sqsh.bytes > ROOTFS_BUDGET
-    {
-        tracing::warn!(
-            "rootfs.sqsh is {:.2} MiB, over the {} MiB budget: trim modules::ROOTFS_ALLOW",
-            sqsh.bytes as f64 / 1048576.0,
-            ROOTFS_BUDGET / 1048576
-        );
-    }
+    warn_over_budget(&outputs);
     Ok(BuildReport {
         kernel_release: kernel.release.clone(),
         kernel_package: kernel.package.clone(),
@@ -302,6 +266,88 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
         outputs,
         timings: progress.into_timings(),
     })
+}
+
+/// `work`, emptied: nothing of an earlier build leaks into this one.
+fn fresh_dir(work: &Path) -> Result<(), Error> {
+    if work.exists() {
+        prepare(|p| fs::remove_dir_all(p), work)?;
+    }
+    prepare(|p| fs::create_dir_all(p), work)
+}
+
+/// The extensions archive: the Debian packages asked for, fetched into the
+/// cache, then the local extension directories.
+fn build_extensions(
+    tools: &Toolbox,
+    work: &Path,
+    opts: &Options,
+    epoch: u64,
+) -> Result<PathBuf, Error> {
+    let mut all = extensions::debian(tools, &opts.debian_extensions, &opts.out.join("cache"))
+        .map_err(Error::Extensions)?;
+    all.extend(opts.extensions.iter().cloned());
+    extensions::build(tools, work, &all, &opts.extension_services, epoch).map_err(Error::Extensions)
+}
+
+/// Which of the kernel's modules go where: stage 1 (the initramfs), the
+/// rootfs, and the two lists init loads after switch_root.
+struct ModulePlan {
+    stage1: modules::Resolution,
+    root_mods: modules::Resolution,
+    /// Loaded after switch_root; those stage 1 loads already are left out.
+    late: Vec<String>,
+    /// The link drivers, loaded last.
+    links: Vec<String>,
+}
+
+impl ModulePlan {
+    fn resolve(kernel: &kernel::Kernel, flavor: KernelFlavor) -> Result<Self, Error> {
+        let index =
+            modules::ModuleIndex::load(&kernel.modules_dir()).map_err(Error::ModuleIndex)?;
+        let stage1 = index
+            .resolve(&modules::stage1(flavor))
+            .map_err(Error::Modules)?;
+        let root_mods = index
+            .resolve(&modules::rootfs_allow(flavor))
+            .map_err(Error::Modules)?;
+        let late: Vec<String> = index
+            .resolve(modules::LATE)
+            .map_err(Error::Modules)?
+            .ordered
+            .into_iter()
+            .filter(|m| !stage1.ordered.contains(m))
+            .collect();
+        let links: Vec<String> = index
+            .resolve(modules::LINK_DRIVERS)
+            .map_err(Error::Modules)?
+            .ordered
+            .into_iter()
+            .filter(|m| !stage1.ordered.contains(m) && !late.contains(m))
+            .collect();
+        for name in stage1.missing.iter().chain(&root_mods.missing) {
+            tracing::warn!("module {name} is not in kernel {}: skipped", kernel.release);
+        }
+        tracing::debug!(builtin = ?stage1.builtin, "built-in stage-1 modules");
+        Ok(Self {
+            stage1,
+            root_mods,
+            late,
+            links,
+        })
+    }
+}
+
+fn warn_over_budget(outputs: &[Output]) {
+    if let Some(sqsh) = outputs.iter().find(|o| o.name == "rootfs.sqsh")
+        && sqsh.bytes > ROOTFS_BUDGET
+    {
+        tracing::warn!(
+            "rootfs.sqsh is {:.2} MiB, over the {} MiB budget: trim modules::ROOTFS_ALLOW",
+            sqsh.bytes as f64 / 1048576.0,
+            ROOTFS_BUDGET / 1048576
+        );
+    }
 }
 
 /// Places the outputs atomically, each only after everything was built, so
