@@ -1,5 +1,7 @@
 //! Who may call what: the role comes from the client certificate's
-//! Organization, and each RPC names the least role it needs.
+//! Organization, and [`RULES`] names the least role each RPC needs. The
+//! [`crate::gate`] checks every request against it before any handler
+//! runs, so a method nobody listed is refused, not served by default.
 
 use slate_pki::{self as pki, Role};
 use tonic::{Request, Status};
@@ -13,6 +15,107 @@ pub enum Access {
     /// certificate: calls that reveal nothing secret, and apply-config,
     /// which is how an unconfigured node gets its config.
     RoleOrMaintenance(Role),
+}
+
+/// Every method apid serves and what it needs: the one table the gate
+/// enforces and the role-matrix test reads.
+pub const RULES: &[(&str, Access)] = &[
+    (
+        "/slate.machine.v1.MachineService/Version",
+        Access::RoleOrMaintenance(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Processes",
+        Access::RoleOrMaintenance(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/ApplyConfiguration",
+        Access::RoleOrMaintenance(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/GetMachineConfig",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/GenerateClientConfiguration",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Reboot",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Shutdown",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "/slate.machine.v1.MachineService/ServiceList",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/ServiceAction",
+        Access::Role(Role::Operator),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Logs",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Dmesg",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Bootstrap",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/EtcdMembers",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/EtcdSnapshot",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/EtcdLeave",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/EtcdRemoveMember",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Containers",
+        Access::Role(Role::Reader),
+    ),
+    // The resource types answered in maintenance mode are narrowed
+    // further by [`MAINTENANCE_TYPES`].
+    (
+        "/slate.resource.v1.ResourceService/List",
+        Access::RoleOrMaintenance(Role::Reader),
+    ),
+    (
+        "/slate.resource.v1.ResourceService/Watch",
+        Access::RoleOrMaintenance(Role::Reader),
+    ),
+    // Reflection describes only the public proto, but it is no reason to
+    // answer strangers on a configured node.
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::RoleOrMaintenance(Role::Reader),
+    ),
+];
+
+/// `GetMachineConfig` with `show_secrets` needs more than the call itself.
+pub const SHOW_SECRETS: Access = Access::Role(Role::Admin);
+
+/// The resource types answered without a certificate in maintenance mode,
+/// as the proto says: what someone configuring the node needs to see.
+pub const MAINTENANCE_TYPES: &[&str] = &["links", "addresses", "routes"];
+
+/// The rule for a request path, `None` for a method apid does not list.
+pub fn access_for(path: &str) -> Option<Access> {
+    RULES.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
 }
 
 /// Checks `request` against `access`. `maintenance` is the reason apid is

@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod gate;
 pub mod listener;
 pub mod live;
 pub mod machine;
@@ -118,7 +119,8 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
     let networkd = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
         slate_client::local(&paths.networkd_socket),
     );
-    let resources = resource::ResourceApi::new(machine::Authorizer::new(mode.clone()), networkd);
+    let authorizer = machine::Authorizer::new(mode.clone());
+    let resources = resource::ResourceApi::new(authorizer.clone(), networkd);
     let service = machine::MachineApi::new(mode, machined);
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -135,6 +137,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         }
     );
     tonic::transport::Server::builder()
+        .layer(gate::GateLayer::new(authorizer))
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))
         .add_service(

@@ -1,4 +1,5 @@
-//! `slate.machine.v1.MachineService`: each RPC authorizes, then answers
+//! `slate.machine.v1.MachineService`: the gate has authorized each call
+//! ([`crate::gate`]); each RPC answers
 //! itself (read-only facts of the node) or forwards to machined (calls
 //! that change the node).
 
@@ -22,7 +23,7 @@ use tonic::codec::Streaming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Access, authorize};
+use crate::auth::{Access, SHOW_SECRETS, authorize};
 use crate::boot::Mode;
 use crate::live::SharedMode;
 use crate::sysinfo;
@@ -135,17 +136,15 @@ where
 impl MachineService for MachineApi {
     async fn version(
         &self,
-        request: Request<VersionRequest>,
+        _request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        self.authorize(&request, Access::RoleOrMaintenance(Role::Reader))?;
         Ok(Response::new(version_info(self.maintenance())))
     }
 
     async fn processes(
         &self,
-        request: Request<ProcessesRequest>,
+        _request: Request<ProcessesRequest>,
     ) -> Result<Response<ProcessesResponse>, Status> {
-        self.authorize(&request, Access::RoleOrMaintenance(Role::Reader))?;
         Ok(Response::new(ProcessesResponse {
             processes: sysinfo::processes(Path::new("/proc")),
         }))
@@ -156,7 +155,6 @@ impl MachineService for MachineApi {
         request: Request<ApplyConfigurationRequest>,
     ) -> Result<Response<ApplyConfigurationResponse>, Status> {
         let anonymous = self.maintenance().is_some();
-        self.authorize(&request, Access::RoleOrMaintenance(Role::Admin))?;
         let mut forwarded = Request::new(request.into_inner());
         if anonymous {
             forwarded.metadata_mut().insert(
@@ -174,12 +172,10 @@ impl MachineService for MachineApi {
         &self,
         request: Request<GetMachineConfigRequest>,
     ) -> Result<Response<GetMachineConfigResponse>, Status> {
-        let needed = if request.get_ref().show_secrets {
-            Role::Admin
-        } else {
-            Role::Reader
-        };
-        self.authorize(&request, Access::Role(needed))?;
+        // The gate let any reader through; secrets need more.
+        if request.get_ref().show_secrets {
+            self.authorize(&request, SHOW_SECRETS)?;
+        }
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -192,7 +188,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<GenerateClientConfigurationRequest>,
     ) -> Result<Response<GenerateClientConfigurationResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Admin))?;
         let r = request.into_inner();
         let role: Role = r
             .role
@@ -219,7 +214,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<RebootRequest>,
     ) -> Result<Response<RebootResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Operator))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -232,7 +226,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Operator))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -245,7 +238,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<ServiceListRequest>,
     ) -> Result<Response<ServiceListResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Reader))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -258,7 +250,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<ServiceActionRequest>,
     ) -> Result<Response<ServiceActionResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Operator))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -275,7 +266,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        self.authorize(&request, Access::Role(Role::Reader))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -290,7 +280,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<DmesgRequest>,
     ) -> Result<Response<Self::DmesgStream>, Status> {
-        self.authorize(&request, Access::Role(Role::Reader))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -303,7 +292,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<BootstrapRequest>,
     ) -> Result<Response<BootstrapResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Admin))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -316,7 +304,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<EtcdMembersRequest>,
     ) -> Result<Response<EtcdMembersResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Reader))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -332,7 +319,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<EtcdSnapshotRequest>,
     ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
-        self.authorize(&request, Access::Role(Role::Admin))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -345,7 +331,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<EtcdLeaveRequest>,
     ) -> Result<Response<EtcdLeaveResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Admin))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -358,7 +343,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<EtcdRemoveMemberRequest>,
     ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Admin))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),
@@ -371,7 +355,6 @@ impl MachineService for MachineApi {
         &self,
         request: Request<ContainersRequest>,
     ) -> Result<Response<ContainersResponse>, Status> {
-        self.authorize(&request, Access::Role(Role::Reader))?;
         forward(
             self.machined(),
             Request::new(request.into_inner()),

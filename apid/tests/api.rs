@@ -4,6 +4,8 @@
 mod common;
 use common::*;
 
+use slate_apid::auth::{Access, RULES, SHOW_SECRETS, access_for};
+
 #[tokio::test]
 async fn admin_gets_version_over_mutual_tls() {
     let bundle = cluster();
@@ -154,30 +156,66 @@ async fn every_rpc_checks_its_role() {
     let node = start(Boot::Configured(&bundle.controlplane)).await;
     let (ca, key) = machine_ca(&bundle);
     let authority = Authority::from_pem(&ca, &key).unwrap();
-    // (rpc, least role)
-    let table = [
-        ("version", Role::Reader),
-        ("processes", Role::Reader),
-        ("get machineconfig", Role::Reader),
-        ("get machineconfig --insecure-show-secrets", Role::Admin),
-        ("apply-config", Role::Admin),
-        ("config new", Role::Admin),
-        ("reboot", Role::Operator),
-        ("shutdown", Role::Operator),
-        ("services", Role::Reader),
-        ("logs", Role::Reader),
-        ("dmesg", Role::Reader),
-        ("service restart", Role::Operator),
-        ("bootstrap", Role::Admin),
-        ("etcd members", Role::Reader),
-        ("etcd snapshot", Role::Admin),
-        ("etcd leave", Role::Admin),
-        ("etcd remove-member", Role::Admin),
-        ("containers", Role::Reader),
+    // (rpc, its method): the least role comes from apid's own table.
+    let calls = [
+        ("version", "Version"),
+        ("processes", "Processes"),
+        ("get machineconfig", "GetMachineConfig"),
+        (
+            "get machineconfig --insecure-show-secrets",
+            "GetMachineConfig",
+        ),
+        ("apply-config", "ApplyConfiguration"),
+        ("config new", "GenerateClientConfiguration"),
+        ("reboot", "Reboot"),
+        ("shutdown", "Shutdown"),
+        ("services", "ServiceList"),
+        ("logs", "Logs"),
+        ("dmesg", "Dmesg"),
+        ("service restart", "ServiceAction"),
+        ("bootstrap", "Bootstrap"),
+        ("etcd members", "EtcdMembers"),
+        ("etcd snapshot", "EtcdSnapshot"),
+        ("etcd leave", "EtcdLeave"),
+        ("etcd remove-member", "EtcdRemoveMember"),
+        ("containers", "Containers"),
     ];
+    let least_of = |access: Access| {
+        let (Access::Role(r) | Access::RoleOrMaintenance(r)) = access;
+        r
+    };
+    let table: Vec<(&str, Role)> = calls
+        .iter()
+        .map(|&(rpc, method)| {
+            let path = format!("/slate.machine.v1.MachineService/{method}");
+            let access = if rpc.ends_with("--insecure-show-secrets") {
+                SHOW_SECRETS
+            } else {
+                access_for(&path).unwrap_or_else(|| panic!("no rule for {path}"))
+            };
+            (rpc, least_of(access))
+        })
+        .collect();
+    // Every MachineService rule is called here.
+    for (path, _) in RULES {
+        if let Some(method) = path.strip_prefix("/slate.machine.v1.MachineService/") {
+            assert!(
+                calls.iter().any(|(_, m)| *m == method),
+                "{path} is not called"
+            );
+        }
+    }
+    // The table says what people expect of the roles.
+    for (rpc, least) in [
+        ("version", Role::Reader),
+        ("reboot", Role::Operator),
+        ("apply-config", Role::Admin),
+    ] {
+        assert!(table.contains(&(rpc, least)), "{rpc} should need {least}");
+    }
     for role in Role::ALL {
         let mut api = api(&node.target, client_tls(&ca, &authority, role)).await;
-        for (rpc, least) in table {
+        for &(rpc, least) in &table {
             let result = match rpc {
                 "version" => api.version(VersionRequest {}).await.map(drop),
                 "processes" => api.processes(ProcessesRequest {}).await.map(drop),
