@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod conn_limit;
 pub mod gate;
 pub mod listener;
 pub mod live;
@@ -65,8 +66,34 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// Concurrent calls on one connection (HTTP/2 streams); `logs -f` and
+/// `dmesg -f` each hold one.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Descriptors apid may hold: the connection caps plus its own files and
+/// the sockets to machined and networkd, with room to spare.
+const FD_LIMIT: u64 = 4096;
+
+/// Raises the soft descriptor limit (1024 when inherited) to
+/// [`FD_LIMIT`], or to the hard limit if that is lower: the connection cap
+/// must be reached before the descriptors run out.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < FD_LIMIT => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, FD_LIMIT.min(hard), hard) {
+                tracing::warn!("raising the descriptor limit: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the descriptor limit: {e}"),
+    }
+}
+
 /// Runs apid until the process is killed.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
+    raise_fd_limit();
     // Bind before waiting for the config: a client that connects early
     // waits in the backlog instead of being refused. `[::]` takes IPv4 and
     // IPv6 clients alike (Linux's default dual-stack socket); a kernel
@@ -137,6 +164,12 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         }
     );
     tonic::transport::Server::builder()
+        // Streams per connection; connections are capped by the listener.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // A peer that vanished (no FIN) is noticed and its slot freed.
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE))
         .layer(gate::GateLayer::new(authorizer))
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))

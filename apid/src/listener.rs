@@ -3,13 +3,16 @@
 //! others, and refused clients are logged with their address. Each new
 //! connection uses the TLS configuration current at its accept: when the
 //! node leaves maintenance mode, the next handshake already requires a
-//! client certificate.
+//! client certificate. Every connection holds a slot of [`conn_limit`]
+//! from accept to close.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use slate_common::ratelimit::LogLimiter;
+
+use crate::conn_limit::{self, Full, Held, Limits};
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -44,9 +47,10 @@ fn log_refused(limiter: &Mutex<LogLimiter<IpAddr>>, peer: std::net::SocketAddr, 
 pub fn tls_incoming(
     listener: TcpListener,
     config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Held<TlsStream<TcpStream>>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
     let limiter = Arc::new(Mutex::new(LogLimiter::new(REFUSED_LOG_EVERY)));
+    let limits = Limits::default();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -58,6 +62,23 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let slot = match limits.take(peer.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    let why = match full {
+                        Full::Total => format!(
+                            "closed: {} connections are open",
+                            conn_limit::MAX_CONNECTIONS
+                        ),
+                        Full::Address => format!(
+                            "closed: its address has {} connections open",
+                            conn_limit::MAX_PER_ADDRESS
+                        ),
+                    };
+                    log_refused(&limiter, peer, &why);
+                    continue; // dropping tcp closes it
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(Arc::clone(&config.borrow()));
             let tx = tx.clone();
@@ -65,7 +86,7 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(Held::new(tls, slot))).await;
                     }
                     Ok(Err(e)) => log_refused(&limiter, peer, &format!("refused: {e}")),
                     Err(_) => log_refused(&limiter, peer, "timed out in the handshake"),

@@ -29,7 +29,13 @@ pub struct MachinedApi {
     node: Arc<Node>,
     services: Supervisor,
     etcd: Option<Arc<Etcd>>,
+    /// Each dmesg stream holds a /dev/kmsg descriptor while it lasts.
+    kmsg_readers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Open dmesg streams at most, over all clients: a client that opens
+/// `dmesg -f` in a loop must not run machined out of descriptors.
+pub const MAX_KMSG_READERS: usize = 16;
 
 impl MachinedApi {
     pub fn new(node: Arc<Node>, services: Supervisor, etcd: Option<Arc<Etcd>>) -> Self {
@@ -37,6 +43,7 @@ impl MachinedApi {
             node,
             services,
             etcd,
+            kmsg_readers: Arc::new(tokio::sync::Semaphore::new(MAX_KMSG_READERS)),
         }
     }
 }
@@ -249,9 +256,18 @@ impl MachineService for MachinedApi {
         request: Request<DmesgRequest>,
     ) -> Result<Response<Self::DmesgStream>, Status> {
         let r = request.into_inner();
+        let permit = Arc::clone(&self.kmsg_readers)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{MAX_KMSG_READERS} dmesg streams are open already; close one"
+                ))
+            })?;
         let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
+            // Held until the stream ends and its descriptor is closed.
+            let _permit = permit;
             let reader = crate::kmsg::stream(
                 std::path::Path::new("/dev/kmsg"),
                 r.follow,
@@ -263,7 +279,14 @@ impl MachineService for MachinedApi {
             let out = tx.clone();
             let forward = async move {
                 let tx = out;
-                while let Some(line) = lines_rx.recv().await {
+                loop {
+                    // A client that goes while the kernel is quiet ends
+                    // the stream now, not at the next kernel message.
+                    let line = tokio::select! {
+                        line = lines_rx.recv() => line,
+                        () = tx.closed() => return,
+                    };
+                    let Some(line) = line else { return };
                     if tx.send(Ok(LogLine { line })).await.is_err() {
                         return;
                     }
