@@ -35,6 +35,7 @@ pub mod power;
 pub mod publish;
 pub mod services;
 pub mod state;
+pub mod trial;
 pub mod url;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct Paths {
     /// Where the config drive is mounted while it is read.
     pub mount_point: PathBuf,
     pub socket: PathBuf,
+    /// A `try` in progress ([`trial`]).
+    pub try_record: PathBuf,
 }
 
 impl Paths {
@@ -67,6 +70,7 @@ impl Paths {
             config_error: dir.join("config.error"),
             mount_point: dir.join("cidata"),
             socket: dir.join("machined.sock"),
+            try_record: dir.join("try.json"),
         }
     }
 }
@@ -78,6 +82,7 @@ impl Default for Paths {
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             mount_point: PathBuf::from(constants::RUN_DIR).join("cidata"),
             socket: PathBuf::from(constants::MACHINED_SOCKET),
+            try_record: PathBuf::from(constants::RUN_DIR).join("machined-try.json"),
         }
     }
 }
@@ -203,6 +208,7 @@ pub async fn boot(
         let node = Node::new(paths.clone(), storage, state.ok().flatten(), power);
         tracing::info!("machined restarted: keeping the running config");
         node.boot(Verdict::valid(config), Source::Published).await;
+        node.resume_try().await;
         return node;
     }
     let state = match state {

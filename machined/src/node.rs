@@ -8,7 +8,7 @@
 //! init is asked to reboot; "staged" means stored only.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use slate_config::diff::{Change, diff};
 use slate_config::{MachineConfig, Mode};
@@ -41,6 +41,18 @@ impl Source {
             Self::Api => "api",
             Self::Published => "published",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::State,
+            Self::Url,
+            Self::ConfigDrive,
+            Self::Api,
+            Self::Published,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -76,15 +88,6 @@ struct Inner {
     /// ([`Verdict::Refused`]): no anonymous apply, with or without a
     /// running config.
     refused: Option<String>,
-}
-
-impl Inner {
-    /// Ends a `try` in progress: its config stays, and its timer stops.
-    fn confirm_try(&mut self) {
-        if let Some((_, timer)) = self.rollback.take() {
-            timer.abort();
-        }
-    }
 }
 
 impl Node {
@@ -263,12 +266,12 @@ impl Node {
         match mode {
             ApplyMode::Staged => {
                 self.store_staged(&new).await?;
-                inner.confirm_try();
+                self.confirm_try(inner);
                 inner.staged = Some(new);
             }
             ApplyMode::Reboot => {
                 self.store(&new).await?;
-                inner.confirm_try();
+                self.confirm_try(inner);
                 // An older staged config would be promoted over `new` at
                 // the very boot this asks for.
                 if let Some(state) = self.state() {
@@ -280,7 +283,7 @@ impl Node {
             ApplyMode::Try => self.start_try(inner, new, try_timeout),
             ApplyMode::NoReboot | ApplyMode::Auto => {
                 self.store(&new).await?;
-                inner.confirm_try();
+                self.confirm_try(inner);
                 inner.staged = None;
                 if let Some(state) = self.state() {
                     state.clear_staged();
@@ -310,12 +313,57 @@ impl Node {
         // Live only: a reboot during the try boots what STATE holds.
         self.go_live(inner, new, Source::Api);
         let timeout = timeout.unwrap_or(DEFAULT_TRY_TIMEOUT);
+        let trial = crate::trial::Trial {
+            deadline: SystemTime::now() + timeout,
+            rollback_to: rollback_to.clone(),
+        };
+        if let Err(e) = crate::trial::save(&self.paths.try_record, &trial) {
+            tracing::error!(
+                "{}; a restart of machined would keep the try config",
+                slate_common::error::chain(&e)
+            );
+        }
+        self.arm_rollback(inner, rollback_to, timeout);
+    }
+
+    fn arm_rollback(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        rollback_to: Option<(MachineConfig, Source)>,
+        after: Duration,
+    ) {
         let node = Arc::clone(self);
         let timer = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::time::sleep(after).await;
             node.roll_back().await;
         });
         inner.rollback = Some((rollback_to, timer.abort_handle()));
+    }
+
+    /// Ends a `try` in progress: its config stays, and its timer stops.
+    fn confirm_try(&self, inner: &mut Inner) {
+        if let Some((_, timer)) = inner.rollback.take() {
+            timer.abort();
+            crate::trial::remove(&self.paths.try_record);
+        }
+    }
+
+    /// After a restart of machined: a `try` that was in progress rolls back
+    /// when it would have, or now if that time has passed.
+    pub async fn resume_try(self: &Arc<Self>) {
+        let Some(trial) = crate::trial::load(&self.paths.try_record) else {
+            return;
+        };
+        let left = trial
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tracing::info!(
+            "a try-mode config is in progress: it rolls back in {} s unless confirmed",
+            left.as_secs()
+        );
+        let mut inner = self.inner.lock().await;
+        self.arm_rollback(&mut inner, trial.rollback_to, left);
     }
 
     /// Keeps `config` on STATE (created if need be) as the one to boot.
@@ -366,6 +414,7 @@ impl Node {
         let Some((before, _)) = inner.rollback.take() else {
             return;
         };
+        crate::trial::remove(&self.paths.try_record);
         match before {
             Some((config, source)) => {
                 tracing::warn!("try-mode config not confirmed in time: rolling back");
