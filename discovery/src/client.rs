@@ -75,21 +75,28 @@ pub fn affiliate_url(endpoint: &str, keys: &ClusterKeys, node_id: &str) -> Strin
 }
 
 /// Puts `sealed` at `url` (see [`affiliate_url`]) for `ttl` (the service
-/// may keep it for less).
-pub async fn publish(url: &str, sealed: &[u8], ttl: Duration) -> Result<(), ClientError> {
+/// may keep it for less), with the proof of membership a node's copy of
+/// the service asks for ([`crate::proof`]).
+pub async fn publish(
+    url: &str,
+    keys: &ClusterKeys,
+    sealed: &[u8],
+    ttl: Duration,
+) -> Result<(), ClientError> {
+    let body = Bytes::copy_from_slice(sealed);
     let request = http::Request::put("/")
         .header(TTL_HEADER, ttl.as_secs().max(1))
-        .body(Full::new(Bytes::copy_from_slice(sealed)))
+        .body(Full::new(body.clone()))
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;
-    call(url, request).await.map(drop)
+    call(url, request, Some((keys, &body))).await.map(drop)
 }
 
 /// Forgets this node at `url` (a node leaving the cluster).
-pub async fn delete(url: &str) -> Result<(), ClientError> {
+pub async fn delete(url: &str, keys: &ClusterKeys) -> Result<(), ClientError> {
     let request = http::Request::delete("/")
         .body(Full::new(Bytes::new()))
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;
-    call(url, request).await.map(drop)
+    call(url, request, Some((keys, &[]))).await.map(drop)
 }
 
 /// The raw list at `url` (see [`affiliates_url`]): a bundle, for
@@ -98,7 +105,7 @@ pub async fn fetch_bundle(url: &str) -> Result<Bytes, ClientError> {
     let request = http::Request::get("/")
         .body(Full::new(Bytes::new()))
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;
-    call(url, request).await
+    call(url, request, None).await
 }
 
 /// The sealed records listed at `url`.
@@ -121,7 +128,13 @@ fn redact(url: &str) -> String {
         .to_owned()
 }
 
-async fn call(url: &str, mut request: http::Request<Full<Bytes>>) -> Result<Bytes, ClientError> {
+/// Sends `request` to `url`; `prove` signs it with the cluster's keys
+/// over its body.
+async fn call(
+    url: &str,
+    mut request: http::Request<Full<Bytes>>,
+    prove: Option<(&ClusterKeys, &[u8])>,
+) -> Result<Bytes, ClientError> {
     if url.starts_with("https://") {
         return Err(ClientError::Https(url.to_owned()));
     }
@@ -134,6 +147,15 @@ async fn call(url: &str, mut request: http::Request<Full<Bytes>>) -> Result<Byte
     *request.uri_mut() = (if path.is_empty() { "/" } else { path })
         .parse()
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;
+    if let Some((keys, body)) = prove {
+        let path = request.uri().path().to_owned();
+        let now = crate::record::unix_ms(std::time::SystemTime::now());
+        let proof = crate::proof::sign(keys, request.method().as_str(), &path, now, body);
+        request.headers_mut().insert(
+            crate::proof::PROOF_HEADER,
+            http::HeaderValue::from_str(&proof).map_err(|_| ClientError::BadUrl(url.to_owned()))?,
+        );
+    }
     request.headers_mut().insert(
         http::header::HOST,
         http::HeaderValue::from_str(authority).map_err(|_| ClientError::BadUrl(url.to_owned()))?,

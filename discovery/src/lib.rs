@@ -11,6 +11,8 @@
 //!   derived from the cluster secret. Only nodes read or write records.
 //! - [`service`]: the discovery service, an HTTP server that keeps opaque
 //!   sealed blobs per cluster with a TTL; it never holds a key.
+//! - [`proof`]: the proof of cluster membership a write to a node's copy
+//!   of the service carries (an HMAC under a key from the cluster secret).
 //! - [`client`]: how a node publishes its record and lists the others.
 //! - [`gossip`]: the table of known records a node merges from the service
 //!   and from its peers, and the bundles it passes on, so the mesh heals
@@ -25,5 +27,6 @@ pub mod bundle;
 pub mod client;
 pub mod gossip;
 pub mod node;
+pub mod proof;
 pub mod record;
 pub mod service;

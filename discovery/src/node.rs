@@ -7,8 +7,11 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use slate_common::constants::DISCOVERY_PORT;
+use std::path::Path;
 
+use slate_common::constants::{DISCOVERY_PORT, MACHINE_CONFIG_FILE};
+
+use crate::record::ClusterKeys;
 use crate::service::{self, Limits, Service, SystemClock};
 
 /// Where a node's copy listens: every address, [`DISCOVERY_PORT`] (the
@@ -20,6 +23,8 @@ pub const NODE_LISTEN: SocketAddr =
 pub enum ServeError {
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("the published config {path}: {why}")]
+    Config { path: String, why: String },
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -28,8 +33,39 @@ pub enum ServeError {
     },
 }
 
-/// Serves on `listen` with `limits` until killed.
-pub fn serve(listen: SocketAddr, limits: Limits) -> Result<(), ServeError> {
+/// The cluster keys from the config machined published: a node's copy
+/// takes writes only from members of its cluster. Only `cluster.id` and
+/// `cluster.secret` are read (serde skips the rest), so this crate needs no
+/// config schema.
+pub fn published_cluster_keys(path: &Path) -> Result<ClusterKeys, ServeError> {
+    #[derive(serde::Deserialize)]
+    struct Published {
+        cluster: Cluster,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cluster {
+        id: Option<String>,
+        secret: Option<String>,
+    }
+    let unusable = |why: String| ServeError::Config {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| unusable(e.to_string()))?;
+    let published: Published = serde_json::from_str(&text).map_err(|e| unusable(e.to_string()))?;
+    let (Some(id), Some(secret)) = (published.cluster.id, published.cluster.secret) else {
+        return Err(unusable("no cluster.id and cluster.secret".into()));
+    };
+    ClusterKeys::from_config(&id, &secret).map_err(|e| unusable(e.to_string()))
+}
+
+/// Serves on `listen` with `limits` until killed; with `members`, only
+/// that cluster, and only writes that prove membership.
+pub fn serve(
+    listen: SocketAddr,
+    limits: Limits,
+    members: Option<ClusterKeys>,
+) -> Result<(), ServeError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,15 +81,18 @@ pub fn serve(listen: SocketAddr, limits: Limits) -> Result<(), ServeError> {
                 "slate-discovery listening on {listen}, records kept {} s",
                 limits.ttl.as_secs()
             );
-            let service = Arc::new(Service::new(limits, Arc::new(SystemClock)));
+            let mut service = Service::new(limits, Arc::new(SystemClock));
+            if let Some(keys) = members {
+                service = service.members_only(Arc::new(keys));
+            }
+            let service = Arc::new(service);
             service::run(listener, service).await;
             Ok(())
         })
 }
 
-/// What a node's copy keeps: it serves one cluster, and anyone who reaches
-/// port 3000 can store records (sealed or not), so its tables are small:
-/// a stranger can fill them, but not the node's memory.
+/// What a node's copy keeps: it serves one cluster, and takes writes only
+/// with a proof of membership, so its tables are small.
 pub fn node_limits() -> Limits {
     Limits {
         max_clusters: 8,
@@ -72,7 +111,15 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    match serve(NODE_LISTEN, node_limits()) {
+    let members = match published_cluster_keys(Path::new(MACHINE_CONFIG_FILE)) {
+        Ok(keys) => keys,
+        Err(e) => {
+            // machined starts this copy only with a config; it restarts it.
+            tracing::error!("slate-discovery: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(NODE_LISTEN, node_limits(), Some(members)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("slate-discovery: {}", slate_common::error::chain(&e));

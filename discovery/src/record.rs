@@ -62,6 +62,7 @@ pub const MIN_SEALED: usize = HEADER_LEN + TAG_LEN;
 const LABEL_SEAL: &[u8] = b"slate discovery v1: record sealing key";
 const LABEL_KEY_ID: &[u8] = b"slate discovery v1: sealing key id";
 const LABEL_CLUSTER_KEY: &[u8] = b"slate discovery v1: service cluster key";
+const LABEL_WRITE: &[u8] = b"slate discovery v1: service write proof key";
 const LABEL_CLUSTER_HASH: &[u8] = b"slate discovery v1: cluster id hash\0";
 const LABEL_MESH_PREFIX: &[u8] = b"slate mesh v1: ula prefix\0";
 const LABEL_MESH_IID: &[u8] = b"slate mesh v1: interface id\0";
@@ -271,6 +272,8 @@ pub struct ClusterKeys {
     key_id: [u8; KEY_ID_LEN],
     cluster_key: String,
     key: aead::LessSafeKey,
+    /// HMAC key of write proofs ([`crate::proof`]).
+    write_key: ring::hmac::Key,
     rng: ring::rand::SystemRandom,
 }
 
@@ -325,6 +328,8 @@ impl ClusterKeys {
         expand(LABEL_KEY_ID, &mut key_id);
         let mut cluster_key = [0u8; 32];
         expand(LABEL_CLUSTER_KEY, &mut cluster_key);
+        let mut write = [0u8; 32];
+        expand(LABEL_WRITE, &mut write);
         let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &seal)
             .expect("32 bytes is a ChaCha20-Poly1305 key");
         Self {
@@ -333,6 +338,7 @@ impl ClusterKeys {
             key_id,
             cluster_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cluster_key),
             key: aead::LessSafeKey::new(key),
+            write_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &write),
             rng: ring::rand::SystemRandom::new(),
         }
     }
@@ -348,6 +354,10 @@ impl ClusterKeys {
     pub fn affiliate_id(&self, node_id: &str) -> String {
         let h = sha256(&[self.cluster_key.as_bytes(), b"\0", node_id.as_bytes()]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h[..16])
+    }
+
+    pub(crate) fn write_key(&self) -> &ring::hmac::Key {
+        &self.write_key
     }
 
     pub fn cluster_id(&self) -> &[u8; 32] {

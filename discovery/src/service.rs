@@ -28,7 +28,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::bundle::{self, MAX_BUNDLE_RECORDS};
-use crate::record::MAX_SEALED;
+use crate::proof::ProofError;
+use crate::record::{ClusterKeys, MAX_SEALED};
 use slate_common::ratelimit::{LogLimiter, held_back};
 
 /// Header with which a node asks for a shorter TTL than the service's.
@@ -226,6 +227,9 @@ pub struct Service {
     store: Mutex<Store>,
     clock: Arc<dyn Clock>,
     log: Mutex<LogLimiter<IpAddr>>,
+    /// A node's copy serves its own cluster only, and takes writes with a
+    /// proof of membership ([`crate::proof`]); `None` for a public service.
+    members: Option<Arc<ClusterKeys>>,
 }
 
 impl Service {
@@ -242,7 +246,39 @@ impl Service {
             limits,
             clock,
             log: Mutex::new(LogLimiter::with_capacity(Duration::from_secs(60), 4096)),
+            members: None,
         }
+    }
+
+    /// Serves only the cluster of `keys`, and only writes that prove
+    /// membership of it: what a node's copy does.
+    pub fn members_only(mut self, keys: Arc<ClusterKeys>) -> Self {
+        self.members = Some(keys);
+        self
+    }
+
+    /// Refuses a write by someone who cannot show they are of the cluster.
+    fn admit_write(
+        &self,
+        method: &Method,
+        path: &str,
+        proof: Option<&str>,
+        cluster: &str,
+        body: &[u8],
+    ) -> Result<(), (StatusCode, &'static str)> {
+        let Some(keys) = &self.members else {
+            return Ok(());
+        };
+        if cluster != keys.cluster_key() {
+            return Err((StatusCode::FORBIDDEN, "this service serves another cluster"));
+        }
+        let now = crate::record::unix_ms(std::time::SystemTime::now());
+        crate::proof::verify(keys, proof, method.as_str(), path, body, now).map_err(|e| match e {
+            ProofError::Missing => (StatusCode::FORBIDDEN, "a write needs a proof of membership"),
+            ProofError::Malformed => (StatusCode::FORBIDDEN, "a malformed proof"),
+            ProofError::Stale => (StatusCode::FORBIDDEN, "a stale proof"),
+            ProofError::Invalid => (StatusCode::FORBIDDEN, "a proof that does not verify"),
+        })
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -405,7 +441,9 @@ async fn dispatch(
         }
         (Method::PUT, Route::Affiliate { cluster, affiliate }) => {
             let ttl = ttl(&req, service.limits.ttl)?;
+            let proof = proof_of(&req);
             let body = read_body(req, service.limits.request_timeout).await?;
+            service.admit_write(&Method::PUT, &path, proof.as_deref(), cluster, &body)?;
             let now = service.clock.now();
             service
                 .store()
@@ -423,11 +461,18 @@ async fn dispatch(
             Ok(reply(StatusCode::NO_CONTENT, Bytes::new()))
         }
         (Method::DELETE, Route::Affiliate { cluster, affiliate }) => {
+            let proof = proof_of(&req);
+            service.admit_write(&Method::DELETE, &path, proof.as_deref(), cluster, &[])?;
             service.store().delete(cluster, affiliate);
             Ok(reply(StatusCode::NO_CONTENT, Bytes::new()))
         }
         _ => Err((StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
     }
+}
+
+fn proof_of(req: &Request<Incoming>) -> Option<String> {
+    let value = req.headers().get(crate::proof::PROOF_HEADER)?;
+    value.to_str().ok().map(str::to_owned)
 }
 
 /// The TTL a PUT asks for: the service's, or shorter.

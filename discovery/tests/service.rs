@@ -55,10 +55,19 @@ impl Drop for Running {
 }
 
 async fn start(limits: Limits) -> Running {
+    start_with(limits, None).await
+}
+
+/// `members`: a node's copy, which serves that cluster only.
+async fn start_with(limits: Limits, members: Option<ClusterKeys>) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let clock = Arc::new(TestClock(Mutex::new(Instant::now())));
-    let service = Arc::new(Service::new(limits, clock.clone()));
+    let mut service = Service::new(limits, clock.clone());
+    if let Some(keys) = members {
+        service = service.members_only(Arc::new(keys));
+    }
+    let service = Arc::new(service);
     let task = tokio::spawn(service::run(listener, service));
     Running {
         endpoint: format!("http://{addr}"),
@@ -88,6 +97,23 @@ fn record(keys: &ClusterKeys, node: &str, last: u8) -> Record {
 
 const TTL: Duration = Duration::from_secs(300);
 
+/// Publishes `sealed` as node `node` of the cluster of `keys`.
+async fn put(
+    svc: &Running,
+    keys: &ClusterKeys,
+    node: &str,
+    sealed: &[u8],
+    ttl: Duration,
+) -> Result<(), ClientError> {
+    client::publish(
+        &client::affiliate_url(&svc.endpoint, keys, node),
+        keys,
+        sealed,
+        ttl,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn two_nodes_find_each_other_and_an_intruder_is_ignored() {
     let svc = start(Limits::default()).await;
@@ -98,26 +124,15 @@ async fn two_nodes_find_each_other_and_an_intruder_is_ignored() {
     let mut b = AffiliateTable::new(keys.clone(), "b", 100);
     let sealed_a = a.set_own(record(&keys, "a", 1)).unwrap().to_vec();
     let sealed_b = b.set_own(record(&keys, "b", 2)).unwrap().to_vec();
-    client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "a"),
-        &sealed_a,
-        TTL,
-    )
-    .await
-    .unwrap();
-    client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "b"),
-        &sealed_b,
-        TTL,
-    )
-    .await
-    .unwrap();
+    put(&svc, &keys, "a", &sealed_a, TTL).await.unwrap();
+    put(&svc, &keys, "b", &sealed_b, TTL).await.unwrap();
 
     // Someone who learnt the cluster key but not the secret publishes too.
     let intruder = ClusterKeys::new(&ID, &[0x33; 32]);
     let forged = intruder.seal(&record(&intruder, "evil", 9)).unwrap();
     client::publish(
         &client::affiliate_url(&svc.endpoint, &keys, "evil"),
+        &intruder,
         &forged,
         TTL,
     )
@@ -162,7 +177,7 @@ async fn two_nodes_find_each_other_and_an_intruder_is_ignored() {
     assert!(client::fetch(&other_list).await.unwrap().is_empty());
 
     // A node that leaves is gone from the list.
-    client::delete(&client::affiliate_url(&svc.endpoint, &keys, "a"))
+    client::delete(&client::affiliate_url(&svc.endpoint, &keys, "a"), &keys)
         .await
         .unwrap();
     assert_eq!(client::fetch(&list).await.unwrap().len(), 2);
@@ -181,7 +196,7 @@ async fn a_rebooted_node_rejoins_through_a_peer_while_the_service_is_down() {
     for (node, last) in [("a", 1), ("b", 2), ("c", 3)] {
         let sealed = keys.seal(&record(&keys, node, last)).unwrap();
         let url = client::affiliate_url(&svc.endpoint, &keys, node);
-        client::publish(&url, &sealed, TTL).await.unwrap();
+        client::publish(&url, &keys, &sealed, TTL).await.unwrap();
     }
     a.set_own(record(&keys, "a", 1)).unwrap();
     let report = a.merge_bundle(
@@ -222,25 +237,17 @@ async fn records_expire_after_their_ttl() {
     let a = keys.seal(&record(&keys, "a", 1)).unwrap();
     let b = keys.seal(&record(&keys, "b", 2)).unwrap();
     // a asks for more than the service gives, b for less.
-    client::publish(&client::affiliate_url(&svc.endpoint, &keys, "a"), &a, TTL)
+    put(&svc, &keys, "a", &a, TTL).await.unwrap();
+    put(&svc, &keys, "b", &b, Duration::from_secs(5))
         .await
         .unwrap();
-    client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "b"),
-        &b,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
     assert_eq!(client::fetch(&list).await.unwrap().len(), 2);
     svc.clock.advance(Duration::from_secs(5));
     assert_eq!(client::fetch(&list).await.unwrap(), vec![a.clone()]);
     svc.clock.advance(Duration::from_secs(55));
     assert!(client::fetch(&list).await.unwrap().is_empty());
     // Publishing again brings it back.
-    client::publish(&client::affiliate_url(&svc.endpoint, &keys, "a"), &a, TTL)
-        .await
-        .unwrap();
+    put(&svc, &keys, "a", &a, TTL).await.unwrap();
     assert_eq!(client::fetch(&list).await.unwrap().len(), 1);
 }
 
@@ -254,33 +261,15 @@ async fn a_full_cluster_is_refused_with_429() {
     let keys = ClusterKeys::new(&ID, &SECRET);
     let sealed = keys.seal(&record(&keys, "a", 1)).unwrap();
     for node in ["a", "b"] {
-        client::publish(
-            &client::affiliate_url(&svc.endpoint, &keys, node),
-            &sealed,
-            TTL,
-        )
-        .await
-        .unwrap();
+        put(&svc, &keys, node, &sealed, TTL).await.unwrap();
     }
-    let err = client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "c"),
-        &sealed,
-        TTL,
-    )
-    .await
-    .unwrap_err();
+    let err = put(&svc, &keys, "c", &sealed, TTL).await.unwrap_err();
     assert!(
         matches!(err, ClientError::Status { status, .. } if status == 429),
         "{err:?}"
     );
     // Known affiliates still refresh.
-    client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "a"),
-        &sealed,
-        TTL,
-    )
-    .await
-    .unwrap();
+    put(&svc, &keys, "a", &sealed, TTL).await.unwrap();
 }
 
 /// Sends `request` (while reading, so a server that answers early and
@@ -416,12 +405,68 @@ async fn junk_gets_a_4xx_or_a_closed_connection_and_the_service_keeps_answering(
 
     let list = client::affiliates_url(&svc.endpoint, &keys);
     let sealed = keys.seal(&record(&keys, "a", 1)).unwrap();
-    client::publish(
-        &client::affiliate_url(&svc.endpoint, &keys, "a"),
-        &sealed,
-        TTL,
-    )
-    .await
-    .unwrap();
+    put(&svc, &keys, "a", &sealed, TTL).await.unwrap();
     assert_eq!(client::fetch(&list).await.unwrap(), vec![sealed]);
+}
+
+/// The status of a raw HTTP/1.1 request to the service.
+async fn raw_status(addr: SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_node_s_copy_takes_writes_only_from_its_cluster() {
+    let keys = ClusterKeys::new(&ID, &SECRET);
+    let svc = start_with(Limits::default(), Some(ClusterKeys::new(&ID, &SECRET))).await;
+    let list = client::affiliates_url(&svc.endpoint, &keys);
+    let mine = keys.seal(&record(&keys, "a", 1)).unwrap();
+    put(&svc, &keys, "a", &mine, TTL).await.unwrap();
+
+    let forbidden = |r: Result<(), ClientError>| matches!(r, Err(ClientError::Status { status, .. }) if status == 403);
+    // Someone who knows the cluster key (it is in every URL) but not the
+    // secret: cannot add, displace or delete.
+    let intruder = ClusterKeys::new(&ID, &[0x33; 32]);
+    let junk = intruder.seal(&record(&intruder, "evil", 9)).unwrap();
+    for node in ["evil", "a"] {
+        let url = client::affiliate_url(&svc.endpoint, &keys, node);
+        assert!(
+            forbidden(client::publish(&url, &intruder, &junk, TTL).await),
+            "{node}"
+        );
+    }
+    let a = client::affiliate_url(&svc.endpoint, &keys, "a");
+    assert!(forbidden(client::delete(&a, &intruder).await));
+    // Another cluster, even with a valid proof of its own: not served.
+    let other = ClusterKeys::new(&[0x44; 32], &[0x55; 32]);
+    let elsewhere = client::affiliate_url(&svc.endpoint, &other, "x");
+    assert!(forbidden(
+        client::publish(&elsewhere, &other, &junk, TTL).await
+    ));
+    // No proof at all, and a proof copied onto another request.
+    let path = a.strip_prefix(&svc.endpoint).unwrap();
+    let no_proof = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
+    );
+    assert!(raw_status(svc.addr, &no_proof).await.contains("403"));
+    let now = slate_discovery::record::unix_ms(SystemTime::now());
+    let proof = slate_discovery::proof::sign(&keys, "PUT", path, now, b"abc");
+    let replayed = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nslate-proof: {proof}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nxyz"
+    );
+    assert!(raw_status(svc.addr, &replayed).await.contains("403"));
+
+    let listed = client::fetch(&list).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![mine.to_vec()],
+        "only the member's record is kept"
+    );
+    // The member itself may still delete its record.
+    client::delete(&a, &keys).await.unwrap();
+    assert!(client::fetch(&list).await.unwrap().is_empty());
 }

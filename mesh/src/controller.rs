@@ -461,8 +461,8 @@ impl Mesh {
         };
         let url = client::affiliate_url(url, &self.keys, &self.node_id);
         let sealed = own.sealed.clone();
-        let result =
-            tokio::time::timeout(CALL_TIMEOUT, client::publish(&url, &sealed, RECORD_TTL)).await;
+        let publish = client::publish(&url, &self.keys, &sealed, RECORD_TTL);
+        let result = tokio::time::timeout(CALL_TIMEOUT, publish).await;
         match result {
             Ok(Ok(())) => {
                 self.published = true;

@@ -499,8 +499,16 @@ fn a_record_sealed_with_another_secret_is_ignored(lab: &mut Lab, names: &[&str])
     );
     let url = client::affiliate_url(&endpoint, &right_keys, "c3-copied");
     let record = sealed[0].clone();
+    // The router's service is a public one (no keys): the copier's own
+    // proof is not checked, as it would be by a node's copy.
+    let copier = keys(&wrong);
     lab.in_router(move || {
-        runtime().block_on(client::publish(&url, &record, Duration::from_secs(300)))
+        runtime().block_on(client::publish(
+            &url,
+            &copier,
+            &record,
+            Duration::from_secs(300),
+        ))
     })
     .expect("copying c3's record to the cluster's folder");
     let c3_key = lab

@@ -52,7 +52,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_bytes: args.max_mib.saturating_mul(1 << 20),
         ..Limits::default()
     };
-    Ok(slate_discovery::node::serve(args.listen, limits)?)
+    // A public service: any cluster, no keys (records are sealed).
+    Ok(slate_discovery::node::serve(args.listen, limits, None)?)
 }
 
 #[cfg(test)]
