@@ -15,7 +15,8 @@ EXTENSIONS ?= containerd,runc,etcd-server
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 	squashfs-tools cpio zstd xz-utils xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin \
 	kmod qemu-system-x86 ovmf busybox-static iproute2 dnsmasq-base nftables tcpdump chrony openssl haproxy \
-	protobuf-compiler libprotobuf-dev etcd-client containerd iperf3
+	protobuf-compiler libprotobuf-dev etcd-client containerd iperf3 \
+	python3-grpcio python3-yaml
 
 .PHONY: deps build image run cluster test unit-test qemu-test bench fuzz lint fmt clean
 

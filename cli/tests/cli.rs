@@ -98,16 +98,7 @@ fn bad_inputs_name_what_is_wrong() {
 #[test]
 fn version_shows_the_client_and_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(gen_config(dir.path()).status.success());
-
-    // A real apid on a free loopback port with the generated control-plane config.
-    let state = dir.path().join("run");
-    std::fs::create_dir(&state).unwrap();
-    // Published as machined does: validated, as JSON.
-    let yaml = std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap();
-    let config = slate_config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
-    std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
-    let node = spawn_apid(&state);
+    let node = configured_apid(dir.path());
 
     let config = dir.path().join("slateconfig");
     let out = slatectl(&[
@@ -306,6 +297,19 @@ fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
     assert_eq!(std::fs::read(&worker_file).unwrap(), before);
 }
 
+/// `gen config` into `dir`, then a real apid on a free loopback port with
+/// the control-plane config, published as machined does (validated, as
+/// JSON); returns its address.
+fn configured_apid(dir: &Path) -> String {
+    assert!(gen_config(dir).status.success());
+    let state = dir.join("run");
+    std::fs::create_dir(&state).unwrap();
+    let yaml = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
+    let config = slate_config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
+    std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
+    spawn_apid(&state)
+}
+
 /// apid on a free loopback port, on its own thread with its own runtime
 /// (as in the node), with its files in `state`; returns its address.
 fn spawn_apid(state: &Path) -> String {
@@ -428,4 +432,40 @@ fn insecure_calls_pinned_to_the_console_fingerprint() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Python's grpcio, with the client config as `gen config` writes it,
+/// reaches apid: the keys are PKCS#8 v1, which BoringSSL reads.
+#[test]
+fn python_grpcio_calls_the_api_with_the_generated_client_config() {
+    let python = std::env::var("SLATE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import grpc, yaml"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        slate_testskip::skip(
+            "python_grpcio_calls_the_api_with_the_generated_client_config",
+            slate_testskip::Reason::Tool("python3-grpcio and python3-yaml"),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = configured_apid(dir.path());
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/version.py");
+    let slateconfig = dir.path().join("slateconfig");
+    let out = Command::new(&python)
+        .args([script, slateconfig.to_str().unwrap(), &node])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python: {}", text(&out.stderr));
+    let hex = text(&out.stdout);
+    let bytes: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let reply =
+        <slate_proto::machine::VersionResponse as prost::Message>::decode(&bytes[..]).unwrap();
+    assert_eq!(reply.tag, env!("CARGO_PKG_VERSION"));
+    assert!(!reply.kernel.is_empty(), "{reply:?}");
 }
