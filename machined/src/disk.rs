@@ -47,6 +47,10 @@ use crate::blockdev::{self, SYS_CLASS_BLOCK};
 pub enum DiskError {
     #[error("no disk for STATE: {0}")]
     NoDisk(String),
+    /// Not an error of the node: it has no disk to keep a config on (an
+    /// ISO boot without disks), so configs last until the next boot.
+    #[error("no empty, writable, non-removable disk for STATE (set machine.install.disk)")]
+    NoEmptyDisk,
     #[error(
         "{disk} holds data (a partition table or a filesystem): refusing to partition it; set machine.install.wipe: true to allow it"
     )]
@@ -167,12 +171,8 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
     let disk = match wanted {
         Some(disk) => PathBuf::from(disk),
         None => blockdev::dev_paths(block_names().into_iter().filter(|n| is_candidate_disk(n)))
-            .find(|dev| blockdev::is_blank(dev))
-            .ok_or_else(|| {
-                DiskError::NoDisk(
-                    "no empty, writable, non-removable disk (set machine.install.disk)".into(),
-                )
-            })?,
+            .find(|dev| blockdev::is_blank(dev) || unfinished(dev).is_some())
+            .ok_or(DiskError::NoEmptyDisk)?,
     };
     let name = disk
         .file_name()
@@ -184,12 +184,22 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
             disk.display()
         )));
     }
-    if !wipe && !blockdev::is_blank(&disk) {
-        return Err(DiskError::NotEmpty { disk });
-    }
-    tracing::info!("creating the STATE partition on {}", disk.display());
-    let with_ephemeral = partition(&disk)?;
     let device = partition_device(&disk, STATE_NUMBER);
+    let with_ephemeral = if let Some(with_ephemeral) = unfinished(&disk) {
+        // Power was lost between the partition table and mke2fs: finish
+        // the job instead of refusing a disk that is not empty any more.
+        tracing::info!(
+            "{} has Slate's partitions but no STATE filesystem: formatting it",
+            disk.display()
+        );
+        with_ephemeral
+    } else {
+        if !wipe && !blockdev::is_blank(&disk) {
+            return Err(DiskError::NotEmpty { disk });
+        }
+        tracing::info!("creating the STATE partition on {}", disk.display());
+        partition(&disk)?
+    };
     format(&device, STATE_LABEL)?;
     if with_ephemeral {
         tracing::info!("creating the EPHEMERAL partition on {}", disk.display());
@@ -200,6 +210,36 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
         }
     }
     Ok(device)
+}
+
+/// Whether `disk` holds the partition table Slate writes and nothing else,
+/// with STATE still without a filesystem: what a power cut between
+/// [`partition`] and [`format`] leaves. Says whether EPHEMERAL is in it.
+fn unfinished(disk: &Path) -> Option<bool> {
+    let mut file = std::fs::File::open(disk).ok()?;
+    let gpt = gptman::GPT::find_from(&mut file).ok()?;
+    let with_ephemeral = slate_layout(&gpt)?;
+    let state = partition_device(disk, STATE_NUMBER);
+    blockdev::is_blank(&state).then_some(with_ephemeral)
+}
+
+/// `Some(with EPHEMERAL)` when `gpt`'s used entries are exactly those
+/// [`fill_layout`] makes: STATE as partition 5, EPHEMERAL as 6 or absent.
+fn slate_layout(gpt: &gptman::GPT) -> Option<bool> {
+    let used: Vec<(u32, &gptman::GPTPartitionEntry)> =
+        gpt.iter().filter(|(_, e)| e.is_used()).collect();
+    let ours = |e: &gptman::GPTPartitionEntry, name: &str| {
+        e.partition_type_guid == LINUX_FS_GUID && e.partition_name.as_str() == name
+    };
+    match used.as_slice() {
+        [(STATE_NUMBER, s)] if ours(s, STATE_LABEL) => Some(false),
+        [(STATE_NUMBER, s), (EPHEMERAL_NUMBER, e)]
+            if ours(s, STATE_LABEL) && ours(e, EPHEMERAL_LABEL) =>
+        {
+            Some(true)
+        }
+        _ => None,
+    }
 }
 
 fn wait_for_device(device: &Path) -> Result<(), DiskError> {
@@ -464,11 +504,38 @@ mod tests {
         assert_eq!(eph.starting_lba, state.ending_lba + 1);
         assert_eq!((eph.ending_lba + 1) * 512, size - MIB);
 
+        assert_eq!(slate_layout(&read), Some(true), "Slate's own table");
+
         // Too little room left: STATE only, /var stays a tmpfs.
         let small = STATE_OFFSET + STATE_SIZE + 100 * MIB;
         let mut disk = std::io::Cursor::new(vec![0u8; small as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
         assert!(!fill_layout(&mut gpt, small, 512));
         assert_eq!(gpt.iter().filter(|(_, e)| e.is_used()).count(), 1);
+        assert_eq!(slate_layout(&gpt), Some(false));
+    }
+
+    #[test]
+    fn only_slate_s_own_table_counts_as_unfinished() {
+        let size = 2048 * MIB;
+        let mut disk = std::io::Cursor::new(vec![0u8; size as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
+        assert_eq!(slate_layout(&gpt), None, "an empty table is not Slate's");
+        fill_layout(&mut gpt, size, 512);
+        // Someone's data partition beside them: never formatted over.
+        let mut theirs = gpt.clone();
+        theirs[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: LINUX_FS_GUID,
+            unique_partition_guid: [7; 16],
+            starting_lba: 2048,
+            ending_lba: 4095,
+            attribute_bits: 0,
+            partition_name: "data".into(),
+        };
+        assert_eq!(slate_layout(&theirs), None);
+        // A partition 5 named STATE of another type is not Slate's either.
+        let mut renamed = gpt.clone();
+        renamed[STATE_NUMBER].partition_type_guid = [9; 16];
+        assert_eq!(slate_layout(&renamed), None);
     }
 }

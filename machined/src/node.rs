@@ -129,14 +129,21 @@ impl Node {
             // replaced by a new one.
             let device = match crate::disk::find_state() {
                 Some(device) => device,
-                None => crate::disk::create_state(disk.as_deref(), wipe)?,
+                None => match crate::disk::create_state(disk.as_deref(), wipe) {
+                    Ok(device) => device,
+                    Err(crate::disk::DiskError::NoEmptyDisk) => return Ok(None),
+                    Err(e) => return Err(e),
+                },
             };
             crate::disk::mount_state(&device, &mount_point)?;
-            Ok::<_, crate::disk::DiskError>(State::new(mount_point))
+            Ok::<_, crate::disk::DiskError>(Some(State::new(mount_point)))
         })
         .await
         .map_err(|e| format!("creating STATE: {e}"))?
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        let Some(made) = made else {
+            return Ok(None);
+        };
         tracing::info!("STATE mounted");
         if crate::disk::find_state()
             .and_then(|d| crate::disk::find_ephemeral(&d))
@@ -367,8 +374,9 @@ impl Node {
     }
 
     /// Keeps `config` on STATE (created if need be) as the one to boot.
-    /// Without any STATE the config still applies, until the next boot;
-    /// the console says so.
+    /// On a node with no disk for STATE the config still applies, until
+    /// the next boot, and the console says so; a disk on which STATE
+    /// cannot be made or mounted fails the call instead.
     async fn store(&self, config: &MachineConfig) -> Result<(), Status> {
         self.store_with(config, State::save).await
     }
@@ -390,10 +398,12 @@ impl Node {
                 tracing::warn!("no STATE partition: the config lasts until the next boot");
                 Ok(())
             }
-            Err(e) => {
-                tracing::warn!("no STATE partition ({e}): the config lasts until the next boot");
-                Ok(())
-            }
+            // A disk that should hold STATE and does not (it would not
+            // partition, format or mount): saying "applied" would lose the
+            // config at the next boot without a word.
+            Err(e) => Err(Status::failed_precondition(format!(
+                "keeping the config on STATE: {e}; nothing was applied"
+            ))),
         }
     }
 
