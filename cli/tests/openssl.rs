@@ -102,6 +102,21 @@ fn check_client_config(dir: &Path, path: &Path) {
     assert_eq!(said.trim(), "client.crt: OK");
 }
 
+/// The machine, Kubernetes and etcd CA keys of the machine config at
+/// `path`, checked with [`check_key`].
+fn check_machine_config_keys(dir: &Path, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let config = MachineConfig::parse(&text, "controlplane.yaml").unwrap();
+    let etcd = config.cluster.etcd.ca.as_ref().unwrap();
+    for (name, pair) in [
+        ("machine-ca", &config.machine.ca),
+        ("kubernetes-ca", &config.cluster.ca),
+        ("etcd-ca", etcd),
+    ] {
+        check_key(dir, name, &pair.key_pem().unwrap().unwrap());
+    }
+}
+
 #[test]
 fn openssl_reads_the_keys_and_verifies_the_certificates_gen_config_writes() {
     if !have_openssl() {
@@ -115,16 +130,7 @@ fn openssl_reads_the_keys_and_verifies_the_certificates_gen_config_writes() {
     );
     check_client_config(dir, &dir.join("slateconfig"));
 
-    let text = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
-    let config = MachineConfig::parse(&text, "controlplane.yaml").unwrap();
-    let etcd = config.cluster.etcd.ca.as_ref().unwrap();
-    for (name, pair) in [
-        ("machine-ca", &config.machine.ca),
-        ("kubernetes-ca", &config.cluster.ca),
-        ("etcd-ca", etcd),
-    ] {
-        check_key(dir, name, &pair.key_pem().unwrap().unwrap());
-    }
+    check_machine_config_keys(dir, &dir.join("controlplane.yaml"));
 
     slatectl(dir, &["gen", "secrets", "-o", "secrets.yaml"]);
     let text = std::fs::read_to_string(dir.join("secrets.yaml")).unwrap();
@@ -175,6 +181,8 @@ fn gen_config_reads_secrets_with_v2_keys_written_before() {
         ],
     );
     check_client_config(dir, &dir.join("out/slateconfig"));
+    // The CA keys in the machine config are v1 again.
+    check_machine_config_keys(dir, &dir.join("out/controlplane.yaml"));
 }
 
 /// The v1 Ed25519 key `v1_pem` as ring's PKCS#8 v2 (what `slatectl gen`

@@ -84,9 +84,11 @@ impl Secrets {
         })
     }
 
-    /// Reads `secrets.yaml`, checking that every CA has its key.
+    /// Reads `secrets.yaml`, checking that every CA has its key. Keys of
+    /// an older Slate (PKCS#8 v2) come out as v1, so the configs made from
+    /// them hold only keys other tools read.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, GenerateError> {
-        let s: Self = crate::yaml::from_str(text).map_err(|e| GenerateError::Secrets {
+        let mut s: Self = crate::yaml::from_str(text).map_err(|e| GenerateError::Secrets {
             source_name: source_name.to_owned(),
             reason: format!("line {}, column {}: {}", e.line, e.column, e.message),
         })?;
@@ -101,6 +103,11 @@ impl Secrets {
                     source_name: source_name.to_owned(),
                     reason: format!("{field}: needs a base64 PEM certificate and key"),
                 });
+            }
+        }
+        for pair in [&mut s.certs.os, &mut s.certs.k8s, &mut s.certs.etcd] {
+            if let (Ok(crt), Ok(Some(key))) = (pair.crt_pem(), pair.key_pem()) {
+                *pair = PemKeyPair::from_pem(&crt, Some(&slate_pki::keys::to_v1_pem(&key)));
             }
         }
         Ok(s)

@@ -39,6 +39,22 @@ pub fn to_pem(key: &KeyPair) -> String {
     )
 }
 
+/// `pem_text` with an Ed25519 PKCS#8 v2 key re-encoded as v1 (keys that
+/// Slate wrote before it wrote v1, kept in old `secrets.yaml` files); any
+/// other text is returned as it is.
+pub fn to_v1_pem(pem_text: &str) -> String {
+    let Ok(block) = pem::parse(pem_text) else {
+        return pem_text.to_owned();
+    };
+    match (block.tag(), ed25519_v1(block.contents())) {
+        ("PRIVATE KEY", Some(der)) => pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        ),
+        _ => pem_text.to_owned(),
+    }
+}
+
 /// A v2 Ed25519 key (`ring`'s form) in v1; `None` for anything else, which
 /// is written as it is.
 fn ed25519_v1(der: &[u8]) -> Option<Vec<u8>> {
