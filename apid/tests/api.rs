@@ -443,3 +443,46 @@ async fn logs_follow_and_service_restart_through_apid() {
     assert_eq!(kernel.len(), 3, "{kernel:?}");
     assert!(kernel.iter().all(|l| l.starts_with('[')), "{kernel:?}");
 }
+
+#[tokio::test]
+async fn processes_show_each_process_s_user_and_capabilities() {
+    let bundle = cluster();
+    let node = start(Boot::Configured(&bundle.controlplane)).await;
+    let mut api = api(&node.target, admin_tls(&bundle)).await;
+    let processes = api
+        .processes(ProcessesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .processes;
+    // This test runs apid in its own process: it lists itself.
+    let me = processes
+        .iter()
+        .find(|p| p.pid == std::process::id() as i32)
+        .expect("the test's own process is listed");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(me.uid.to_string(), field("Uid:")[1]);
+    let cap_eff = u64::from_str_radix(&field("CapEff:")[0], 16).unwrap();
+    assert_eq!(
+        me.capabilities.is_empty(),
+        cap_eff == 0,
+        "{:?}",
+        me.capabilities
+    );
+    if cap_eff & (1 << 21) != 0 && me.capabilities != ["all"] {
+        assert!(
+            me.capabilities.iter().any(|c| c == "sys_admin"),
+            "{:?}",
+            me.capabilities
+        );
+    }
+}

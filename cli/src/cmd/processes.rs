@@ -27,12 +27,17 @@ pub struct Row {
     pub name: String,
     pub state: String,
     pub rss_bytes: u64,
+    /// Effective uid and capabilities: what the process may do.
+    pub uid: u32,
+    pub capabilities: Vec<String>,
     pub command: String,
 }
 
 impl Rows for Row {
     fn header() -> Vec<&'static str> {
-        vec!["NODE", "PID", "PPID", "NAME", "STATE", "RSS", "COMMAND"]
+        vec![
+            "NODE", "PID", "PPID", "NAME", "STATE", "RSS", "UID", "CAPS", "COMMAND",
+        ]
     }
 
     fn row(&self) -> Vec<String> {
@@ -43,6 +48,12 @@ impl Rows for Row {
             self.name.clone(),
             self.state.clone(),
             output::mib(self.rss_bytes),
+            self.uid.to_string(),
+            if self.capabilities.is_empty() {
+                "-".into()
+            } else {
+                self.capabilities.join(",")
+            },
             self.command.clone(),
         ]
     }
@@ -68,6 +79,8 @@ pub async fn run(global: &Global, args: ProcessesArgs) -> anyhow::Result<ExitCod
                 name: p.name,
                 state: p.state,
                 rss_bytes: p.rss_bytes,
+                uid: p.uid,
+                capabilities: p.capabilities,
                 command: p.command,
             })
         })
