@@ -129,71 +129,9 @@ fn process(dir: &Path, pid: i32) -> Option<Process> {
             .unwrap_or(0),
         capabilities: field("CapEff")
             .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .map(capability_names)
+            .map(slate_common::caps::names)
             .unwrap_or_default(),
     })
-}
-
-/// Capability names by bit, as in `linux/capability.h`. A table rather than
-/// the `caps` crate: naming bits is all apid needs of it.
-const CAPABILITIES: [&str; 41] = [
-    "chown",
-    "dac_override",
-    "dac_read_search",
-    "fowner",
-    "fsetid",
-    "kill",
-    "setgid",
-    "setuid",
-    "setpcap",
-    "linux_immutable",
-    "net_bind_service",
-    "net_broadcast",
-    "net_admin",
-    "net_raw",
-    "ipc_lock",
-    "ipc_owner",
-    "sys_module",
-    "sys_rawio",
-    "sys_chroot",
-    "sys_ptrace",
-    "sys_pacct",
-    "sys_admin",
-    "sys_boot",
-    "sys_nice",
-    "sys_resource",
-    "sys_time",
-    "sys_tty_config",
-    "mknod",
-    "lease",
-    "audit_write",
-    "audit_control",
-    "setfcap",
-    "mac_override",
-    "mac_admin",
-    "syslog",
-    "wake_alarm",
-    "block_suspend",
-    "audit_read",
-    "perfmon",
-    "bpf",
-    "checkpoint_restore",
-];
-
-/// The names of the bits set in `mask` (`CapEff`); `["all"]` when every
-/// capability this table knows is set, bits it does not know as `cap_N`.
-fn capability_names(mask: u64) -> Vec<String> {
-    let known = (1u64 << CAPABILITIES.len()) - 1;
-    if mask & known == known {
-        return vec!["all".into()];
-    }
-    (0..64)
-        .filter(|bit| mask & (1u64 << bit) != 0)
-        .map(|bit| match CAPABILITIES.get(bit) {
-            Some(name) => (*name).to_owned(),
-            None => format!("cap_{bit}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -255,20 +193,5 @@ mod tests {
         );
         assert_eq!(apid.uid, 1000, "the effective uid");
         assert_eq!(apid.capabilities, ["net_admin", "net_raw"]);
-    }
-
-    #[test]
-    fn capabilities_are_named() {
-        assert!(capability_names(0).is_empty());
-        assert_eq!(capability_names(0x1ff_ffff_ffff), ["all"]);
-        assert_eq!(
-            capability_names(u64::MAX),
-            ["all"],
-            "bits a newer kernel adds"
-        );
-        assert_eq!(
-            capability_names((1 << 21) | (1 << 25) | (1 << 50)),
-            ["sys_admin", "sys_time", "cap_50"]
-        );
     }
 }

@@ -1,5 +1,6 @@
 //! What every Slate binary agrees on, PID 1 included: so it pulls in no
 //! async runtime, TLS or RPC stack.
+//! - [`caps`]: Linux capabilities by name;
 //! - [`constants`]: paths, ports and names;
 //! - [`error`]: an error and its causes on one line;
 //! - [`fs`]: atomic state writes;
@@ -7,6 +8,7 @@
 //! - [`ratelimit`]: log lines a flood cannot multiply;
 //! - [`version`]: what this build is;
 //! - [`logging`] (feature `logging`): the daemons' console log format.
+pub mod caps;
 pub mod constants;
 pub mod error;
 pub mod fs;

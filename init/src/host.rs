@@ -36,7 +36,7 @@ pub struct RealHost {
 
 impl Host for RealHost {
     fn spawn(&mut self, daemon: &DaemonSpec) -> Result<Pid, SpawnError> {
-        crate::spawn::spawn(daemon.path, daemon.args, &self.stdio)
+        crate::spawn::spawn(daemon.path, daemon.args, &self.stdio, daemon.privileges)
     }
 
     fn kill(&mut self, pid: Pid, signal: Signal) -> Result<(), Errno> {

@@ -9,7 +9,8 @@
 //! process group never reaches init or the other daemons), stdin on
 //! `/dev/null`, stdout and stderr on the console, an empty signal mask and
 //! default SIGPIPE (init blocks everything; Rust's runtime ignores SIGPIPE;
-//! both would be inherited across exec), and a clean environment.
+//! both would be inherited across exec), a clean environment, a hard limit
+//! of [`NOFILE_HARD`] open files, and its [`Privileges`].
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,6 +21,14 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use thiserror::Error;
+
+use crate::daemons::Privileges;
+
+/// The hard open-file limit of every daemon (the soft one stays 1024, for
+/// `select`'s sake): each raises its own soft limit to what its bounds
+/// need (apid's connections, the API balancer's), which above the
+/// kernel's 4096 default would take `sys_resource`, which they lack.
+pub const NOFILE_HARD: libc::rlim_t = 65536;
 
 /// The whole environment of a daemon. RUST_LOG and everything else from
 /// the kernel's environment are deliberately absent.
@@ -48,6 +57,8 @@ pub enum SpawnError {
         #[source]
         source: Errno,
     },
+    #[error("unknown capability {cap:?} for {path}")]
+    Capability { path: String, cap: String },
     #[error("exec {path} (in pid {pid})")]
     Exec {
         path: String,
@@ -94,9 +105,31 @@ fn open_stdio(daemon: &str, path: &PathBuf, flags: OFlag) -> Result<OwnedFd, Spa
     })
 }
 
-/// Start `path` with `args` (argv[0] is `path`) and [`DAEMON_ENV`]. Returns
-/// once the child has exec'd (or failed to); never waits for it.
-pub fn spawn(path: &str, args: &[&str], stdio: &Stdio) -> Result<Pid, SpawnError> {
+/// The capabilities `privileges` keeps, as a mask of bits; `None` for all.
+fn keep_mask(path: &str, privileges: Privileges) -> Result<Option<u64>, SpawnError> {
+    let Privileges::Only(caps) = privileges else {
+        return Ok(None);
+    };
+    let mut mask = 0u64;
+    for cap in caps {
+        let bit = slate_common::caps::bit(cap).ok_or_else(|| SpawnError::Capability {
+            path: path.to_string(),
+            cap: (*cap).to_string(),
+        })?;
+        mask |= 1 << bit;
+    }
+    Ok(Some(mask))
+}
+
+/// Start `path` with `args` (argv[0] is `path`), [`DAEMON_ENV`] and
+/// `privileges`. Returns once the child has exec'd (or failed to); never
+/// waits for it.
+pub fn spawn(
+    path: &str,
+    args: &[&str],
+    stdio: &Stdio,
+    privileges: Privileges,
+) -> Result<Pid, SpawnError> {
     // Everything the child needs is prepared before fork, so the child only
     // makes async-signal-safe system calls.
     let prog = cstring("path", path, path)?;
@@ -112,6 +145,7 @@ pub fn spawn(path: &str, args: &[&str], stdio: &Stdio) -> Result<Pid, SpawnError
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
+    let keep = keep_mask(path, privileges)?;
 
     let stdin = open_stdio(path, &stdio.stdin, OFlag::O_RDONLY)?;
     let output = open_stdio(path, &stdio.output, OFlag::O_WRONLY)?;
@@ -135,6 +169,7 @@ pub fn spawn(path: &str, args: &[&str], stdio: &Stdio) -> Result<Pid, SpawnError
                 envp_ptrs.as_ptr(),
                 stdin.as_raw_fd(),
                 output.as_raw_fd(),
+                keep,
             );
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain write and _exit on valid fds/buffers.
@@ -179,6 +214,7 @@ fn child_exec(
     envp: *const *const libc::c_char,
     stdin: libc::c_int,
     output: libc::c_int,
+    keep: Option<u64>,
 ) -> i32 {
     // SAFETY: only async-signal-safe calls, on valid pointers prepared by
     // the parent before fork.
@@ -204,6 +240,31 @@ fn child_exec(
         for sig in 1..32 {
             // SIGKILL and SIGSTOP refuse, harmlessly.
             libc::sigaction(sig, &default, std::ptr::null_mut());
+        }
+        let nofile = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: NOFILE_HARD,
+        };
+        // Best effort: only a host test runs this without the privilege
+        // to raise a hard limit; init always has it.
+        libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
+        if let Some(keep) = keep {
+            // Ascending, until the first bit this kernel does not know
+            // (EINVAL): every capability not kept leaves the bounding set.
+            for cap in 0..64u32 {
+                if keep & (1 << cap) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
+                {
+                    let errno = *libc::__errno_location();
+                    if errno == libc::EINVAL {
+                        break;
+                    }
+                    return errno;
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return *libc::__errno_location();
+            }
         }
         libc::execve(prog, argv, envp);
         *libc::__errno_location()

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use slate_init::daemons::Privileges;
 use slate_init::reaper::{ExitStatus, block_all_signals, reap_all, wait_signal};
 use slate_init::spawn::{SpawnError, Stdio, spawn};
 
@@ -38,8 +39,13 @@ fn main() {
     let mut expect: HashMap<Pid, ExitStatus> = HashMap::new();
 
     // 1. Exits 3 and leaves an orphan behind that exits 5 a bit later.
-    let sh =
-        spawn("/bin/sh", &["-c", "(sleep 0.2; exit 5) & exit 3"], &stdio).expect("spawning sh");
+    let sh = spawn(
+        "/bin/sh",
+        &["-c", "(sleep 0.2; exit 5) & exit 3"],
+        &stdio,
+        Privileges::Full,
+    )
+    .expect("spawning sh");
     expect.insert(sh, ExitStatus::Exited(3));
 
     // 2. The daemon's environment, session, signal mask and dispositions
@@ -52,11 +58,58 @@ fn main() {
                  ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status); \
                  [ $((0x$ign & 0x7fffffff)) -eq 0 ] || exit 14; \
                  [ -t 0 ] && exit 15; exit 0";
-    let env = spawn("/bin/sh", &["-c", check], &stdio).expect("spawning the env check");
+    let env =
+        spawn("/bin/sh", &["-c", check], &stdio, Privileges::Full).expect("spawning the env check");
     expect.insert(env, ExitStatus::Exited(0));
 
+    // 2b. A daemon kept to one capability, as networkd and apid are: that
+    // one is all it holds and may ever get (bounding set), no_new_privs is
+    // set, and its hard open-file limit is raised. Cutting the bounding
+    // set takes root (CAP_SETPCAP), as init has.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let check = "st=/proc/$$/status; \
+                     grep -q '^CapEff:[[:space:]]*0000000000001000$' $st || exit 20; \
+                     grep -q '^CapBnd:[[:space:]]*0000000000001000$' $st || exit 21; \
+                     grep -q '^NoNewPrivs:[[:space:]]*1$' $st || exit 22; \
+                     [ \"$(ulimit -Hn)\" = HARD ] || exit 23; exit 0";
+        // Raising a hard limit takes sys_resource, which init has and a
+        // container running this test may not: then only lowering works.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        let hard = if cap_eff & (1 << 24) != 0 {
+            slate_init::spawn::NOFILE_HARD.to_string()
+        } else {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit into a valid struct.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) };
+            now.rlim_max.min(slate_init::spawn::NOFILE_HARD).to_string()
+        };
+        let check = check.replace("HARD", &hard);
+        let only = spawn(
+            "/bin/sh",
+            &["-c", &check],
+            &stdio,
+            Privileges::Only(&["net_admin"]),
+        )
+        .expect("spawning the privileges check");
+        expect.insert(only, ExitStatus::Exited(0));
+    } else {
+        slate_testskip::skip(
+            "reaper_host: daemon privileges",
+            slate_testskip::Reason::Privilege("root (CAP_SETPCAP)"),
+        );
+    }
+
     // 3. A long sleeper, ended with SIGTERM.
-    let sleeper = spawn("/bin/sleep", &["30"], &stdio).expect("spawning sleep");
+    let sleeper = spawn("/bin/sleep", &["30"], &stdio, Privileges::Full).expect("spawning sleep");
     kill(sleeper, Signal::SIGTERM).expect("kill");
     expect.insert(
         sleeper,
@@ -68,7 +121,7 @@ fn main() {
 
     // 4. A missing binary: the error comes back from spawn; the child that
     // failed to exec is reaped like any other (exit 127).
-    match spawn("/nonexistent/machined", &[], &stdio) {
+    match spawn("/nonexistent/machined", &[], &stdio, Privileges::Full) {
         Err(SpawnError::Exec {
             pid,
             source: Errno::ENOENT,

@@ -10,9 +10,12 @@ pub enum HostnameError {
     Set {
         name: String,
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
+
+/// The kernel's hostname as a sysctl file.
+const PROC_HOSTNAME: &str = "/proc/sys/kernel/hostname";
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner
 /// hyphens, 63 bytes per label, and short enough for the kernel.
@@ -39,9 +42,12 @@ pub fn fallback(mac: &[u8]) -> String {
 
 /// Sets the kernel hostname; `enabled: false` (tests run with `ip netns
 /// exec`, which share the host's UTS namespace) only pretends.
+///
+/// Through the sysctl file, not sethostname(2): that takes `sys_admin`,
+/// which init does not give networkd, while the file asks only for uid 0.
 pub fn set(name: &str, enabled: bool) -> Result<(), HostnameError> {
     if enabled {
-        nix::unistd::sethostname(name).map_err(|source| HostnameError::Set {
+        std::fs::write(PROC_HOSTNAME, name).map_err(|source| HostnameError::Set {
             name: name.to_owned(),
             source,
         })?;

@@ -76,6 +76,20 @@ pub async fn list(
         .collect()
 }
 
+/// The node's processes, as `slatectl processes` lists them.
+pub async fn processes(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Vec<slate_proto::machine::Process>> {
+    use slate_proto::machine::ProcessesRequest;
+    let channel = client::connect(target, tls).await?;
+    Ok(client::machine(channel)
+        .processes(ProcessesRequest {})
+        .await?
+        .into_inner()
+        .processes)
+}
+
 /// The kernel log as `slatectl dmesg` reads it (Dmesg, not following), on
 /// a fresh connection.
 pub async fn dmesg(target: &Target, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Vec<String>> {

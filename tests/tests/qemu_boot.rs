@@ -133,6 +133,24 @@ async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
     // The node still answers the right client afterwards.
     api::version(&target, admin_tls(&bundle)).await.unwrap();
     assert!(vm.is_running());
+
+    // Each core daemon holds what init gave it, as a user sees it.
+    let processes = api::processes(&target, admin_tls(&bundle)).await.unwrap();
+    let caps = |name: &str| {
+        let p = processes
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {processes:?}"));
+        p.capabilities.clone()
+    };
+    let init = processes.iter().find(|p| p.pid == 1).unwrap();
+    assert_eq!(init.capabilities, ["all"]);
+    assert_eq!(caps("machined"), ["all"]);
+    assert_eq!(
+        caps("networkd"),
+        ["net_bind_service", "net_admin", "net_raw", "sys_time"]
+    );
+    assert!(caps("apid").is_empty(), "apid holds {:?}", caps("apid"));
 }
 
 #[tokio::test]
