@@ -40,8 +40,9 @@ pub const LATE: &[&str] = &["virtio_scsi", "virtio_console", "overlay"];
 /// The link drivers networkd creates links with (VLAN, dummy, bridge,
 /// bond; bonding is ~150 KB compressed and clouds' VMs may bond too;
 /// wireguard for the mesh's kernel datapath, with udp_tunnel and the
-/// curve25519/chacha20poly1305 libraries it depends on), and
-/// br_netfilter, which kubelet requires (pods' bridged traffic through
+/// curve25519/chacha20poly1305 libraries it depends on; tun for its
+/// default, userspace datapath, whose /dev/net/tun appears only once the
+/// module is in), and br_netfilter, which kubelet requires (pods' bridged traffic through
 /// iptables): the
 /// image has no modprobe, so the kernel cannot load them on demand. init
 /// loads them once the node has an address, after the boot's critical
@@ -53,6 +54,7 @@ pub const LINK_DRIVERS: &[&str] = &[
     "bonding",
     "br_netfilter",
     "wireguard",
+    "tun",
 ];
 
 /// Bare-metal disk controllers and common NICs, added for `--kernel metal`.
