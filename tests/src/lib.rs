@@ -6,6 +6,7 @@
 //! - [`configdrive`]: nocloud config drives (`cidata`) made with xorriso;
 //! - [`console`]: waiting for console lines and showing the tail on failure;
 //! - [`api`]: waiting until apid answers `Version`;
+//! - [`layer`]: a node booted with an extension layer the test builds;
 //! - [`cluster`]: several VMs on one private LAN (multi-node tests, `make cluster`);
 //! - [`artifacts`]: where the built image is;
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
@@ -30,6 +31,7 @@ pub mod configdrive;
 pub mod console;
 pub mod etcdbench;
 pub mod floor;
+pub mod layer;
 pub mod meshbench;
 pub mod meshlab;
 pub mod meshnode;

@@ -9,94 +9,16 @@
 // Test code outside #[test] fns: a panic here fails the test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use slate_image::extensions::Extension;
-use slate_image::tools::{Tool, Toolbox};
-use slate_tests::artifacts::Artifacts;
-use slate_tests::qemu::{Boot, Vm, VmOptions};
+use slate_tests::layer::{LayerNode, boot_with_layer, program};
 use slate_tests::slatectl::{run_as, text};
 use slate_tests::wait::eventually;
-use slate_tests::{api, configdrive};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// Between looks at the node.
 const EVERY: Duration = Duration::from_secs(1);
-
-/// A node booted from the image with `layer` as its extension layer and
-/// a generated control-plane config: (VM, its slateconfig, admin TLS).
-struct LayerNode {
-    vm: Vm,
-    slateconfig: PathBuf,
-    node: String,
-    _dir: tempfile::TempDir,
-}
-
-fn program(name: &str) -> Extension {
-    let path = slate_tests::slatectl::path().with_file_name(name);
-    assert!(path.is_file(), "{} (make build)", path.display());
-    Extension {
-        name: name.into(),
-        path,
-    }
-}
-
-async fn boot_with_layer(
-    programs: Vec<Extension>,
-    debian: &[&str],
-    services: &[(&str, &str)],
-) -> LayerNode {
-    let a = Artifacts::find().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let services: Vec<PathBuf> = services
-        .iter()
-        .map(|(name, yaml)| {
-            let path = d.join(format!("{name}.yaml"));
-            std::fs::write(&path, yaml).unwrap();
-            path
-        })
-        .collect();
-    let tools = Toolbox::find(
-        &[Tool::Mksquashfs, Tool::Ldd, Tool::AptGet, Tool::DpkgDeb],
-        None,
-    )
-    .unwrap();
-    let debian: Vec<String> = debian.iter().map(|p| (*p).to_owned()).collect();
-    let mut all =
-        slate_image::extensions::debian(&tools, &debian, &Artifacts::dir().join("cache")).unwrap();
-    all.extend(programs);
-    let work = d.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let layer = slate_image::extensions::build(&tools, &work, &all, &services, 0).unwrap();
-    let initramfs = d.join("initramfs+layer.img");
-    a.initramfs_with(&layer, &initramfs).unwrap();
-
-    let bundle = api::loopback_cluster("layer").unwrap();
-    let slateconfig = d.join("slateconfig");
-    bundle.client.save(&slateconfig).unwrap();
-    let admin = api::context_tls(&bundle.client, "layer").unwrap();
-    let drive = d.join("cidata.iso");
-    configdrive::build(&bundle.controlplane.to_yaml().unwrap(), &drive).unwrap();
-    let mut opts = VmOptions::new(Boot::Kernel {
-        vmlinuz: a.vmlinuz.clone(),
-        initramfs,
-        cmdline: a.cmdline.clone(),
-    });
-    opts.config_drive = Some(drive);
-    let mut vm = Vm::start(&opts, Some(&d.join("console.log"))).unwrap();
-    api::wait_for_version(&mut vm, admin, TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let node = vm.endpoint();
-    LayerNode {
-        vm,
-        slateconfig,
-        node,
-        _dir: dir,
-    }
-}
 
 #[tokio::test]
 #[ignore = "boots QEMU: run by `make test`"]
@@ -121,6 +43,7 @@ async fn a_leaking_and_a_forking_service_stay_inside_their_limits() {
                  limits: {pids: 8}\n",
             ),
         ],
+        |_| {},
     )
     .await;
 
@@ -203,6 +126,7 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         }],
         &["containerd", "runc"],
         &[],
+        |_| {},
     )
     .await;
     let healthy = |services: &[serde_json::Value], id: &str| {
