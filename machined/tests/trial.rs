@@ -1,7 +1,8 @@
 //! A `try` survives a restart of machined: init restarts it with the
 //! trial config still running, and the config still rolls back on time,
 //! or stays once confirmed. Each machined runs in a runtime of its own,
-//! dropped to stop it as a kill would (its timers die with it).
+//! dropped to stop it as a kill would (its timers die with it). And the
+//! restart itself: a socket server that fails ends machined's `serve`.
 // Test code outside #[test] fns: a panic here fails the test.
 #![allow(clippy::unwrap_used)]
 
@@ -134,4 +135,28 @@ fn the_try_record_is_private() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "it holds the node's secrets");
+}
+
+/// machined's socket server failing (here: its directory is gone) ends
+/// `serve` with an error naming the socket, on which machined exits for
+/// init to restart it, instead of pausing forever without an API.
+#[test]
+fn serve_fails_when_its_socket_cannot_be_served() {
+    let s = setup();
+    let rt = runtime();
+    let node = rt.block_on(machined(&s));
+    let mut paths = s.paths.clone();
+    paths.socket = s.dir.path().join("gone").join("machined.sock");
+    let services = slate_machined::services::Supervisor::new(s.dir.path().join("cgroup"), None);
+    let served = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            slate_machined::serve(&paths, node, services, None),
+        )
+        .await
+    });
+    let err = served
+        .expect("serve returned instead of hanging")
+        .expect_err("serve reported failure");
+    assert!(format!("{err:#}").contains("gone/machined.sock"), "{err:#}");
 }
