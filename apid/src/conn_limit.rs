@@ -3,6 +3,12 @@
 //! connects and says nothing holds one until the handshake deadline), and
 //! given back when tonic drops the connection. Over a cap the connection is
 //! closed at once; one client address cannot take the slots of others.
+//!
+//! A connection also has to keep talking: after the TLS handshake its
+//! first bytes (the HTTP/2 preface) are due within [`FIRST_BYTES`], which
+//! hyper does not bound, and then something at least every [`IDLE`]. A
+//! live client always has: apid pings every 30 s, idle or not, and the
+//! client's answer is a read.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +17,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use std::future::Future as _;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
 /// Connections at most, handshakes included. Well under the descriptor
@@ -19,6 +29,10 @@ use tonic::transport::server::Connected;
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections at most from one address.
 pub const MAX_PER_ADDRESS: usize = 64;
+/// After the handshake, until the client's first bytes.
+pub const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// Between two reads: three of apid's keepalive pings unanswered.
+pub const IDLE: Duration = Duration::from_secs(90);
 
 #[derive(Default)]
 struct Counts {
@@ -78,15 +92,22 @@ impl Drop for Slot {
     }
 }
 
-/// A connection holding its slot: the stream tonic serves.
+/// A connection holding its slot: the stream tonic serves, ended with
+/// `TimedOut` when the client stops talking.
 pub struct Held<S> {
     inner: S,
     _slot: Slot,
+    /// When the next read is due.
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl<S> Held<S> {
     pub fn new(inner: S, slot: Slot) -> Self {
-        Self { inner, _slot: slot }
+        Self {
+            inner,
+            _slot: slot,
+            deadline: Box::pin(tokio::time::sleep(FIRST_BYTES)),
+        }
     }
 }
 
@@ -104,7 +125,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.deadline.as_mut().reset(Instant::now() + IDLE);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing in time",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! apid's bounds: connections per client address (handshakes included),
-//! and machined's cap on open dmesg streams, each seen from a client.
+//! clients that go silent after the handshake, and machined's cap on open
+//! dmesg streams, each seen from a client.
 
 // The helpers below are part of the tests: a panic there is a test failing.
 #![allow(clippy::unwrap_used)]
@@ -10,7 +11,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use slate_apid::conn_limit::MAX_PER_ADDRESS;
+use slate_apid::conn_limit::{FIRST_BYTES, MAX_PER_ADDRESS};
 use slate_machined::api::MAX_KMSG_READERS;
 use slate_proto::machine::DmesgRequest;
 use tokio::io::AsyncReadExt;
@@ -106,4 +107,44 @@ async fn dmesg_streams_are_capped_and_given_back() {
         }
     }
     assert!(freed.is_some(), "the slot of a closed stream came back");
+}
+
+/// A client that completes the TLS handshake, with a good certificate,
+/// and then says nothing (no HTTP/2 preface) is closed once
+/// [`FIRST_BYTES`] have passed, giving its slot back: hyper alone waits
+/// for the preface forever.
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_closed() {
+    let bundle = cluster();
+    let node = start(Boot::Configured(&bundle.controlplane)).await;
+    let to: SocketAddr = format!("127.0.0.1:{}", node.target.port).parse().unwrap();
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(admin_tls(&bundle))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake succeeds");
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(FIRST_BYTES + Duration::from_secs(5), async {
+        // Whatever apid sends first (its SETTINGS) is read past: the loop
+        // ends when apid closes.
+        loop {
+            match tls.read(&mut byte).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "still open {:?} after the handshake",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= FIRST_BYTES - Duration::from_secs(1),
+        "closed after {:?}, before its deadline",
+        started.elapsed()
+    );
 }
