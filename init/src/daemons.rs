@@ -28,7 +28,8 @@ pub enum Privileges {
     /// Only these capabilities (by [`slate_common::caps`] name): the
     /// bounding set is cut to them, which for a uid-0 process is also what
     /// it holds after exec, and `no_new_privs` is set, so no exec (setuid
-    /// or file capabilities) gets any back.
+    /// or file capabilities) gets any back; and the [`crate::seccomp`]
+    /// filters.
     Only(&'static [&'static str]),
 }
 

@@ -45,6 +45,9 @@
 //!   started with our own fork+exec ([`spawn`]) rather than
 //!   `std::process::Command`, whose `Child::wait` (and its internal wait after
 //!   a failed exec) would race with the global reaper for the same statuses.
+//! * Each daemon gets only what [`daemons::DAEMONS`] gives it: its
+//!   capabilities, `no_new_privs` and the [`seccomp`] filters, set between
+//!   fork and exec.
 //! * The supervision policy ([`supervisor`]) is plain bookkeeping over a
 //!   narrow [`host::Host`] trait (spawn, kill, reap, clock, signal wait); tests
 //!   drive it with a recording fake and a fake clock.
@@ -72,6 +75,7 @@ pub mod loopdev;
 pub mod modules;
 pub mod mounts;
 pub mod reaper;
+pub mod seccomp;
 pub mod shutdown;
 pub mod spawn;
 pub mod stage1;

@@ -10,7 +10,8 @@
 //! `/dev/null`, stdout and stderr on the console, an empty signal mask and
 //! default SIGPIPE (init blocks everything; Rust's runtime ignores SIGPIPE;
 //! both would be inherited across exec), a clean environment, a hard limit
-//! of [`NOFILE_HARD`] open files, and its [`Privileges`].
+//! of [`NOFILE_HARD`] open files, and its [`Privileges`] (capabilities,
+//! `no_new_privs`, the [`crate::seccomp`] filters).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -59,6 +60,12 @@ pub enum SpawnError {
     },
     #[error("unknown capability {cap:?} for {path}")]
     Capability { path: String, cap: String },
+    #[error("the seccomp filter for {path}")]
+    Seccomp {
+        path: String,
+        #[source]
+        source: crate::seccomp::FilterError,
+    },
     #[error("exec {path} (in pid {pid})")]
     Exec {
         path: String,
@@ -146,6 +153,17 @@ pub fn spawn(
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
     let keep = keep_mask(path, privileges)?;
+    let filters = match privileges {
+        Privileges::Full => None,
+        Privileges::Only(caps) => Some(
+            crate::seccomp::filters(caps.contains(&"sys_time")).map_err(|source| {
+                SpawnError::Seccomp {
+                    path: path.to_string(),
+                    source,
+                }
+            })?,
+        ),
+    };
 
     let stdin = open_stdio(path, &stdio.stdin, OFlag::O_RDONLY)?;
     let output = open_stdio(path, &stdio.output, OFlag::O_WRONLY)?;
@@ -170,6 +188,7 @@ pub fn spawn(
                 stdin.as_raw_fd(),
                 output.as_raw_fd(),
                 keep,
+                filters.as_ref(),
             );
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain write and _exit on valid fds/buffers.
@@ -215,6 +234,7 @@ fn child_exec(
     stdin: libc::c_int,
     output: libc::c_int,
     keep: Option<u64>,
+    filters: Option<&[seccompiler::BpfProgram; 2]>,
 ) -> i32 {
     // SAFETY: only async-signal-safe calls, on valid pointers prepared by
     // the parent before fork.
@@ -264,6 +284,13 @@ fn child_exec(
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return *libc::__errno_location();
+            }
+        }
+        // After no_new_privs, as the kernel requires of a process that
+        // is about to lose sys_admin; they hold across exec.
+        for program in filters.into_iter().flatten() {
+            if let Err(errno) = crate::seccomp::install(program) {
+                return errno;
             }
         }
         libc::execve(prog, argv, envp);

@@ -64,7 +64,8 @@ fn main() {
 
     // 2b. A daemon kept to one capability, as networkd and apid are: that
     // one is all it holds and may ever get (bounding set), no_new_privs is
-    // set, and its hard open-file limit is raised. Cutting the bounding
+    // set, its hard open-file limit is raised, and the seccomp filter
+    // refuses a new user namespace (which needs no capability otherwise). Cutting the bounding
     // set takes root (CAP_SETPCAP), as init has.
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
@@ -72,7 +73,10 @@ fn main() {
                      grep -q '^CapEff:[[:space:]]*0000000000001000$' $st || exit 20; \
                      grep -q '^CapBnd:[[:space:]]*0000000000001000$' $st || exit 21; \
                      grep -q '^NoNewPrivs:[[:space:]]*1$' $st || exit 22; \
-                     [ \"$(ulimit -Hn)\" = HARD ] || exit 23; exit 0";
+                     [ \"$(ulimit -Hn)\" = HARD ] || exit 23; \
+                     grep -q '^Seccomp:[[:space:]]*2$' $st || exit 24; \
+                     [ -x /usr/bin/unshare ] || exit 25; \
+                     /usr/bin/unshare -U true 2>/dev/null && exit 26; exit 0";
         // Raising a hard limit takes sys_resource, which init has and a
         // container running this test may not: then only lowering works.
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
