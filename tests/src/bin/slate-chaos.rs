@@ -117,8 +117,9 @@ fn record(path: &Path, text: &str) {
     }
 }
 
-/// The pids of `name`, zombies excluded. By `comm`, what `slatectl
-/// processes` shows as NAME.
+/// The pids of daemon `name`: init's children (a daemon's own child
+/// between fork and exec has its name too) with that `comm`, zombies
+/// excluded.
 fn pids_of(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -128,7 +129,11 @@ fn pids_of(name: &str) -> Vec<u32> {
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let comm = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "));
-            comm.is_some_and(|(comm, rest)| comm == name && !rest.starts_with('Z'))
+            // "STATE PPID ...".
+            comm.is_some_and(|(comm, rest)| {
+                let mut f = rest.split_whitespace();
+                comm == name && f.next() != Some("Z") && f.next() == Some("1")
+            })
         })
         .collect()
 }
