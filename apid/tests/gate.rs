@@ -106,6 +106,19 @@ fn openssl_client(
     Some(Arc::new(tls::client(ca_pem, Some(&id)).unwrap()))
 }
 
+/// A configured node, and a channel to it with an openssl-made client
+/// certificate of its machine CA whose Organizations are `orgs`; `None`
+/// when openssl is missing (a skip).
+async fn configured_node_and_outsider(orgs: &[&str]) -> Option<(Node, Channel)> {
+    let bundle = cluster();
+    let node = start(Boot::Configured(&bundle.controlplane)).await;
+    let (ca, key) = machine_ca(&bundle);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = openssl_client(dir.path(), &ca, &key, orgs)?;
+    let channel = client::connect(&node.target, tls).await.unwrap();
+    Some((node, channel))
+}
+
 #[tokio::test]
 async fn in_maintenance_mode_only_the_anonymous_rules_are_answered() {
     let node = start(Boot::Empty).await;
@@ -152,14 +165,9 @@ async fn in_maintenance_mode_only_the_anonymous_rules_are_answered() {
 
 #[tokio::test]
 async fn a_certificate_with_no_known_role_reaches_nothing() {
-    let bundle = cluster();
-    let node = start(Boot::Configured(&bundle.controlplane)).await;
-    let (ca, key) = machine_ca(&bundle);
-    let dir = tempfile::tempdir().unwrap();
-    let Some(tls) = openssl_client(dir.path(), &ca, &key, &["system:masters"]) else {
+    let Some((node, channel)) = configured_node_and_outsider(&["system:masters"]).await else {
         return;
     };
-    let channel = client::connect(&node.target, tls).await.unwrap();
     // Reflection and the resource API included: no method answers it.
     for (path, _) in RULES {
         let status = call(&channel, path).await;
@@ -177,19 +185,11 @@ async fn a_certificate_with_no_known_role_reaches_nothing() {
 
 #[tokio::test]
 async fn a_certificate_with_several_roles_gets_the_highest() {
-    let bundle = cluster();
-    let node = start(Boot::Configured(&bundle.controlplane)).await;
-    let (ca, key) = machine_ca(&bundle);
-    let dir = tempfile::tempdir().unwrap();
-    let Some(tls) = openssl_client(
-        dir.path(),
-        &ca,
-        &key,
-        &["os:reader", "os:operator", "nobody"],
-    ) else {
+    let Some((_node, channel)) =
+        configured_node_and_outsider(&["os:reader", "os:operator", "nobody"]).await
+    else {
         return;
     };
-    let channel = client::connect(&node.target, tls).await.unwrap();
     for (path, access) in RULES {
         let (Access::Role(least) | Access::RoleOrMaintenance(least)) = access;
         let status = call(&channel, path).await;
