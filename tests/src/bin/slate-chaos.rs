@@ -117,24 +117,46 @@ fn record(path: &Path, text: &str) {
     }
 }
 
-/// The pids of daemon `name`: init's children (a daemon's own child
-/// between fork and exec has its name too) with that `comm`, zombies
-/// excluded.
-fn pids_of(name: &str) -> Vec<u32> {
+/// One line of `/proc/PID/stat`: the fields this program reads.
+struct Stat {
+    pid: u32,
+    comm: String,
+    state: String,
+    ppid: u32,
+}
+
+/// Every process, from `/proc/PID/stat` (the command name is in
+/// parentheses and may hold spaces, so the fields after it are split at
+/// the last `)`).
+fn processes() -> Vec<Stat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let comm = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "));
-            // "STATE PPID ...".
-            comm.is_some_and(|(comm, rest)| {
-                let mut f = rest.split_whitespace();
-                comm == name && f.next() != Some("Z") && f.next() == Some("1")
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let (_, comm) = head.split_once(" (")?;
+            let mut fields = rest.split_whitespace();
+            Some(Stat {
+                pid,
+                comm: comm.to_owned(),
+                state: fields.next()?.to_owned(),
+                ppid: fields.next()?.parse().ok()?,
             })
         })
+        .collect()
+}
+
+/// The pids of daemon `name`: init's children (a daemon's own child
+/// between fork and exec has its name too) with that `comm`, zombies
+/// excluded.
+fn pids_of(name: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.comm == name && p.state != "Z" && p.ppid == 1)
+        .map(|p| p.pid)
         .collect()
 }
 
@@ -152,17 +174,10 @@ fn zombies() -> Vec<String> {
 }
 
 fn zombies_now() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let close = stat.rfind(')')?;
-            let state = stat[close + 1..].split_whitespace().next()?;
-            (state == "Z").then(|| stat[..=close].to_owned())
-        })
+    processes()
+        .into_iter()
+        .filter(|p| p.state == "Z")
+        .map(|p| format!("{} ({})", p.pid, p.comm))
         .collect()
 }
 
@@ -288,7 +303,7 @@ impl Junk {
 
 /// Whether UDP `port` has a socket bound (any address), from /proc/net/udp.
 fn udp_bound(port: u16) -> bool {
-    let hex = format!(":{port:04X} ");
+    let hex = format!(":{port:04X}");
     ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
         std::fs::read_to_string(f)
             .unwrap_or_default()
@@ -297,7 +312,7 @@ fn udp_bound(port: u16) -> bool {
             .any(|l| {
                 l.split_whitespace()
                     .nth(1)
-                    .is_some_and(|a| a.ends_with(hex.trim_end()))
+                    .is_some_and(|a| a.ends_with(&hex))
             })
     })
 }
