@@ -366,9 +366,10 @@ fn flood_all(each: Duration) -> bool {
     ok
 }
 
-/// Eight threads for `each`: connections that send junk (some shaped as a
-/// TLS record or HTTP/2 preface, some plain), some that stall, and a burst
-/// of 600 held open at once (more than apid's cap). Connections made.
+/// Eight threads for `each`: connections that send 1 B–16 KiB of junk
+/// (some starting as a TLS record or an HTTP request), wait 50 ms for an
+/// answer and close; then a burst of 600 held open and silent at once
+/// (more than apid's cap). Connections made.
 fn flood_tcp(port: u16, each: Duration) -> u64 {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let end = Instant::now() + each;
@@ -388,13 +389,16 @@ fn flood_tcp(port: u16, each: Duration) -> u64 {
                     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
                     let n = junk.below(buf.len() as u64) as usize + 1;
                     junk.fill(&mut buf[..n]);
-                    match made % 4 {
-                        // A TLS handshake record claiming 16 KiB, then junk.
-                        0 => buf[..5].copy_from_slice(&[0x16, 0x03, 0x01, 0x40, 0x00]),
-                        // An HTTP request line, as a scanner sends.
-                        1 => buf[..16.min(n)].copy_from_slice(&b"GET / HTTP/1.1\r\n"[..16.min(n)]),
-                        _ => {}
-                    }
+                    // A TLS handshake record claiming 16 KiB, or an HTTP
+                    // request line as a scanner sends, each then junk, and
+                    // cut to the connection's length.
+                    let head: &[u8] = match made % 4 {
+                        0 => &[0x16, 0x03, 0x01, 0x40, 0x00],
+                        1 => b"GET / HTTP/1.1\r\n",
+                        _ => &[],
+                    };
+                    let cut = head.len().min(n);
+                    buf[..cut].copy_from_slice(&head[..cut]);
                     let _ = s.write_all(&buf[..n]);
                     let _ = s.read(&mut buf);
                     let _ = s.shutdown(Shutdown::Both);
