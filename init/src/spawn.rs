@@ -112,11 +112,8 @@ fn open_stdio(daemon: &str, path: &PathBuf, flags: OFlag) -> Result<OwnedFd, Spa
     })
 }
 
-/// The capabilities `privileges` keeps, as a mask of bits; `None` for all.
-fn keep_mask(path: &str, privileges: Privileges) -> Result<Option<u64>, SpawnError> {
-    let Privileges::Only(caps) = privileges else {
-        return Ok(None);
-    };
+/// The capabilities `caps` names, as a mask of bits.
+fn keep_mask(path: &str, caps: &[&str]) -> Result<u64, SpawnError> {
     let mut mask = 0u64;
     for cap in caps {
         let bit = slate_common::caps::bit(cap).ok_or_else(|| SpawnError::Capability {
@@ -125,7 +122,7 @@ fn keep_mask(path: &str, privileges: Privileges) -> Result<Option<u64>, SpawnErr
         })?;
         mask |= 1 << bit;
     }
-    Ok(Some(mask))
+    Ok(mask)
 }
 
 /// Start `path` with `args` (argv[0] is `path`), [`DAEMON_ENV`] and
@@ -152,17 +149,19 @@ pub fn spawn(
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
-    let keep = keep_mask(path, privileges)?;
-    let filters = match privileges {
-        Privileges::Full => None,
-        Privileges::Only(caps) => Some(
-            crate::seccomp::filters(caps.contains(&"sys_time")).map_err(|source| {
-                SpawnError::Seccomp {
-                    path: path.to_string(),
-                    source,
-                }
-            })?,
-        ),
+    // What the child keeps, or (None) everything.
+    let (keep, filters) = match privileges {
+        Privileges::Full => (None, None),
+        Privileges::Only(caps) => {
+            let filters =
+                crate::seccomp::filters(caps.contains(&"sys_time")).map_err(|source| {
+                    SpawnError::Seccomp {
+                        path: path.to_string(),
+                        source,
+                    }
+                })?;
+            (Some(keep_mask(path, caps)?), Some(filters))
+        }
     };
 
     let stdin = open_stdio(path, &stdio.stdin, OFlag::O_RDONLY)?;
