@@ -11,13 +11,12 @@
 //! client's answer is a read.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-
-use std::future::Future as _;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

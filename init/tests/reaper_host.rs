@@ -65,8 +65,8 @@ fn main() {
     // 2b. A daemon kept to one capability, as networkd and apid are: that
     // one is all it holds and may ever get (bounding set), no_new_privs is
     // set, its hard open-file limit is raised, and the seccomp filter
-    // refuses a new user namespace (which needs no capability otherwise). Cutting the bounding
-    // set takes root (CAP_SETPCAP), as init has.
+    // refuses a new user namespace (which needs no capability otherwise).
+    // Cutting the bounding set takes root (CAP_SETPCAP), as init has.
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         let check = "st=/proc/$$/status; \
