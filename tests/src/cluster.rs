@@ -171,9 +171,7 @@ impl Cluster {
             let drive = dir.join(format!("{name}-cidata.iso"));
             crate::configdrive::build(&config.to_yaml()?, &drive)?;
             let disk = dir.join(format!("{name}-system.raw"));
-            std::fs::File::create(&disk)
-                .and_then(|f| f.set_len(2 << 30))
-                .with_context(|| format!("creating {}", disk.display()))?;
+            crate::qemu::blank_disk(&disk)?;
             let mut opts = VmOptions::new(boot.clone());
             opts.config_drive = Some(drive);
             opts.system_disk = Some(disk);

@@ -32,7 +32,7 @@ async fn one(
 ) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("system.raw");
-    std::fs::File::create(&disk)?.set_len(2 << 30)?;
+    crate::qemu::blank_disk(&disk)?;
     let mut opts = VmOptions::new(Boot::kernel_with_extensions(artifacts)?);
     opts.config_drive = Some(drive.to_owned());
     opts.system_disk = Some(disk);

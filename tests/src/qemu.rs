@@ -132,6 +132,14 @@ pub struct Vm {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Creates `path` as a sparse 2 GiB system disk, blank as a fresh cloud
+/// VM's.
+pub fn blank_disk(path: &Path) -> anyhow::Result<()> {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(2 << 30))
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     // Bind port 0 and release it; QEMU binds it right after. Another
     // process (or the next VM's pick) may take it in between: QEMU then

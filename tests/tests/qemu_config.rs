@@ -18,11 +18,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 use slate_tests::slatectl::{run as slatectl, run_as as slatectl_as, text};
 
-/// A sparse 2 GiB system disk, as a fresh cloud VM has.
+/// A blank system disk in `dir`.
 fn blank_disk(dir: &Path) -> PathBuf {
     let path = dir.join("system.raw");
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(2 << 30).unwrap();
+    slate_tests::qemu::blank_disk(&path).unwrap();
     path
 }
 

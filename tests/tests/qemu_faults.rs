@@ -1,11 +1,10 @@
 //! Fault injection on a booted node (the security issue's suite):
 //! - the core daemons killed with SIGKILL over and over: init starts each
-//!   again, it serves after each kill, no zombie is left, the config is
-//!   the one the node booted with, and the API answers from outside;
+//!   again, it serves after each kill, no zombie is left, the config holds
+//!   the cluster the node booted with, and the API answers from outside;
 //! - junk and floods on every listening port (50000/tcp, 3000/tcp,
 //!   7445/tcp, 51820/udp): the ports still accept, the daemons' RSS grows
-//!   by less than 10 MiB, the API answers.
-//!
+//!   by less than 10 MiB, the API answers;
 //! - the power cut (QEMU killed) during `apply-config`'s STATE creation,
 //!   its config write and right after it answered: the next boot has the
 //!   old state (blank: maintenance, and a new apply succeeds) or the new
@@ -216,12 +215,8 @@ async fn a_power_cut_during_apply_config_leaves_the_old_or_the_new_state() {
 
     for (i, cut) in CUTS.iter().enumerate() {
         let what = cut.unwrap_or("after apply-config answered");
-        // A sparse 2 GiB system disk, as a fresh cloud VM has.
         let disk = d.join(format!("system-{i}.raw"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
+        slate_tests::qemu::blank_disk(&disk).unwrap();
         let mut vm = boot(&a, &disk, &d.join(format!("console-{i}a.log")));
         let v = api::wait_for_version(&mut vm, insecure.clone(), BOOT_TIMEOUT)
             .await
