@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "slate/machine/v1/machine.proto",
     "slate/resource/v1/resource.proto",
+    "slate/trust/v1/trust.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

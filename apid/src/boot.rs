@@ -1,22 +1,30 @@
 //! What apid waits for at start: machined's verdict on the machine config
 //! and, for the server certificate's names, the node's first address.
+//!
+//! apid reads no CA key and not the config itself: machined publishes a
+//! secret-free view of it (`slate_config::ApiView`) and signs apid's
+//! certificate request on its socket (`slate.trust.v1`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use slate_config::MachineConfig;
-use slate_config::feed::{self, Feed};
+use slate_config::ApiView;
+use slate_config::feed;
 use slate_pki::tls;
-use slate_pki::{self as pki, Authority};
+use slate_pki::{self as pki, CertAndKey};
+use slate_proto::trust::CertificateRequest;
+use slate_proto::trust::trust_service_client::TrustServiceClient;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 /// Files the other daemons publish and machined's socket (see
 /// `slate_common::constants`).
 #[derive(Debug, Clone)]
 pub struct Paths {
-    pub config: PathBuf,
+    /// machined's view of the config for apid.
+    pub api_view: PathBuf,
     pub config_error: PathBuf,
     pub network_ready: PathBuf,
     pub machined_socket: PathBuf,
@@ -25,7 +33,7 @@ pub struct Paths {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
-    Configured(Arc<MachineConfig>),
+    Configured(Arc<ApiView>),
     /// No usable config; the reason is shown to `--insecure` clients.
     Maintenance(String),
 }
@@ -43,7 +51,7 @@ impl Mode {
 /// machined's verdict as apid follows it: the config feed (one parse per
 /// version, see `slate_config::feed`) and the maintenance reason beside it.
 pub struct Published {
-    config: Feed,
+    config: watch::Receiver<Option<Arc<ApiView>>>,
     reason: watch::Receiver<Option<String>>,
 }
 
@@ -51,7 +59,7 @@ impl Published {
     /// Starts following both files on the current runtime.
     pub fn follow(paths: &Paths) -> Published {
         Published {
-            config: feed::follow(paths.config.clone()),
+            config: feed::follow_view(paths.api_view.clone()),
             reason: feed::follow_text(paths.config_error.clone()),
         }
     }
@@ -101,11 +109,13 @@ pub async fn wait_for_mode(published: &mut Published) -> Mode {
     }
 }
 
-/// Builds the TLS configuration for `mode` with the server key `key`.
+/// Builds the TLS configuration for `mode` with the server key `key`; in
+/// configured mode the certificate comes from machined (`trust`).
 pub async fn tls_for(
     mode: &Mode,
     key: &pki::ServerKey,
     paths: &Paths,
+    trust: &TrustServiceClient<Channel>,
 ) -> anyhow::Result<ServerConfig> {
     use anyhow::Context as _;
     if !slate_common::fs::wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
@@ -115,36 +125,40 @@ pub async fn tls_for(
         );
     }
     let hostname = crate::sysinfo::hostname();
-    let mut names = vec![
-        hostname.clone(),
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    names.extend(
-        crate::sysinfo::addresses()
-            .into_iter()
-            .map(|a| a.to_string()),
-    );
     match mode {
-        Mode::Configured(config) => {
-            names.extend(config.machine.cert_sans.iter().cloned());
-            let ca = &config.machine.ca;
-            let ca_pem = ca.crt_pem().context("reading machine.ca.crt")?;
-            let key_pem = ca
-                .key_pem()
-                .context("reading machine.ca.key")?
-                .context("machine.ca.key is missing: this node cannot issue its API certificate")?;
-            let authority =
-                Authority::from_pem(&ca_pem, &key_pem).context("loading the machine CA")?;
-            tracing::debug!("machine CA loaded");
-            let identity = authority
-                .issue_server(key, &hostname, &names)
-                .context("issuing the API server certificate")?;
-            tracing::info!("API certificate for {}", names.join(", "));
-            Ok(tls::server_mtls(&identity, &ca_pem)?)
+        Mode::Configured(view) => {
+            let names = slate_common::host::api_names(&view.cert_sans);
+            let csr_pem = key
+                .request(&hostname, &names)
+                .context("making the certificate request")?;
+            let signed = trust
+                .clone()
+                .certificate(CertificateRequest { csr_pem })
+                .await
+                .context("asking machined to sign the API certificate")?
+                .into_inner();
+            // machined signs with its running config's CA; the view names
+            // the same one unless a newer config is on its way, whose view
+            // will bring apid back here.
+            anyhow::ensure!(
+                signed.ca_pem == view.ca_pem,
+                "machined signed with another machine CA than its published view names"
+            );
+            if !signed.refused_names.is_empty() {
+                tracing::warn!(
+                    "machined did not sign for {}: not this node's",
+                    signed.refused_names.join(", ")
+                );
+            }
+            tracing::info!("API certificate signed by machined");
+            let identity = CertAndKey {
+                cert_pem: signed.crt_pem,
+                key_pem: key.to_pem(),
+            };
+            Ok(tls::server_mtls(&identity, &view.ca_pem)?)
         }
         Mode::Maintenance(reason) => {
+            let names = slate_common::host::api_names(&[]);
             tracing::error!("MAINTENANCE MODE: {reason}");
             tracing::warn!("maintenance mode: reachable as {}", names.join(", "));
             let identity = pki::self_signed_server(key, &hostname, &names)

@@ -1,10 +1,13 @@
 //! apid serves Slate's gRPC API on :50000.
 //!
 //! # Design
-//! - With a machine config, apid issues itself a server certificate from the
-//!   machine CA (SANs: the node's addresses, hostname, loopback and
-//!   `machine.certSANs`) and requires clients to present a certificate from
-//!   the same CA. The role in the client certificate's Organization decides
+//! - apid runs as an unprivileged user (`constants::APID_UID`) with no
+//!   capabilities, and never reads a CA key or the config itself: it
+//!   follows machined's secret-free view of the config ([`boot`]).
+//! - With a machine config, apid makes a key and has machined sign its
+//!   server certificate from the machine CA (SANs: the node's addresses,
+//!   hostname, loopback and `machine.certSANs`) and requires clients to
+//!   present a certificate from the same CA. The role in the client certificate's Organization decides
 //!   which calls it may make ([`auth`]).
 //! - Without a usable config (machined published an error instead), apid
 //!   runs in **maintenance mode**: a self-signed certificate whose
@@ -129,7 +132,11 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
             .context("joining the key generation thread")?
             .context("generating the API server key")?,
     );
-    let tls = boot::tls_for(&mode, &key, &paths)
+    // One connection to machined for the trust service and the
+    // forwarded calls alike.
+    let machined = slate_client::local(&paths.machined_socket);
+    let trust = slate_proto::trust::trust_service_client::TrustServiceClient::new(machined.clone());
+    let tls = boot::tls_for(&mode, &key, &paths, &trust)
         .await
         .context("setting up TLS")?;
     let maintenance = mode.maintenance().is_some();
@@ -141,8 +148,9 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         Arc::clone(&key),
         Arc::clone(&mode),
         tls_tx,
+        trust,
     ));
-    let machined = slate_client::machine(slate_client::local(&paths.machined_socket));
+    let machined = slate_client::machine(machined);
     let networkd = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
         slate_client::local(&paths.networkd_socket),
     );
@@ -185,7 +193,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
 impl Default for Paths {
     fn default() -> Self {
         Self {
-            config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
+            api_view: PathBuf::from(constants::API_VIEW_FILE),
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             network_ready: PathBuf::from(constants::NETWORK_READY_FILE),
             machined_socket: PathBuf::from(constants::MACHINED_SOCKET),

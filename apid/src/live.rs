@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
 use slate_pki::ServerKey;
+use slate_proto::trust::trust_service_client::TrustServiceClient;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::boot::{self, Mode, Paths, Published};
 
@@ -22,6 +24,7 @@ pub async fn follow(
     key: Arc<ServerKey>,
     mode: SharedMode,
     tls: watch::Sender<Arc<ServerConfig>>,
+    trust: TrustServiceClient<Channel>,
 ) {
     // A config that could not be served is not retried until it changes.
     let mut failed: Option<Mode> = None;
@@ -33,7 +36,7 @@ pub async fn follow(
         if now == current || failed.as_ref() == Some(&now) {
             continue;
         }
-        match boot::tls_for(&now, &key, &paths).await {
+        match boot::tls_for(&now, &key, &paths, &trust).await {
             Ok(config) => {
                 tracing::info!(
                     "machine config changed: now {}",

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use slate_common::version;
-use slate_pki::{Authority, Role};
 use slate_proto::machine::machine_service_client::MachineServiceClient;
 use slate_proto::machine::machine_service_server::MachineService;
 use slate_proto::machine::{
@@ -49,12 +48,7 @@ impl Authorizer {
         let (maintenance, ca) = {
             let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
             let ca = match &*mode {
-                Mode::Configured(c) => c
-                    .machine
-                    .ca
-                    .crt_pem()
-                    .ok()
-                    .and_then(|pem| slate_pki::pem_to_der(&pem).ok()),
+                Mode::Configured(view) => slate_pki::pem_to_der(&view.ca_pem).ok(),
                 Mode::Maintenance(_) => None,
             };
             (mode.maintenance().map(str::to_owned), ca)
@@ -65,15 +59,13 @@ impl Authorizer {
 
 pub struct MachineApi {
     auth: Authorizer,
-    mode: SharedMode,
     machined: MachineServiceClient<Channel>,
 }
 
 impl MachineApi {
     pub fn new(mode: SharedMode, machined: MachineServiceClient<Channel>) -> Self {
         Self {
-            auth: Authorizer::new(mode.clone()),
-            mode,
+            auth: Authorizer::new(mode),
             machined,
         }
     }
@@ -89,22 +81,6 @@ impl MachineApi {
     fn machined(&self) -> MachineServiceClient<Channel> {
         // Cheap: a handle to one shared connection.
         self.machined.clone()
-    }
-
-    /// The machine CA of the running config (with its key).
-    fn authority(&self) -> Result<(String, Authority), Status> {
-        let mode = self.mode.read().unwrap_or_else(|e| e.into_inner());
-        let Mode::Configured(config) = &*mode else {
-            return Err(Status::failed_precondition("the node has no config"));
-        };
-        let ca = &config.machine.ca;
-        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("machine CA: {e}"));
-        let crt = ca.crt_pem().map_err(|e| internal(&e))?;
-        let key = ca.key_pem().map_err(|e| internal(&e))?.ok_or_else(|| {
-            Status::failed_precondition("this node does not hold the machine CA key")
-        })?;
-        let authority = Authority::from_pem(&crt, &key).map_err(|e| internal(&e))?;
-        Ok((crt, authority))
     }
 }
 
@@ -184,30 +160,17 @@ impl MachineService for MachineApi {
         .await
     }
 
+    /// machined signs: apid holds no CA key.
     async fn generate_client_configuration(
         &self,
         request: Request<GenerateClientConfigurationRequest>,
     ) -> Result<Response<GenerateClientConfigurationResponse>, Status> {
-        let r = request.into_inner();
-        let role: Role = r
-            .role
-            .parse()
-            .map_err(|e: slate_pki::PkiError| Status::invalid_argument(e.to_string()))?;
-        let name = if r.name.is_empty() {
-            role.as_str().to_owned()
-        } else {
-            r.name
-        };
-        let (ca_pem, authority) = self.authority()?;
-        let id = authority
-            .issue_client(&name, role)
-            .map_err(|e| Status::internal(format!("issuing the certificate: {e}")))?;
-        tracing::info!("issued a client certificate for {name:?} with role {role}");
-        Ok(Response::new(GenerateClientConfigurationResponse {
-            ca_pem,
-            crt_pem: id.cert_pem,
-            key_pem: id.key_pem,
-        }))
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.generate_client_configuration(r).await },
+        )
+        .await
     }
 
     async fn reboot(

@@ -1,41 +1,10 @@
 //! Facts about the running node, read from the kernel.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use slate_proto::machine::Process;
 
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// The node's non-loopback, non-link-local addresses.
-pub fn addresses() -> Vec<IpAddr> {
-    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<IpAddr> = ifaddrs
-        .filter_map(|ifa| ifa.address)
-        .filter_map(|a| {
-            if let Some(v4) = a.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .filter(|ip| match ip {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
+pub use slate_common::host::hostname;
 
 /// (kernel release, machine architecture) from uname.
 pub fn kernel_and_arch() -> (String, String) {

@@ -297,30 +297,36 @@ fn patches_merge_or_apply_rfc6902_and_bad_ones_change_nothing() {
     assert_eq!(std::fs::read(&worker_file).unwrap(), before);
 }
 
-/// `gen config` into `dir`, then a real apid on a free loopback port with
-/// the control-plane config, published as machined does (validated, as
-/// JSON); returns its address.
+/// `gen config` into `dir`, then a real machined (which signs apid's
+/// certificate) and apid on a free loopback port with the control-plane
+/// config on machined's STATE; returns apid's address.
 fn configured_apid(dir: &Path) -> String {
     assert!(gen_config(dir).status.success());
     let state = dir.join("run");
     std::fs::create_dir(&state).unwrap();
     let yaml = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
     let config = slate_config::MachineConfig::parse(&yaml, "controlplane.yaml").unwrap();
-    std::fs::write(state.join("config.json"), config.to_json().unwrap()).unwrap();
-    spawn_apid(&state)
+    spawn_node(&state, Some(config))
 }
 
-/// apid on a free loopback port, on its own thread with its own runtime
-/// (as in the node), with its files in `state`; returns its address.
-fn spawn_apid(state: &Path) -> String {
+/// machined and apid, apid on a free loopback port, each as on a node, on
+/// their own thread with its own runtime, with their files in `state`;
+/// `config` on STATE, or maintenance mode. Returns apid's address.
+fn spawn_node(state: &Path, config: Option<slate_config::MachineConfig>) -> String {
+    use slate_machined::node::{Node, Source, Storage};
+    use slate_machined::publish::Verdict;
     std::fs::write(state.join("network.ready"), "lo 127.0.0.1/8 static\n").unwrap();
+    let machined_paths = slate_machined::Paths::under(state);
     let paths = slate_apid::Paths {
-        config: state.join("config.json"),
-        config_error: state.join("config.error"),
+        api_view: machined_paths.api_view.clone(),
+        config_error: machined_paths.config_error.clone(),
         network_ready: state.join("network.ready"),
-        machined_socket: state.join("machined.sock"),
+        machined_socket: machined_paths.socket.clone(),
         networkd_socket: state.join("networkd.sock"),
     };
+    let disk = slate_machined::state::State::new(state.join("state"));
+    std::fs::create_dir(state.join("state")).unwrap();
+    let cgroups = state.join("cgroups");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -328,6 +334,23 @@ fn spawn_apid(state: &Path) -> String {
             .build()
             .unwrap();
         runtime.block_on(async move {
+            let node = Node::new(
+                machined_paths.clone(),
+                Storage::Fixed(Some(disk.clone())),
+                None,
+                slate_machined::power::Power::Record(Default::default()),
+            );
+            match config {
+                Some(config) => {
+                    disk.save(&config).unwrap();
+                    node.boot(Verdict::valid(config), Source::State).await;
+                }
+                None => node.boot(Verdict::Missing, Source::ConfigDrive).await,
+            }
+            let services = slate_machined::services::Supervisor::new(cgroups, None);
+            tokio::spawn(async move {
+                slate_machined::serve(&machined_paths, node, services, None).await
+            });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap().to_string()).unwrap();
             let _ = slate_apid::serve(paths, listener).await;
@@ -362,9 +385,8 @@ fn insecure_calls_pinned_to_the_console_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("run");
     std::fs::create_dir(&state).unwrap();
-    // Maintenance mode, as machined publishes it.
-    std::fs::write(state.join("config.error"), "no machine config\n").unwrap();
-    let node = spawn_apid(&state);
+    // Maintenance mode: no config anywhere.
+    let node = spawn_node(&state, None);
     let right = fingerprint_by_openssl(&node);
 
     let out = slatectl(&[

@@ -20,6 +20,23 @@ pub const RUN_DIR: &str = "/run/slate";
 /// 0600: it holds the CA keys); apid and networkd read it.
 pub const MACHINE_CONFIG_FILE: &str = "/run/slate/machine-config.json";
 
+/// What apid is told of the running config, published by machined beside
+/// [`MACHINE_CONFIG_FILE`] (JSON, `slate_config::ApiView`): the machine CA
+/// certificate and `machine.certSANs`, nothing secret. Mode 0640, group
+/// [`APID_GID`]: apid reads only this, never the config.
+pub const API_VIEW_FILE: &str = "/run/slate/api-view.json";
+
+/// The user and group apid runs as (set by init between fork and exec).
+/// Not 0: a code-execution bug in apid then owns no file, no device and
+/// no /proc/sys knob. In Debian's reserved 60000-64999 range, away from
+/// the ids container images commonly run as (0, system users below 1000,
+/// 1000 and up, 65532, 65534), so a container without a user namespace
+/// does not share it by accident. Also the group
+/// of [`RUN_DIR`] (setgid), so the sockets and the view machined and
+/// networkd create there are apid's group's and no one else's.
+pub const APID_UID: u32 = 60600;
+pub const APID_GID: u32 = 60600;
+
 /// Written by machined instead of [`MACHINE_CONFIG_FILE`] when the config it
 /// found is unusable: one human-readable line naming the file, line and error.
 /// apid then serves in maintenance mode.
@@ -39,11 +56,12 @@ pub const RESOLV_CONF_FILE: &str = "/run/slate/resolv.conf";
 
 /// machined's gRPC socket: the machine service's calls that change the
 /// node (apply-config, reboot, …), which apid forwards after checking the
-/// caller's role. Mode 0600: only root daemons reach it.
+/// caller's role, and the trust service that signs apid's certificate.
+/// Mode 0660, group [`APID_GID`]: root and apid reach it.
 pub const MACHINED_SOCKET: &str = "/run/slate/machined.sock";
 
 /// networkd's resource socket: links, addresses and routes, which apid
-/// forwards `get` calls for. Mode 0600.
+/// forwards `get` calls for. Mode 0660, group [`APID_GID`].
 pub const NETWORKD_SOCKET: &str = "/run/slate/networkd.sock";
 
 /// The resource types networkd owns (apid routes them there).
@@ -82,7 +100,7 @@ pub const MKE2FS_BIN: &str = "/usr/sbin/mke2fs";
 /// Set by apid on a call it forwards to machined without a client
 /// certificate (allowed only in maintenance mode). machined refuses such a
 /// call once the node has a config, closing the moment between the first
-/// config and apid's switch to mutual TLS. Only root daemons reach
+/// config and apid's switch to mutual TLS. Only root and apid reach
 /// machined's socket, and apid never forwards its callers' metadata.
 pub const UNAUTHENTICATED_HEADER: &str = "x-slate-unauthenticated";
 

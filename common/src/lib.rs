@@ -4,6 +4,7 @@
 //! - [`constants`]: paths, ports and names;
 //! - [`error`]: an error and its causes on one line;
 //! - [`fs`]: atomic state writes;
+//! - [`host`] (feature `host`): the node's hostname, addresses and API names;
 //! - [`hostport`]: `host:port` as users and configs write it;
 //! - [`ratelimit`]: log lines a flood cannot multiply;
 //! - [`version`]: what this build is;
@@ -12,6 +13,8 @@ pub mod caps;
 pub mod constants;
 pub mod error;
 pub mod fs;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod hostport;
 #[cfg(feature = "logging")]
 pub mod logging;

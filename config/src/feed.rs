@@ -55,6 +55,18 @@ pub fn follow(path: PathBuf) -> Feed {
     })
 }
 
+/// Follows apid's view of the config (`constants::API_VIEW_FILE`) the
+/// same way: parsed once per version, `None` while there is none.
+pub fn follow_view(path: PathBuf) -> watch::Receiver<Option<Arc<crate::ApiView>>> {
+    follow_parsed(path, |path, bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        crate::ApiView::from_json(&text, &path.display().to_string())
+            .map(Arc::new)
+            .map_err(|e| tracing::warn!("ignoring the published API view: {e}"))
+            .ok()
+    })
+}
+
 /// Follows a small text file the same way (machined's maintenance reason
 /// beside the config): its trimmed text, `None` while it does not exist.
 pub fn follow_text(path: PathBuf) -> watch::Receiver<Option<String>> {

@@ -15,6 +15,7 @@
 //! does nothing; and the input is bounded ([`MAX_CONFIG_BYTES`]) because a
 //! config arrives from the network and from disks.
 
+pub mod api_view;
 pub mod clientconfig;
 pub mod diff;
 pub mod extension_service;
@@ -28,6 +29,7 @@ pub mod yaml;
 
 use base64::Engine as _;
 
+pub use api_view::ApiView;
 pub use schema::*;
 pub use validate::{Problem, endpoint_host, is_label};
 

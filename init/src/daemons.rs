@@ -5,7 +5,7 @@
 //! [`crate::supervisor`] (which decides when) both depend on it and not on
 //! each other.
 
-use slate_common::constants::{APID_BIN, MACHINED_BIN, NETWORKD_BIN};
+use slate_common::constants::{APID_BIN, APID_GID, APID_UID, MACHINED_BIN, NETWORKD_BIN};
 
 /// A daemon init starts and restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,11 @@ pub enum Privileges {
     /// or file capabilities) gets any back; and the [`crate::seccomp`]
     /// filters.
     Only(&'static [&'static str]),
+    /// Another user than root, with no supplementary groups: no
+    /// capabilities at all (the kernel clears them when uid 0 is left,
+    /// and the bounding set is emptied first), no root-owned file but the
+    /// world's share, `no_new_privs` and the [`crate::seccomp`] filters.
+    User { uid: u32, gid: u32 },
 }
 
 /// Started in this order: machined first (it owns config and disks),
@@ -57,10 +62,15 @@ pub const DAEMONS: &[DaemonSpec] = &[
         name: "apid",
         path: APID_BIN,
         args: &[],
-        // None: it serves TLS on an unprivileged port and forwards to the
-        // other daemons' sockets; /proc's status files, which processes
-        // reads, are world-readable.
-        privileges: Privileges::Only(&[]),
+        // Not root, no capability: it serves TLS on an unprivileged port,
+        // forwards to the other daemons' sockets and reads machined's view
+        // of the config (its group's, see `constants::APID_GID`); /proc's
+        // status files, which processes reads, are world-readable. Its
+        // certificate is signed by machined: it reads no CA key.
+        privileges: Privileges::User {
+            uid: APID_UID,
+            gid: APID_GID,
+        },
     },
 ];
 

@@ -242,6 +242,27 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), MountError> {
     }
 }
 
+/// [`ensure_dir`], then owned by root and group `gid` with `mode`: with the
+/// setgid bit, what the daemons create in it belongs to that group (the
+/// runtime directory, whose sockets and files apid's group may use as
+/// their modes allow, without the daemons needing `chown`).
+pub fn ensure_shared_dir(path: &Path, mode: u32, gid: u32) -> Result<(), MountError> {
+    ensure_dir(path, mode)?;
+    let fail = |e: Errno| MountError::CreateDir {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    // chown first: it may clear the setgid bit that chmod then sets.
+    nix::unistd::chown(path, Some(0.into()), Some(gid.into())).map_err(fail)?;
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(fail)
+}
+
 /// One line of `/proc/self/mountinfo`, the fields init needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountInfo {

@@ -10,8 +10,8 @@
 //! `/dev/null`, stdout and stderr on the console, an empty signal mask and
 //! default SIGPIPE (init blocks everything; Rust's runtime ignores SIGPIPE;
 //! both would be inherited across exec), a clean environment, a hard limit
-//! of [`NOFILE_HARD`] open files, and its [`Privileges`] (capabilities,
-//! `no_new_privs`, the [`crate::seccomp`] filters).
+//! of [`NOFILE_HARD`] open files, and its [`Privileges`] (user,
+//! capabilities, `no_new_privs`, the [`crate::seccomp`] filters).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -149,19 +149,26 @@ pub fn spawn(
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
-    // What the child keeps, or (None) everything.
-    let (keep, filters) = match privileges {
-        Privileges::Full => (None, None),
-        Privileges::Only(caps) => {
-            let filters =
-                crate::seccomp::filters(caps.contains(&"sys_time")).map_err(|source| {
-                    SpawnError::Seccomp {
-                        path: path.to_string(),
-                        source,
-                    }
-                })?;
-            (Some(keep_mask(path, caps)?), Some(filters))
-        }
+    // What the child keeps, or (None) everything; whom it runs as, or
+    // (None) root.
+    let seccomp = |sys_time: bool| {
+        crate::seccomp::filters(sys_time).map_err(|source| SpawnError::Seccomp {
+            path: path.to_string(),
+            source,
+        })
+    };
+    let confinement = match privileges {
+        Privileges::Full => Confinement::default(),
+        Privileges::Only(caps) => Confinement {
+            keep: Some(keep_mask(path, caps)?),
+            user: None,
+            filters: Some(seccomp(caps.contains(&"sys_time"))?),
+        },
+        Privileges::User { uid, gid } => Confinement {
+            keep: Some(0),
+            user: Some((uid, gid)),
+            filters: Some(seccomp(false)?),
+        },
     };
 
     let stdin = open_stdio(path, &stdio.stdin, OFlag::O_RDONLY)?;
@@ -186,8 +193,7 @@ pub fn spawn(
                 envp_ptrs.as_ptr(),
                 stdin.as_raw_fd(),
                 output.as_raw_fd(),
-                keep,
-                filters.as_ref(),
+                &confinement,
             );
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain write and _exit on valid fds/buffers.
@@ -225,6 +231,16 @@ pub fn spawn(
     }
 }
 
+/// A child's [`Privileges`], prepared before fork.
+#[derive(Default)]
+struct Confinement {
+    /// The capabilities kept (a mask), or (None) all of them.
+    keep: Option<u64>,
+    /// (uid, gid) to run as, or (None) root.
+    user: Option<(u32, u32)>,
+    filters: Option<[seccompiler::BpfProgram; 2]>,
+}
+
 /// In the child: set up and exec. Returns the errno of whatever failed.
 fn child_exec(
     prog: *const libc::c_char,
@@ -232,8 +248,7 @@ fn child_exec(
     envp: *const *const libc::c_char,
     stdin: libc::c_int,
     output: libc::c_int,
-    keep: Option<u64>,
-    filters: Option<&[seccompiler::BpfProgram; 2]>,
+    confinement: &Confinement,
 ) -> i32 {
     // SAFETY: only async-signal-safe calls, on valid pointers prepared by
     // the parent before fork.
@@ -267,7 +282,7 @@ fn child_exec(
         // Best effort: only a host test runs this without the privilege
         // to raise a hard limit; init always has it.
         libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
-        if let Some(keep) = keep {
+        if let Some(keep) = confinement.keep {
             // Ascending, until the first bit this kernel does not know
             // (EINVAL): every capability not kept leaves the bounding set.
             for cap in 0..64u32 {
@@ -285,9 +300,19 @@ fn child_exec(
                 return *libc::__errno_location();
             }
         }
+        // Groups first, while setgid is still allowed; real, effective and
+        // saved ids alike, so nothing can switch back. Leaving uid 0
+        // clears the permitted and effective capabilities.
+        if let Some((uid, gid)) = confinement.user
+            && (libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::setresuid(uid, uid, uid) < 0)
+        {
+            return *libc::__errno_location();
+        }
         // After no_new_privs, as the kernel requires of a process that
         // is about to lose sys_admin; they hold across exec.
-        for program in filters.into_iter().flatten() {
+        for program in confinement.filters.iter().flatten() {
             if let Err(errno) = crate::seccomp::install(program) {
                 return errno;
             }

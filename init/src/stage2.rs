@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use slate_common::constants::{
-    LATE_MODULE_LIST, LINK_MODULE_LIST, NETWORK_READY_FILE, PROC_CMDLINE, RUN_DIR,
+    APID_GID, LATE_MODULE_LIST, LINK_MODULE_LIST, NETWORK_READY_FILE, PROC_CMDLINE, RUN_DIR,
 };
 
 use crate::cmdline::Cmdline;
@@ -61,7 +61,7 @@ pub fn run(cfg: &Config) -> ! {
             log!("{}", console::chain(&e));
         }
     }
-    if let Err(e) = mounts::ensure_dir(Path::new(RUN_DIR), 0o755) {
+    if let Err(e) = mounts::ensure_shared_dir(Path::new(RUN_DIR), 0o2755, APID_GID) {
         log!("{}", console::chain(&e));
     }
 

@@ -105,6 +105,35 @@ fn main() {
         )
         .expect("spawning the privileges check");
         expect.insert(only, ExitStatus::Exited(0));
+
+        // 2c. A daemon run as its own user, as apid is: that uid and gid
+        // for real, effective and saved, no supplementary group, no
+        // capability left anywhere, no_new_privs and the filter; what only
+        // root may read (this test's own environment in /proc, root's as
+        // the machine config is) is refused.
+        let check = format!(
+            "st=/proc/$$/status; \
+             grep -q '^Uid:[[:space:]]*60600[[:space:]]*60600[[:space:]]*60600[[:space:]]*60600$' $st || exit 30; \
+             grep -q '^Gid:[[:space:]]*60601[[:space:]]*60601[[:space:]]*60601[[:space:]]*60601$' $st || exit 31; \
+             grep -q '^Groups:[[:space:]]*$' $st || exit 32; \
+             for c in CapInh CapPrm CapEff CapBnd CapAmb; do \
+               grep -q \"^$c:[[:space:]]*0000000000000000$\" $st || exit 33; done; \
+             grep -q '^NoNewPrivs:[[:space:]]*1$' $st || exit 34; \
+             grep -q '^Seccomp:[[:space:]]*2$' $st || exit 35; \
+             cat /proc/{}/environ >/dev/null 2>&1 && exit 36; exit 0",
+            std::process::id()
+        );
+        let user = spawn(
+            "/bin/sh",
+            &["-c", &check],
+            &stdio,
+            Privileges::User {
+                uid: 60600,
+                gid: 60601,
+            },
+        )
+        .expect("spawning the user check");
+        expect.insert(user, ExitStatus::Exited(0));
     } else {
         slate_testskip::skip(
             "reaper_host: daemon privileges",

@@ -1,6 +1,7 @@
 //! machined's side of the machine service, on its Unix socket: the calls
 //! that change the node. apid authorizes each caller and forwards; this
-//! socket is reachable only by root daemons (mode 0600), so it trusts them.
+//! socket is reachable only by root and apid's group (mode 0660), so it
+//! trusts them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,11 +152,31 @@ impl MachineService for MachinedApi {
         }))
     }
 
+    /// apid checked the caller is an admin; the CA key is read only here.
     async fn generate_client_configuration(
         &self,
-        _: Request<GenerateClientConfigurationRequest>,
+        request: Request<GenerateClientConfigurationRequest>,
     ) -> Result<Response<GenerateClientConfigurationResponse>, Status> {
-        Err(Status::unimplemented("apid issues client certificates"))
+        let r = request.into_inner();
+        let role: slate_pki::Role = r
+            .role
+            .parse()
+            .map_err(|e: slate_pki::PkiError| Status::invalid_argument(e.to_string()))?;
+        let name = if r.name.is_empty() {
+            role.as_str().to_owned()
+        } else {
+            r.name
+        };
+        let (ca_pem, authority) = crate::trust::machine_authority(&self.node).await?;
+        let id = authority
+            .issue_client(&name, role)
+            .map_err(|e| Status::internal(format!("issuing the certificate: {e}")))?;
+        tracing::info!("issued a client certificate for {name:?} with role {role}");
+        Ok(Response::new(GenerateClientConfigurationResponse {
+            ca_pem,
+            crt_pem: id.cert_pem,
+            key_pem: id.key_pem,
+        }))
     }
 
     async fn reboot(&self, _: Request<RebootRequest>) -> Result<Response<RebootResponse>, Status> {

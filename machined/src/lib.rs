@@ -6,12 +6,16 @@
 //!    config drive (a block device labelled `cidata` whose `user-data` is
 //!    the config, [`configdrive`]); else the node is in maintenance mode.
 //! 2. Publish the verdict ([`publish`]): a valid config to
-//!    `/run/slate/machine-config.json` for apid and networkd; otherwise one
+//!    `/run/slate/machine-config.json` for networkd (root only) and its
+//!    secret-free view to `/run/slate/api-view.json` for apid; otherwise one
 //!    line naming the source, line and error to the console and to
 //!    `/run/slate/machine-config.error`, and apid serves in maintenance mode.
 //! 3. Serve the machine service's changing calls on
 //!    `/run/slate/machined.sock` ([`api`]): apply-config with its modes
-//!    ([`node`]), the running config, reboot and shutdown ([`power`]).
+//!    ([`node`]), the running config, reboot and shutdown ([`power`]);
+//!    and the trust service ([`trust`]): apid's certificate and client
+//!    configurations, signed with the machine CA key that only machined
+//!    reads.
 //!
 //! machined never exits on bad input: init would restart it forever.
 //!
@@ -36,14 +40,17 @@ pub mod publish;
 pub mod services;
 pub mod state;
 pub mod trial;
+pub mod trust;
 pub mod url;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use slate_common::constants;
 use slate_config::MachineConfig;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
+use slate_proto::trust::trust_service_server::TrustServiceServer;
 
 use crate::node::{Node, Source, Storage};
 use crate::power::Power;
@@ -54,6 +61,8 @@ use crate::services::Supervisor;
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub config: PathBuf,
+    /// apid's view of the config (`slate_config::ApiView`).
+    pub api_view: PathBuf,
     pub config_error: PathBuf,
     /// Where the config drive is mounted while it is read.
     pub mount_point: PathBuf,
@@ -67,6 +76,7 @@ impl Paths {
     pub fn under(dir: &std::path::Path) -> Self {
         Self {
             config: dir.join("config.json"),
+            api_view: dir.join("api-view.json"),
             config_error: dir.join("config.error"),
             mount_point: dir.join("cidata"),
             socket: dir.join("machined.sock"),
@@ -79,6 +89,7 @@ impl Default for Paths {
     fn default() -> Self {
         Self {
             config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
+            api_view: PathBuf::from(constants::API_VIEW_FILE),
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             mount_point: PathBuf::from(constants::RUN_DIR).join("cidata"),
             socket: PathBuf::from(constants::MACHINED_SOCKET),
@@ -198,7 +209,7 @@ pub async fn boot(
     storage: Storage,
     state: Result<Option<state::State>, String>,
     power: Power,
-) -> std::sync::Arc<Node> {
+) -> Arc<Node> {
     // machined restarted by init (the published files are on tmpfs, so
     // they exist only within this boot): carry on with the running config,
     // which may be a `try`, not with what STATE holds for the next boot.
@@ -302,18 +313,23 @@ async fn stop_services_on_sigterm(services: Supervisor) {
 /// Serves machined's socket.
 pub async fn serve(
     paths: &Paths,
-    node: std::sync::Arc<Node>,
+    node: Arc<Node>,
     services: Supervisor,
-    etcd: Option<std::sync::Arc<etcd::Etcd>>,
+    etcd: Option<Arc<etcd::Etcd>>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     // A socket left by an earlier machined would make bind fail.
     let _ = std::fs::remove_file(&paths.socket);
     let listener = tokio::net::UnixListener::bind(&paths.socket)
         .with_context(|| format!("listening on {}", paths.socket.display()))?;
-    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+    // Root and apid's group (the directory's, see init): apid forwards
+    // the callers it authorized and asks for its certificate here.
+    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("restricting {}", paths.socket.display()))?;
     tonic::transport::Server::builder()
+        .add_service(TrustServiceServer::new(trust::Trust::new(Arc::clone(
+            &node,
+        ))))
         .add_service(MachineServiceServer::new(api::MachinedApi::new(
             node, services, etcd,
         )))

@@ -71,6 +71,13 @@ pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError>
             let _ = std::fs::remove_file(&paths.config_error);
             // Mode 0600: the config holds the CA keys.
             write_atomic(&paths.config, json.as_bytes(), 0o600)?;
+            // apid's view, 0640 in the apid group's directory: no secret.
+            // After the config, so a view never names a config not yet
+            // published; apid asks for its certificate when it appears.
+            match slate_config::ApiView::of(config).and_then(|v| v.to_json()) {
+                Ok(view) => write_atomic(&paths.api_view, view.as_bytes(), 0o640)?,
+                Err(e) => tracing::error!("publishing apid's view of the config: {e}"),
+            }
             tracing::info!(
                 "machine config loaded: {} node of cluster {}",
                 config.machine.kind,
@@ -90,6 +97,7 @@ pub fn publish(verdict: &Verdict, paths: &Paths) -> Result<(), AtomicWriteError>
             .to_owned(),
     };
     tracing::error!("{reason}");
+    let _ = std::fs::remove_file(&paths.api_view);
     let _ = std::fs::remove_file(&paths.config);
     write_atomic(&paths.config_error, format!("{reason}\n").as_bytes(), 0o644)
 }
@@ -108,6 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(dir.path());
         std::fs::write(&paths.config, "stale").unwrap();
+        std::fs::write(&paths.api_view, "stale").unwrap();
         let found = UserData {
             device: PathBuf::from("/dev/vdb"),
             text: "version: v1alpha1\nmachine: [\n".into(),
@@ -119,7 +128,7 @@ mod tests {
             "{error}"
         );
         assert!(
-            !paths.config.exists(),
+            !paths.config.exists() && !paths.api_view.exists(),
             "a stale config must not survive an invalid one"
         );
     }
@@ -158,5 +167,22 @@ mod tests {
             0o600
         );
         assert!(!paths.config_error.exists());
+        // apid's view: group-readable, the CA certificate, no secret.
+        let view = std::fs::read_to_string(&paths.api_view).unwrap();
+        assert_eq!(
+            std::fs::metadata(&paths.api_view)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+        let view = slate_config::ApiView::from_json(&view, "view").unwrap();
+        assert_eq!(view.ca_pem, bundle.worker.machine.ca.crt_pem().unwrap());
+        assert!(
+            !std::fs::read_to_string(&paths.api_view)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
     }
 }

@@ -320,7 +320,9 @@ impl ResourceService for StatusApi {
     }
 }
 
-/// Serves the status on `socket` (mode 0600) until the process ends.
+/// Serves the status on `socket` until the process ends: mode 0660, for
+/// root and apid's group (the runtime directory's, set by init), since
+/// apid forwards `get` calls here and runs as its own user.
 pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, sources: Sources) {
     use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::remove_file(&socket);
@@ -331,7 +333,7 @@ pub async fn serve(socket: PathBuf, handle: Handle, sysfs: PathBuf, sources: Sou
             return;
         }
     };
-    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
     let service = slate_proto::resource::resource_service_server::ResourceServiceServer::new(
         StatusApi::new(handle, sysfs, sources),
     );

@@ -18,7 +18,10 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 pub mod keys;
+pub mod request;
 pub mod tls;
+
+pub use request::ServerRequest;
 
 /// A role, carried in the Organization of a client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +94,8 @@ pub enum PkiError {
     NoRole,
     #[error("the private key does not belong to the CA certificate")]
     KeyMismatch,
+    #[error("reading the certificate signing request: {0}")]
+    BadRequest(String),
 }
 
 /// A certificate with its private key, both PEM.

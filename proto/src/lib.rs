@@ -10,6 +10,12 @@ pub mod resource {
     tonic::include_proto!("slate.resource.v1");
 }
 
+/// `slate.trust.v1`: server certificates signed by the holder of the
+/// machine CA key (machined, for apid).
+pub mod trust {
+    tonic::include_proto!("slate.trust.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every Slate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));

@@ -136,13 +136,13 @@ async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
 
     // Each core daemon holds what init gave it, as a user sees it.
     let processes = api::processes(&target, admin_tls(&bundle)).await.unwrap();
-    let caps = |name: &str| {
-        let p = processes
+    let process = |name: &str| {
+        processes
             .iter()
             .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no {name} in {processes:?}"));
-        p.capabilities.clone()
+            .unwrap_or_else(|| panic!("no {name} in {processes:?}"))
     };
+    let caps = |name: &str| process(name).capabilities.clone();
     let init = processes.iter().find(|p| p.pid == 1).unwrap();
     assert_eq!(init.capabilities, ["all"]);
     assert_eq!(caps("machined"), ["all"]);
@@ -151,6 +151,10 @@ async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
         ["net_bind_service", "net_admin", "net_raw", "sys_time"]
     );
     assert!(caps("apid").is_empty(), "apid holds {:?}", caps("apid"));
+    // apid is not root, and still served this call with a certificate
+    // machined signed for it (it reads no CA key).
+    assert_eq!(process("apid").uid, slate_common::constants::APID_UID);
+    assert_eq!(process("machined").uid, 0);
 }
 
 #[tokio::test]

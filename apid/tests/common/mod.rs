@@ -78,7 +78,7 @@ pub async fn start(boot: Boot<'_>) -> Node {
     std::fs::create_dir(&state_dir).unwrap();
     let machined_paths = slate_machined::Paths::under(dir.path());
     let paths = slate_apid::Paths {
-        config: machined_paths.config.clone(),
+        api_view: machined_paths.api_view.clone(),
         config_error: machined_paths.config_error.clone(),
         network_ready: dir.path().join("network.ready"),
         machined_socket: machined_paths.socket.clone(),
