@@ -14,8 +14,8 @@ use slate_config::ApiView;
 use slate_config::feed;
 use slate_pki::tls;
 use slate_pki::{self as pki, CertAndKey};
-use slate_proto::trust::CertificateRequest;
 use slate_proto::trust::trust_service_client::TrustServiceClient;
+use slate_proto::trust::{CertificateRequest, CertificateResponse};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -109,6 +109,51 @@ pub async fn wait_for_mode(published: &mut Published) -> Mode {
     }
 }
 
+/// How long apid waits for machined to sign: machined serves its socket
+/// only once the disks are set up (the first boot partitions and formats
+/// them), a little after it publishes the config apid waits for.
+const SIGN_WAIT: Duration = Duration::from_secs(30);
+
+/// Asks machined to sign `csr_pem`, retrying while its socket is not up
+/// yet, or while it still signs with another CA than the view names (a
+/// newer config whose view is on its way), until [`SIGN_WAIT`].
+async fn signed_by_machined(
+    trust: &TrustServiceClient<Channel>,
+    csr_pem: String,
+    ca_pem: &str,
+) -> anyhow::Result<CertificateResponse> {
+    let deadline = tokio::time::Instant::now() + SIGN_WAIT;
+    // Short and steady: the API is ready the moment machined's socket is
+    // (a connect to a missing socket costs nothing worth backing off).
+    let pause = Duration::from_millis(25);
+    loop {
+        let why = match trust
+            .clone()
+            .certificate(CertificateRequest {
+                csr_pem: csr_pem.clone(),
+            })
+            .await
+        {
+            Ok(signed) if signed.get_ref().ca_pem == ca_pem => return Ok(signed.into_inner()),
+            Ok(_) => anyhow::anyhow!(
+                "machined signed with another machine CA than its published view names"
+            ),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                anyhow::Error::from(status).context("machined's socket is not answering")
+            }
+            Err(status) => {
+                return Err(anyhow::Error::from(status)
+                    .context("asking machined to sign the API certificate"));
+            }
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(why.context(format!("after {}s", SIGN_WAIT.as_secs())));
+        }
+        tracing::debug!("{why:#}; asking again");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Builds the TLS configuration for `mode` with the server key `key`; in
 /// configured mode the certificate comes from machined (`trust`).
 pub async fn tls_for(
@@ -131,19 +176,7 @@ pub async fn tls_for(
             let csr_pem = key
                 .request(&hostname, &names)
                 .context("making the certificate request")?;
-            let signed = trust
-                .clone()
-                .certificate(CertificateRequest { csr_pem })
-                .await
-                .context("asking machined to sign the API certificate")?
-                .into_inner();
-            // machined signs with its running config's CA; the view names
-            // the same one unless a newer config is on its way, whose view
-            // will bring apid back here.
-            anyhow::ensure!(
-                signed.ca_pem == view.ca_pem,
-                "machined signed with another machine CA than its published view names"
-            );
+            let signed = signed_by_machined(trust, csr_pem, &view.ca_pem).await?;
             if !signed.refused_names.is_empty() {
                 tracing::warn!(
                     "machined did not sign for {}: not this node's",

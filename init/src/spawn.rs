@@ -151,8 +151,8 @@ pub fn spawn(
     envp_ptrs.push(std::ptr::null());
     // What the child keeps, or (None) everything; whom it runs as, or
     // (None) root.
-    let seccomp = |sys_time: bool| {
-        crate::seccomp::filters(sys_time).map_err(|source| SpawnError::Seccomp {
+    let seccomp = |sys_time: bool, allow_list: bool| {
+        crate::seccomp::filters(sys_time, allow_list).map_err(|source| SpawnError::Seccomp {
             path: path.to_string(),
             source,
         })
@@ -162,12 +162,12 @@ pub fn spawn(
         Privileges::Only(caps) => Confinement {
             keep: Some(keep_mask(path, caps)?),
             user: None,
-            filters: Some(seccomp(caps.contains(&"sys_time"))?),
+            filters: Some(seccomp(caps.contains(&"sys_time"), false)?),
         },
         Privileges::User { uid, gid } => Confinement {
             keep: Some(0),
             user: Some((uid, gid)),
-            filters: Some(seccomp(false)?),
+            filters: Some(seccomp(false, true)?),
         },
     };
 
@@ -238,7 +238,7 @@ struct Confinement {
     keep: Option<u64>,
     /// (uid, gid) to run as, or (None) root.
     user: Option<(u32, u32)>,
-    filters: Option<[seccompiler::BpfProgram; 2]>,
+    filters: Option<Vec<crate::seccomp::Filter>>,
 }
 
 /// In the child: set up and exec. Returns the errno of whatever failed.

@@ -23,7 +23,26 @@ pub struct LayerNode {
     pub vm: Vm,
     pub slateconfig: PathBuf,
     pub node: String,
+    /// How the VM was started, for [`LayerNode::cut_power_and_boot`].
+    pub opts: VmOptions,
+    pub admin: std::sync::Arc<rustls::ClientConfig>,
     pub _dir: tempfile::TempDir,
+}
+
+impl LayerNode {
+    /// The power cut: QEMU killed (SIGKILL) at once, then the same machine
+    /// (disks, layer, config drive) started again; returns once it answers
+    /// the admin. `n` names the console log of this boot.
+    pub async fn cut_power_and_boot(&mut self, n: u32) -> anyhow::Result<()> {
+        let console = self._dir.path().join(format!("console-{n}.log"));
+        self.vm.kill();
+        self.vm = Vm::start(&self.opts, Some(&console))?;
+        api::wait_for_version(&mut self.vm, self.admin.clone(), TIMEOUT)
+            .await
+            .context("the node never answered after the power cut")?;
+        self.node = self.vm.endpoint();
+        Ok(())
+    }
 }
 
 /// A test program built beside slatectl, as an extension.
@@ -46,7 +65,21 @@ pub async fn boot_with_layer(
     services: &[(&str, &str)],
     tweak: impl FnOnce(&mut MachineConfig),
 ) -> LayerNode {
-    match try_boot(programs, debian, services, tweak).await {
+    match try_boot(programs, debian, services, tweak, false).await {
+        Ok(node) => node,
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// [`boot_with_layer`] with a blank system disk, on which the node makes
+/// STATE and EPHEMERAL (its config and /var survive a power cut).
+pub async fn boot_with_layer_on_disk(
+    programs: Vec<Extension>,
+    debian: &[&str],
+    services: &[(&str, &str)],
+    tweak: impl FnOnce(&mut MachineConfig),
+) -> LayerNode {
+    match try_boot(programs, debian, services, tweak, true).await {
         Ok(node) => node,
         Err(e) => panic!("{e:#}"),
     }
@@ -57,6 +90,7 @@ async fn try_boot(
     debian: &[&str],
     services: &[(&str, &str)],
     tweak: impl FnOnce(&mut MachineConfig),
+    system_disk: bool,
 ) -> anyhow::Result<LayerNode> {
     let a = Artifacts::find()?;
     let dir = tempfile::tempdir()?;
@@ -94,8 +128,13 @@ async fn try_boot(
         cmdline: a.cmdline.clone(),
     });
     opts.config_drive = Some(drive);
+    if system_disk {
+        let disk = d.join("system.raw");
+        crate::qemu::blank_disk(&disk)?;
+        opts.system_disk = Some(disk);
+    }
     let mut vm = Vm::start(&opts, Some(&d.join("console.log")))?;
-    api::wait_for_version(&mut vm, admin, TIMEOUT)
+    api::wait_for_version(&mut vm, admin.clone(), TIMEOUT)
         .await
         .context("the node with the layer never answered")?;
     let node = vm.endpoint();
@@ -103,6 +142,8 @@ async fn try_boot(
         vm,
         slateconfig,
         node,
+        opts,
+        admin,
         _dir: dir,
     })
 }

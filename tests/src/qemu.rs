@@ -483,9 +483,17 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
+impl Vm {
+    /// The power cut: QEMU killed (SIGKILL) and waited for, so its disks
+    /// are free for the next VM.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

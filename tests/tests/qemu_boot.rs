@@ -155,6 +155,15 @@ async fn kernel_boot_answers_version_and_refuses_foreign_clients() {
     // machined signed for it (it reads no CA key).
     assert_eq!(process("apid").uid, slate_common::constants::APID_UID);
     assert_eq!(process("machined").uid, 0);
+    // apid's seccomp allow-list refused nothing on the way here (the
+    // kernel logs each refusal as an audit line naming the syscall).
+    let dmesg = api::dmesg(&target, admin_tls(&bundle)).await.unwrap();
+    let uid = format!("uid={}", slate_common::constants::APID_UID);
+    let refused: Vec<&String> = dmesg
+        .iter()
+        .filter(|l| l.contains("type=1326") && l.contains(&uid))
+        .collect();
+    assert!(refused.is_empty(), "apid's filter refused: {refused:?}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ async fn a_leaking_and_a_forking_service_stay_inside_their_limits() {
         slateconfig,
         node,
         _dir,
+        ..
     } = boot_with_layer(
         vec![program("slate-hog")],
         &[],
@@ -119,6 +120,7 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         slateconfig,
         node,
         _dir,
+        ..
     } = boot_with_layer(
         vec![Extension {
             name: "kubelet".into(),

@@ -9,7 +9,10 @@
 //!   its config write and right after it answered: the next boot has the
 //!   old state (blank: maintenance, and a new apply succeeds) or the new
 //!   one (the applied config), never a half one (a node that refuses
-//!   both, or a lost config that was reported applied).
+//!   both, or a lost config that was reported applied);
+//! - the power cut while a service logs without pause onto EPHEMERAL: the
+//!   next boot has its config, and the service's log holds whole lines
+//!   only, those from before the cut followed by the new boot's.
 //!
 //! The kills and floods come from inside the node: `slate-chaos` (test-only, see
 //! there) runs as an extension service, as nothing in the API kills a
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use slate_pki::tls;
 use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
-use slate_tests::layer::{LayerNode, boot_with_layer, program};
+use slate_tests::layer::{LayerNode, boot_with_layer, boot_with_layer_on_disk, program};
 use slate_tests::qemu::{Boot, Vm, VmOptions};
 use slate_tests::slatectl::{run_as, text};
 
@@ -55,6 +58,7 @@ async fn killed_daemons_come_back_and_junk_on_every_port_leaves_the_node_answeri
         slateconfig,
         node,
         _dir,
+        ..
     } = boot_with_layer(
         vec![program("slate-chaos")],
         &[],
@@ -311,4 +315,107 @@ async fn first_answer(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("neither client answered; console:\n{}", vm.console_tail(80));
+}
+
+/// How long the service logs before the cut: past the kernel's 30 s
+/// dirty-page expiry and ext4's 5 s commit, so part of its log is on the
+/// disk and part still in memory when the power goes.
+const TALK_BEFORE_CUT: Duration = Duration::from_secs(45);
+
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn a_power_cut_while_a_service_logs_leaves_whole_lines_and_the_config() {
+    let talker = "name: talker\ncommand: [/usr/local/bin/slate-hog, --talk]\n";
+    let mut cluster_id: Option<String> = None;
+    let mut n = boot_with_layer_on_disk(
+        vec![program("slate-hog")],
+        &[],
+        &[("talker", talker)],
+        |c| cluster_id = c.cluster.id.clone(),
+    )
+    .await;
+    let logs = |n: &LayerNode| {
+        let out = run_as(&n.slateconfig, &n.node, &["logs", "talker"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        n.vm.console_tail(200).contains("mounted on /var"),
+        "the log must be on EPHEMERAL:\n{}",
+        n.vm.console_tail(80)
+    );
+    tokio::time::sleep(TALK_BEFORE_CUT).await;
+    let before = parse_talk(&logs(&n));
+    let first_run = before.last().expect("the talker said nothing").0.clone();
+    n.cut_power_and_boot(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The config came back from STATE.
+    let out = run_as(
+        &n.slateconfig,
+        &n.node,
+        &["get", "machineconfig", "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        config["config"]["cluster"]["id"].as_str(),
+        cluster_id.as_deref(),
+        "{config}"
+    );
+    // Until the new run has spoken: every line whole, the first run's a
+    // gapless sequence (what reached the disk), then the new run's from 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lines = loop {
+        let lines = parse_talk(&logs(&n));
+        if lines.iter().any(|(run, _)| *run != first_run) || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(EVERY).await;
+    };
+    let (old, new): (Vec<_>, Vec<_>) = lines.iter().partition(|(run, _)| *run == first_run);
+    assert!(
+        !old.is_empty(),
+        "nothing the talker logged before the cut came back:\n{}",
+        n.vm.console_tail(60)
+    );
+    assert!(!new.is_empty(), "the talker did not log after the boot");
+    assert!(
+        lines[..old.len()].iter().all(|(run, _)| *run == first_run),
+        "the lines of the two boots are mixed"
+    );
+    for run in [&old, &new] {
+        for pair in run.windows(2) {
+            assert_eq!(pair[1].1, pair[0].1 + 1, "a gap or a repeat: {pair:?}");
+        }
+    }
+    assert_eq!(new[0].1, 0, "the new run starts at 0");
+    eprintln!(
+        "power cut while logging: {} lines logged before it were seen, {} of them \
+         (talk {} to {}) on disk after it; the new boot's run logged {} lines",
+        before.len(),
+        old.len(),
+        old[0].1,
+        old[old.len() - 1].1,
+        new.len()
+    );
+}
+
+/// `talk RUN SEQ xxx…` lines as (RUN, SEQ); panics on any other line,
+/// which would be a torn or glued one.
+fn parse_talk(text: &str) -> Vec<(String, u64)> {
+    let filler = "x".repeat(120);
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f[..] {
+                ["talk", run, seq, x] if run.len() == 8 && x == filler => (
+                    run.to_owned(),
+                    seq.parse().unwrap_or_else(|_| panic!("{line:?}")),
+                ),
+                _ => panic!("not a whole talker line: {line:?}"),
+            }
+        })
+        .collect()
 }

@@ -2,10 +2,18 @@
 //! `slatectl logs` shows first), to followers (`-f`), and, when a log
 //! directory is set, to `DIR/ID.log`, rotated to `ID.log.1` at a size cap
 //! so a chatty service cannot fill /var.
+//!
+//! The file is append-only and never fsynced per line (a chatty service
+//! would make every line a disk flush), so a power cut can leave a torn
+//! last line or, on ext4, a tail of zeros. When the file is opened again
+//! (the next boot, or machined restarted) it is cut back to its last whole
+//! line, so the next line never glues onto half of one, and its last
+//! lines fill the ring: `slatectl logs` shows what the service said
+//! before the reboot, whole lines only.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Lines kept in memory per service.
@@ -31,26 +39,21 @@ pub struct LogBuffer {
 impl LogBuffer {
     /// `file`: where to keep the log on disk, if anywhere.
     pub fn new(file: Option<PathBuf>) -> Self {
+        let mut ring = VecDeque::with_capacity(64);
         let file = file.and_then(|path| {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            let f = std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(&path)
+            let (f, size, earlier) = open_whole_lines(&path)
                 .map_err(|e| {
                     tracing::warn!("{}: {e}; keeping the log in memory only", path.display())
                 })
                 .ok()?;
-            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            ring.extend(earlier);
             Some((path, f, size))
         });
         Self {
-            inner: Arc::new(Mutex::new(Inner {
-                ring: VecDeque::with_capacity(64),
-                file,
-            })),
+            inner: Arc::new(Mutex::new(Inner { ring, file })),
             follow: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -89,8 +92,12 @@ impl LogBuffer {
                         *size = 0;
                     }
                 }
-                if writeln!(file, "{line}").is_ok() {
-                    *size += line.len() as u64 + 1;
+                // One write: a line and its newline never part.
+                let mut record = String::with_capacity(line.len() + 1);
+                record.push_str(&line);
+                record.push('\n');
+                if file.write_all(record.as_bytes()).is_ok() {
+                    *size += record.len() as u64;
                 }
             }
             // Under the lock, so a reader's tail and its receiver never
@@ -110,6 +117,50 @@ impl LogBuffer {
         let skip = n.map_or(0, |n| inner.ring.len().saturating_sub(n));
         (inner.ring.iter().skip(skip).cloned().collect(), rx)
     }
+}
+
+/// How much of a log file's end is read back at open: the ring's worth of
+/// typical lines; a line is at most [`MAX_LINE`], so a whole one is in it.
+const RECOVER_BYTES: u64 = 256 << 10;
+
+/// Opens `path` for appending, first cut back to its last whole line
+/// (dropping a torn line or a tail of zeros a power cut left); returns the
+/// file, its size and its last whole lines (at most [`RING_LINES`]).
+fn open_whole_lines(path: &Path) -> std::io::Result<(std::fs::File, u64, Vec<String>)> {
+    let mut f = std::fs::File::options()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(RECOVER_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    std::io::Read::by_ref(&mut f)
+        .take(RECOVER_BYTES)
+        .read_to_end(&mut tail)?;
+    // Everything after the last newline is a torn line (or zeros). With
+    // no newline in the window at all the end is not lines: drop it.
+    let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let size = start + whole as u64;
+    if size < len {
+        f.set_len(size)?;
+        tracing::warn!(
+            "{}: dropped {} bytes of a torn last line (power lost while it was written)",
+            path.display(),
+            len - size
+        );
+    }
+    let mut lines: Vec<String> = tail[..whole]
+        .split(|b| *b == b'\n')
+        // The window's first piece may start mid-line.
+        .skip(usize::from(start > 0))
+        .filter(|l| !l.is_empty() && !l.contains(&0))
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let skip = lines.len().saturating_sub(RING_LINES);
+    lines.drain(..skip);
+    Ok((f, size, lines))
 }
 
 #[cfg(test)]
@@ -142,6 +193,47 @@ mod tests {
         log.push(&"é".repeat(MAX_LINE));
         let got = rx.try_recv().unwrap();
         assert!(got.len() <= MAX_LINE + 4 && got.ends_with(" …"));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_the_whole_ones_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.log");
+        // A power cut mid-line, and one that left zeros after a line.
+        for (before, after) in [
+            (&b"one\ntwo\nthr"[..], "one\ntwo\nfour\n"),
+            (&b"one\ntwo\n\0\0\0\0"[..], "one\ntwo\nfour\n"),
+            (&b"\0\0\0"[..], "four\n"),
+            (&b""[..], "four\n"),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            let log = LogBuffer::new(Some(path.clone()));
+            let (ring, _) = log.tail_and_follow(None);
+            let whole: Vec<&str> = after.lines().filter(|l| *l != "four").collect();
+            assert_eq!(ring, whole, "{before:?}");
+            log.push("four");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "{before:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_end_of_a_long_file_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.log");
+        let text: String = (0..RING_LINES * 3)
+            .map(|i| format!("line {i} {}\n", "x".repeat(100)))
+            .collect();
+        std::fs::write(&path, &text).unwrap();
+        let log = LogBuffer::new(Some(path.clone()));
+        let (ring, _) = log.tail_and_follow(None);
+        assert!(!ring.is_empty() && ring.len() <= RING_LINES);
+        // Whole lines, ending with the file's last.
+        assert!(
+            ring.iter()
+                .all(|l| l.starts_with("line ") && l.ends_with('x'))
+        );
+        assert_eq!(ring.last().unwrap(), text.lines().last().unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

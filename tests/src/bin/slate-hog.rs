@@ -3,7 +3,9 @@
 //! at a time, every page touched) or its processes (`--children N`, each
 //! a copy of itself that sleeps), printing how far it got, then sleeps.
 //! The QEMU limits test runs it under `memory.max` and `pids.max` to see
-//! the cgroup hold it.
+//! the cgroup hold it. With `--talk` it prints numbered lines without end
+//! (`talk RUN SEQ xxx…`, RUN different at each start), for the test that
+//! cuts the power while its log is written.
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ fn main() {
     };
     if args.iter().any(|a| a == "--sleep") {
         sleep_forever();
+    }
+    if args.iter().any(|a| a == "--talk") {
+        talk_forever();
     }
     if let Some(mib) = value("--memory-mib") {
         let mut held: Vec<Vec<u8>> = Vec::new();
@@ -45,6 +50,29 @@ fn main() {
         }
     }
     sleep_forever();
+}
+
+/// One line per millisecond, each a whole `println!` (one write to the
+/// pipe), so a line seen torn was torn on the node's disk, not here.
+fn talk_forever() -> ! {
+    use std::io::Write as _;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ std::process::id());
+    let filler = "x".repeat(120);
+    let mut out = std::io::stdout().lock();
+    for seq in 0u64.. {
+        let line = format!("talk {run:08x} {seq} {filler}\n");
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sleep_forever()
 }
 
 fn sleep_forever() -> ! {
