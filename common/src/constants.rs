@@ -6,6 +6,15 @@
 /// Port of apid's gRPC API (mutual TLS).
 pub const APID_PORT: u16 = 50000;
 
+/// Port of the trust service on control-plane nodes (machined, TLS with a
+/// certificate of the machine CA): it signs the API certificate of a node
+/// that holds no machine CA key (a worker) for a caller that shows the
+/// cluster's machine token. Talos's trustd listens on the same port.
+pub const TRUST_PORT: u16 = 50001;
+
+/// gRPC metadata that carries the machine token to the trust service.
+pub const TRUST_TOKEN_HEADER: &str = "x-slate-machine-token";
+
 /// Port of the mesh's discovery service: where a control-plane node's own
 /// copy listens, and where networkd looks for it at the control-plane
 /// endpoint's host when `cluster.mesh.discovery.endpoint` is unset.

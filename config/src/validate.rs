@@ -71,11 +71,15 @@ fn machine(m: &Machine, mode: Mode, p: &mut Problems) {
             "must look like [a-z0-9]{6}.[a-z0-9]{16} (a Kubernetes bootstrap token)",
         );
     }
-    // Every node issues apid's server certificate from the machine CA.
+    // Control-plane nodes sign the API certificates (their own, and
+    // through the trust service those of workers that hold no key).
     key_pair(
         "machine.ca",
         &m.ca,
-        Some("apid issues its server certificate from it"),
+        (m.kind == MachineType::Controlplane).then_some(
+            "control-plane nodes sign the API certificates with it; workers may leave it out \
+             and have a control-plane node sign theirs",
+        ),
         p,
     );
     for (i, san) in m.cert_sans.iter().enumerate() {

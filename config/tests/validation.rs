@@ -103,3 +103,29 @@ fn walk(value: &serde_json::Value, path: String, out: &mut Vec<String>) {
         }
     }
 }
+
+/// A worker may leave the machine CA key out (a control-plane node signs
+/// its API certificate); a control-plane node may not.
+#[test]
+fn only_control_plane_nodes_need_the_machine_ca_key() {
+    let bundle = slate_config::generate::generate(&slate_config::generate::Options {
+        cluster_name: "keys".into(),
+        endpoint: "https://10.0.0.1:6443".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut worker = bundle.worker.clone();
+    worker.machine.ca.key = None;
+    let yaml = worker.to_yaml().unwrap();
+    MachineConfig::parse(&yaml, "worker.yaml").unwrap();
+
+    let mut cp = bundle.controlplane.clone();
+    cp.machine.ca.key = None;
+    let err = MachineConfig::parse(&cp.to_yaml().unwrap(), "cp.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("machine.ca.key") && err.contains("is required: control-plane nodes sign"),
+        "{err}"
+    );
+}

@@ -63,6 +63,10 @@ pub struct Paths {
     pub config: PathBuf,
     /// apid's view of the config (`slate_config::ApiView`).
     pub api_view: PathBuf,
+    /// Where a node without the machine CA key has apid's certificate
+    /// signed (`HOST:PORT`); `None`: the control-plane endpoint's host on
+    /// `constants::TRUST_PORT`. Tests point it at a loopback port.
+    pub trust_remote: Option<String>,
     pub config_error: PathBuf,
     /// Where the config drive is mounted while it is read.
     pub mount_point: PathBuf,
@@ -77,6 +81,7 @@ impl Paths {
         Self {
             config: dir.join("config.json"),
             api_view: dir.join("api-view.json"),
+            trust_remote: None,
             config_error: dir.join("config.error"),
             mount_point: dir.join("cidata"),
             socket: dir.join("machined.sock"),
@@ -90,6 +95,7 @@ impl Default for Paths {
         Self {
             config: PathBuf::from(constants::MACHINE_CONFIG_FILE),
             api_view: PathBuf::from(constants::API_VIEW_FILE),
+            trust_remote: None,
             config_error: PathBuf::from(constants::MACHINE_CONFIG_ERROR_FILE),
             mount_point: PathBuf::from(constants::RUN_DIR).join("cidata"),
             socket: PathBuf::from(constants::MACHINED_SOCKET),
@@ -152,6 +158,7 @@ pub fn run(paths: &Paths) -> ! {
                 (services, etcd)
             });
             let (services, etcd) = services;
+            runtime.spawn(trust::run_network(Arc::clone(&node)));
             if let Err(e) = runtime.block_on(serve(paths, node, services, etcd)) {
                 // Without its socket machined is deaf: apid cannot apply,
                 // reboot or read logs. Exit, and init starts a new one (a
@@ -327,9 +334,10 @@ pub async fn serve(
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("restricting {}", paths.socket.display()))?;
     tonic::transport::Server::builder()
-        .add_service(TrustServiceServer::new(trust::Trust::new(Arc::clone(
-            &node,
-        ))))
+        .add_service(TrustServiceServer::new(trust::Local::new(
+            Arc::clone(&node),
+            paths.trust_remote.clone(),
+        )))
         .add_service(MachineServiceServer::new(api::MachinedApi::new(
             node, services, etcd,
         )))

@@ -34,8 +34,9 @@ impl Verdict {
         }
     }
 
-    /// A config that passed validation; refused if apid could not issue
-    /// its certificate from the machine CA (the node would be unreachable).
+    /// A config that passed validation; refused if its machine CA cannot
+    /// sign (a key that does not load, or belongs to another certificate):
+    /// the node would be unreachable.
     pub fn valid(config: MachineConfig) -> Self {
         if let Err(e) = usable_machine_ca(&config) {
             return Self::Invalid(e);
@@ -50,17 +51,20 @@ impl Verdict {
     }
 }
 
-/// The machine CA's certificate and key load together as a CA.
+/// The machine CA's certificate and key load together as a CA; without a
+/// key (a worker, whose certificate a control-plane node signs) the
+/// certificate alone must read.
 pub fn usable_machine_ca(config: &MachineConfig) -> Result<(), String> {
     let ca = &config.machine.ca;
     let crt = ca.crt_pem().map_err(|e| format!("machine.ca.crt: {e}"))?;
-    let key = ca
-        .key_pem()
-        .map_err(|e| format!("machine.ca.key: {e}"))?
-        .ok_or("machine.ca.key: is required")?;
-    slate_pki::Authority::from_pem(&crt, &key)
-        .map(drop)
-        .map_err(|e| format!("machine.ca: {e}"))
+    match ca.key_pem().map_err(|e| format!("machine.ca.key: {e}"))? {
+        Some(key) => slate_pki::Authority::from_pem(&crt, &key)
+            .map(drop)
+            .map_err(|e| format!("machine.ca: {e}")),
+        None => slate_pki::pem_to_der(&crt)
+            .map(drop)
+            .map_err(|e| format!("machine.ca.crt: {e}")),
+    }
 }
 
 /// Writes the config or the error file (and removes the other one), and

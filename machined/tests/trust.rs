@@ -14,25 +14,32 @@ use slate_proto::machine::GenerateClientConfigurationRequest;
 use slate_proto::trust::CertificateRequest;
 use slate_proto::trust::trust_service_client::TrustServiceClient;
 
-/// machined on a Unix socket in `dir`, configured with a control-plane
-/// config whose certSANs name `api.example`, or in maintenance mode.
-async fn machined(
-    dir: &std::path::Path,
-    configured: bool,
-) -> (Paths, slate_config::generate::Bundle) {
-    let bundle = slate_config::generate::generate(&slate_config::generate::Options {
+fn cluster() -> slate_config::generate::Bundle {
+    slate_config::generate::generate(&slate_config::generate::Options {
         cluster_name: "trust".into(),
         endpoint: "https://10.0.0.1:6443".into(),
         additional_sans: vec!["api.example".into()],
         ..Default::default()
     })
-    .unwrap();
-    let paths = Paths::under(dir);
+    .unwrap()
+}
+
+/// machined on a Unix socket in `dir`, configured with `config` (by
+/// default the control-plane config of [`cluster`], whose certSANs name
+/// `api.example`), or in maintenance mode. `remote`: where it sends
+/// requests it cannot sign.
+async fn machined_with(
+    dir: &std::path::Path,
+    config: Option<&slate_config::MachineConfig>,
+    remote: Option<String>,
+) -> (Paths, std::sync::Arc<slate_machined::node::Node>) {
+    let mut paths = Paths::under(dir);
+    paths.trust_remote = remote;
     let state_dir = dir.join("state");
     std::fs::create_dir(&state_dir).unwrap();
     let state = State::new(&state_dir);
-    if configured {
-        state.save(&bundle.controlplane).unwrap();
+    if let Some(config) = config {
+        state.save(config).unwrap();
     }
     let node = boot(
         &paths,
@@ -43,7 +50,18 @@ async fn machined(
     .await;
     let services = Supervisor::new(dir.join("cgroups"), None);
     let serving = paths.clone();
-    tokio::spawn(async move { slate_machined::serve(&serving, node, services, None).await });
+    let served = std::sync::Arc::clone(&node);
+    tokio::spawn(async move { slate_machined::serve(&serving, served, services, None).await });
+    (paths, node)
+}
+
+async fn machined(
+    dir: &std::path::Path,
+    configured: bool,
+) -> (Paths, slate_config::generate::Bundle) {
+    let bundle = cluster();
+    let config = configured.then_some(&bundle.controlplane);
+    let (paths, _) = machined_with(dir, config, None).await;
     (paths, bundle)
 }
 
@@ -168,4 +186,117 @@ async fn nothing_is_signed_in_maintenance_mode() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(!paths.api_view.exists(), "no view without a config");
+}
+
+/// A worker whose config holds no machine CA key has apid's certificate
+/// signed by a control-plane node's network trust service, which wants
+/// the machine token.
+#[tokio::test]
+async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane() {
+    let bundle = cluster();
+    let mut worker = bundle.worker.clone();
+    worker.machine.ca.key = None;
+    let ca_pem = bundle.controlplane.machine.ca.crt_pem().unwrap();
+
+    let cp_dir = tempfile::tempdir().unwrap();
+    let (_, cp) = machined_with(cp_dir.path(), Some(&bundle.controlplane), None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trustd = listener.local_addr().unwrap().to_string();
+    tokio::spawn(slate_machined::trust::serve_network(cp, listener));
+
+    let worker_dir = tempfile::tempdir().unwrap();
+    let (paths, _) = machined_with(worker_dir.path(), Some(&worker), Some(trustd.clone())).await;
+    assert!(
+        !paths.config_error.exists(),
+        "a worker config without the CA key is valid: {:?}",
+        std::fs::read_to_string(&paths.config_error)
+    );
+    let mut trust = TrustServiceClient::new(slate_client::local(&paths.socket));
+    let key = ServerKey::generate().unwrap();
+    let names = vec!["worker-1".to_owned(), "192.0.2.10".to_owned()];
+    let signed = trust
+        .certificate(CertificateRequest {
+            csr_pem: key.request("worker-1", &names).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.ca_pem, ca_pem);
+    assert!(slate_pki::issued_by(
+        &slate_pki::pem_to_der(&signed.crt_pem).unwrap(),
+        &slate_pki::pem_to_der(&ca_pem).unwrap()
+    ));
+    assert_eq!(sans(&signed.crt_pem), ["worker-1", "192.0.2.10"]);
+    // The worker mints no client configuration: it has no key.
+    let err = slate_client::machine(slate_client::local(&paths.socket))
+        .generate_client_configuration(GenerateClientConfigurationRequest {
+            role: "os:admin".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+
+    // Straight to the network service: no token, a wrong one, too many
+    // names: refused.
+    let tls = slate_pki::tls::client(&ca_pem, None).unwrap();
+    let target = slate_client::parse_target(&trustd).unwrap();
+    let channel = slate_client::connect(&target, std::sync::Arc::new(tls))
+        .await
+        .unwrap();
+    let mut direct = TrustServiceClient::new(channel);
+    let csr_pem = key.request("worker-1", &names).unwrap();
+    for token in [None, Some("abcdef.0123456789abcdef")] {
+        let mut request = tonic::Request::new(CertificateRequest {
+            csr_pem: csr_pem.clone(),
+        });
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                slate_common::constants::TRUST_TOKEN_HEADER,
+                token.parse().unwrap(),
+            );
+        }
+        let err = direct.certificate(request).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::PermissionDenied,
+            "{token:?}: {err}"
+        );
+    }
+    let many: Vec<String> = (0..=slate_machined::trust::MAX_NAMES)
+        .map(|i| format!("n{i}.example"))
+        .collect();
+    let mut request = tonic::Request::new(CertificateRequest {
+        csr_pem: key.request("n0.example", &many).unwrap(),
+    });
+    request.metadata_mut().insert(
+        slate_common::constants::TRUST_TOKEN_HEADER,
+        worker.machine.token.parse().unwrap(),
+    );
+    let err = direct.certificate(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+}
+
+/// A worker whose control plane does not answer says so (apid retries).
+#[tokio::test]
+async fn a_worker_whose_control_plane_is_unreachable_is_told_so() {
+    let bundle = cluster();
+    let mut worker = bundle.worker.clone();
+    worker.machine.ca.key = None;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = machined_with(dir.path(), Some(&worker), Some(remote)).await;
+    let mut trust = TrustServiceClient::new(slate_client::local(&paths.socket));
+    let key = ServerKey::generate().unwrap();
+    let err = trust
+        .certificate(CertificateRequest {
+            csr_pem: key.request("w", &["w".to_owned()]).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("trust service at"), "{err}");
 }

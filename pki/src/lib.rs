@@ -360,6 +360,14 @@ pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
     cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
+/// Whether two secrets (a token shown and the one expected) are equal,
+/// compared by their SHA-256 digests so the time taken says nothing of
+/// where they differ.
+pub fn same_secret(shown: &[u8], expected: &[u8]) -> bool {
+    let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+    digest(shown).as_ref() == digest(expected).as_ref()
+}
+
 /// SHA-256 fingerprint of a DER certificate, as colon-separated hex, which
 /// is how the console prints it for people to compare.
 pub fn fingerprint(cert_der: &[u8]) -> String {
