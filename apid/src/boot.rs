@@ -122,11 +122,18 @@ async fn signed_by_machined(
     csr_pem: String,
     ca_pem: &str,
 ) -> anyhow::Result<CertificateResponse> {
-    let deadline = tokio::time::Instant::now() + SIGN_WAIT;
-    // Short and steady: the API is ready the moment machined's socket is
-    // (a connect to a missing socket costs nothing worth backing off).
-    let pause = Duration::from_millis(25);
+    let start = tokio::time::Instant::now();
+    let deadline = start + SIGN_WAIT;
     loop {
+        // Short at first: the API is ready the moment machined's socket
+        // is (a connect to a missing socket costs nothing). Then slower:
+        // on a worker the wait is for a control-plane node, each try a
+        // TLS handshake there.
+        let pause = if start.elapsed() < Duration::from_secs(2) {
+            Duration::from_millis(25)
+        } else {
+            Duration::from_secs(1)
+        };
         let why = match trust
             .clone()
             .certificate(CertificateRequest {

@@ -59,7 +59,7 @@ async fn reflection_lists_the_machine_service() {
 #[tokio::test]
 async fn every_role_may_read_and_version() {
     let bundle = cluster();
-    let node = start(Boot::Configured(&bundle.worker)).await;
+    let node = start(Boot::Configured(&bundle.controlplane)).await;
     let (ca, key) = machine_ca(&bundle);
     let authority = Authority::from_pem(&ca, &key).unwrap();
     for role in Role::ALL {

@@ -176,9 +176,10 @@ pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
             machine: Machine {
                 kind,
                 token: secrets.secrets.bootstrap_token.clone(),
-                // Every node signs its own apid certificate for now, so it
-                // needs the CA key; a later trust service will issue them.
-                ca: os_ca.clone(),
+                // Control-plane nodes sign the API certificates; a
+                // worker's is signed by their trust service (docs/join.md),
+                // so root on a worker cannot mint client certificates.
+                ca: public(os_ca),
                 cert_sans: opts.additional_sans.clone(),
                 network: Network::default(),
                 time: Time::default(),
@@ -282,9 +283,12 @@ mod tests {
             assert_eq!(&MachineConfig::parse(&yaml, "gen").unwrap(), config);
         }
         assert!(
-            bundle.worker.cluster.ca.key.is_none() && bundle.worker.cluster.etcd.ca.is_none(),
-            "workers must not get the Kubernetes or etcd CA keys"
+            bundle.worker.cluster.ca.key.is_none()
+                && bundle.worker.cluster.etcd.ca.is_none()
+                && bundle.worker.machine.ca.key.is_none(),
+            "workers must not get the machine, Kubernetes or etcd CA keys"
         );
+        assert!(bundle.controlplane.machine.ca.key.is_some());
         let ctx = &bundle.client.contexts["demo"];
         assert_eq!(ctx.endpoints, vec!["10.0.0.1".to_string()]);
         let id = ctx.identity().unwrap();

@@ -202,7 +202,12 @@ impl TrustService for Network {
     ) -> Result<Response<CertificateResponse>, Status> {
         let peer = request
             .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+            // An IPv4 caller of the dual-stack socket as 10.5.0.3, not
+            // ::ffff:10.5.0.3.
+            .map_or_else(
+                || "unknown".to_owned(),
+                |a| a.ip().to_canonical().to_string(),
+            );
         let config = running(&self.node).await?;
         let shown = request
             .metadata()
@@ -243,7 +248,13 @@ pub async fn serve_network(
     let config = running(&node).await?;
     let (_, authority) = authority(&config)?;
     let key = slate_pki::ServerKey::generate().context("making the trust service's key")?;
-    let names = slate_common::host::api_names(&config.machine.cert_sans);
+    // Workers dial the control-plane endpoint's host, which may be this
+    // node's address before networkd has set it up, or a name or address
+    // in front of several control-plane nodes.
+    let mut names = slate_common::host::api_names(&config.machine.cert_sans);
+    names.extend(slate_config::endpoint_host(
+        &config.cluster.control_plane.endpoint,
+    ));
     let identity = authority
         .issue_server(&key, &slate_common::host::hostname(), &names)
         .context("issuing the trust service's certificate")?;

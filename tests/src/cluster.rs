@@ -146,6 +146,19 @@ impl Cluster {
     /// nothing runs yet. The Kubernetes endpoint is node 1's LAN address,
     /// as in a cluster without a load balancer.
     pub fn create(n: usize, dir: &Path, boot: &Boot) -> anyhow::Result<Self> {
+        Self::create_with_workers(n, 0, dir, boot)
+    }
+
+    /// [`Cluster::create`] with `workers` worker nodes after the `n`
+    /// control-plane ones (`worker-1`, …), configured with the generated
+    /// worker config: no machine CA key, their API certificates signed by
+    /// node 1's trust service.
+    pub fn create_with_workers(
+        n: usize,
+        workers: usize,
+        dir: &Path,
+        boot: &Boot,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let bundle = generate::generate(&Options {
             cluster_name: "slate-cluster".into(),
@@ -157,12 +170,15 @@ impl Cluster {
         })?;
         let slateconfig = dir.join("slateconfig");
         bundle.client.save(&slateconfig)?;
-        let hub = Hub::start(n)?;
+        let hub = Hub::start(n + workers)?;
         let mut nodes = Vec::new();
-        for i in 0..n {
-            let name = format!("cp-{}", i + 1);
+        for i in 0..n + workers {
+            let (name, mut config) = if i < n {
+                (format!("cp-{}", i + 1), bundle.controlplane.clone())
+            } else {
+                (format!("worker-{}", i - n + 1), bundle.worker.clone())
+            };
             let ip = lan_ip(i);
-            let mut config = bundle.controlplane.clone();
             config.machine.network.hostname = Some(name.clone());
             config.machine.network.interfaces = uplink_and_lan(&format!("{ip}/24"));
             // etcd and kubelet advertise the LAN, not QEMU's user network

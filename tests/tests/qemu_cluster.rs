@@ -2,7 +2,8 @@
 //! the first starts etcd, the others join by themselves (learner, then
 //! voter); a power cut of one keeps quorum and it rejoins when it boots.
 //! etcd is checked with Debian's etcdctl through forwarded ports, as an
-//! operator would.
+//! operator would. A worker without the machine CA key gets its API
+//! certificate from the control plane's trust service.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -199,5 +200,81 @@ async fn three_control_planes_bootstrap_join_survive_a_power_cut_and_rejoin() {
         out.status.success(),
         "etcdctl reads the snapshot: {}",
         text(&out)
+    );
+}
+
+/// A worker whose config holds no machine CA key (as `gen config` writes
+/// worker.yaml) has its API certificate signed by the control-plane node's
+/// trust service over the LAN (port 50001, the machine token), and
+/// answers the admin with it.
+#[tokio::test]
+#[ignore = "boots two QEMU VMs: run by `make test`"]
+async fn a_worker_without_the_ca_key_is_reachable_with_a_certificate_from_the_control_plane() {
+    let a = Artifacts::find().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::create_with_workers(1, 1, dir.path(), &Boot::kernel(&a)).unwrap();
+    assert!(cluster.bundle.worker.machine.ca.key.is_none());
+    let config = cluster.slateconfig.clone();
+    let client = slate_config::clientconfig::ClientConfig::load(&config).unwrap();
+    let admin = api::context_tls(&client, "slate-cluster").unwrap();
+    // The worker first: it waits for the control plane (apid retries,
+    // init restarts it) rather than giving up.
+    cluster.start(1).unwrap();
+    cluster.start(0).unwrap();
+    for i in [0, 1] {
+        api::wait_for_version(cluster.vm(i), admin.clone(), BOOT_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("node {}: {e:#}", i + 1));
+    }
+    let worker = cluster.endpoint(1);
+    let out = run_as(&config, &worker, &["version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("worker-1"), "{}", text(&out));
+    // Its running config holds no machine CA key, and it mints no client
+    // configs; the control plane logged whose certificate it signed.
+    let out = run_as(
+        &config,
+        &worker,
+        &[
+            "get",
+            "machineconfig",
+            "--insecure-show-secrets",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let running: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        running["config"]["machine"]["ca"]["crt"].is_string(),
+        "{running}"
+    );
+    assert!(
+        running["config"]["machine"]["ca"]["key"].is_null(),
+        "{running}"
+    );
+    let minted = dir.path().join("reader.slateconfig");
+    let out = run_as(
+        &config,
+        &worker,
+        &[
+            "config",
+            "new",
+            "--roles",
+            "os:reader",
+            "-o",
+            minted.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "a worker minted a client config");
+    assert!(
+        text(&out).contains("control-plane node signs"),
+        "{}",
+        text(&out)
+    );
+    let cp_console = cluster.vm(0).console_tail(200);
+    assert!(
+        cp_console.contains("trust service: signed an API certificate for 10.5.0.3"),
+        "{cp_console}"
     );
 }
