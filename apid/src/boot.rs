@@ -138,6 +138,7 @@ async fn signed_by_machined(
             .clone()
             .certificate(CertificateRequest {
                 csr_pem: csr_pem.clone(),
+                names: Vec::new(),
             })
             .await
         {

@@ -36,7 +36,6 @@ pub mod machine;
 pub mod resource;
 pub mod sysinfo;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -98,20 +97,8 @@ pub fn raise_fd_limit() {
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
     raise_fd_limit();
     // Bind before waiting for the config: a client that connects early
-    // waits in the backlog instead of being refused. `[::]` takes IPv4 and
-    // IPv6 clients alike (Linux's default dual-stack socket); a kernel
-    // booted with IPv6 disabled gets an IPv4-only listener instead.
-    let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, constants::APID_PORT));
-    let listener = match tokio::net::TcpListener::bind(dual).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::warn!("listening on {dual}: {e}; falling back to IPv4 only");
-            let v4 = SocketAddr::from(([0, 0, 0, 0], constants::APID_PORT));
-            tokio::net::TcpListener::bind(v4)
-                .await
-                .with_context(|| format!("listening on {v4}"))?
-        }
-    };
+    // waits in the backlog instead of being refused.
+    let listener = slate_common::listen::any_address(constants::APID_PORT).await?;
     serve(paths, listener).await
 }
 

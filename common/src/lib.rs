@@ -5,6 +5,7 @@
 //! - [`error`]: an error and its causes on one line;
 //! - [`fs`]: atomic state writes;
 //! - [`host`] (feature `host`): the node's hostname, addresses and API names;
+//! - [`listen`] (feature `tokio`): a TCP port on every address;
 //! - [`hostport`]: `host:port` as users and configs write it;
 //! - [`ratelimit`]: log lines a flood cannot multiply;
 //! - [`version`]: what this build is;
@@ -16,6 +17,8 @@ pub mod fs;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod hostport;
+#[cfg(feature = "tokio")]
+pub mod listen;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod ratelimit;

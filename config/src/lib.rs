@@ -31,7 +31,7 @@ use base64::Engine as _;
 
 pub use api_view::ApiView;
 pub use schema::*;
-pub use validate::{Problem, endpoint_host, is_label};
+pub use validate::{Problem, endpoint_host, is_dns_name, is_label};
 
 /// The only schema version this build understands.
 pub const CONFIG_VERSION: &str = "v1alpha1";

@@ -616,7 +616,9 @@ pub fn is_label(s: &str) -> bool {
 }
 
 /// Labels joined by dots, at most 253 characters (case-insensitive).
-fn is_dns_name(s: &str) -> bool {
+/// A host name: dot-separated labels of a-z, 0-9 and `-`, at most 253
+/// characters (no wildcard).
+pub fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(|l| is_label(&l.to_ascii_lowercase()))
 }
 

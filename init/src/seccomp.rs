@@ -89,8 +89,9 @@ const SETS_TIME: &[libc::c_long] = &[
 /// Everything apid may call (x86_64): the allow-list of a daemon that runs
 /// as its own user (`Privileges::User`). What a current-thread tokio
 /// runtime with a blocking pool, hyper, rustls and glibc's static build
-/// use, and no more: files are only opened and read (inotify on
-/// machined's view, /proc for `processes`), sockets are TCP and Unix plus
+/// use, and no more: files are opened, read and written (inotify on
+/// machined's view, /proc for `processes`; as uid 60600 it can write only
+/// where anyone may, /tmp), sockets are TCP and Unix plus
 /// the netlink socket glibc's getifaddrs opens; no fork (clone makes
 /// threads only: the deny-list refuses namespace flags), no mount, no
 /// chmod, chown, rename or unlink, no kernel surface beyond these.
@@ -187,6 +188,8 @@ const ALLOWED_FOR_USER: &[libc::c_long] = &[
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    // The kernel's own resumption of a sleep or wait a signal stopped.
+    libc::SYS_restart_syscall,
     libc::SYS_sigaltstack,
     libc::SYS_tgkill,
     libc::SYS_exit,

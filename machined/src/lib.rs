@@ -158,7 +158,7 @@ pub fn run(paths: &Paths) -> ! {
                 (services, etcd)
             });
             let (services, etcd) = services;
-            runtime.spawn(trust::run_network(Arc::clone(&node)));
+            runtime.spawn(trust::run_network(Arc::clone(&node), paths.config.clone()));
             if let Err(e) = runtime.block_on(serve(paths, node, services, etcd)) {
                 // Without its socket machined is deaf: apid cannot apply,
                 // reboot or read logs. Exit, and init starts a new one (a

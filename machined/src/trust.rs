@@ -6,18 +6,19 @@
 //!   sends a signing request for a key it made. A node that holds the CA
 //!   key signs it for the names of the request that are this node's own
 //!   ([`slate_common::host::api_names`]: hostname, loopback, addresses,
-//!   `machine.certSANs`), so a compromised apid gets no certificate for
-//!   another node's address. A node without the key (a worker) passes the
-//!   request on to a control-plane node's [`Network`] service.
+//!   `machine.certSANs`). A node without the key (a worker) keeps the same
+//!   names and passes the request on, with them, to a control-plane
+//!   node's [`Network`] service. Either way apid alone gets no certificate
+//!   for another node's address.
 //! - [`Network`], on [`TRUST_PORT`] of control-plane nodes (TLS with a
 //!   certificate of the machine CA, no client certificate: the caller has
 //!   none yet). It signs for a caller that shows the cluster's machine
-//!   token, for the names asked (it cannot know a remote node's
-//!   addresses), at most [`MAX_NAMES`] of them, each an IP address or a
-//!   DNS name. Like Talos's trustd: whoever holds the token (every
-//!   node's config does) can have a server certificate made for any name.
-//!   A server certificate only (no client authentication, no role): it
-//!   cannot call any node's API.
+//!   token, for the names the caller's machined chose (it cannot know a
+//!   remote node's addresses): at most [`MAX_NAMES`], each an IP address
+//!   or a host name; it drops those that are its own or the
+//!   control-plane endpoint's. Like Talos's trustd, whoever holds the token (every
+//!   node's config does) can have a server certificate made for other
+//!   names: see docs/join.md for what that yields.
 
 use std::sync::Arc;
 
@@ -70,7 +71,9 @@ fn sign(
     names: Vec<String>,
     refused: Vec<String>,
 ) -> Result<Response<CertificateResponse>, Status> {
-    let common_name = names.first().cloned().unwrap_or_else(|| "node".to_owned());
+    let Some(common_name) = names.first().cloned() else {
+        return sign_nothing(&refused);
+    };
     let crt_pem = authority
         .issue_server_for(csr, &common_name, &names)
         .map_err(|e| Status::invalid_argument(format!("signing the certificate: {e}")))?;
@@ -105,12 +108,6 @@ impl TrustService for Local {
         let csr = ServerRequest::from_pem(&csr_pem)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let config = running(&self.node).await?;
-        if config.machine.ca.key.is_none() {
-            let signed = signed_remotely(&config, csr_pem, self.remote.as_deref()).await?;
-            tracing::info!("apid's certificate signed by the control plane");
-            return Ok(Response::new(signed));
-        }
-        let (ca_pem, authority) = authority(&config)?;
         let allowed = slate_common::host::api_names(&config.machine.cert_sans);
         let (names, refused) = filter_names(&csr.names(), &allowed);
         if !refused.is_empty() {
@@ -119,9 +116,29 @@ impl TrustService for Local {
                 refused.join(", ")
             );
         }
+        if config.machine.ca.key.is_none() {
+            if names.is_empty() {
+                return sign_nothing(&refused);
+            }
+            let mut signed =
+                signed_remotely(&config, csr_pem, names, self.remote.as_deref()).await?;
+            // Ours first, then what the control plane kept out.
+            signed.refused_names.splice(0..0, refused);
+            tracing::info!("apid's certificate signed by the control plane");
+            return Ok(Response::new(signed));
+        }
+        let (ca_pem, authority) = authority(&config)?;
+        let response = sign(&authority, ca_pem, &csr, names.clone(), refused)?;
         tracing::info!("signed apid's certificate for {}", names.join(", "));
-        sign(&authority, ca_pem, &csr, names, refused)
+        Ok(response)
     }
+}
+
+fn sign_nothing(refused: &[String]) -> Result<Response<CertificateResponse>, Status> {
+    Err(Status::invalid_argument(format!(
+        "none of the names asked for may be signed (refused: {})",
+        refused.join(", ")
+    )))
 }
 
 /// Sends `csr_pem` to a control-plane node's trust service with the
@@ -130,6 +147,7 @@ impl TrustService for Local {
 async fn signed_remotely(
     config: &MachineConfig,
     csr_pem: String,
+    names: Vec<String>,
     remote: Option<&str>,
 ) -> Result<CertificateResponse, Status> {
     let ca_pem = config
@@ -154,7 +172,7 @@ async fn signed_remotely(
     let channel = slate_client::connect(&parsed, Arc::new(tls))
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut request = Request::new(CertificateRequest { csr_pem });
+    let mut request = Request::new(CertificateRequest { csr_pem, names });
     let token = config
         .machine
         .token
@@ -171,11 +189,15 @@ async fn signed_remotely(
             )
         })?
         .into_inner();
+    // The CA compared as DER: the same certificate may be written with
+    // other line breaks.
+    let ca_der = slate_pki::pem_to_der(&ca_pem).ok();
+    let same_ca = ca_der.is_some() && slate_pki::pem_to_der(&signed.ca_pem).ok() == ca_der;
     let chains = slate_pki::pem_to_der(&signed.crt_pem)
         .ok()
-        .zip(slate_pki::pem_to_der(&ca_pem).ok())
+        .zip(ca_der)
         .is_some_and(|(crt, ca)| slate_pki::issued_by(&crt, &ca));
-    if signed.ca_pem != ca_pem || !chains {
+    if !same_ca || !chains {
         return Err(Status::internal(format!(
             "the trust service at {target} answered with a certificate of another CA"
         )));
@@ -220,22 +242,76 @@ impl TrustService for Network {
                 "the machine token is missing or wrong",
             ));
         }
-        let csr = ServerRequest::from_pem(&request.into_inner().csr_pem)
+        let request = request.into_inner();
+        let csr = ServerRequest::from_pem(&request.csr_pem)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let names = csr.names();
+        let names = if request.names.is_empty() {
+            csr.names()
+        } else {
+            request.names
+        };
         if names.is_empty() || names.len() > MAX_NAMES {
             return Err(Status::invalid_argument(format!(
                 "a request names 1 to {MAX_NAMES} names, this one {}",
                 names.len()
             )));
         }
+        if let Some(bad) = names.iter().find(|n| !is_name(n)) {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is neither an IP address nor a host name",
+                bad.escape_debug().to_string()
+            )));
+        }
+        // Names this control plane has are dropped, not the request: two
+        // nodes behind different NATs may share a private address (every
+        // QEMU user-network guest is 10.0.2.15).
+        let (taken, names) = filter_names(&names, &own_names(&config));
+        if !taken.is_empty() {
+            tracing::warn!(
+                "trust service: not signing {} for {peer}: this control plane's names",
+                taken.join(", ")
+            );
+        }
+        if names.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "{} name the control plane, not the caller",
+                taken.join(", ")
+            )));
+        }
         let (ca_pem, authority) = authority(&config)?;
+        let response = sign(&authority, ca_pem, &csr, names.clone(), taken)?;
         tracing::info!(
             "trust service: signed an API certificate for {peer}: {}",
             names.join(", ")
         );
-        sign(&authority, ca_pem, &csr, names, Vec::new())
+        Ok(response)
     }
+}
+
+/// An IP address or a host name (no wildcard, no control character).
+fn is_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || slate_config::is_dns_name(&name.to_ascii_lowercase())
+}
+
+/// Names of this control-plane node and of the control-plane endpoint,
+/// which no caller may have: a certificate for them would let its holder
+/// pose as the control plane. Loopback names stay free (every node's
+/// apid answers on them).
+fn own_names(config: &MachineConfig) -> Vec<String> {
+    let mut names: Vec<String> = slate_common::host::api_names(&config.machine.cert_sans)
+        .into_iter()
+        .filter(|n| {
+            n != "localhost"
+                && !n
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+        .collect();
+    names.extend(slate_config::endpoint_host(
+        &config.cluster.control_plane.endpoint,
+    ));
+    names
 }
 
 /// Serves [`Network`] on `listener` with TLS (a certificate of the
@@ -272,31 +348,60 @@ pub async fn serve_network(
         .context("serving the trust service")
 }
 
-/// On a control-plane node that holds the CA key, serves [`Network`] on
-/// [`TRUST_PORT`] (all addresses) until the process ends; elsewhere
-/// returns at once. A failure is logged: the node's own API does not
-/// depend on it, only workers that join later do.
-pub async fn run_network(node: Arc<Node>) {
-    use slate_config::MachineType;
-    let Ok(config) = running(&node).await else {
-        return;
-    };
-    if config.machine.kind != MachineType::Controlplane || config.machine.ca.key.is_none() {
-        return;
-    }
-    let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, TRUST_PORT));
-    let listener = match tokio::net::TcpListener::bind(any).await {
-        Ok(l) => Ok(l),
-        Err(_) => {
-            tokio::net::TcpListener::bind(std::net::SocketAddr::from(([0, 0, 0, 0], TRUST_PORT)))
-                .await
+/// Serves [`Network`] on [`TRUST_PORT`] while the published config
+/// (`config`, machined's own, followed like any daemon follows it) is a
+/// control-plane node's with the CA key, started again when its CA, names
+/// or endpoint change, stopped when it no longer is: a control-plane node
+/// configured from maintenance mode serves at once. A failure is logged;
+/// the node's own API does not depend on it, only keyless workers do.
+pub async fn run_network(node: Arc<Node>, config: std::path::PathBuf) {
+    let mut feed = slate_config::feed::follow(config);
+    let mut serving: Option<(Signer, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let want = feed.borrow_and_update().as_deref().and_then(Signer::of);
+        if serving.as_ref().map(|(s, _)| s) != want.as_ref() {
+            if let Some((_, task)) = serving.take() {
+                task.abort();
+                let _ = task.await;
+            }
+            serving = want.map(|signer| {
+                let node = Arc::clone(&node);
+                let task = tokio::spawn(async move {
+                    let result = match slate_common::listen::any_address(TRUST_PORT).await {
+                        Ok(listener) => serve_network(node, listener).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(
+                            "trust service: {e:#}; workers without the CA key cannot join"
+                        );
+                    }
+                });
+                (signer, task)
+            });
         }
-    };
-    let result = match listener {
-        Ok(listener) => serve_network(node, listener).await,
-        Err(e) => Err(anyhow::anyhow!("listening on port {TRUST_PORT}: {e}")),
-    };
-    if let Err(e) = result {
-        tracing::error!("trust service: {e:#}; workers without the CA key cannot join");
+        if feed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the network service's identity depends on.
+#[derive(PartialEq)]
+struct Signer {
+    ca: slate_config::PemKeyPair,
+    cert_sans: Vec<String>,
+    endpoint: String,
+}
+
+impl Signer {
+    fn of(config: &MachineConfig) -> Option<Self> {
+        (config.machine.kind == slate_config::MachineType::Controlplane
+            && config.machine.ca.key.is_some())
+        .then(|| Self {
+            ca: config.machine.ca.clone(),
+            cert_sans: config.machine.cert_sans.clone(),
+            endpoint: config.cluster.control_plane.endpoint.clone(),
+        })
     }
 }

@@ -105,7 +105,10 @@ async fn apid_s_certificate_is_signed_for_the_node_s_names_only() {
     .collect();
     let csr_pem = key.request(&hostname, &asked).unwrap();
     let signed = trust
-        .certificate(CertificateRequest { csr_pem })
+        .certificate(CertificateRequest {
+            csr_pem,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -135,6 +138,7 @@ async fn apid_s_certificate_is_signed_for_the_node_s_names_only() {
             csr_pem:
                 "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
                     .into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -181,7 +185,10 @@ async fn nothing_is_signed_in_maintenance_mode() {
     let key = ServerKey::generate().unwrap();
     let csr_pem = key.request("node", &["127.0.0.1".to_owned()]).unwrap();
     let err = trust
-        .certificate(CertificateRequest { csr_pem })
+        .certificate(CertificateRequest {
+            csr_pem,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
@@ -190,12 +197,13 @@ async fn nothing_is_signed_in_maintenance_mode() {
 
 /// A worker whose config holds no machine CA key has apid's certificate
 /// signed by a control-plane node's network trust service, which wants
-/// the machine token.
+/// the machine token. Both run on this host, so they share its hostname
+/// and addresses: loopback names are what a worker may have signed here.
 #[tokio::test]
 async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane() {
     let bundle = cluster();
-    let mut worker = bundle.worker.clone();
-    worker.machine.ca.key = None;
+    let worker = bundle.worker.clone();
+    assert!(worker.machine.ca.key.is_none(), "gen config keeps it off");
     let ca_pem = bundle.controlplane.machine.ca.crt_pem().unwrap();
 
     let cp_dir = tempfile::tempdir().unwrap();
@@ -213,10 +221,18 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
     );
     let mut trust = TrustServiceClient::new(slate_client::local(&paths.socket));
     let key = ServerKey::generate().unwrap();
-    let names = vec!["worker-1".to_owned(), "192.0.2.10".to_owned()];
+    let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // 192.0.2.10 is not the worker's: its machined keeps it out of what it
+    // forwards, as a node with the key would not sign it.
     let signed = trust
         .certificate(CertificateRequest {
-            csr_pem: key.request("worker-1", &names).unwrap(),
+            csr_pem: key
+                .request(
+                    "localhost",
+                    &strings(&["localhost", "127.0.0.1", "192.0.2.10"]),
+                )
+                .unwrap(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -226,7 +242,22 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
         &slate_pki::pem_to_der(&signed.crt_pem).unwrap(),
         &slate_pki::pem_to_der(&ca_pem).unwrap()
     ));
-    assert_eq!(sans(&signed.crt_pem), ["worker-1", "192.0.2.10"]);
+    assert_eq!(sans(&signed.crt_pem), ["localhost", "127.0.0.1"]);
+    assert_eq!(signed.refused_names, ["192.0.2.10"]);
+    // The hostname is the worker's, but here also the control plane's:
+    // the control plane signs no certificate for its own names.
+    let hostname = slate_common::host::hostname();
+    let err = trust
+        .certificate(CertificateRequest {
+            csr_pem: key
+                .request(&hostname, std::slice::from_ref(&hostname))
+                .unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("name the control plane"), "{err}");
     // The worker mints no client configuration: it has no key.
     let err = slate_client::machine(slate_client::local(&paths.socket))
         .generate_client_configuration(GenerateClientConfigurationRequest {
@@ -237,18 +268,19 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
-    // Straight to the network service: no token, a wrong one, too many
-    // names: refused.
+    // Straight to the network service: no token and a wrong one are
+    // refused; with the token, too many names, a wildcard, a name with a
+    // control character and the control-plane endpoint's host are too.
     let tls = slate_pki::tls::client(&ca_pem, None).unwrap();
     let target = slate_client::parse_target(&trustd).unwrap();
     let channel = slate_client::connect(&target, std::sync::Arc::new(tls))
         .await
         .unwrap();
     let mut direct = TrustServiceClient::new(channel);
-    let csr_pem = key.request("worker-1", &names).unwrap();
-    for token in [None, Some("abcdef.0123456789abcdef")] {
+    let ask = |names: &[String], token: Option<&str>| {
         let mut request = tonic::Request::new(CertificateRequest {
-            csr_pem: csr_pem.clone(),
+            csr_pem: key.request("n", &strings(&["localhost"])).unwrap(),
+            names: names.to_vec(),
         });
         if let Some(token) = token {
             request.metadata_mut().insert(
@@ -256,25 +288,44 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
                 token.parse().unwrap(),
             );
         }
-        let err = direct.certificate(request).await.unwrap_err();
+        request
+    };
+    let local = strings(&["localhost"]);
+    for token in [None, Some("abcdef.0123456789abcdef")] {
+        let err = direct.certificate(ask(&local, token)).await.unwrap_err();
         assert_eq!(
             err.code(),
             tonic::Code::PermissionDenied,
             "{token:?}: {err}"
         );
     }
+    let token = Some(worker.machine.token.as_str());
     let many: Vec<String> = (0..=slate_machined::trust::MAX_NAMES)
         .map(|i| format!("n{i}.example"))
         .collect();
-    let mut request = tonic::Request::new(CertificateRequest {
-        csr_pem: key.request("n0.example", &many).unwrap(),
-    });
-    request.metadata_mut().insert(
-        slate_common::constants::TRUST_TOKEN_HEADER,
-        worker.machine.token.parse().unwrap(),
-    );
-    let err = direct.certificate(request).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    for (names, code) in [
+        (many, tonic::Code::InvalidArgument),
+        (strings(&["*.example"]), tonic::Code::InvalidArgument),
+        (
+            strings(&["evil\n[ 1.0] INFO forged"]),
+            tonic::Code::InvalidArgument,
+        ),
+        (strings(&["10.0.0.1"]), tonic::Code::PermissionDenied),
+    ] {
+        let err = direct.certificate(ask(&names, token)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{names:?}: {err}");
+    }
+    // The endpoint's host beside other names: dropped, the rest signed.
+    let signed = direct
+        .certificate(ask(
+            &strings(&["w.example", "10.0.0.1", "192.0.2.10"]),
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sans(&signed.crt_pem), ["w.example", "192.0.2.10"]);
+    assert_eq!(signed.refused_names, ["10.0.0.1"]);
 }
 
 /// A worker whose control plane does not answer says so (apid retries).
@@ -293,7 +344,8 @@ async fn a_worker_whose_control_plane_is_unreachable_is_told_so() {
     let key = ServerKey::generate().unwrap();
     let err = trust
         .certificate(CertificateRequest {
-            csr_pem: key.request("w", &["w".to_owned()]).unwrap(),
+            csr_pem: key.request("localhost", &["localhost".to_owned()]).unwrap(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -133,16 +133,27 @@ fn open_whole_lines(path: &Path) -> std::io::Result<(std::fs::File, u64, Vec<Str
         .append(true)
         .open(path)?;
     let len = f.metadata()?.len();
-    let start = len.saturating_sub(RECOVER_BYTES);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::with_capacity((len - start) as usize);
-    std::io::Read::by_ref(&mut f)
-        .take(RECOVER_BYTES)
-        .read_to_end(&mut tail)?;
-    // Everything after the last newline is a torn line (or zeros). With
-    // no newline in the window at all the end is not lines: drop it.
-    let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let size = start + whole as u64;
+    // Back from the end, a window at a time, to the last newline:
+    // everything after it is a torn line (or zeros). Usually the first
+    // window has one; a long tail of zeros takes a few.
+    let mut end = len;
+    let (start, window) = loop {
+        let start = end.saturating_sub(RECOVER_BYTES);
+        f.seek(SeekFrom::Start(start))?;
+        let mut window = Vec::with_capacity((end - start) as usize);
+        std::io::Read::by_ref(&mut f)
+            .take(end - start)
+            .read_to_end(&mut window)?;
+        if let Some(i) = window.iter().rposition(|b| *b == b'\n') {
+            window.truncate(i + 1);
+            break (start, window);
+        }
+        if start == 0 {
+            break (0, Vec::new());
+        }
+        end = start;
+    };
+    let size = start + window.len() as u64;
     if size < len {
         f.set_len(size)?;
         tracing::warn!(
@@ -151,7 +162,7 @@ fn open_whole_lines(path: &Path) -> std::io::Result<(std::fs::File, u64, Vec<Str
             len - size
         );
     }
-    let mut lines: Vec<String> = tail[..whole]
+    let mut lines: Vec<String> = window
         .split(|b| *b == b'\n')
         // The window's first piece may start mid-line.
         .skip(usize::from(start > 0))
@@ -214,6 +225,20 @@ mod tests {
             log.push("four");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "{before:?}");
         }
+    }
+
+    #[test]
+    fn a_tail_of_zeros_longer_than_a_window_is_cut_at_the_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.log");
+        let mut before = b"one\ntwo\n".to_vec();
+        before.resize(before.len() + 3 * RECOVER_BYTES as usize + 5, 0);
+        std::fs::write(&path, &before).unwrap();
+        let log = LogBuffer::new(Some(path.clone()));
+        let (ring, _) = log.tail_and_follow(None);
+        assert_eq!(ring, ["one", "two"]);
+        log.push("three");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\nthree\n");
     }
 
     #[test]
