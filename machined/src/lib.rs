@@ -132,20 +132,42 @@ pub fn run(paths: &Paths) -> ! {
             };
             let storage = Storage::Disks { mount_point };
             let node = runtime.block_on(boot(paths, storage, state, Power::Init));
-            // Before any service writes to /var. A first boot from a config
-            // drive has just made STATE and EPHEMERAL: use them at once.
-            mount_var(state_device.or_else(disk::find_state).as_deref());
-            let services = runtime.block_on(async {
-                let services = Supervisor::new(
-                    PathBuf::from(constants::SERVICES_CGROUP),
-                    Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
-                );
+            // The socket first: apid waits on it for its certificate, and
+            // /var and the services below take a few hundred ms. Services
+            // show up in the API as they are added.
+            let services = Supervisor::new(
+                PathBuf::from(constants::SERVICES_CGROUP),
+                Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
+            );
+            let (config, etcd, server) = runtime.block_on(async {
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
                 let config = node.configs().await.0.map(|(config, _)| config);
                 let bin = std::path::Path::new(services::layer::EXTENSIONS_BIN);
                 let etcd = config.as_ref().and_then(|c| {
                     etcd::Etcd::for_node(c, &bin.join("etcd"), etcd::EtcdPaths::default())
                 });
+                let served = (
+                    paths.clone(),
+                    Arc::clone(&node),
+                    services.clone(),
+                    etcd.clone(),
+                );
+                let server = tokio::spawn(async move {
+                    let (paths, node, services, etcd) = served;
+                    serve(&paths, node, services, etcd).await
+                });
+                // Bound before the blocking mounts below.
+                tokio::task::yield_now().await;
+                (config, etcd, server)
+            });
+            // Before any service writes to /var. A first boot from a config
+            // drive has just made STATE and EPHEMERAL: use them at once.
+            mount_var(state_device.or_else(disk::find_state).as_deref());
+            runtime.block_on(async {
+                // Whatever apid asked meanwhile is answered before the
+                // services' start-up takes the runtime.
+                tokio::task::yield_now().await;
+                let bin = std::path::Path::new(services::layer::EXTENSIONS_BIN);
                 let specs = services::catalog::specs(bin, config.as_ref(), etcd.as_ref());
                 if specs.is_empty() {
                     tracing::info!("no extension layer on /usr/local: no services to run");
@@ -155,18 +177,19 @@ pub fn run(paths: &Paths) -> ! {
                         tracing::error!("{e}");
                     }
                 }
-                (services, etcd)
             });
-            let (services, etcd) = services;
             runtime.spawn(trust::run_network(Arc::clone(&node), paths.config.clone()));
-            if let Err(e) = runtime.block_on(serve(paths, node, services, etcd)) {
-                // Without its socket machined is deaf: apid cannot apply,
-                // reboot or read logs. Exit, and init starts a new one (a
-                // socket it can bind, the running config kept: `boot`).
-                tracing::error!("{e:#}; exiting for init to restart machined");
-                slate_common::logging::flush();
-                std::process::exit(1);
-            }
+            let failed = match runtime.block_on(server) {
+                Ok(Ok(())) => anyhow::anyhow!("machined's socket server stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("machined's socket server: {e}"),
+            };
+            // Without its socket machined is deaf: apid cannot apply,
+            // reboot or read logs. Exit, and init starts a new one (a
+            // socket it can bind, the running config kept: `boot`).
+            tracing::error!("{failed:#}; exiting for init to restart machined");
+            slate_common::logging::flush();
+            std::process::exit(1);
         }
         Err(e) => tracing::error!("starting the runtime: {e}"),
     }

@@ -45,7 +45,12 @@ pub async fn prepare(
         // Certificates first: a failure here must not leave a learner
         // added for an etcd that cannot start.
         if certified.as_ref() != Some(&who) {
-            certs::write(&etcd.config, &who, &etcd.paths.pki)?;
+            // Keys, signatures and fsyncs: off the runtime, which also
+            // answers apid's first certificate request at this moment.
+            let (config, id, dir) = (etcd.config.clone(), who.clone(), etcd.paths.pki.clone());
+            tokio::task::spawn_blocking(move || certs::write(&config, &id, &dir))
+                .await
+                .map_err(|e| format!("writing etcd's certificates: {e}"))??;
             certified = Some(who.clone());
         }
         let mut args = vec![
