@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "slate/machine/v1/machine.proto",
     "slate/resource/v1/resource.proto",
     "slate/trust/v1/trust.proto",
+    "slate/join/v1/join.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

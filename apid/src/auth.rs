@@ -98,6 +98,35 @@ pub const RULES: &[(&str, Access)] = &[
         "/slate.resource.v1.ResourceService/Watch",
         Access::RoleOrMaintenance(Role::Reader),
     ),
+    // Join tokens are credentials: only admins make, list or revoke them.
+    (
+        "/slate.join.v1.JoinService/CreateToken",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.join.v1.JoinService/ListTokens",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.join.v1.JoinService/RevokeToken",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.join.v1.JoinService/ListMachines",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.join.v1.JoinService/AcceptMachine",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.join.v1.JoinService/RejectMachine",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.join.v1.JoinService/ForgetMachine",
+        Access::Role(Role::Admin),
+    ),
     // Reflection describes only the public proto, but it is no reason to
     // answer strangers on a configured node.
     (

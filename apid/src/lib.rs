@@ -30,6 +30,7 @@ pub mod auth;
 pub mod boot;
 pub mod conn_limit;
 pub mod gate;
+pub mod join;
 pub mod listener;
 pub mod live;
 pub mod machine;
@@ -137,6 +138,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         tls_tx,
         trust,
     ));
+    let join = join::JoinApi::new(machined.clone());
     let machined = slate_client::machine(machined);
     let networkd = slate_proto::resource::resource_service_client::ResourceServiceClient::new(
         slate_client::local(&paths.networkd_socket),
@@ -168,6 +170,7 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         .layer(gate::GateLayer::new(authorizer))
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))
+        .add_service(slate_proto::join::join_service_server::JoinServiceServer::new(join))
         .add_service(
             slate_proto::resource::resource_service_server::ResourceServiceServer::new(resources),
         )

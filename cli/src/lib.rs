@@ -104,10 +104,23 @@ pub enum Command {
     /// The etcd cluster: members, snapshot, leave, remove-member.
     #[command(subcommand)]
     Etcd(cmd::etcd::EtcdCommand),
+    /// List the join tokens (`gen join-token` makes one).
+    JoinTokens(cmd::join::ListArgs),
+    /// Revoke a join token.
+    #[command(subcommand)]
+    JoinToken(cmd::join::TokenCommand),
+    /// List the machines that registered with a join token.
+    Machines(cmd::join::ListArgs),
+    /// Accept, reject or forget a registered machine.
+    #[command(subcommand)]
+    Machine(cmd::join::MachineCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Gen(cmd::gen_config::GenCommand::JoinToken(args)) => {
+            block_on(cmd::join::gen_token(&cli.global, args))
+        }
         Command::Gen(cmd) => cmd::gen_config::run(cmd),
         Command::Validate(args) => cmd::validate::run(args),
         Command::MachineConfig(cmd) => cmd::machineconfig::run(cmd),
@@ -125,6 +138,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Containers(args) => block_on(cmd::containers::run(&cli.global, args)),
         Command::Bootstrap => block_on(cmd::etcd::bootstrap(&cli.global)),
         Command::Etcd(cmd) => block_on(cmd::etcd::run(&cli.global, cmd)),
+        Command::JoinTokens(args) => block_on(cmd::join::tokens(&cli.global, args)),
+        Command::JoinToken(cmd) => block_on(cmd::join::token(&cli.global, cmd)),
+        Command::Machines(args) => block_on(cmd::join::machines(&cli.global, args)),
+        Command::Machine(cmd) => block_on(cmd::join::machine(&cli.global, cmd)),
     }
 }
 

@@ -349,7 +349,8 @@ fn spawn_node(state: &Path, config: Option<slate_config::MachineConfig>) -> Stri
             }
             let services = slate_machined::services::Supervisor::new(cgroups, None);
             tokio::spawn(async move {
-                slate_machined::serve(&machined_paths, node, services, None).await
+                slate_machined::serve(&machined_paths, slate_machined::Served::new(node, services))
+                    .await
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap().to_string()).unwrap();

@@ -74,7 +74,7 @@ impl Secrets {
                 secret: random_b64()?,
             },
             secrets: TokenSecrets {
-                bootstrap_token: token()?,
+                bootstrap_token: random_token()?,
             },
             certs: Certs {
                 os: ca("machine")?,
@@ -229,6 +229,37 @@ pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
     })
 }
 
+/// The config of a new node of `role`, made from a control-plane node's
+/// config (`from`): the cluster's identity, secrets and settings, nothing
+/// of that node's own (certSANs, network, install disk, kubelet). A worker
+/// gets certificates only, as `gen config` writes worker.yaml.
+pub fn for_role(from: &MachineConfig, role: MachineType) -> MachineConfig {
+    let controlplane = role == MachineType::Controlplane;
+    let public = |pair: &PemKeyPair| PemKeyPair {
+        crt: pair.crt.clone(),
+        key: if controlplane { pair.key.clone() } else { None },
+    };
+    let mut cluster = from.cluster.clone();
+    cluster.ca = public(&from.cluster.ca);
+    if !controlplane {
+        cluster.etcd.ca = None;
+    }
+    MachineConfig {
+        version: CONFIG_VERSION.into(),
+        machine: Machine {
+            kind: role,
+            token: from.machine.token.clone(),
+            ca: public(&from.machine.ca),
+            cert_sans: Vec::new(),
+            network: Network::default(),
+            time: from.machine.time.clone(),
+            install: Install::default(),
+            kubelet: Kubelet::default(),
+        },
+        cluster,
+    }
+}
+
 fn random_b64() -> Result<String, GenerateError> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 32];
@@ -239,7 +270,7 @@ fn random_b64() -> Result<String, GenerateError> {
 }
 
 /// A bootstrap token in Kubernetes' `[a-z0-9]{6}.[a-z0-9]{16}` shape.
-fn token() -> Result<String, GenerateError> {
+pub(crate) fn random_token() -> Result<String, GenerateError> {
     use ring::rand::SecureRandom as _;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let rng = ring::rand::SystemRandom::new();
@@ -276,6 +307,23 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_made_from_a_control_plane_config_holds_no_ca_key() {
+        let bundle = generate(&Options {
+            additional_sans: Vec::new(),
+            ..opts()
+        })
+        .unwrap();
+        let worker = for_role(&bundle.controlplane, MachineType::Worker);
+        assert_eq!(
+            worker, bundle.worker,
+            "the same as gen config's worker.yaml"
+        );
+        let cp = for_role(&bundle.controlplane, MachineType::Controlplane);
+        assert!(cp.machine.ca.key.is_some() && cp.cluster.etcd.ca.is_some());
+        assert!(cp.machine.cert_sans.is_empty(), "certSANs are a node's own");
+    }
+
+    #[test]
     fn generated_configs_parse_back() {
         let bundle = generate(&opts()).unwrap();
         for config in [&bundle.controlplane, &bundle.worker] {
@@ -300,7 +348,7 @@ mod tests {
 
     #[test]
     fn token_shape() {
-        let t = token().unwrap();
+        let t = random_token().unwrap();
         assert_eq!(t.len(), 23);
         assert_eq!(t.as_bytes()[6], b'.');
         assert!(

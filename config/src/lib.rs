@@ -22,6 +22,7 @@ pub mod extension_service;
 #[cfg(feature = "feed")]
 pub mod feed;
 pub mod generate;
+pub mod join;
 pub mod patch;
 mod schema;
 mod validate;

@@ -23,6 +23,14 @@ struct Args {
     /// Extra kernel arguments, appended to the default command line.
     #[arg(long, value_name = "EXTRA")]
     cmdline: Option<String>,
+    /// Join a cluster at boot: the join URL `slatectl gen join-token`
+    /// prints (https://HOST:50001/sha256:HEX). The image's nodes boot with
+    /// `slate.join=…` and register with the control plane (docs/join.md).
+    #[arg(long, value_name = "URL", requires = "join_token")]
+    join: Option<String>,
+    /// The join token for --join (ID.SECRET).
+    #[arg(long, value_name = "TOKEN", requires = "join")]
+    join_token: Option<String>,
     /// Skip slate.iso (faster development loop).
     #[arg(long)]
     no_iso: bool,
@@ -58,12 +66,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--cmdline` with `slate.join=…` of `--join` and `--join-token` after it.
+fn cmdline_extra(args: &Args) -> anyhow::Result<Option<String>> {
+    let (Some(url), Some(token)) = (&args.join, &args.join_token) else {
+        return Ok(args.cmdline.clone());
+    };
+    let token = slate_config::join::JoinToken::parse(token)
+        .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?;
+    let url = slate_config::join::JoinUrl::parse(url, Some(&token))
+        .map_err(|e| anyhow::anyhow!("--join: {e}"))?;
+    let join = format!("slate.join={url}");
+    Ok(Some(match &args.cmdline {
+        Some(extra) => format!("{extra} {join}"),
+        None => join,
+    }))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let opts = Options {
+        cmdline_extra: cmdline_extra(&args)?,
         kernel: args.kernel,
         bin_dir: args.bin_dir,
         out: args.out,
-        cmdline_extra: args.cmdline,
         iso: !args.no_iso,
         debian_extensions: args
             .debian_extensions

@@ -32,6 +32,7 @@ pub mod configdrive;
 pub mod containers;
 pub mod disk;
 pub mod etcd;
+pub mod join;
 pub mod kmsg;
 pub mod node;
 pub mod node_ip;
@@ -49,6 +50,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use slate_common::constants;
 use slate_config::MachineConfig;
+use slate_proto::join::join_service_server::JoinServiceServer;
 use slate_proto::machine::machine_service_server::MachineServiceServer;
 use slate_proto::trust::trust_service_server::TrustServiceServer;
 
@@ -73,6 +75,8 @@ pub struct Paths {
     pub socket: PathBuf,
     /// A `try` in progress ([`trial`]).
     pub try_record: PathBuf,
+    /// The node key of a joining node ([`join::agent`]).
+    pub node_key: PathBuf,
 }
 
 impl Paths {
@@ -86,6 +90,7 @@ impl Paths {
             mount_point: dir.join("cidata"),
             socket: dir.join("machined.sock"),
             try_record: dir.join("try.json"),
+            node_key: dir.join("node-key.pk8"),
         }
     }
 }
@@ -100,6 +105,7 @@ impl Default for Paths {
             mount_point: PathBuf::from(constants::RUN_DIR).join("cidata"),
             socket: PathBuf::from(constants::MACHINED_SOCKET),
             try_record: PathBuf::from(constants::RUN_DIR).join("machined-try.json"),
+            node_key: PathBuf::from(constants::RUN_DIR).join("node-key.pk8"),
         }
     }
 }
@@ -139,26 +145,27 @@ pub fn run(paths: &Paths) -> ! {
                 PathBuf::from(constants::SERVICES_CGROUP),
                 Some(PathBuf::from(constants::SERVICE_LOG_DIR)),
             );
-            let (config, etcd, server) = runtime.block_on(async {
+            let (config, etcd, registry, server) = runtime.block_on(async {
                 tokio::spawn(stop_services_on_sigterm(services.clone()));
                 let config = node.configs().await.0.map(|(config, _)| config);
                 let bin = std::path::Path::new(services::layer::EXTENSIONS_BIN);
                 let etcd = config.as_ref().and_then(|c| {
                     etcd::Etcd::for_node(c, &bin.join("etcd"), etcd::EtcdPaths::default())
                 });
-                let served = (
-                    paths.clone(),
-                    Arc::clone(&node),
-                    services.clone(),
-                    etcd.clone(),
-                );
-                let server = tokio::spawn(async move {
-                    let (paths, node, services, etcd) = served;
-                    serve(&paths, node, services, etcd).await
-                });
+                let registry = etcd
+                    .clone()
+                    .map(|e| Arc::new(join::Registry::new(join::Store::etcd(e))));
+                let served = Served {
+                    node: Arc::clone(&node),
+                    services: services.clone(),
+                    etcd: etcd.clone(),
+                    registry: registry.clone(),
+                };
+                let socket_paths = paths.clone();
+                let server = tokio::spawn(async move { serve(&socket_paths, served).await });
                 // Bound before the blocking mounts below.
                 tokio::task::yield_now().await;
-                (config, etcd, server)
+                (config, etcd, registry, server)
             });
             // Before any service writes to /var. A first boot from a config
             // drive has just made STATE and EPHEMERAL: use them at once.
@@ -178,7 +185,11 @@ pub fn run(paths: &Paths) -> ! {
                     }
                 }
             });
-            runtime.spawn(trust::run_network(Arc::clone(&node), paths.config.clone()));
+            runtime.spawn(trust::run_network(
+                Arc::clone(&node),
+                registry,
+                paths.config.clone(),
+            ));
             let failed = match runtime.block_on(server) {
                 Ok(Ok(())) => anyhow::anyhow!("machined's socket server stopped"),
                 Ok(Err(e)) => e,
@@ -312,13 +323,34 @@ pub async fn boot(
     let mount_point = paths.mount_point.clone();
     let found =
         tokio::task::spawn_blocking(move || configdrive::read_user_data(&mount_point)).await;
+    let mut join = slate_config::join::JoinUrl::from_cmdline(&cmdline);
     let verdict = match found {
+        // The same join document as on the kernel command line, from a
+        // config drive or cloud user-data: one generic image joins by its
+        // metadata alone.
+        Ok(Ok(Some(found))) if found.text.trim_start().starts_with("slate.join=") => {
+            join = slate_config::join::JoinUrl::from_cmdline(&found.text);
+            Verdict::Missing
+        }
         Ok(Ok(Some(found))) => Verdict::from_user_data(&found),
         Ok(Ok(None)) => Verdict::Missing,
         Ok(Err(e)) => Verdict::Unreadable(format!("{:#}", anyhow::Error::from(e))),
         Err(e) => Verdict::Unreadable(format!("reading the config drive: {e}")),
     };
+    let missing = matches!(verdict, Verdict::Missing);
     node.boot(verdict, Source::ConfigDrive).await;
+    match join {
+        Some(Ok(url)) if missing => {
+            tokio::spawn(join::agent::run(
+                Arc::clone(&node),
+                url,
+                paths.node_key.clone(),
+            ));
+        }
+        Some(Ok(_)) => tracing::warn!("slate.join= is ignored: the config drive has a config"),
+        Some(Err(e)) => tracing::error!("{e}; the node waits in maintenance mode"),
+        None => {}
+    }
     node
 }
 
@@ -340,13 +372,35 @@ async fn stop_services_on_sigterm(services: Supervisor) {
     std::process::exit(0);
 }
 
+/// What machined's socket serves.
+pub struct Served {
+    pub node: Arc<Node>,
+    pub services: Supervisor,
+    pub etcd: Option<Arc<etcd::Etcd>>,
+    /// Join tokens and registrations: on control-plane nodes with etcd.
+    pub registry: Option<Arc<join::Registry>>,
+}
+
+impl Served {
+    /// A node without etcd (a worker, or a test).
+    pub fn new(node: Arc<Node>, services: Supervisor) -> Self {
+        Self {
+            node,
+            services,
+            etcd: None,
+            registry: None,
+        }
+    }
+}
+
 /// Serves machined's socket.
-pub async fn serve(
-    paths: &Paths,
-    node: Arc<Node>,
-    services: Supervisor,
-    etcd: Option<Arc<etcd::Etcd>>,
-) -> anyhow::Result<()> {
+pub async fn serve(paths: &Paths, served: Served) -> anyhow::Result<()> {
+    let Served {
+        node,
+        services,
+        etcd,
+        registry,
+    } = served;
     use std::os::unix::fs::PermissionsExt as _;
     // A socket left by an earlier machined would make bind fail.
     let _ = std::fs::remove_file(&paths.socket);
@@ -360,6 +414,10 @@ pub async fn serve(
         .add_service(TrustServiceServer::new(trust::Local::new(
             Arc::clone(&node),
             paths.trust_remote.clone(),
+        )))
+        .add_service(JoinServiceServer::new(join::api::JoinApi::new(
+            Arc::clone(&node),
+            registry,
         )))
         .add_service(MachineServiceServer::new(api::MachinedApi::new(
             node, services, etcd,

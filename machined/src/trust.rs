@@ -28,9 +28,12 @@ use slate_pki::request::filter_names;
 use slate_pki::{Authority, ServerRequest};
 use slate_proto::trust::trust_service_client::TrustServiceClient;
 use slate_proto::trust::trust_service_server::{TrustService, TrustServiceServer};
-use slate_proto::trust::{CertificateRequest, CertificateResponse};
+use slate_proto::trust::{
+    CertificateRequest, CertificateResponse, RegisterRequest, RegisterResponse,
+};
 use tonic::{Request, Response, Status};
 
+use crate::join::Registry;
 use crate::node::Node;
 
 /// Names one request may ask the network service for.
@@ -132,6 +135,15 @@ impl TrustService for Local {
         tracing::info!("signed apid's certificate for {}", names.join(", "));
         Ok(response)
     }
+
+    async fn register(
+        &self,
+        _request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Err(Status::unimplemented(
+            "nodes register with a control plane's trust service on the network (port 50001)",
+        ))
+    }
 }
 
 fn sign_nothing(refused: &[String]) -> Result<Response<CertificateResponse>, Status> {
@@ -208,12 +220,23 @@ async fn signed_remotely(
 /// The trust service on the network, for nodes without the CA key.
 pub struct Network {
     node: Arc<Node>,
+    /// Join tokens and registrations (control-plane nodes with etcd).
+    registry: Option<Arc<Registry>>,
 }
 
 impl Network {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, registry: Option<Arc<Registry>>) -> Self {
+        Self { node, registry }
     }
+}
+
+/// The caller's address, an IPv4 caller of the dual-stack socket as
+/// 10.5.0.3, not ::ffff:10.5.0.3.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request.remote_addr().map_or_else(
+        || "unknown".to_owned(),
+        |a| a.ip().to_canonical().to_string(),
+    )
 }
 
 #[tonic::async_trait]
@@ -222,14 +245,7 @@ impl TrustService for Network {
         &self,
         request: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            // An IPv4 caller of the dual-stack socket as 10.5.0.3, not
-            // ::ffff:10.5.0.3.
-            .map_or_else(
-                || "unknown".to_owned(),
-                |a| a.ip().to_canonical().to_string(),
-            );
+        let peer = peer_of(&request);
         let config = running(&self.node).await?;
         let shown = request
             .metadata()
@@ -286,6 +302,23 @@ impl TrustService for Network {
         );
         Ok(response)
     }
+
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let peer = peer_of(&request);
+        let registry = self.registry.as_deref().ok_or_else(|| {
+            Status::unavailable(
+                "this control-plane node runs no etcd, where registrations are kept",
+            )
+        })?;
+        let config = running(&self.node).await?;
+        let answer = registry
+            .register(&config, request.into_inner(), &peer)
+            .await?;
+        Ok(Response::new(answer))
+    }
 }
 
 /// An IP address or a host name (no wildcard, no control character).
@@ -318,11 +351,12 @@ fn own_names(config: &MachineConfig) -> Vec<String> {
 /// machine CA for this node's names) until the process ends.
 pub async fn serve_network(
     node: Arc<Node>,
+    registry: Option<Arc<Registry>>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = running(&node).await?;
-    let (_, authority) = authority(&config)?;
+    let (ca_pem, authority) = authority(&config)?;
     let key = slate_pki::ServerKey::generate().context("making the trust service's key")?;
     // Workers dial the control-plane endpoint's host, which may be this
     // node's address before networkd has set it up, or a name or address
@@ -334,15 +368,18 @@ pub async fn serve_network(
     let identity = authority
         .issue_server(&key, &slate_common::host::hostname(), &names)
         .context("issuing the trust service's certificate")?;
+    // The CA goes with the chain: a joining node knows only its digest
+    // (`slate_pki::tls::client_ca_pinned`).
+    let chain = format!("{}\n{}", identity.cert_pem.trim_end(), ca_pem.trim());
     let tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(identity.cert_pem, identity.key_pem),
+        tonic::transport::Identity::from_pem(chain, identity.key_pem),
     );
     let addr = listener.local_addr().context("reading the trust address")?;
     tracing::info!("trust service on {addr}");
     tonic::transport::Server::builder()
         .tls_config(tls)
         .context("the trust service's TLS")?
-        .add_service(TrustServiceServer::new(Network::new(node)))
+        .add_service(TrustServiceServer::new(Network::new(node, registry)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
         .context("serving the trust service")
@@ -354,7 +391,11 @@ pub async fn serve_network(
 /// or endpoint change, stopped when it no longer is: a control-plane node
 /// configured from maintenance mode serves at once. A failure is logged;
 /// the node's own API does not depend on it, only keyless workers do.
-pub async fn run_network(node: Arc<Node>, config: std::path::PathBuf) {
+pub async fn run_network(
+    node: Arc<Node>,
+    registry: Option<Arc<Registry>>,
+    config: std::path::PathBuf,
+) {
     let mut feed = slate_config::feed::follow(config);
     let mut serving: Option<(Signer, tokio::task::JoinHandle<()>)> = None;
     loop {
@@ -366,9 +407,10 @@ pub async fn run_network(node: Arc<Node>, config: std::path::PathBuf) {
             }
             serving = want.map(|signer| {
                 let node = Arc::clone(&node);
+                let registry = registry.clone();
                 let task = tokio::spawn(async move {
                     let result = match slate_common::listen::any_address(TRUST_PORT).await {
-                        Ok(listener) => serve_network(node, listener).await,
+                        Ok(listener) => serve_network(node, registry, listener).await,
                         Err(e) => Err(e.into()),
                     };
                     if let Err(e) = result {

@@ -151,7 +151,7 @@ fn serve_fails_when_its_socket_cannot_be_served() {
     let served = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(10),
-            slate_machined::serve(&paths, node, services, None),
+            slate_machined::serve(&paths, slate_machined::Served::new(node, services)),
         )
         .await
     });

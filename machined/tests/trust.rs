@@ -4,11 +4,9 @@
 // Test code outside #[test] fns: a panic here fails the test.
 #![allow(clippy::unwrap_used)]
 
-use slate_machined::node::Storage;
-use slate_machined::power::Power;
-use slate_machined::services::Supervisor;
-use slate_machined::state::State;
-use slate_machined::{Paths, boot};
+mod common;
+
+use slate_machined::Paths;
 use slate_pki::ServerKey;
 use slate_proto::machine::GenerateClientConfigurationRequest;
 use slate_proto::trust::CertificateRequest;
@@ -24,8 +22,8 @@ fn cluster() -> slate_config::generate::Bundle {
     .unwrap()
 }
 
-/// machined on a Unix socket in `dir`, configured with `config` (by
-/// default the control-plane config of [`cluster`], whose certSANs name
+/// machined in `dir`, configured with `config` (by default the
+/// control-plane config of [`cluster`], whose certSANs name
 /// `api.example`), or in maintenance mode. `remote`: where it sends
 /// requests it cannot sign.
 async fn machined_with(
@@ -33,26 +31,7 @@ async fn machined_with(
     config: Option<&slate_config::MachineConfig>,
     remote: Option<String>,
 ) -> (Paths, std::sync::Arc<slate_machined::node::Node>) {
-    let mut paths = Paths::under(dir);
-    paths.trust_remote = remote;
-    let state_dir = dir.join("state");
-    std::fs::create_dir(&state_dir).unwrap();
-    let state = State::new(&state_dir);
-    if let Some(config) = config {
-        state.save(config).unwrap();
-    }
-    let node = boot(
-        &paths,
-        Storage::Fixed(Some(state.clone())),
-        Ok(Some(state)),
-        Power::Record(Default::default()),
-    )
-    .await;
-    let services = Supervisor::new(dir.join("cgroups"), None);
-    let serving = paths.clone();
-    let served = std::sync::Arc::clone(&node);
-    tokio::spawn(async move { slate_machined::serve(&serving, served, services, None).await });
-    (paths, node)
+    common::machined(dir, config, remote, None).await
 }
 
 async fn machined(
@@ -210,7 +189,7 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
     let (_, cp) = machined_with(cp_dir.path(), Some(&bundle.controlplane), None).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let trustd = listener.local_addr().unwrap().to_string();
-    tokio::spawn(slate_machined::trust::serve_network(cp, listener));
+    tokio::spawn(slate_machined::trust::serve_network(cp, None, listener));
 
     let worker_dir = tempfile::tempdir().unwrap();
     let (paths, _) = machined_with(worker_dir.path(), Some(&worker), Some(trustd.clone())).await;

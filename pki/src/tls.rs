@@ -172,6 +172,97 @@ fn client_unverified(pin: Option<[u8; 32]>) -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// A client for a node that knows only the SHA-256 of the CA certificate
+/// (DER) from its join URL, as kubeadm's discovery by CA hash: the server
+/// sends the CA with its chain; the one with that digest becomes the only
+/// root, and the server certificate is checked against it as usual (chain,
+/// validity, the name dialled). A certificate of another CA, or of this
+/// CA for another name, is refused before anything is sent.
+pub fn client_ca_pinned(ca_sha256: [u8; 32]) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = PinnedCa {
+        provider: provider.clone(),
+        ca_sha256,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    provider: Arc<CryptoProvider>,
+    ca_sha256: [u8; 32],
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| ring::digest::digest(&ring::digest::SHA256, c).as_ref() == self.ca_sha256)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server did not show the CA of the join URL's digest".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Accepts any server certificate, or with `pin` only the one of that
 /// SHA-256 digest; handshake signatures are checked either way.
 #[derive(Debug)]

@@ -16,6 +16,11 @@ pub mod trust {
     tonic::include_proto!("slate.trust.v1");
 }
 
+/// `slate.join.v1`: join tokens and registered machines.
+pub mod join {
+    tonic::include_proto!("slate.join.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every Slate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/slate_descriptor.bin"));

@@ -107,7 +107,11 @@ pub async fn start(boot: Boot<'_>) -> Node {
     }
     let (supervisor, cgroups) = services(dir.path());
     let machined = tokio::spawn(async move {
-        slate_machined::serve(&machined_paths, node, supervisor, None).await
+        slate_machined::serve(
+            &machined_paths,
+            slate_machined::Served::new(node, supervisor),
+        )
+        .await
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = slate_client::parse_target(&listener.local_addr().unwrap().to_string()).unwrap();

@@ -19,6 +19,9 @@ pub enum GenCommand {
     Config(GenConfigArgs),
     /// Generate a cluster's secrets (CAs, token, cluster id and secret) into one file.
     Secrets(GenSecretsArgs),
+    /// Make a join token on a control-plane node: a node booted with it
+    /// registers, and joins once accepted (docs/join.md).
+    JoinToken(super::join::GenTokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +76,8 @@ pub fn run(cmd: GenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GenCommand::Config(args) => config(args),
         GenCommand::Secrets(args) => secrets(args),
+        // Asks a node: `crate::run` sends it to `join::gen_token`.
+        GenCommand::JoinToken(_) => bail!("gen join-token is made on a control-plane node"),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod containers;
 pub mod etcd;
 pub mod gen_config;
 pub mod get;
+pub mod join;
 pub mod machineconfig;
 mod patch_args;
 pub mod power;

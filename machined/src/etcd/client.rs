@@ -204,6 +204,66 @@ impl EtcdClient {
         Ok(status.leader())
     }
 
+    /// The value of `key` and its modification revision (for
+    /// [`Self::put_if`]).
+    pub async fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
+        let resp = self
+            .inner
+            .get(key, None)
+            .await
+            .map_err(EtcdError::call("get"))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Every key under `prefix`, with its value.
+    pub async fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+        let resp = self
+            .inner
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .map_err(EtcdError::call("get"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    /// Writes `value` if `key` was last modified at `revision` (0: if it
+    /// does not exist): two control-plane nodes updating one record at
+    /// once cannot overwrite each other. Whether it was written.
+    pub async fn put_if(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        revision: i64,
+    ) -> Result<bool, EtcdError> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self.inner.txn(txn).await.map_err(EtcdError::call("txn"))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, EtcdError> {
+        let resp = self
+            .inner
+            .delete(key, None)
+            .await
+            .map_err(EtcdError::call("delete"))?;
+        Ok(resp.deleted() > 0)
+    }
+
     /// The database, as a stream of chunks.
     pub async fn snapshot(&mut self) -> Result<etcd_client::SnapshotStreaming, EtcdError> {
         self.inner

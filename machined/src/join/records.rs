@@ -1,0 +1,147 @@
+//! What is kept in etcd for join tokens and registered machines (JSON
+//! under [`TOKENS`] and [`MACHINES`]), and how it is shown.
+
+use serde::{Deserialize, Serialize};
+use slate_proto::join::{JoinToken as TokenInfo, Machine};
+use slate_proto::trust::MachineFacts;
+
+/// etcd key prefixes.
+pub const TOKENS: &str = "/slate/join/tokens/";
+pub const MACHINES: &str = "/slate/join/machines/";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// SHA-256 of the secret, hex: the secret itself is never kept.
+    pub secret_sha256: String,
+    pub role: String,
+    pub created_unix: u64,
+    /// 0: never.
+    pub expires_unix: u64,
+    pub auto_accept: bool,
+    #[serde(default)]
+    pub config_patch: String,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_unix != 0 && now >= self.expires_unix
+    }
+
+    pub fn info(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.id.clone(),
+            role: self.role.clone(),
+            created_unix: self.created_unix,
+            expires_unix: self.expires_unix,
+            auto_accept: self.auto_accept,
+            config_patch: self.config_patch.clone(),
+        }
+    }
+}
+
+/// A machine's state in its life as a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    /// Registered; waits for `machine accept`.
+    Pending,
+    /// Accepted; gets its config at its next call.
+    Accepted,
+    /// Has been handed its config.
+    Joined,
+    /// Refused by an admin; told so at every call.
+    Rejected,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Joined => "joined",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    pub uuid: String,
+    pub hostname: String,
+    pub macs: Vec<String>,
+    pub addresses: Vec<String>,
+    pub disks: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+impl From<MachineFacts> for Facts {
+    fn from(f: MachineFacts) -> Self {
+        // Bounded: a registration is shown to people and kept in etcd.
+        let short = |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .take(32)
+                .map(|s| s.chars().take(128).collect())
+                .collect()
+        };
+        Self {
+            uuid: f.uuid.chars().take(64).collect(),
+            hostname: f.hostname.chars().take(253).collect(),
+            macs: short(f.macs),
+            addresses: short(f.addresses),
+            disks: short(f.disks),
+            cpus: f.cpus,
+            memory_bytes: f.memory_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub id: String,
+    pub state: MachineState,
+    /// The role it joins as: the token's until an accept names another.
+    pub role: String,
+    pub token_id: String,
+    /// The Ed25519 public key that registered it, hex.
+    pub node_key: String,
+    /// The newest `sent_at_ms` seen: an older or equal one is a replay.
+    pub last_sent_at_ms: u64,
+    pub facts: Facts,
+    pub first_seen_unix: u64,
+    pub last_seen_unix: u64,
+    pub source: String,
+    /// The token's patch, then the accept's (YAML, possibly empty).
+    #[serde(default)]
+    pub patches: Vec<String>,
+}
+
+impl MachineRecord {
+    pub fn info(&self) -> Machine {
+        Machine {
+            id: self.id.clone(),
+            state: self.state.as_str().to_owned(),
+            role: self.role.clone(),
+            token_id: self.token_id.clone(),
+            key_fingerprint: self.node_key.chars().take(16).collect(),
+            uuid: self.facts.uuid.clone(),
+            hostname: self.facts.hostname.clone(),
+            macs: self.facts.macs.clone(),
+            addresses: self.facts.addresses.clone(),
+            disks: self.facts.disks.clone(),
+            cpus: self.facts.cpus,
+            memory_bytes: self.facts.memory_bytes,
+            first_seen_unix: self.first_seen_unix,
+            last_seen_unix: self.last_seen_unix,
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
