@@ -3,6 +3,7 @@
 //! [`crate::gate`] checks every request against it before any handler
 //! runs, so a method nobody listed is refused, not served by default.
 
+use slate_common::constants::{NODE_HEADER, ROLE_HEADER};
 use slate_pki::{self as pki, Role};
 use tonic::{Request, Status};
 
@@ -147,6 +148,31 @@ pub fn access_for(path: &str) -> Option<Access> {
     RULES.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
 }
 
+/// The caller's role: its certificate's, or, for a control-plane apid
+/// forwarding a call (a certificate of the machine CA with the
+/// Organization `os:impersonator`, which only holders of the CA key sign),
+/// the role it names for its own caller in [`ROLE_HEADER`]. A forwarded
+/// call that asks to be forwarded again is refused: one hop only.
+pub fn caller_role<T>(request: &Request<T>, leaf: &[u8]) -> Result<Role, Status> {
+    if !pki::is_impersonator(leaf) {
+        return pki::role_of(leaf)
+            .map_err(|e| Status::permission_denied(format!("client certificate: {e}")));
+    }
+    if request.metadata().get(NODE_HEADER).is_some() {
+        return Err(Status::permission_denied(
+            "a forwarded call is not forwarded again",
+        ));
+    }
+    let named = request
+        .metadata()
+        .get(ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::permission_denied("a forwarded call names no caller's role"))?;
+    named
+        .parse::<Role>()
+        .map_err(|e| Status::permission_denied(format!("forwarded call: {e}")))
+}
+
 /// Checks `request` against `access`. `maintenance` is the reason apid is
 /// in maintenance mode, if it is; `ca_der` the machine CA clients must
 /// hold a certificate of (checked again here: a connection may have been
@@ -180,8 +206,7 @@ pub fn authorize<T>(
             "the client certificate is not from this node's machine CA",
         ));
     }
-    let role = pki::role_of(leaf)
-        .map_err(|e| Status::permission_denied(format!("client certificate: {e}")))?;
+    let role = caller_role(request, leaf)?;
     if role.allows(needed) {
         Ok(())
     } else {

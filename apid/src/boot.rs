@@ -162,6 +162,13 @@ async fn signed_by_machined(
     }
 }
 
+/// A TLS configuration, and the names its certificate was asked for
+/// (`None` in maintenance mode).
+pub struct Issued {
+    pub config: ServerConfig,
+    pub names: Option<Vec<String>>,
+}
+
 /// Builds the TLS configuration for `mode` with the server key `key`; in
 /// configured mode the certificate comes from machined (`trust`).
 pub async fn tls_for(
@@ -169,7 +176,7 @@ pub async fn tls_for(
     key: &pki::ServerKey,
     paths: &Paths,
     trust: &TrustServiceClient<Channel>,
-) -> anyhow::Result<ServerConfig> {
+) -> anyhow::Result<Issued> {
     use anyhow::Context as _;
     if !slate_common::fs::wait_for_file(&paths.network_ready, NETWORK_WAIT).await {
         tracing::warn!(
@@ -196,7 +203,10 @@ pub async fn tls_for(
                 cert_pem: signed.crt_pem,
                 key_pem: key.to_pem(),
             };
-            Ok(tls::server_mtls(&identity, &view.ca_pem)?)
+            Ok(Issued {
+                config: tls::server_mtls(&identity, &view.ca_pem)?,
+                names: Some(names),
+            })
         }
         Mode::Maintenance(reason) => {
             let names = slate_common::host::api_names(&[]);
@@ -210,7 +220,10 @@ pub async fn tls_for(
                  slatectl apply-config --insecure",
                 pki::fingerprint(&der)
             );
-            Ok(tls::server_anonymous(&identity)?)
+            Ok(Issued {
+                config: tls::server_anonymous(&identity)?,
+                names: None,
+            })
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod join;
 pub mod listener;
 pub mod live;
 pub mod machine;
+pub mod proxy;
 pub mod resource;
 pub mod sysinfo;
 
@@ -129,8 +130,10 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         .context("setting up TLS")?;
     let maintenance = mode.maintenance().is_some();
     let mode = Arc::new(std::sync::RwLock::new(mode));
-    let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls));
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls.config));
+    let forwarder = proxy::Forwarder::new(Arc::clone(&mode), trust.clone());
     tokio::spawn(live::follow(
+        tls.names,
         published,
         paths.clone(),
         Arc::clone(&key),
@@ -168,6 +171,9 @@ pub async fn serve(paths: Paths, listener: tokio::net::TcpListener) -> anyhow::R
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(KEEPALIVE))
         .layer(gate::GateLayer::new(authorizer))
+        // After the gate: a call is forwarded only once this node let
+        // its caller make it.
+        .layer(proxy::ProxyLayer::new(forwarder))
         .add_service(reflection)
         .add_service(MachineServiceServer::new(service))
         .add_service(slate_proto::join::join_service_server::JoinServiceServer::new(join))

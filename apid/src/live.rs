@@ -1,7 +1,11 @@
 //! Following machined's published config while apid runs: the first
 //! config applied in maintenance mode switches apid to mutual TLS, and a
 //! changed config (new certSANs, a try rolled back) re-issues the
-//! certificate. New connections get the new TLS configuration; the API's
+//! certificate. So do new addresses (networkd's ready file changed and the
+//! node's names with it: a LAN address set up after apid started, which
+//! the control plane dials when it forwards calls), and time: the
+//! certificate is renewed every [`RENEW_EVERY`], long before its year
+//! runs out. New connections get the new TLS configuration; the API's
 //! view of the mode changes at the same moment.
 
 use std::sync::{Arc, RwLock};
@@ -14,11 +18,30 @@ use tonic::transport::Channel;
 
 use crate::boot::{self, Mode, Paths, Published};
 
+/// How often the API certificate (valid a year) is issued anew.
+pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Why the certificate is looked at again.
+enum Cause {
+    Config,
+    Addresses,
+    Renewal,
+}
+
+/// The names a configured node's certificate carries now.
+fn names_of(mode: &Mode) -> Option<Vec<String>> {
+    match mode {
+        Mode::Configured(view) => Some(slate_common::host::api_names(&view.cert_sans)),
+        Mode::Maintenance(_) => None,
+    }
+}
+
 /// The mode every handler sees.
 pub type SharedMode = Arc<RwLock<Mode>>;
 
 /// Follows the published files and swaps TLS and mode when they change.
 pub async fn follow(
+    issued_for: Option<Vec<String>>,
     mut published: Published,
     paths: Paths,
     key: Arc<ServerKey>,
@@ -28,18 +51,49 @@ pub async fn follow(
 ) {
     // A config that could not be served is not retried until it changes.
     let mut failed: Option<Mode> = None;
-    while published.changed().await {
-        let Some(now) = published.mode() else {
-            continue;
+    let mut network = slate_config::feed::follow_text(paths.network_ready.clone());
+    // The names of the certificate in use: those asked for, not the
+    // node's now (an address may have come while machined signed).
+    let mut issued_for = issued_for;
+    let mut renewal =
+        tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    loop {
+        let cause = tokio::select! {
+            more = published.changed() => {
+                if !more {
+                    return;
+                }
+                Cause::Config
+            }
+            Ok(()) = network.changed() => Cause::Addresses,
+            _ = renewal.tick() => Cause::Renewal,
         };
         let current = mode.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if now == current || failed.as_ref() == Some(&now) {
-            continue;
-        }
+        let now = match cause {
+            Cause::Config => match published.mode() {
+                Some(now) if now != current && failed.as_ref() != Some(&now) => now,
+                _ => continue,
+            },
+            // Same mode, new names: only a configured node's certificate
+            // names its addresses from a CA.
+            Cause::Addresses
+                if names_of(&current).is_some() && names_of(&current) != issued_for =>
+            {
+                current
+            }
+            Cause::Renewal if names_of(&current).is_some() => current,
+            Cause::Addresses | Cause::Renewal => continue,
+        };
         match boot::tls_for(&now, &key, &paths, &trust).await {
-            Ok(config) => {
+            Ok(boot::Issued { config, names }) => {
+                issued_for = names;
                 tracing::info!(
-                    "machine config changed: now {}",
+                    "{}: now {}",
+                    match cause {
+                        Cause::Config => "machine config changed",
+                        Cause::Addresses => "addresses changed, certificate issued anew",
+                        Cause::Renewal => "certificate renewed",
+                    },
                     match &now {
                         Mode::Configured(_) => "mutual TLS",
                         Mode::Maintenance(_) => "maintenance mode",
@@ -51,10 +105,13 @@ pub async fn follow(
                 tls.send_replace(Arc::new(config));
             }
             // Keep serving as before; the next change may fix it.
-            Err(e) => {
+            Err(e) if matches!(cause, Cause::Config) => {
                 tracing::error!("new machine config unusable for TLS: {e:#}");
                 failed = Some(now);
             }
+            // The certificate in use stays; the next change or renewal
+            // tries again.
+            Err(e) => tracing::error!("issuing the API certificate anew: {e:#}"),
         }
     }
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use slate_client::{self as client, ClientError, Target};
+use slate_client::{self as client, ClientError, Conn, NodeHeader, Target};
 use slate_config::clientconfig::ClientConfig;
 use slate_pki::tls;
-use tonic::transport::Channel;
+use slate_proto::machine::machine_service_client::MachineServiceClient;
 
 use crate::Global;
 
@@ -20,8 +20,17 @@ use crate::Global;
 const CONNECT_ATTEMPTS: u32 = 6;
 
 pub struct Session {
+    /// The nodes the command acts on.
     pub targets: Vec<Target>,
+    /// With `-e` and other `-n`: the apid that forwards every call to its
+    /// node (a control-plane node's); `None`: each node is dialled.
+    via: Option<Vec<Target>>,
     tls: Arc<rustls::ClientConfig>,
+}
+
+/// The machine API on a connection.
+pub fn machine(conn: Conn) -> MachineServiceClient<Conn> {
+    MachineServiceClient::new(conn)
 }
 
 fn default_config_path() -> Option<PathBuf> {
@@ -49,6 +58,7 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
         }
         return Ok(Session {
             targets,
+            via: None,
             tls: Arc::new(match &global.cert_fingerprint {
                 Some(pin) => tls::client_pinned(pin).context("--cert-fingerprint")?,
                 None => tls::client_insecure()?,
@@ -94,12 +104,11 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
     } else {
         flag_nodes
     };
-    if !flag_endpoints.is_empty() && !nodes.is_empty() && nodes != flag_endpoints {
-        bail!(
-            "reaching nodes through another endpoint (-e with different -n) needs apid proxying, which this \
-             version does not have yet: pass the nodes with -n alone"
-        );
-    }
+    // `-e` with other `-n`: the endpoint forwards each call to its node,
+    // as talosctl does. `-n` alone (the endpoints from the context) dials
+    // each node, as slatectl always has.
+    let via = (!flag_endpoints.is_empty() && !nodes.is_empty() && nodes != flag_endpoints)
+        .then(|| flag_endpoints.clone());
     let targets = if nodes.is_empty() { endpoints } else { nodes };
     if targets.is_empty() {
         bail!("context {name:?} has no endpoints: pass -e or -n");
@@ -112,6 +121,7 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
         .with_context(|| format!("{}: context {name:?}", path.display()))?;
     Ok(Session {
         targets,
+        via,
         tls: Arc::new(tls::client(&ca, Some(&identity))?),
     })
 }
@@ -129,14 +139,31 @@ impl Session {
     }
 
     /// [`Session::connect`] with the target named in the error.
-    pub async fn connect_to(&self, target: &Target) -> anyhow::Result<Channel> {
+    pub async fn connect_to(&self, target: &Target) -> anyhow::Result<Conn> {
         self.connect(target)
             .await
             .map_err(|e| anyhow::anyhow!("{target}: {}", slate_common::error::chain(&e)))
     }
 
-    /// Connects to `target`, retrying only failures that look transient.
-    pub async fn connect(&self, target: &Target) -> Result<Channel, ClientError> {
+    /// A connection for calls to `target`: to it, or to the first endpoint
+    /// that answers, which forwards them.
+    pub async fn connect(&self, target: &Target) -> Result<Conn, ClientError> {
+        let Some(endpoints) = &self.via else {
+            return Ok(client::direct(self.dial(target).await?));
+        };
+        let header = NodeHeader::to(target)?;
+        let mut last = None;
+        for endpoint in endpoints {
+            match self.dial(endpoint).await {
+                Ok(channel) => return Ok(Conn::new(channel, header)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::BadTarget("no endpoint".into())))
+    }
+
+    /// Dials `target`, retrying only failures that look transient.
+    async fn dial(&self, target: &Target) -> Result<tonic::transport::Channel, ClientError> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
@@ -155,7 +182,7 @@ impl Session {
     /// results; failures are printed as they happen and make `ok` false.
     pub async fn for_each<T, F, Fut>(&self, mut call: F) -> (Vec<(Target, T)>, bool)
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let mut results = Vec::new();

@@ -120,6 +120,44 @@ pub fn machine(channel: Channel) -> MachineServiceClient<Channel> {
     MachineServiceClient::new(channel)
 }
 
+/// Adds [`NODE_HEADER`](slate_common::constants::NODE_HEADER) to every
+/// call when set: the apid dialled forwards the call to that node
+/// (`slatectl -e CP -n NODE`).
+#[derive(Debug, Clone, Default)]
+pub struct NodeHeader(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl NodeHeader {
+    /// Calls for `node`, through whichever apid the channel reaches.
+    pub fn to(node: &Target) -> Result<Self, ClientError> {
+        node.to_string()
+            .parse()
+            .map(|v| Self(Some(v)))
+            .map_err(|_| ClientError::BadTarget(node.to_string()))
+    }
+}
+
+impl tonic::service::Interceptor for NodeHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(node) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(slate_common::constants::NODE_HEADER, node.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to apid whose calls may be for another node ([`NodeHeader`]).
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, NodeHeader>;
+
+/// A channel for calls to the node it reaches.
+pub fn direct(channel: Channel) -> Conn {
+    Conn::new(channel, NodeHeader::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,15 @@ pub const MKE2FS_BIN: &str = "/usr/sbin/mke2fs";
 /// machined's socket, and apid never forwards its callers' metadata.
 pub const UNAUTHENTICATED_HEADER: &str = "x-slate-unauthenticated";
 
+/// gRPC metadata naming the node a call is for (`slatectl -e CP -n
+/// NODE`): the apid it reaches forwards it there (docs/join.md).
+pub const NODE_HEADER: &str = "x-slate-node";
+
+/// gRPC metadata with which a forwarding apid names its caller's role;
+/// believed only from a client certificate of the machine CA with the
+/// Organization `os:impersonator`.
+pub const ROLE_HEADER: &str = "x-slate-role";
+
 /// Where stage 2 finds the daemons it supervises.
 pub const MACHINED_BIN: &str = "/usr/bin/machined";
 pub const APID_BIN: &str = "/usr/bin/apid";

@@ -29,7 +29,8 @@ use slate_pki::{Authority, ServerRequest};
 use slate_proto::trust::trust_service_client::TrustServiceClient;
 use slate_proto::trust::trust_service_server::{TrustService, TrustServiceServer};
 use slate_proto::trust::{
-    CertificateRequest, CertificateResponse, RegisterRequest, RegisterResponse,
+    CertificateRequest, CertificateResponse, ProxyIdentityRequest, ProxyIdentityResponse,
+    RegisterRequest, RegisterResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -143,6 +144,21 @@ impl TrustService for Local {
         Err(Status::unimplemented(
             "nodes register with a control plane's trust service on the network (port 50001)",
         ))
+    }
+
+    async fn proxy_identity(
+        &self,
+        _request: Request<ProxyIdentityRequest>,
+    ) -> Result<Response<ProxyIdentityResponse>, Status> {
+        let (_, authority) = machine_authority(&self.node).await?;
+        let identity = authority
+            .issue_impersonator(&format!("apid {}", slate_common::host::hostname()))
+            .map_err(|e| Status::internal(format!("issuing apid's proxy certificate: {e}")))?;
+        tracing::info!("issued apid's proxy certificate (os:impersonator)");
+        Ok(Response::new(ProxyIdentityResponse {
+            crt_pem: identity.cert_pem,
+            key_pem: identity.key_pem,
+        }))
     }
 }
 
@@ -318,6 +334,15 @@ impl TrustService for Network {
             .register(&config, request.into_inner(), &peer)
             .await?;
         Ok(Response::new(answer))
+    }
+
+    async fn proxy_identity(
+        &self,
+        _request: Request<ProxyIdentityRequest>,
+    ) -> Result<Response<ProxyIdentityResponse>, Status> {
+        Err(Status::permission_denied(
+            "apid's proxy certificate is issued on machined's socket only",
+        ))
     }
 }
 

@@ -192,6 +192,30 @@ impl Authority {
         })
     }
 
+    /// The client certificate apid on a control-plane node forwards calls
+    /// with: Organization [`IMPERSONATOR`], no [`Role`] of its own. A node
+    /// takes the caller's role apid names only from such a certificate
+    /// (Ed25519, 1 year).
+    pub fn issue_impersonator(&self, common_name: &str) -> Result<CertAndKey, PkiError> {
+        let key = generate(&rcgen::PKCS_ED25519)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, Some(IMPERSONATOR));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = validity(365);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| PkiError::Sign {
+                what: "impersonator",
+                source,
+            })?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: keys::to_pem(&key),
+        })
+    }
+
     /// apid's server certificate (1 year) for `key`, valid for `names`:
     /// IP addresses become IP SANs, everything else DNS SANs.
     pub fn issue_server(
@@ -347,6 +371,20 @@ pub fn role_of(cert_der: &[u8]) -> Result<Role, PkiError> {
         .ok_or(PkiError::NoRole)
 }
 
+/// The Organization of the certificate control-plane apids forward calls
+/// with (as in Talos): not a role, but the right to name the caller's.
+pub const IMPERSONATOR: &str = "os:impersonator";
+
+/// Whether a client certificate's Organizations include [`IMPERSONATOR`].
+pub fn is_impersonator(cert_der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(cert_der).is_ok_and(|(_, cert)| {
+        cert.subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .any(|o| o == IMPERSONATOR)
+    })
+}
+
 /// Whether `cert_der` carries a valid signature of the CA `ca_der`. TLS
 /// checked this at the handshake; apid checks again per call, because a
 /// long-lived connection may outlive the CA it was accepted under.
@@ -420,6 +458,18 @@ mod tests {
                 role
             );
         }
+    }
+
+    #[test]
+    fn an_impersonator_has_no_role_of_its_own() {
+        let ca = generate_ca("test").unwrap();
+        let authority = Authority::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let proxy = pem_to_der(&authority.issue_impersonator("apid").unwrap().cert_pem).unwrap();
+        assert!(is_impersonator(&proxy));
+        assert!(matches!(role_of(&proxy), Err(PkiError::NoRole)));
+        let admin =
+            pem_to_der(&authority.issue_client("a", Role::Admin).unwrap().cert_pem).unwrap();
+        assert!(!is_impersonator(&admin));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use slate_tests::api;
 use slate_tests::artifacts::Artifacts;
 use slate_tests::cluster::{Cluster, LAN, lan_ip};
 use slate_tests::qemu::Boot;
-use slate_tests::slatectl::{run_as, text};
+use slate_tests::slatectl::{self, run_as, text};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -213,6 +213,96 @@ async fn nodes_booted_with_a_join_token_register_and_join() {
         2,
         "{list:?}"
     );
+
+    // Through the control plane (`-e CP -n NODE`): the workers answer over
+    // the LAN with the admin's role, one row per node; a node that is not
+    // there is an error of its own, and the others still answer.
+    let cfg = config.to_str().unwrap();
+    let out = slatectl::run(&[
+        "--config", cfg, "-e", &cp, "-n", "10.5.0.3", "version", "-o", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("\"hostname\": \"worker-1\""),
+        "{}",
+        text(&out)
+    );
+    let out = slatectl::run(&[
+        "--config",
+        cfg,
+        "-e",
+        &cp,
+        "-n",
+        "10.5.0.2,10.5.0.3,10.5.0.4,10.5.0.9",
+        "version",
+    ]);
+    assert!(!out.status.success(), "10.5.0.9 is no node");
+    for host in ["cp-1", "worker-1", "worker-2"] {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(host),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: 10.5.0.9"),
+        "{}",
+        text(&out)
+    );
+    // A stream, and the worker enforcing the role: a reader may read its
+    // kernel log but not its secrets.
+    let out = slatectl::run(&[
+        "--config", cfg, "-e", &cp, "-n", "10.5.0.3", "dmesg", "--tail", "5",
+    ]);
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let reader = dir.path().join("reader.slateconfig");
+    let out = run_as(
+        &config,
+        &cp,
+        &[
+            "config",
+            "new",
+            "--roles",
+            "os:reader",
+            "-o",
+            reader.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rcfg = reader.to_str().unwrap();
+    let out = slatectl::run(&[
+        "--config",
+        rcfg,
+        "-e",
+        &cp,
+        "-n",
+        "10.5.0.3",
+        "get",
+        "machineconfig",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = slatectl::run(&[
+        "--config",
+        rcfg,
+        "-e",
+        &cp,
+        "-n",
+        "10.5.0.3",
+        "get",
+        "machineconfig",
+        "--insecure-show-secrets",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("os:reader"),
+        "{}",
+        text(&out)
+    );
+    let worker_log = cluster.vm(1).console_tail(100);
+    assert!(!worker_log.contains("panicked"), "{worker_log}");
 
     // A revoked token registers nobody; the control plane said why.
     let revoke = run_as(

@@ -107,7 +107,7 @@ pub async fn run(global: &Global, args: ApplyConfigArgs) -> anyhow::Result<ExitC
         .for_each(|channel| {
             let request = request.clone();
             async move {
-                slate_client::machine(channel)
+                connect::machine(channel)
                     .apply_configuration(request)
                     .await
                     .map(|r| r.into_inner())

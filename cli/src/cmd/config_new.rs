@@ -54,7 +54,7 @@ pub async fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode
         .connect(&target)
         .await
         .map_err(|e| anyhow::anyhow!("{target}: {}", slate_common::error::chain(&e)))?;
-    let r = slate_client::machine(channel)
+    let r = connect::machine(channel)
         .generate_client_configuration(GenerateClientConfigurationRequest {
             role: args.role.as_str().to_owned(),
             name: args.name.clone(),

@@ -74,7 +74,7 @@ pub async fn run(global: &Global, args: ContainersArgs) -> anyhow::Result<ExitCo
         .for_each(|channel| {
             let namespace = namespace.clone();
             async move {
-                slate_client::machine(channel)
+                connect::machine(channel)
                     .containers(ContainersRequest { namespace })
                     .await
                     .map(|r| r.into_inner().containers)

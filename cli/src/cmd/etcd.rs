@@ -93,7 +93,7 @@ pub async fn bootstrap(global: &Global) -> anyhow::Result<ExitCode> {
     // On two nodes at once it would make two clusters.
     let target = session.single("bootstrap")?;
     let channel = session.connect_to(&target).await?;
-    let reply = slate_client::machine(channel)
+    let reply = connect::machine(channel)
         .bootstrap(BootstrapRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{target}: bootstrap refused: {}", s.message()))?
@@ -110,7 +110,7 @@ pub async fn run(global: &Global, command: EtcdCommand) -> anyhow::Result<ExitCo
             let session = connect::session(global)?;
             let (results, ok) = session
                 .for_each(|channel| async move {
-                    slate_client::machine(channel)
+                    connect::machine(channel)
                         .etcd_leave(EtcdLeaveRequest {})
                         .await
                         .map(drop)
@@ -127,7 +127,7 @@ pub async fn run(global: &Global, command: EtcdCommand) -> anyhow::Result<ExitCo
             let session = connect::session(global)?;
             let target = session.single("etcd remove-member")?;
             let channel = session.connect_to(&target).await?;
-            slate_client::machine(channel)
+            connect::machine(channel)
                 .etcd_remove_member(EtcdRemoveMemberRequest {
                     member: args.member.clone(),
                 })
@@ -143,7 +143,7 @@ async fn members(global: &Global, format: Format) -> anyhow::Result<ExitCode> {
     let session = connect::session(global)?;
     let (results, ok) = session
         .for_each(|channel| async move {
-            slate_client::machine(channel)
+            connect::machine(channel)
                 .etcd_members(EtcdMembersRequest {})
                 .await
                 .map(tonic::Response::into_inner)

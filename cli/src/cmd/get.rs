@@ -256,7 +256,7 @@ async fn machine_config(session: &connect::Session, args: GetArgs) -> anyhow::Re
     let show_secrets = args.insecure_show_secrets;
     let (results, ok) = session
         .for_each(|channel| async move {
-            slate_client::machine(channel)
+            connect::machine(channel)
                 .get_machine_config(GetMachineConfigRequest { show_secrets })
                 .await
                 .map(|r| r.into_inner())

@@ -10,12 +10,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use slate_client::Conn;
 use slate_proto::join::join_service_client::JoinServiceClient;
 use slate_proto::join::{
     AcceptMachineRequest, CreateTokenRequest, ForgetMachineRequest, JoinToken, ListMachinesRequest,
     ListTokensRequest, Machine, RejectMachineRequest, RevokeTokenRequest,
 };
-use tonic::transport::Channel;
 
 use crate::output::{self, Format, Rows};
 use crate::{Global, connect};
@@ -113,10 +113,7 @@ fn patch_text(arg: Option<&str>) -> anyhow::Result<String> {
     Ok(text)
 }
 
-async fn client(
-    global: &Global,
-    what: &str,
-) -> anyhow::Result<(String, JoinServiceClient<Channel>)> {
+async fn client(global: &Global, what: &str) -> anyhow::Result<(String, JoinServiceClient<Conn>)> {
     let session = connect::session(global)?;
     let target = session.single(what)?;
     let channel = session.connect_to(&target).await?;

@@ -18,7 +18,7 @@ pub async fn run(global: &Global, action: Action) -> anyhow::Result<ExitCode> {
     let session = connect::session(global)?;
     let (results, ok) = session
         .for_each(|channel| async move {
-            let mut api = slate_client::machine(channel);
+            let mut api = connect::machine(channel);
             match action {
                 Action::Reboot => api.reboot(RebootRequest {}).await.map(drop),
                 Action::Shutdown => api.shutdown(ShutdownRequest {}).await.map(drop),

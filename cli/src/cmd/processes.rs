@@ -63,7 +63,7 @@ pub async fn run(global: &Global, args: ProcessesArgs) -> anyhow::Result<ExitCod
     let session = connect::session(global)?;
     let (results, ok) = session
         .for_each(|channel| async move {
-            slate_client::machine(channel)
+            connect::machine(channel)
                 .processes(ProcessesRequest {})
                 .await
                 .map(|r| r.into_inner())

@@ -159,7 +159,7 @@ async fn fetch(
         .for_each(|channel| {
             let id = id.clone();
             async move {
-                slate_client::machine(channel)
+                connect::machine(channel)
                     .service_list(ServiceListRequest { id })
                     .await
                     .map(|r| r.into_inner().services)
@@ -205,7 +205,7 @@ pub async fn service(global: &Global, args: ServiceArgs) -> anyhow::Result<ExitC
         .for_each(|channel| {
             let id = id.clone();
             async move {
-                slate_client::machine(channel)
+                connect::machine(channel)
                     .service_action(ServiceActionRequest {
                         id,
                         action: kind as i32,
@@ -278,12 +278,12 @@ pub(crate) async fn one_node(
     what: &str,
 ) -> anyhow::Result<(
     slate_client::Target,
-    slate_proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel>,
+    slate_proto::machine::machine_service_client::MachineServiceClient<slate_client::Conn>,
 )> {
     let session = connect::session(global)?;
     let target = session.single(what)?;
     let channel = session.connect_to(&target).await?;
-    Ok((target, slate_client::machine(channel)))
+    Ok((target, connect::machine(channel)))
 }
 
 async fn print_lines(

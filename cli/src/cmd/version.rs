@@ -88,7 +88,7 @@ pub async fn run(global: &Global, args: VersionArgs) -> anyhow::Result<ExitCode>
         let session = connect::session(global)?;
         let (results, all_ok) = session
             .for_each(|channel| async move {
-                slate_client::machine(channel)
+                connect::machine(channel)
                     .version(VersionRequest {})
                     .await
                     .map(|r| r.into_inner())
