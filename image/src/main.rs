@@ -101,3 +101,48 @@ fn run(args: Args) -> anyhow::Result<()> {
     println!("{report}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://10.5.0.2:50001/sha256:b9d37413926234d2d449b95678b20675798a13df744847cc1afc0bbedbfd9cf6";
+
+    #[test]
+    fn join_flags_become_one_kernel_argument_after_the_others() {
+        let args = Args::parse_from([
+            "slate-image",
+            "--cmdline",
+            "slate.debug",
+            "--join",
+            URL,
+            "--join-token",
+            "abc123.0123456789abcdef",
+        ]);
+        let extra = cmdline_extra(&args).unwrap().unwrap();
+        assert_eq!(
+            extra,
+            "slate.debug slate.join=https://abc123.0123456789abcdef@10.5.0.2:50001/sha256:b9d37413926234d2d449b95678b20675798a13df744847cc1afc0bbedbfd9cf6"
+        );
+    }
+
+    #[test]
+    fn a_bad_join_token_or_url_is_refused_by_name() {
+        let bad_token = Args::parse_from(["slate-image", "--join", URL, "--join-token", "nope"]);
+        let err = cmdline_extra(&bad_token).unwrap_err().to_string();
+        assert!(err.starts_with("--join-token"), "{err}");
+        let bad_url = Args::parse_from([
+            "slate-image",
+            "--join",
+            "https://10.5.0.2:50001",
+            "--join-token",
+            "abc123.0123456789abcdef",
+        ]);
+        let err = cmdline_extra(&bad_url).unwrap_err().to_string();
+        assert!(err.starts_with("--join") && err.contains("sha256"), "{err}");
+        assert!(
+            Args::try_parse_from(["slate-image", "--join", URL]).is_err(),
+            "--join needs --join-token"
+        );
+    }
+}

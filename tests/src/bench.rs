@@ -39,6 +39,18 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Prints a two-column table of `rows` (what, seconds with two decimals)
+/// under `title`.
+pub fn print_seconds(title: String, rows: &[(&str, f64)]) {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::ASCII_MARKDOWN)
+        .set_header(vec![title, "seconds".into()]);
+    for (what, seconds) in rows {
+        t.add_row(vec![(*what).to_owned(), format!("{seconds:.2}")]);
+    }
+    println!("\n{t}");
+}
+
 /// The `p`th percentile of `v` (nearest rank); zero when empty.
 pub fn percentile(v: &[Duration], p: usize) -> Duration {
     let mut v = v.to_vec();

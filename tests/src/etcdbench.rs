@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use comfy_table::{Table, presets::ASCII_MARKDOWN};
 use slate_client as client;
 use slate_proto::machine::{BootstrapRequest, ServiceListRequest};
 
 use crate::api;
 use crate::artifacts::Artifacts;
-use crate::bench::median;
+use crate::bench::{median, print_seconds};
 use crate::configdrive;
 use crate::qemu::{Boot, Vm, VmOptions};
 
@@ -101,24 +100,14 @@ pub async fn run() {
     match result {
         Ok(all) => {
             let col = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
-            let mut t = Table::new();
-            t.load_style(ASCII_MARKDOWN).set_header(vec![
+            print_seconds(
                 format!("single control-plane node, etcd (median of {BOOTS}, TCG)"),
-                "seconds".into(),
-            ]);
-            t.add_row(vec![
-                "QEMU start → API answers".to_owned(),
-                format!("{:.2}", col(|f| f.qemu_to_api)),
-            ]);
-            t.add_row(vec![
-                "bootstrap → etcd healthy".to_owned(),
-                format!("{:.2}", col(|f| f.bootstrap_to_healthy)),
-            ]);
-            t.add_row(vec![
-                "QEMU start → etcd healthy".to_owned(),
-                format!("{:.2}", col(|f| f.qemu_to_healthy)),
-            ]);
-            println!("\n{t}");
+                &[
+                    ("QEMU start → API answers", col(|f| f.qemu_to_api)),
+                    ("bootstrap → etcd healthy", col(|f| f.bootstrap_to_healthy)),
+                    ("QEMU start → etcd healthy", col(|f| f.qemu_to_healthy)),
+                ],
+            );
         }
         Err(e) => println!("\netcd benchmark skipped: {e:#}"),
     }

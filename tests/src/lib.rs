@@ -12,6 +12,8 @@
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
 //! - [`svcbench`]: the service supervisor's own cost;
 //! - [`etcdbench`]: one node from QEMU's start to a healthy etcd;
+//! - [`joinbench`]: a node with a join token to registered, and accepted
+//!   to answering;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
 //!   networkd's tests and [`netbench`];
 //! - [`meshlab`]: cloud, bare-metal and NATed nodes in namespaces, for the
@@ -31,6 +33,7 @@ pub mod configdrive;
 pub mod console;
 pub mod etcdbench;
 pub mod floor;
+pub mod joinbench;
 pub mod layer;
 pub mod meshbench;
 pub mod meshlab;

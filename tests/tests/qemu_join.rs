@@ -4,8 +4,10 @@
 //! command line (no config drive, no config URL), registers, is listed
 //! as pending, and once accepted configures itself and answers the
 //! admin's client config with a certificate the control plane signed; its
-//! config holds no machine CA key. A third VM boots with an auto-accept
-//! token and joins with no command. Everything through slatectl.
+//! config holds no machine CA key. A third VM gets an auto-accept token
+//! as user-data on a config drive and joins with no command. Calls then
+//! reach the workers through the control plane (`-e CP -n NODE`).
+//! Everything through slatectl.
 
 use std::time::Duration;
 
@@ -182,7 +184,9 @@ async fn nodes_booted_with_a_join_token_register_and_join() {
     })
     .await;
 
-    // worker-2: an auto-accept token with the same patch, and no command.
+    // worker-2: an auto-accept token with the same patch, and no command;
+    // the join document comes as cloud user-data on a config drive, as a
+    // generic cloud image gets it.
     let out = run_as(
         &config,
         &cp,
@@ -199,8 +203,10 @@ async fn nodes_booted_with_a_join_token_register_and_join() {
     assert!(out.status.success(), "{}", text(&out));
     let auto: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let auto_arg = auto["kernel_arg"].as_str().unwrap().to_owned();
-    cluster.nodes[2].opts.config_drive = None;
-    cluster.nodes[2].opts.extra_cmdline = Some(join_cmdline(2, "worker-2", &auto_arg));
+    let drive = dir.path().join("worker-2-join.iso");
+    slate_tests::configdrive::build(&format!("{auto_arg}\n"), &drive).unwrap();
+    cluster.nodes[2].opts.config_drive = Some(drive);
+    cluster.nodes[2].opts.extra_cmdline = Some(join_cmdline(2, "worker-2", ""));
     cluster.start(2).unwrap();
     api::wait_for_version(cluster.vm(2), admin.clone(), BOOT_TIMEOUT)
         .await
