@@ -40,8 +40,9 @@ const MAX_CHANNELS: usize = 64;
 pub struct Forwarder {
     mode: SharedMode,
     machined: TrustServiceClient<Channel>,
-    /// The client TLS of the CA it was made for.
-    tls: tokio::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>)>>,
+    /// The client TLS, the CA it was made for, and when (its certificate
+    /// is asked for anew after [`crate::live::RENEW_EVERY`]).
+    tls: tokio::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>, std::time::Instant)>>,
     channels: std::sync::Mutex<HashMap<String, Channel>>,
 }
 
@@ -69,8 +70,9 @@ impl Forwarder {
     async fn tls(&self) -> Result<Arc<rustls::ClientConfig>, Status> {
         let ca_pem = self.ca_pem()?;
         let mut cached = self.tls.lock().await;
-        if let Some((ca, tls)) = &*cached
+        if let Some((ca, tls, made)) = &*cached
             && *ca == ca_pem
+            && made.elapsed() < crate::live::RENEW_EVERY
         {
             return Ok(tls.clone());
         }
@@ -98,7 +100,7 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        *cached = Some((ca_pem, tls.clone()));
+        *cached = Some((ca_pem, tls.clone(), std::time::Instant::now()));
         Ok(tls)
     }
 

@@ -189,15 +189,33 @@ fn has_port(target: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
-/// Keeps a token's id and hides its secret in text shown in errors.
+/// Hides every token secret in text shown in errors (wherever it stands:
+/// a URL without `@` may carry one as its host), keeping the ids.
 fn redact(text: &str) -> String {
-    match text.split_once('@') {
-        Some((before, after)) => match before.split_once('.') {
-            Some((id, _)) => format!("{id}.…@{after}"),
-            None => format!("…@{after}"),
-        },
-        None => text.to_owned(),
+    let bytes = text.as_bytes();
+    let is_token_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let secret_at = i + 1;
+        let is_secret = bytes[i] == b'.'
+            && i >= ID_LEN
+            && bytes[i - ID_LEN..i].iter().all(|b| is_token_char(*b))
+            && bytes.len() >= secret_at + SECRET_LEN
+            && bytes[secret_at..secret_at + SECRET_LEN]
+                .iter()
+                .all(|b| is_token_char(*b));
+        if is_secret {
+            out.push_str(".…");
+            i = secret_at + SECRET_LEN;
+            continue;
+        }
+        // Whole characters: the text may hold any UTF-8.
+        let ch = text[i..].chars().next().unwrap_or('?');
+        out.push(ch);
+        i += ch.len_utf8();
     }
+    out
 }
 
 /// A role's name as people type it.
@@ -295,6 +313,7 @@ mod tests {
             (format!("https://h:1/sha256:{digest}"), "no join token"),
             (format!("https://{TOKEN}@h:1/sha256:abc"), "64 hex"),
             (format!("https://nope.x@h:1/sha256:{digest}"), "ID.SECRET"),
+            (format!("https://{TOKEN}/sha256:{digest}"), "no join token"),
         ] {
             let err = JoinUrl::parse(&text, None).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

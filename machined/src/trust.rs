@@ -40,6 +40,13 @@ use crate::node::Node;
 /// Names one request may ask the network service for.
 pub const MAX_NAMES: usize = 64;
 
+/// The largest request the network service decodes.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// How often the network service's certificate (valid a year) is made
+/// anew.
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// The machine CA of the running config, with its key: (certificate PEM,
 /// authority).
 pub async fn machine_authority(node: &Node) -> Result<(String, Authority), Status> {
@@ -404,7 +411,12 @@ pub async fn serve_network(
     tonic::transport::Server::builder()
         .tls_config(tls)
         .context("the trust service's TLS")?
-        .add_service(TrustServiceServer::new(Network::new(node, registry)))
+        // Requests are a CSR or a registration: small. tonic's default
+        // would decode 4 MiB from anyone.
+        .add_service(
+            TrustServiceServer::new(Network::new(node, registry))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
         .context("serving the trust service")
@@ -414,7 +426,8 @@ pub async fn serve_network(
 /// (`config`, machined's own, followed like any daemon follows it) is a
 /// control-plane node's with the CA key, started again when its CA, names
 /// or endpoint change, stopped when it no longer is: a control-plane node
-/// configured from maintenance mode serves at once. A failure is logged;
+/// configured from maintenance mode serves at once; it is restarted with a
+/// fresh certificate every [`RENEW_EVERY`]. A failure is logged;
 /// the node's own API does not depend on it, only keyless workers do.
 pub async fn run_network(
     node: Arc<Node>,
@@ -447,8 +460,17 @@ pub async fn run_network(
                 (signer, task)
             });
         }
-        if feed.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = feed.changed() => if changed.is_err() {
+                return;
+            },
+            // A fresh certificate: restart the service.
+            () = tokio::time::sleep(RENEW_EVERY) => {
+                if let Some((_, task)) = serving.take() {
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
         }
     }
 }

@@ -16,10 +16,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ring::signature::KeyPair as _;
 use slate_config::MachineConfig;
 use slate_config::join::{JoinToken, JoinUrl};
 use slate_machined::Paths;
-use slate_machined::join::{Registry, Store, agent};
+use slate_machined::join::{Registry, Store, agent, registry};
 use slate_machined::node::Node;
 use slate_proto::join::join_service_client::JoinServiceClient;
 use slate_proto::join::{
@@ -365,23 +366,37 @@ async fn bad_registrations_are_refused_and_leave_nothing() {
     let target = slate_client::parse_target(&wrong_ca.target).unwrap();
     assert!(slate_client::connect(&target, Arc::new(tls)).await.is_err());
 
-    // A registration sent again is a replay; another key for the same
-    // machine is refused.
-    let sys = sys_with_uuid("8c0a7d52-11b0-4e3a-9a4c-0123456789ab\n");
+    // A registration sent again is a replay. A machine is its node key:
+    // another key reporting the same UUID (a clone, or someone copying a
+    // victim's) is a machine of its own, which takes nothing from the
+    // first.
+    let uuid = "8c0a7d52-11b0-4e3a-9a4c-0123456789ab";
+    let sys = sys_with_uuid(&format!("{uuid}\n"));
     let first = agent::registration(&url, &k, now_ms(), sys.path());
     let answer = register(&url, first.clone()).await.unwrap();
-    assert_eq!(answer.machine_id, "8c0a7d52-11b0-4e3a-9a4c-0123456789ab");
+    assert_eq!(
+        answer.machine_id,
+        registry::machine_id(k.public_key().as_ref())
+    );
     assert_eq!(answer.state, "pending");
     let e = register(&url, first).await.unwrap_err();
     assert!(e.message().contains("replayed"), "{e:?}");
-    let e = register(
+    let copycat = register(
         &url,
         agent::registration(&url, &key(), now_ms(), sys.path()),
     )
     .await
-    .unwrap_err();
-    assert!(e.message().contains("another node key"), "{e:?}");
-    assert_eq!(cp.machines().await.len(), 1);
+    .unwrap();
+    assert_ne!(copycat.machine_id, answer.machine_id);
+    let listed = cp.machines().await;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|m| m.uuid == uuid), "{listed:?}");
+    cp.join
+        .forget_machine(ForgetMachineRequest {
+            id: copycat.machine_id.clone(),
+        })
+        .await
+        .unwrap();
 
     // Rejected: told so; forgotten: free to register with a new key.
     cp.join
@@ -417,11 +432,78 @@ async fn bad_registrations_are_refused_and_leave_nothing() {
         .unwrap();
     let again = register(
         &url,
-        agent::registration(&url, &key(), now_ms(), sys.path()),
+        agent::registration(&url, &k, now_ms() + 20, sys.path()),
     )
     .await
     .unwrap();
-    assert_eq!(again.state, "pending");
+    assert_eq!(again.state, "pending", "forgotten, then registered anew");
+}
+
+/// The token is checked when a machine first registers; a machine that
+/// waits past its token's expiry or revocation is still accepted and
+/// joins, proving itself by its node key. A token has a bounded number
+/// of machines waiting.
+#[tokio::test]
+async fn a_waiting_machine_outlives_its_token_and_tokens_have_room_for_few() {
+    let bundle = cluster();
+    let mut cp = ControlPlane::start(&bundle).await;
+    let short = cp.token("worker", false, 1).await;
+    let url = cp.url(&short);
+    let revoked = cp.token("worker", false, 3600).await;
+    let revoked_url = cp.url(&revoked);
+    let sys = tempfile::tempdir().unwrap();
+    let (a, b) = (key(), key());
+    let first = register(&url, agent::registration(&url, &a, now_ms(), sys.path()))
+        .await
+        .unwrap();
+    let second = register(
+        &revoked_url,
+        agent::registration(&revoked_url, &b, now_ms(), sys.path()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    cp.join
+        .revoke_token(RevokeTokenRequest {
+            id: revoked.token.clone().unwrap().id,
+        })
+        .await
+        .unwrap();
+    for (id, url, k) in [
+        (&first.machine_id, &url, &a),
+        (&second.machine_id, &revoked_url, &b),
+    ] {
+        cp.join
+            .accept_machine(AcceptMachineRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let joined = register(url, agent::registration(url, k, now_ms() + 100, sys.path()))
+            .await
+            .unwrap();
+        assert_eq!(joined.state, "joined");
+        assert!(!joined.config.is_empty());
+    }
+
+    let roomy = cp.token("worker", false, 3600).await;
+    let roomy_url = cp.url(&roomy);
+    for _ in 0..registry::MAX_PENDING_PER_TOKEN {
+        register(
+            &roomy_url,
+            agent::registration(&roomy_url, &key(), now_ms(), sys.path()),
+        )
+        .await
+        .unwrap();
+    }
+    let e = register(
+        &roomy_url,
+        agent::registration(&roomy_url, &key(), now_ms(), sys.path()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
 }
 
 #[tokio::test]

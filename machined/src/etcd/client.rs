@@ -99,7 +99,8 @@ fn members(list: &[etcd_client::Member]) -> Vec<Member> {
     list.iter().map(Member::from).collect()
 }
 
-/// A connection to one member that answered.
+/// A connection to one member that answered; clones share it.
+#[derive(Clone)]
 pub struct EtcdClient {
     inner: Client,
     /// The endpoint it is connected to.

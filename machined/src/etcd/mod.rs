@@ -142,6 +142,11 @@ impl Etcd {
             format!("--peer-key-file={}", pki(certs::MEMBER_KEY)),
             format!("--peer-trusted-ca-file={}", pki(certs::CA_CRT)),
             "--peer-client-cert-auth=true".into(),
+            // Keeps an hour of history: without it every write (join
+            // registrations, later Kubernetes' own until its apiserver
+            // compacts) stays until the 2 GiB quota stops all writes.
+            "--auto-compaction-mode=periodic".into(),
+            "--auto-compaction-retention=1h".into(),
         ];
         args.extend(crate::services::spec::flags(
             &self.config.cluster.etcd.extra_args,

@@ -78,22 +78,39 @@ pub struct Facts {
 
 impl From<MachineFacts> for Facts {
     fn from(f: MachineFacts) -> Self {
-        // Bounded: a registration is shown to people and kept in etcd.
-        let short = |v: Vec<String>| -> Vec<String> {
-            v.into_iter()
-                .take(32)
-                .map(|s| s.chars().take(128).collect())
-                .collect()
+        // Bounded and printable: a registration is kept in etcd and shown
+        // on people's terminals, where an escape sequence would act.
+        let clean = |s: &str, max: usize| -> String {
+            s.chars().filter(|c| !c.is_control()).take(max).collect()
         };
+        let short =
+            |v: Vec<String>| -> Vec<String> { v.iter().take(32).map(|s| clean(s, 128)).collect() };
         Self {
-            uuid: f.uuid.chars().take(64).collect(),
-            hostname: f.hostname.chars().take(253).collect(),
+            uuid: clean(&f.uuid, 64),
+            hostname: clean(&f.hostname, 253),
             macs: short(f.macs),
             addresses: short(f.addresses),
             disks: short(f.disks),
             cpus: f.cpus,
             memory_bytes: f.memory_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_kept_bounded_and_without_control_characters() {
+        let facts = Facts::from(MachineFacts {
+            hostname: "evil\u{1b}[2Jhost".into(),
+            macs: vec!["m".repeat(500); 100],
+            ..Default::default()
+        });
+        assert_eq!(facts.hostname, "evil[2Jhost");
+        assert_eq!(facts.macs.len(), 32);
+        assert!(facts.macs.iter().all(|m| m.len() == 128));
     }
 }
 

@@ -33,10 +33,19 @@ pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Attempts at a conditional write that another node's write overtook.
 const WRITE_ATTEMPTS: usize = 5;
+/// How often a waiting machine's record is written when nothing but the
+/// time changed (seconds).
+const SEEN_WRITE_EVERY: u64 = 60;
+/// Machines one token may have waiting.
+pub const MAX_PENDING_PER_TOKEN: usize = 64;
+/// Replay marks kept in memory.
+const MAX_SEEN: usize = 4096;
 
 pub struct Registry {
     store: Store,
     refusals: Mutex<LogLimiter>,
+    /// Machine id → the newest `sent_at_ms` seen here.
+    seen: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 fn unavailable(e: StoreError) -> Status {
@@ -71,22 +80,11 @@ pub fn config_for(
         .map_err(|e| slate_common::error::chain(&e))
 }
 
-/// A machine's id: its SMBIOS UUID when the firmware has a real one, else
-/// derived from its node key (QEMU without `-uuid` gives every VM the
-/// same empty one).
-pub fn machine_id(uuid: &str, node_key: &[u8]) -> String {
-    let uuid = uuid.trim().to_ascii_lowercase();
-    let hex_digits: String = uuid.chars().filter(|c| *c != '-').collect();
-    let real = uuid.len() == 36
-        && hex_digits.len() == 32
-        && hex_digits.bytes().all(|b| b.is_ascii_hexdigit())
-        && !hex_digits.bytes().all(|b| b == b'0')
-        && !hex_digits.bytes().all(|b| b == b'f');
-    if real {
-        return uuid;
-    }
+/// A machine's id: 16 hex digits of its node key's SHA-256. The key is
+/// what the machine proves at every call; a UUID is only what it says.
+pub fn machine_id(node_key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, node_key);
-    format!("key-{}", hex(&digest.as_ref()[..8]))
+    hex(&digest.as_ref()[..8])
 }
 
 impl Registry {
@@ -94,6 +92,7 @@ impl Registry {
         Self {
             store,
             refusals: Mutex::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
+            seen: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -321,27 +320,39 @@ impl Registry {
 
     /// A node's registration, from `source`: checked, recorded, and
     /// answered with its state (and its config once accepted).
+    ///
+    /// A machine is its node key: its id is the key's digest, so another
+    /// machine reporting the same SMBIOS UUID (a clone, a placeholder
+    /// UUID, or someone copying a victim's) registers as a machine of its
+    /// own, and the admin tells them apart by the key fingerprint the
+    /// node prints. The token is checked when a machine registers first;
+    /// after that the node key proves it (a token that expires or is
+    /// revoked while the machine waits does not strand it).
     pub async fn register(
         &self,
         config: &MachineConfig,
         request: RegisterRequest,
         source: &str,
     ) -> Result<RegisterResponse, Status> {
-        let (registration, token) = match self.check(&request).await {
-            Ok(checked) => checked,
+        let registration = match signed(&request) {
+            Ok(registration) => registration,
             Err(status) => return Err(self.refuse(source, status)),
         };
-        let key_hex = hex(&registration.node_key);
         let facts = Facts::from(registration.facts.clone().unwrap_or_default());
-        let id = machine_id(&facts.uuid, &registration.node_key);
+        let id = machine_id(&registration.node_key);
         let key = format!("{MACHINES}{id}");
         let now = now_unix();
-        let mut written = None;
         for _ in 0..WRITE_ATTEMPTS {
-            let existing = self.read::<MachineRecord>(&key).await?;
-            let (record, rev) = match existing {
-                None => (
-                    MachineRecord {
+            let (record, rev, token_id) = match self.read::<MachineRecord>(&key).await? {
+                None => {
+                    let token = match self.check_token(&registration.token).await {
+                        Ok(token) => token,
+                        Err(status) => return Err(self.refuse(source, status)),
+                    };
+                    self.room_for(&token)
+                        .await
+                        .map_err(|s| self.refuse(source, s))?;
+                    let record = MachineRecord {
                         id: id.clone(),
                         state: if token.auto_accept {
                             MachineState::Accepted
@@ -350,27 +361,19 @@ impl Registry {
                         },
                         role: token.role.clone(),
                         token_id: token.id.clone(),
-                        node_key: key_hex.clone(),
+                        node_key: hex(&registration.node_key),
                         last_sent_at_ms: registration.sent_at_ms,
                         facts: facts.clone(),
                         first_seen_unix: now,
                         last_seen_unix: now,
                         source: source.to_owned(),
                         patches: vec![token.config_patch.clone()],
-                    },
-                    0,
-                ),
+                    };
+                    (record, 0, token.id)
+                }
                 Some((mut m, rev)) => {
-                    if m.node_key != key_hex {
-                        return Err(self.refuse(
-                            source,
-                            Status::permission_denied(format!(
-                                "machine {id} is registered with another node key; \
-                                 `slatectl machine forget {id}` lets it register anew"
-                            )),
-                        ));
-                    }
-                    if registration.sent_at_ms <= m.last_sent_at_ms {
+                    let last = self.last_sent(&id).max(m.last_sent_at_ms);
+                    if registration.sent_at_ms <= last {
                         return Err(self.refuse(
                             source,
                             Status::permission_denied(format!(
@@ -378,52 +381,75 @@ impl Registry {
                             )),
                         ));
                     }
+                    self.mark_sent(&id, registration.sent_at_ms);
+                    // Asking again while pending or rejected changes
+                    // nothing but the time: written at most once a
+                    // minute, so a waiting machine costs etcd little.
+                    let unchanged = m.facts == facts && m.source == source;
+                    if unchanged && now.saturating_sub(m.last_seen_unix) < SEEN_WRITE_EVERY {
+                        return self.answer(config, m).await;
+                    }
                     m.last_sent_at_ms = registration.sent_at_ms;
                     m.last_seen_unix = now;
                     m.facts = facts.clone();
                     m.source = source.to_owned();
-                    (m, rev)
+                    let token_id = m.token_id.clone();
+                    (m, rev, token_id)
                 }
             };
             if self.write(&key, &record, rev).await? {
                 if rev == 0 {
+                    self.mark_sent(&id, registration.sent_at_ms);
                     tracing::info!(
-                        "join: machine {id} ({}) registered from {source} with token {}: {}",
+                        "join: machine {id} ({}) registered from {source} with token {token_id}: {}",
                         record.facts.hostname,
-                        token.id,
                         record.state.as_str()
                     );
                 }
-                written = Some(record);
-                break;
+                return self.answer(config, record).await;
             }
         }
-        let record = written.ok_or_else(|| Status::aborted("the registration raced; ask again"))?;
-        self.answer(config, record).await
+        Err(Status::aborted("the registration raced; ask again"))
     }
 
-    /// The signature, the token, and the registration they cover.
-    async fn check(
-        &self,
-        request: &RegisterRequest,
-    ) -> Result<(Registration, TokenRecord), Status> {
-        if request.registration.len() > MAX_REGISTRATION {
-            return Err(Status::invalid_argument(format!(
-                "a registration is at most {MAX_REGISTRATION} bytes"
+    /// The newest `sent_at_ms` this node saw of machine `id` (the record
+    /// in etcd is written at most once a minute).
+    fn last_sent(&self, id: &str) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(id).copied().unwrap_or(0)
+    }
+
+    fn mark_sent(&self, id: &str, sent_at_ms: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_SEEN && !seen.contains_key(id) {
+            // Bounded; etcd's mark (at most a minute old) still holds.
+            seen.clear();
+        }
+        seen.insert(id.to_owned(), sent_at_ms);
+    }
+
+    /// A token may have at most [`MAX_PENDING_PER_TOKEN`] machines waiting:
+    /// whoever holds it cannot fill etcd with registrations.
+    async fn room_for(&self, token: &TokenRecord) -> Result<(), Status> {
+        let waiting = self
+            .list::<MachineRecord>(MACHINES)
+            .await?
+            .iter()
+            .filter(|m| m.token_id == token.id && m.state == MachineState::Pending)
+            .count();
+        if waiting >= MAX_PENDING_PER_TOKEN {
+            return Err(Status::resource_exhausted(format!(
+                "join token {} has {waiting} machines waiting to be accepted already",
+                token.id
             )));
         }
-        let registration = Registration::decode(request.registration.as_slice()).map_err(|e| {
-            Status::invalid_argument(format!("the registration does not decode: {e}"))
-        })?;
-        if registration.node_key.len() != 32 {
-            return Err(Status::invalid_argument(
-                "the node key is not an Ed25519 key",
-            ));
-        }
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &registration.node_key)
-            .verify(&request.registration, &request.signature)
-            .map_err(|_| Status::unauthenticated("the registration's signature does not hold"))?;
-        let token = JoinToken::parse(&registration.token)
+        Ok(())
+    }
+
+    /// The token of a first registration: known here, with the secret
+    /// shown, not expired.
+    async fn check_token(&self, text: &str) -> Result<TokenRecord, Status> {
+        let token = JoinToken::parse(text)
             .map_err(|_| Status::unauthenticated("the join token is not ID.SECRET"))?;
         let record = self
             .read::<TokenRecord>(&format!("{TOKENS}{}", token.id))
@@ -442,7 +468,7 @@ impl Registry {
                 token.id
             )));
         }
-        Ok((registration, record))
+        Ok(record)
     }
 
     async fn answer(
@@ -474,9 +500,17 @@ impl Registry {
                         Status::failed_precondition(format!("making machine {id}'s config: {e}"))
                     })?;
                 if record.state == MachineState::Accepted {
-                    self.update(&id, |mut m| {
-                        m.state = MachineState::Joined;
-                        Ok(m)
+                    // Only if it is still accepted: a `machine reject` that
+                    // came meanwhile wins, and nothing is handed over.
+                    self.update(&id, |mut m| match m.state {
+                        MachineState::Accepted | MachineState::Joined => {
+                            m.state = MachineState::Joined;
+                            Ok(m)
+                        }
+                        other => Err(Status::failed_precondition(format!(
+                            "machine {id} is {} now",
+                            other.as_str()
+                        ))),
                     })
                     .await?;
                     tracing::info!("join: machine {id} has its {} config", record.role);
@@ -490,6 +524,27 @@ impl Registry {
             }
         }
     }
+}
+
+/// The registration `request` carries, if its signature holds for the node
+/// key it names.
+fn signed(request: &RegisterRequest) -> Result<Registration, Status> {
+    if request.registration.len() > MAX_REGISTRATION {
+        return Err(Status::invalid_argument(format!(
+            "a registration is at most {MAX_REGISTRATION} bytes"
+        )));
+    }
+    let registration = Registration::decode(request.registration.as_slice())
+        .map_err(|e| Status::invalid_argument(format!("the registration does not decode: {e}")))?;
+    if registration.node_key.len() != 32 {
+        return Err(Status::invalid_argument(
+            "the node key is not an Ed25519 key",
+        ));
+    }
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &registration.node_key)
+        .verify(&request.registration, &request.signature)
+        .map_err(|_| Status::unauthenticated("the registration's signature does not hold"))?;
+    Ok(registration)
 }
 
 /// The join URL of this control plane, without a token: the control-plane

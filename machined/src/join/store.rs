@@ -43,9 +43,9 @@ impl Store {
         Self(Inner::Memory(Arc::default()))
     }
 
-    /// Runs `call` on the cached client (connected on first use, through
-    /// this node's etcd first); a failed call drops the connection so the
-    /// next one dials again.
+    /// Runs `call` on the shared connection (made on first use, through
+    /// any member this node knows); calls run side by side, and a failed
+    /// one drops the connection so the next call dials again.
     async fn with_client<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&mut EtcdClient) -> Result<T, EtcdError>,
@@ -53,16 +53,20 @@ impl Store {
         let Inner::Etcd { etcd, client } = &self.0 else {
             unreachable!("with_client is for etcd only");
         };
-        let mut guard = client.lock().await;
-        if guard.is_none() {
-            *guard = Some(etcd.connect_cluster().await?);
-        }
-        let Some(connected) = guard.as_mut() else {
-            unreachable!("connected above");
+        let mut connected = {
+            let mut guard = client.lock().await;
+            match &*guard {
+                Some(c) => c.clone(),
+                None => {
+                    let made = etcd.connect_cluster().await?;
+                    *guard = Some(made.clone());
+                    made
+                }
+            }
         };
-        let result = call(connected).await;
+        let result = call(&mut connected).await;
         if result.is_err() {
-            *guard = None;
+            *client.lock().await = None;
         }
         Ok(result?)
     }
