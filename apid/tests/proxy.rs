@@ -80,6 +80,13 @@ async fn a_call_through_a_control_plane_is_answered_by_the_node_named_with_the_c
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(b.power.lock().unwrap().is_empty(), "no reboot asked");
 
+    // The call is checked here before it is forwarded: a reader's reboot
+    // is refused by A itself, even for a node that does not answer.
+    let nowhere = slate_client::parse_target("127.0.0.1:1").unwrap();
+    let mut reader_nowhere = through(&a.target, reader.clone(), &nowhere).await;
+    let e = reader_nowhere.reboot(RebootRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     // A node that does not answer is named.
     let nobody = slate_client::parse_target("127.0.0.1:1").unwrap();
     let mut lost = through(&a.target, admin.clone(), &nobody).await;
@@ -156,4 +163,22 @@ async fn only_an_impersonator_names_a_role_and_only_once() {
         .unwrap_err();
     assert!(e.message().contains("not forwarded again"), "{e:?}");
     assert!(a.power.lock().unwrap().is_empty());
+}
+
+/// A node in maintenance mode has no certificate to forward with and no
+/// caller to vouch for: it forwards nothing.
+#[tokio::test]
+async fn a_node_in_maintenance_mode_forwards_nothing() {
+    let bundle = cluster();
+    let blank = start(Boot::Empty).await;
+    let b = start(Boot::Configured(&named(&bundle, "node-b"))).await;
+    let admin = admin_tls(&bundle);
+    eventually("B answers", async || {
+        !refused(&b.target, admin.clone()).await
+    })
+    .await;
+    let mut via_blank = through(&blank.target, insecure(), &b.target).await;
+    let e = via_blank.version(VersionRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("client certificate"), "{e:?}");
 }
