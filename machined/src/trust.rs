@@ -16,9 +16,13 @@
 //!   token, for the names the caller's machined chose (it cannot know a
 //!   remote node's addresses): at most [`MAX_NAMES`], each an IP address
 //!   or a host name; it drops those that are its own or the
-//!   control-plane endpoint's. Like Talos's trustd, whoever holds the token (every
-//!   node's config does) can have a server certificate made for other
-//!   names: see docs/join.md for what that yields.
+//!   control-plane endpoint's. Like Talos's trustd, whoever holds that
+//!   token (the config of every node made with `gen config` does) can have
+//!   a server certificate made for other names: see docs/join.md. A worker
+//!   that joined with a join token shows a machine token of its own
+//!   instead, and gets only the names it registered with, and loopback.
+//!   The service also takes registrations of joining nodes
+//!   ([`crate::join`]).
 
 use std::sync::Arc;
 
@@ -275,12 +279,24 @@ impl TrustService for Network {
             .get(TRUST_TOKEN_HEADER)
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default();
-        if !slate_pki::same_secret(&shown, config.machine.token.as_bytes()) {
-            tracing::warn!("trust service: refused {peer}: no valid machine token");
-            return Err(Status::permission_denied(
-                "the machine token is missing or wrong",
-            ));
-        }
+        // The cluster's token: any names but the control plane's. A joined
+        // worker's own token: only the names it registered with.
+        let limit = if slate_pki::same_secret(&shown, config.machine.token.as_bytes()) {
+            None
+        } else {
+            let own = match (&self.registry, std::str::from_utf8(&shown)) {
+                (Some(registry), Ok(text)) => registry.node_names(text).await?,
+                _ => None,
+            };
+            let Some(mut allowed) = own else {
+                tracing::warn!("trust service: refused {peer}: no valid machine token");
+                return Err(Status::permission_denied(
+                    "the machine token is missing or wrong",
+                ));
+            };
+            allowed.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+            Some(allowed)
+        };
         let request = request.into_inner();
         let csr = ServerRequest::from_pem(&request.csr_pem)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -301,10 +317,21 @@ impl TrustService for Network {
                 bad.escape_debug().to_string()
             )));
         }
+        let (names, not_theirs) = match &limit {
+            Some(allowed) => filter_names(&names, allowed),
+            None => (names, Vec::new()),
+        };
+        if !not_theirs.is_empty() {
+            tracing::warn!(
+                "trust service: not signing {} for {peer}: not the names it registered with",
+                not_theirs.join(", ")
+            );
+        }
         // Names this control plane has are dropped, not the request: two
         // nodes behind different NATs may share a private address (every
         // QEMU user-network guest is 10.0.2.15).
-        let (taken, names) = filter_names(&names, &own_names(&config));
+        let (mut taken, names) = filter_names(&names, &own_names(&config));
+        taken.extend(not_theirs);
         if !taken.is_empty() {
             tracing::warn!(
                 "trust service: not signing {} for {peer}: this control plane's names",
@@ -313,7 +340,7 @@ impl TrustService for Network {
         }
         if names.is_empty() {
             return Err(Status::permission_denied(format!(
-                "{} name the control plane, not the caller",
+                "none of the names asked for is the caller's to have (refused: {})",
                 taken.join(", ")
             )));
         }

@@ -248,7 +248,10 @@ async fn a_node_with_only_a_join_token_registers_and_joins_once_accepted() {
         "a worker gets no machine CA key"
     );
     assert!(config.cluster.etcd.ca.is_none() && config.cluster.ca.key.is_none());
-    assert_eq!(config.machine.token, cp.config.machine.token);
+    assert_ne!(
+        config.machine.token, cp.config.machine.token,
+        "a joined worker gets a machine token of its own"
+    );
     assert_eq!(
         config.machine.cert_sans,
         vec!["joined.example".to_owned()],
@@ -259,7 +262,95 @@ async fn a_node_with_only_a_join_token_registers_and_joins_once_accepted() {
         cp.machines().await.iter().any(|m| m.state == "joined")
     })
     .await;
-    let _ = (&cp.node, &cp.registry);
+
+    // With its own token the trust service signs the worker's registered
+    // names and loopback, and nothing else: root on the worker cannot have
+    // a certificate made for another node's address.
+    let registered = cp.machines().await.remove(0);
+    let allowed = cp
+        .registry
+        .node_names(&config.machine.token)
+        .await
+        .unwrap()
+        .expect("the worker's token is known");
+    assert!(
+        registered.addresses.iter().all(|a| allowed.contains(a))
+            && allowed.contains(&registered.hostname),
+        "{allowed:?}"
+    );
+    // Both run on this host: its addresses and hostname are the control
+    // plane's own too, which it never signs for others; loopback is left.
+    let mut asked = allowed.clone();
+    asked.extend([
+        "127.0.0.1".into(),
+        "10.99.0.7".into(),
+        "other.example".into(),
+    ]);
+    let signed = certificate(&cp, &config.machine.token, &asked)
+        .await
+        .unwrap();
+    assert_eq!(sans(&signed.crt_pem), vec!["127.0.0.1".to_owned()]);
+    for foreign in ["10.99.0.7", "other.example"] {
+        assert!(
+            signed.refused_names.contains(&foreign.to_owned()),
+            "{signed:?}"
+        );
+    }
+    let e = certificate(&cp, &JoinToken::generate().unwrap().to_string(), &asked)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The cluster's token still signs any name but the control plane's.
+    let any = certificate(&cp, &cp.config.machine.token, &asked)
+        .await
+        .unwrap();
+    assert!(sans(&any.crt_pem).contains(&"10.99.0.7".to_owned()));
+}
+
+/// A server certificate from the control plane's trust service, asked
+/// with `token` for `names`.
+async fn certificate(
+    cp: &ControlPlane,
+    token: &str,
+    names: &[String],
+) -> Result<slate_proto::trust::CertificateResponse, tonic::Status> {
+    let ca = cp.config.machine.ca.crt_pem().unwrap();
+    let tls = slate_pki::tls::client(&ca, None).unwrap();
+    let target = slate_client::parse_target(&cp.trust).unwrap();
+    let channel = slate_client::connect(&target, Arc::new(tls)).await.unwrap();
+    let key = slate_pki::ServerKey::generate().unwrap();
+    let mut request = tonic::Request::new(slate_proto::trust::CertificateRequest {
+        csr_pem: key.request("joined", names).unwrap(),
+        names: names.to_vec(),
+    });
+    request.metadata_mut().insert(
+        slate_common::constants::TRUST_TOKEN_HEADER,
+        token.parse().unwrap(),
+    );
+    TrustServiceClient::new(channel)
+        .certificate(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The subject alternative names of a PEM certificate, as text.
+fn sans(pem: &str) -> Vec<String> {
+    let der = slate_pki::pem_to_der(pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    san.general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
+            x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
+            }
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
 }
 
 #[tokio::test]

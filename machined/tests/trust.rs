@@ -236,7 +236,7 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-    assert!(err.message().contains("name the control plane"), "{err}");
+    assert!(err.message().contains("is the caller's to have"), "{err}");
     // The worker mints no client configuration: it has no key.
     let err = slate_client::machine(slate_client::local(&paths.socket))
         .generate_client_configuration(GenerateClientConfigurationRequest {

@@ -132,6 +132,10 @@ pub struct MachineRecord {
     /// The token's patch, then the accept's (YAML, possibly empty).
     #[serde(default)]
     pub patches: Vec<String>,
+    /// SHA-256 of the machine token handed to this worker, hex; empty for
+    /// none (a control-plane node, or not joined yet).
+    #[serde(default)]
+    pub node_token_sha256: String,
 }
 
 impl MachineRecord {

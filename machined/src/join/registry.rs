@@ -368,6 +368,7 @@ impl Registry {
                         last_seen_unix: now,
                         source: source.to_owned(),
                         patches: vec![token.config_patch.clone()],
+                        node_token_sha256: String::new(),
                     };
                     (record, 0, token.id)
                 }
@@ -494,35 +495,75 @@ impl Registry {
             // Joined: handed out again to the node key that proved itself
             // (it may have lost it to a crash before it applied it).
             MachineState::Accepted | MachineState::Joined => {
-                let made = config_for(config, role_of(&record.role)?, &record.patches)
-                    .and_then(|c| c.to_yaml().map_err(|e| e.to_string()))
-                    .map_err(|e| {
-                        Status::failed_precondition(format!("making machine {id}'s config: {e}"))
-                    })?;
+                let role = role_of(&record.role)?;
+                let mut made = config_for(config, role, &record.patches).map_err(|e| {
+                    Status::failed_precondition(format!("making machine {id}'s config: {e}"))
+                })?;
+                // A worker gets a machine token of its own instead of the
+                // cluster's: with it the trust service signs only this
+                // machine's registered names (`node_names`), so root on the
+                // worker cannot have a certificate made for another node's
+                // address. Control-plane nodes check the cluster's token
+                // and keep it.
+                let own_token = (role == MachineType::Worker)
+                    .then(JoinToken::generate)
+                    .transpose()
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                if let Some(token) = &own_token {
+                    made.machine.token = token.to_string();
+                }
+                let yaml = made
+                    .to_yaml()
+                    .map_err(|e| Status::internal(format!("writing machine {id}'s config: {e}")))?;
+                let digest = own_token.as_ref().map(JoinToken::secret_digest);
+                // Only if it is still accepted (or joined): a `machine
+                // reject` that came meanwhile wins, and nothing is handed
+                // over.
+                self.update(&id, |mut m| match m.state {
+                    MachineState::Accepted | MachineState::Joined => {
+                        m.state = MachineState::Joined;
+                        m.node_token_sha256 = digest.clone().unwrap_or_default();
+                        Ok(m)
+                    }
+                    other => Err(Status::failed_precondition(format!(
+                        "machine {id} is {} now",
+                        other.as_str()
+                    ))),
+                })
+                .await?;
                 if record.state == MachineState::Accepted {
-                    // Only if it is still accepted: a `machine reject` that
-                    // came meanwhile wins, and nothing is handed over.
-                    self.update(&id, |mut m| match m.state {
-                        MachineState::Accepted | MachineState::Joined => {
-                            m.state = MachineState::Joined;
-                            Ok(m)
-                        }
-                        other => Err(Status::failed_precondition(format!(
-                            "machine {id} is {} now",
-                            other.as_str()
-                        ))),
-                    })
-                    .await?;
                     tracing::info!("join: machine {id} has its {} config", record.role);
                 }
                 Ok(RegisterResponse {
                     machine_id: id,
                     state: MachineState::Joined.as_str().into(),
-                    config: made.into_bytes(),
+                    config: yaml.into_bytes(),
                     retry_after_ms: 0,
                 })
             }
         }
+    }
+
+    /// The names a joined worker's own machine token lets the trust service
+    /// sign: its registered hostname and addresses. `None` when `shown` is
+    /// no joined machine's token.
+    pub async fn node_names(&self, shown: &str) -> Result<Option<Vec<String>>, Status> {
+        let Ok(token) = JoinToken::parse(shown) else {
+            return Ok(None);
+        };
+        let machines = self.list::<MachineRecord>(MACHINES).await?;
+        Ok(machines
+            .into_iter()
+            .find(|m| {
+                m.state == MachineState::Joined
+                    && !m.node_token_sha256.is_empty()
+                    && token.matches(&m.node_token_sha256)
+            })
+            .map(|m| {
+                let mut names = m.facts.addresses;
+                names.push(m.facts.hostname);
+                names
+            }))
     }
 }
 
