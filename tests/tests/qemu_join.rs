@@ -1,13 +1,16 @@
 //! Joining by token in QEMU (docs/join.md): a control-plane VM from `gen
 //! config` bootstraps etcd, where join tokens and registrations are kept.
-//! A second VM boots the same image with only `slate.join=` on its kernel
-//! command line (no config drive, no config URL), registers, is listed
-//! as pending, and once accepted configures itself and answers the
+//! A second VM boots an ISO that `slate-image --join URL --join-token
+//! TOKEN` made of the same build (no config drive, no config URL),
+//! registers, is listed as pending, and once accepted configures itself and answers the
 //! admin's client config with a certificate the control plane signed; its
 //! config holds no machine CA key. A third VM gets an auto-accept token
 //! as user-data on a config drive and joins with no command. Calls then
 //! reach the workers through the control plane (`-e CP -n NODE`).
 //! Everything through slatectl.
+
+// Test code outside #[test] fns: a panic here fails the test.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -32,6 +35,39 @@ fn machines(config: &std::path::Path, cp: &str) -> Vec<serde_json::Value> {
 /// kernel's `ip=` (the LAN has no DHCP server), and the join URL.
 fn join_cmdline(i: usize, name: &str, kernel_arg: &str) -> String {
     format!("ip={}::::{name}:eth1:off {kernel_arg}", lan_ip(i))
+}
+
+/// An ISO of this build that joins by itself, as a user makes one:
+/// `slate-image --join URL --join-token TOKEN`, with node `i`'s LAN
+/// address on its command line too. The kernel package comes from the
+/// image's cache.
+fn joining_iso(
+    dir: &std::path::Path,
+    i: usize,
+    name: &str,
+    url: &str,
+    token: &str,
+) -> std::path::PathBuf {
+    let out = dir.join("join-image");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink(Artifacts::dir().join("cache"), out.join("cache")).unwrap();
+    let builder = slate_tests::artifacts::built("slate-image");
+    let ip = join_cmdline(i, name, "");
+    let status = std::process::Command::new(&builder)
+        .arg("--out")
+        .arg(&out)
+        .arg("--bin-dir")
+        .arg(builder.parent().unwrap())
+        .args(["--cmdline", ip.trim(), "--join", url, "--join-token", token])
+        .status()
+        .expect("running slate-image (make image builds it)");
+    assert!(status.success(), "slate-image --join failed");
+    let cmdline = std::fs::read_to_string(out.join("cmdline")).unwrap();
+    assert!(
+        cmdline.contains(&format!("slate.join=https://{token}@")),
+        "{cmdline}"
+    );
+    out.join("slate.iso")
 }
 
 #[tokio::test]
@@ -86,9 +122,16 @@ async fn nodes_booted_with_a_join_token_register_and_join() {
         "no secret in lists"
     );
 
-    // worker-1: only the join token.
+    // worker-1: an ISO made with the join token (BIOS, GRUB), no config.
+    let iso = joining_iso(
+        dir.path(),
+        1,
+        "worker-1",
+        token["join_url"].as_str().unwrap(),
+        token["token"].as_str().unwrap(),
+    );
+    cluster.nodes[1].opts.boot = Boot::Iso { iso, uefi: false };
     cluster.nodes[1].opts.config_drive = None;
-    cluster.nodes[1].opts.extra_cmdline = Some(join_cmdline(1, "worker-1", &kernel_arg));
     cluster.start(1).unwrap();
     let mut id = String::new();
     eventually(
