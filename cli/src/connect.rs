@@ -37,6 +37,16 @@ fn default_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".slate").join("config"))
 }
 
+/// The client config file: `--config`, `SLATECONFIG`, else
+/// `~/.slate/config`.
+pub fn config_path(global: &Global) -> anyhow::Result<PathBuf> {
+    global
+        .config
+        .clone()
+        .or_else(default_config_path)
+        .context("no client config: pass --config PATH or set SLATECONFIG")
+}
+
 /// Resolves `global` against the client config.
 pub fn session(global: &Global) -> anyhow::Result<Session> {
     let parse = |list: &[String]| {
@@ -66,11 +76,7 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
         });
     }
 
-    let path = global
-        .config
-        .clone()
-        .or_else(default_config_path)
-        .context("no client config: pass --config PATH or set SLATECONFIG")?;
+    let path = config_path(global)?;
     let config = ClientConfig::load(&path).with_context(|| {
         format!("loading the client config (create one with `slatectl gen config`, then pass --config {})", path.display())
     })?;

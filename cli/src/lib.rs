@@ -114,6 +114,8 @@ pub enum Command {
     /// Accept, reject or forget a registered machine.
     #[command(subcommand)]
     Machine(cmd::join::MachineCommand),
+    /// Print a shell completion script: `source <(slatectl completion bash)`.
+    Completion(cmd::completion::CompletionArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -122,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             block_on(cmd::join::gen_token(&cli.global, args))
         }
         Command::Gen(cmd) => cmd::gen_config::run(cmd),
+        Command::Completion(args) => cmd::completion::run(&args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::MachineConfig(cmd) => cmd::machineconfig::run(cmd),
         Command::Version(args) => block_on(cmd::version::run(&cli.global, args)),

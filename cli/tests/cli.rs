@@ -492,3 +492,121 @@ fn python_grpcio_calls_the_api_with_the_generated_client_config() {
     assert_eq!(reply.tag, env!("CARGO_PKG_VERSION"));
     assert!(!reply.kernel.is_empty(), "{reply:?}");
 }
+
+/// `config contexts|context|info|endpoint|node|merge` edit the client
+/// config in place, as talosctl's do; bad input is refused by name and
+/// leaves the file as it was.
+#[test]
+fn client_config_contexts_are_listed_switched_edited_and_merged() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    assert!(gen_config(a.path()).status.success());
+    let out = slatectl(&[
+        "gen",
+        "config",
+        "other",
+        "https://10.0.0.9:6443",
+        "-o",
+        b.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config = a.path().join("slateconfig");
+    let cfg = config.to_str().unwrap();
+
+    let out = slatectl(&["--config", cfg, "config", "contexts"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("CURRENT") && listed.contains("*") && listed.contains("demo"),
+        "{listed}"
+    );
+    assert!(listed.contains("os:admin"), "{listed}");
+
+    let merged = b.path().join("slateconfig");
+    let out = slatectl(&["--config", cfg, "config", "merge", merged.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Merging again adds the same context under a new name.
+    let out = slatectl(&["--config", cfg, "config", "merge", merged.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).contains("other-1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = slatectl(&["--config", cfg, "config", "contexts", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo", "other", "other-1"]);
+    assert!(
+        rows[2]["current"].as_bool().unwrap(),
+        "the merged file's context is current: {rows}"
+    );
+
+    let before = std::fs::read(&config).unwrap();
+    assert_fails_naming(
+        &slatectl(&["--config", cfg, "config", "context", "nope"]),
+        "nope",
+    );
+    assert_fails_naming(
+        &slatectl(&["--config", cfg, "config", "endpoint", "not a host"]),
+        "not a host",
+    );
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        before,
+        "nothing written on a refusal"
+    );
+
+    assert!(
+        slatectl(&["--config", cfg, "config", "context", "demo"])
+            .status
+            .success()
+    );
+    assert!(
+        slatectl(&[
+            "--config",
+            cfg,
+            "config",
+            "endpoint",
+            "10.0.0.1",
+            "10.0.0.2:50001"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        slatectl(&["--config", cfg, "config", "node", "10.0.0.3"])
+            .status
+            .success()
+    );
+    let out = slatectl(&["--config", cfg, "config", "info", "-o", "json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info[0]["name"], "demo");
+    assert_eq!(
+        info[0]["endpoints"],
+        serde_json::json!(["10.0.0.1", "10.0.0.2:50001"])
+    );
+    assert_eq!(info[0]["nodes"], serde_json::json!(["10.0.0.3"]));
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the file holds private keys"
+    );
+}
+
+#[test]
+fn completion_scripts_name_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = slatectl(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for word in ["slatectl", "apply-config", "machines", "join-token"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    assert_fails_naming(&slatectl(&["completion", "tcsh"]), "tcsh");
+}

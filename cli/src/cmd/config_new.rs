@@ -18,6 +18,28 @@ use crate::{Global, connect};
 pub enum ConfigCommand {
     /// Mint a client config for a role (os:admin, os:operator or os:reader).
     New(NewArgs),
+    /// List the contexts of the client config; `*` marks the current one.
+    Contexts {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: crate::output::Format,
+    },
+    /// Make a context the current one.
+    Context { name: String },
+    /// Show the context in use.
+    Info {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: crate::output::Format,
+    },
+    /// Set the endpoints of the context in use (none: clear them).
+    #[command(visible_alias = "endpoints")]
+    Endpoint { hosts: Vec<String> },
+    /// Set the default nodes of the context in use (none: clear them).
+    #[command(visible_alias = "nodes")]
+    Node { hosts: Vec<String> },
+    /// Add the contexts of another client config file to this one.
+    Merge { file: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -37,7 +59,18 @@ pub struct NewArgs {
 }
 
 pub async fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
-    let ConfigCommand::New(args) = cmd;
+    use super::contexts::{self, Field};
+    let args = match cmd {
+        ConfigCommand::New(args) => args,
+        ConfigCommand::Contexts { output } => return contexts::contexts(global, output),
+        ConfigCommand::Context { name } => return contexts::switch(global, &name),
+        ConfigCommand::Info { output } => return contexts::info(global, output),
+        ConfigCommand::Endpoint { hosts } => {
+            return contexts::set(global, Field::Endpoints, &hosts);
+        }
+        ConfigCommand::Node { hosts } => return contexts::set(global, Field::Nodes, &hosts),
+        ConfigCommand::Merge { file } => return contexts::merge(global, &file),
+    };
     if args.output.exists() && !args.force {
         bail!(
             "{} already exists; pass --force to overwrite",

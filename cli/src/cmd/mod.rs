@@ -1,7 +1,9 @@
 //! One module per subcommand.
 pub mod apply_config;
+pub mod completion;
 pub mod config_new;
 pub mod containers;
+pub mod contexts;
 pub mod etcd;
 pub mod gen_config;
 pub mod get;
