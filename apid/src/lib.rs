@@ -18,13 +18,16 @@
 //!   need a client certificate of the machine CA.
 //! - Calls that change the node are authorized here and forwarded to
 //!   machined's Unix socket.
+//! - A call naming another node (`x-slate-node`, `slatectl -e CP -n
+//!   NODE`) is authorized here, then forwarded to that node's apid with
+//!   the caller's role ([`proxy`]; the trust is in docs/join.md).
+//! - The server certificate is issued anew when the config or the node's
+//!   names change, and every 30 days ([`live`]).
 //! - TLS is terminated by our own accept loop ([`listener`]) so that a
 //!   refused client is logged with its address and reason.
 //!
 //! # Limitations
-//! - No proxying to other nodes yet (`-n` through `-e`).
-//! - The server certificate is re-issued when the config changes, but not
-//!   yet when the node's addresses change.
+//! - Forwarding goes one hop, from a node that holds the machine CA key.
 
 pub mod auth;
 pub mod boot;
