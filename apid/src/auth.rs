@@ -148,6 +148,24 @@ pub fn access_for(path: &str) -> Option<Access> {
     RULES.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
 }
 
+/// The caller's certificate (the first the TLS peer showed).
+pub fn peer_leaf<T>(request: &Request<T>) -> Result<Vec<u8>, Status> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| c.to_vec()))
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))
+}
+
+/// An HTTP request's caller as gRPC sees it, for the checks made before a
+/// handler runs (the gate, the proxy): its headers as metadata, and the
+/// peer certificates tonic put in its extensions for the connection.
+pub fn caller_of<B>(request: &http::Request<B>) -> Request<()> {
+    let mut probe = http::Request::new(());
+    *probe.extensions_mut() = request.extensions().clone();
+    *probe.headers_mut() = request.headers().clone();
+    Request::from_http(probe)
+}
+
 /// The caller's role: its certificate's, or, for a control-plane apid
 /// forwarding a call (a certificate of the machine CA with the
 /// Organization `os:impersonator`, which only holders of the CA key sign),
@@ -193,20 +211,15 @@ pub fn authorize<T>(
         };
     }
     let (Access::Role(needed) | Access::RoleOrMaintenance(needed)) = access;
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = peer_leaf(request)?;
     if let Some(ca) = ca_der
-        && !pki::issued_by(leaf, ca)
+        && !pki::issued_by(&leaf, ca)
     {
         return Err(Status::unauthenticated(
             "the client certificate is not from this node's machine CA",
         ));
     }
-    let role = caller_role(request, leaf)?;
+    let role = caller_role(request, &leaf)?;
     if role.allows(needed) {
         Ok(())
     } else {

@@ -14,6 +14,8 @@ use slate_proto::join::{
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::machine::machined_status;
+
 pub struct JoinApi {
     machined: JoinServiceClient<Channel>,
 }
@@ -26,18 +28,6 @@ impl JoinApi {
     }
 }
 
-/// machined's answer, its status kept; a machined that does not answer is
-/// named as such.
-fn from_machined<R>(result: Result<Response<R>, Status>) -> Result<Response<R>, Status> {
-    result.map_err(|s| {
-        if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
-            Status::unavailable(format!("machined is not answering: {}", s.message()))
-        } else {
-            s
-        }
-    })
-}
-
 macro_rules! forward {
     ($($method:ident($req:ty) -> $resp:ty;)*) => {
         #[tonic::async_trait]
@@ -45,7 +35,10 @@ macro_rules! forward {
             $(
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
                     let mut machined = self.machined.clone();
-                    from_machined(machined.$method(Request::new(request.into_inner())).await)
+                    machined
+                        .$method(Request::new(request.into_inner()))
+                        .await
+                        .map_err(machined_status)
                 }
             )*
         }

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::boot::{self, Mode, Paths, Published};
 
 /// How often the API certificate (valid a year) is issued anew.
-pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+pub use slate_common::constants::CERT_RENEW_EVERY as RENEW_EVERY;
 
 /// Why the certificate is looked at again.
 enum Cause {
@@ -69,6 +69,7 @@ pub async fn follow(
             _ = renewal.tick() => Cause::Renewal,
         };
         let current = mode.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let configured = matches!(current, Mode::Configured(_));
         let now = match cause {
             Cause::Config => match published.mode() {
                 Some(now) if now != current && failed.as_ref() != Some(&now) => now,
@@ -76,12 +77,8 @@ pub async fn follow(
             },
             // Same mode, new names: only a configured node's certificate
             // names its addresses from a CA.
-            Cause::Addresses
-                if names_of(&current).is_some() && names_of(&current) != issued_for =>
-            {
-                current
-            }
-            Cause::Renewal if names_of(&current).is_some() => current,
+            Cause::Addresses if configured && names_of(&current) != issued_for => current,
+            Cause::Renewal if configured => current,
             Cause::Addresses | Cause::Renewal => continue,
         };
         match boot::tls_for(&now, &key, &paths, &trust).await {

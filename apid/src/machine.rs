@@ -97,15 +97,19 @@ where
     F: FnOnce(MachineServiceClient<Channel>, Request<T>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
-    call(client, request).await.map_err(|s| {
-        // Only a transport failure carries a source; an Unavailable that
-        // machined itself returned (etcd unreachable) is passed on as is.
-        if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
-            Status::unavailable(format!("machined is not answering: {}", s.message()))
-        } else {
-            s
-        }
-    })
+    call(client, request).await.map_err(machined_status)
+}
+
+/// machined's answer to a forwarded call, its status kept; a machined that
+/// does not answer is named as such.
+pub fn machined_status(s: Status) -> Status {
+    // Only a transport failure carries a source; an Unavailable that
+    // machined itself returned (etcd unreachable) is passed on as is.
+    if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
+        Status::unavailable(format!("machined is not answering: {}", s.message()))
+    } else {
+        s
+    }
 }
 
 #[tonic::async_trait]

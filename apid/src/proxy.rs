@@ -158,26 +158,15 @@ impl Forwarder {
     }
 }
 
-/// The caller's own role, from its certificate (the gate has checked it
-/// chains to the machine CA). A forwarding apid's call is not forwarded
-/// again.
+/// The caller's own role, from its certificate, by the gate's rule
+/// ([`crate::auth::caller_role`]: an impersonator's call naming a node is
+/// refused, so nothing is forwarded twice). In maintenance mode the gate
+/// let the caller in without a certificate: then there is none, and
+/// nothing is forwarded.
 fn caller_role(request: &http::Request<Body>) -> Result<slate_pki::Role, Status> {
-    let mut probe = http::Request::new(());
-    *probe.extensions_mut() = request.extensions().clone();
-    let probe = tonic::Request::from_http(probe);
-    let certs = probe
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("forwarding needs a client certificate"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("forwarding needs a client certificate"))?;
-    if slate_pki::is_impersonator(leaf) {
-        return Err(Status::permission_denied(
-            "a forwarded call is not forwarded again",
-        ));
-    }
-    slate_pki::role_of(leaf)
-        .map_err(|e| Status::permission_denied(format!("client certificate: {e}")))
+    let caller = crate::auth::caller_of(request);
+    let leaf = crate::auth::peer_leaf(&caller)?;
+    crate::auth::caller_role(&caller, &leaf)
 }
 
 #[derive(Clone)]

@@ -47,6 +47,40 @@ pub fn config_path(global: &Global) -> anyhow::Result<PathBuf> {
         .context("no client config: pass --config PATH or set SLATECONFIG")
 }
 
+/// Reads the client config at `path`.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<ClientConfig> {
+    ClientConfig::load(path).with_context(|| {
+        format!(
+            "loading the client config (create one with `slatectl gen config`, then pass --config {})",
+            path.display()
+        )
+    })
+}
+
+/// The context in use: `--context`, else the config's current one, else
+/// its only one.
+pub fn context_name(
+    global: &Global,
+    config: &ClientConfig,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    global
+        .context
+        .clone()
+        .or_else(|| config.context.clone())
+        .or_else(|| {
+            (config.contexts.len() == 1)
+                .then(|| config.contexts.keys().next().cloned())
+                .flatten()
+        })
+        .with_context(|| {
+            format!(
+                "{}: no current context; pass --context NAME",
+                path.display()
+            )
+        })
+}
+
 /// Resolves `global` against the client config.
 pub fn session(global: &Global) -> anyhow::Result<Session> {
     let parse = |list: &[String]| {
@@ -77,24 +111,8 @@ pub fn session(global: &Global) -> anyhow::Result<Session> {
     }
 
     let path = config_path(global)?;
-    let config = ClientConfig::load(&path).with_context(|| {
-        format!("loading the client config (create one with `slatectl gen config`, then pass --config {})", path.display())
-    })?;
-    let name = global
-        .context
-        .clone()
-        .or_else(|| config.context.clone())
-        .or_else(|| {
-            (config.contexts.len() == 1)
-                .then(|| config.contexts.keys().next().cloned())
-                .flatten()
-        })
-        .with_context(|| {
-            format!(
-                "{}: no current context; pass --context NAME",
-                path.display()
-            )
-        })?;
+    let config = load_config(&path)?;
+    let name = context_name(global, &config, &path)?;
     let context = config
         .contexts
         .get(&name)

@@ -113,6 +113,10 @@ pub const MKE2FS_BIN: &str = "/usr/sbin/mke2fs";
 /// machined's socket, and apid never forwards its callers' metadata.
 pub const UNAUTHENTICATED_HEADER: &str = "x-slate-unauthenticated";
 
+/// How often the daemons make their certificates anew (apid's server and
+/// proxy certificates, the trust service's): each is valid a year.
+pub const CERT_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// gRPC metadata naming the node a call is for (`slatectl -e CP -n
 /// NODE`): the apid it reaches forwards it there (docs/join.md).
 pub const NODE_HEADER: &str = "x-slate-node";

@@ -49,7 +49,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// How often the network service's certificate (valid a year) is made
 /// anew.
-const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+use slate_common::constants::CERT_RENEW_EVERY as RENEW_EVERY;
 
 /// The machine CA of the running config, with its key: (certificate PEM,
 /// authority).
@@ -180,6 +180,17 @@ fn sign_nothing(refused: &[String]) -> Result<Response<CertificateResponse>, Sta
     )))
 }
 
+/// Where the control plane's trust service is: the control-plane
+/// endpoint's host on [`TRUST_PORT`] (`HOST:PORT`). Workers send their
+/// signing requests there, and join URLs name it.
+pub fn service_target(config: &MachineConfig) -> Result<String, Status> {
+    let endpoint = &config.cluster.control_plane.endpoint;
+    let mut at = slate_common::hostport::HostPort::from_https_url(endpoint, Some(6443))
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    at.port = TRUST_PORT;
+    Ok(at.to_string())
+}
+
 /// Sends `csr_pem` to a control-plane node's trust service with the
 /// machine token, trusting only a server of the machine CA, and checks
 /// the answer chains to that CA.
@@ -196,13 +207,7 @@ async fn signed_remotely(
         .map_err(|e| Status::internal(format!("machine.ca.crt: {e}")))?;
     let target = match remote {
         Some(target) => target.to_owned(),
-        None => {
-            let endpoint = &config.cluster.control_plane.endpoint;
-            let mut at = slate_common::hostport::HostPort::from_https_url(endpoint, Some(6443))
-                .map_err(|e| Status::failed_precondition(e.to_string()))?;
-            at.port = TRUST_PORT;
-            at.to_string()
-        }
+        None => service_target(config)?,
     };
     let unavailable =
         |e: &dyn std::fmt::Display| Status::unavailable(format!("trust service at {target}: {e}"));

@@ -289,7 +289,7 @@ async fn a_node_with_only_a_join_token_registers_and_joins_once_accepted() {
     let signed = certificate(&cp, &config.machine.token, &asked)
         .await
         .unwrap();
-    assert_eq!(sans(&signed.crt_pem), vec!["127.0.0.1".to_owned()]);
+    assert_eq!(common::sans(&signed.crt_pem), vec!["127.0.0.1".to_owned()]);
     for foreign in ["10.99.0.7", "other.example"] {
         assert!(
             signed.refused_names.contains(&foreign.to_owned()),
@@ -304,7 +304,7 @@ async fn a_node_with_only_a_join_token_registers_and_joins_once_accepted() {
     let any = certificate(&cp, &cp.config.machine.token, &asked)
         .await
         .unwrap();
-    assert!(sans(&any.crt_pem).contains(&"10.99.0.7".to_owned()));
+    assert!(common::sans(&any.crt_pem).contains(&"10.99.0.7".to_owned()));
 }
 
 /// A server certificate from the control plane's trust service, asked
@@ -331,26 +331,6 @@ async fn certificate(
         .certificate(request)
         .await
         .map(tonic::Response::into_inner)
-}
-
-/// The subject alternative names of a PEM certificate, as text.
-fn sans(pem: &str) -> Vec<String> {
-    let der = slate_pki::pem_to_der(pem).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    san.general_names
-        .iter()
-        .map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
-            x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
-                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
-            }
-            x509_parser::extensions::GeneralName::IPAddress(b) => {
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
-            }
-            other => format!("{other:?}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -44,25 +44,6 @@ async fn machined(
     (paths, bundle)
 }
 
-fn sans(pem: &str) -> Vec<String> {
-    let der = slate_pki::pem_to_der(pem).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    san.general_names
-        .iter()
-        .map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
-            x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
-                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
-            }
-            x509_parser::extensions::GeneralName::IPAddress(b) => {
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
-            }
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn apid_s_certificate_is_signed_for_the_node_s_names_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +81,7 @@ async fn apid_s_certificate_is_signed_for_the_node_s_names_only() {
         &slate_pki::pem_to_der(&ca_pem).unwrap()
     ));
     assert_eq!(
-        sans(&signed.crt_pem),
+        common::sans(&signed.crt_pem),
         [hostname.as_str(), "127.0.0.1", "api.example"]
     );
     assert_eq!(signed.refused_names, ["192.0.2.77", "evil.example"]);
@@ -221,7 +202,7 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
         &slate_pki::pem_to_der(&signed.crt_pem).unwrap(),
         &slate_pki::pem_to_der(&ca_pem).unwrap()
     ));
-    assert_eq!(sans(&signed.crt_pem), ["localhost", "127.0.0.1"]);
+    assert_eq!(common::sans(&signed.crt_pem), ["localhost", "127.0.0.1"]);
     assert_eq!(signed.refused_names, ["192.0.2.10"]);
     // The hostname is the worker's, but here also the control plane's:
     // the control plane signs no certificate for its own names.
@@ -303,7 +284,7 @@ async fn a_worker_without_the_ca_key_gets_its_certificate_from_the_control_plane
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(sans(&signed.crt_pem), ["w.example", "192.0.2.10"]);
+    assert_eq!(common::sans(&signed.crt_pem), ["w.example", "192.0.2.10"]);
     assert_eq!(signed.refused_names, ["10.0.0.1"]);
 }
 

@@ -173,23 +173,7 @@ impl Authority {
 
     /// A client certificate for `role` (Ed25519, 1 year).
     pub fn issue_client(&self, common_name: &str, role: Role) -> Result<CertAndKey, PkiError> {
-        let key = generate(&rcgen::PKCS_ED25519)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name, Some(role.as_str()));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = validity(365);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|source| PkiError::Sign {
-                what: "client",
-                source,
-            })?;
-        Ok(CertAndKey {
-            cert_pem: cert.pem(),
-            key_pem: keys::to_pem(&key),
-        })
+        self.issue_client_of(common_name, role.as_str(), "client")
     }
 
     /// The client certificate apid on a control-plane node forwards calls
@@ -197,19 +181,27 @@ impl Authority {
     /// takes the caller's role apid names only from such a certificate
     /// (Ed25519, 1 year).
     pub fn issue_impersonator(&self, common_name: &str) -> Result<CertAndKey, PkiError> {
+        self.issue_client_of(common_name, IMPERSONATOR, "impersonator")
+    }
+
+    /// A client certificate (Ed25519, 1 year) whose Organization is
+    /// `organization`; `what` names it in errors.
+    fn issue_client_of(
+        &self,
+        common_name: &str,
+        organization: &str,
+        what: &'static str,
+    ) -> Result<CertAndKey, PkiError> {
         let key = generate(&rcgen::PKCS_ED25519)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name, Some(IMPERSONATOR));
+        params.distinguished_name = name(common_name, Some(organization));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity(365);
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|source| PkiError::Sign {
-                what: "impersonator",
-                source,
-            })?;
+            .map_err(|source| PkiError::Sign { what, source })?;
         Ok(CertAndKey {
             cert_pem: cert.pem(),
             key_pem: keys::to_pem(&key),

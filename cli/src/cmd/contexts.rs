@@ -13,29 +13,6 @@ use slate_config::clientconfig::ClientConfig;
 use crate::output::{self, Format, Rows};
 use crate::{Global, connect};
 
-fn load(path: &Path) -> anyhow::Result<ClientConfig> {
-    ClientConfig::load(path).with_context(|| {
-        format!(
-            "loading the client config (`slatectl gen config` writes one; pass --config {})",
-            path.display()
-        )
-    })
-}
-
-/// The context `global` names, else the config's current one.
-fn current(global: &Global, config: &ClientConfig, path: &Path) -> anyhow::Result<String> {
-    global
-        .context
-        .clone()
-        .or_else(|| config.context.clone())
-        .with_context(|| {
-            format!(
-                "{}: no current context; pass --context NAME",
-                path.display()
-            )
-        })
-}
-
 #[derive(Debug, Serialize)]
 struct Row {
     current: bool,
@@ -90,15 +67,15 @@ fn rows(config: &ClientConfig) -> Vec<Row> {
 /// `config contexts`: every context, the current one marked.
 pub fn contexts(global: &Global, format: Format) -> anyhow::Result<ExitCode> {
     let path = connect::config_path(global)?;
-    output::print(format, &rows(&load(&path)?))?;
+    output::print(format, &rows(&connect::load_config(&path)?))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `config info`: the context in use.
 pub fn info(global: &Global, format: Format) -> anyhow::Result<ExitCode> {
     let path = connect::config_path(global)?;
-    let config = load(&path)?;
-    let name = current(global, &config, &path)?;
+    let config = connect::load_config(&path)?;
+    let name = connect::context_name(global, &config, &path)?;
     let row: Vec<Row> = rows(&config)
         .into_iter()
         .filter(|r| r.name == name)
@@ -113,7 +90,7 @@ pub fn info(global: &Global, format: Format) -> anyhow::Result<ExitCode> {
 /// `config context NAME`: makes NAME the current context.
 pub fn switch(global: &Global, name: &str) -> anyhow::Result<ExitCode> {
     let path = connect::config_path(global)?;
-    let mut config = load(&path)?;
+    let mut config = connect::load_config(&path)?;
     if !config.contexts.contains_key(name) {
         bail!(
             "{}: no context named {name:?} (there are: {})",
@@ -146,8 +123,8 @@ pub fn set(global: &Global, field: Field, hosts: &[String]) -> anyhow::Result<Ex
         slate_client::parse_target(host)?;
     }
     let path = connect::config_path(global)?;
-    let mut config = load(&path)?;
-    let name = current(global, &config, &path)?;
+    let mut config = connect::load_config(&path)?;
+    let name = connect::context_name(global, &config, &path)?;
     let ctx = config
         .contexts
         .get_mut(&name)
@@ -165,9 +142,9 @@ pub fn set(global: &Global, field: Field, hosts: &[String]) -> anyhow::Result<Ex
 /// current context becomes current.
 pub fn merge(global: &Global, file: &Path) -> anyhow::Result<ExitCode> {
     let path = connect::config_path(global)?;
-    let incoming = load(file)?;
+    let incoming = connect::load_config(file)?;
     let mut config = if path.exists() {
-        load(&path)?
+        connect::load_config(&path)?
     } else {
         ClientConfig::default()
     };

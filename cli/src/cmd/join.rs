@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use slate_client::Conn;
@@ -101,14 +101,7 @@ fn patch_text(arg: Option<&str>) -> anyhow::Result<String> {
     let Some(arg) = arg else {
         return Ok(String::new());
     };
-    let (name, text) = match arg.strip_prefix('@') {
-        Some(path) => (
-            path.to_owned(),
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the patch file {path}"))?,
-        ),
-        None => ("--config-patch".to_owned(), arg.to_owned()),
-    };
+    let (name, text) = super::patch_args::read(arg, "--config-patch")?;
     slate_config::patch::Patch::parse(&text, &name)?;
     Ok(text)
 }

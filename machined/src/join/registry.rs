@@ -591,12 +591,7 @@ fn signed(request: &RegisterRequest) -> Result<Registration, Status> {
 /// The join URL of this control plane, without a token: the control-plane
 /// endpoint's host on the trust port, and the machine CA's digest.
 pub fn service_url(config: &MachineConfig) -> Result<String, Status> {
-    let mut at = slate_common::hostport::HostPort::from_https_url(
-        &config.cluster.control_plane.endpoint,
-        Some(6443),
-    )
-    .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    at.port = slate_common::constants::TRUST_PORT;
+    let target = crate::trust::service_target(config)?;
     let ca = config
         .machine
         .ca
@@ -604,5 +599,5 @@ pub fn service_url(config: &MachineConfig) -> Result<String, Status> {
         .ok()
         .and_then(|pem| slate_pki::pem_to_der(&pem).ok())
         .ok_or_else(|| Status::internal("machine.ca.crt does not parse"))?;
-    Ok(slate_config::join::service_url(&at.to_string(), &ca))
+    Ok(slate_config::join::service_url(&target, &ca))
 }
