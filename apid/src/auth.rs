@@ -89,6 +89,15 @@ pub const RULES: &[(&str, Access)] = &[
         "/slate.machine.v1.MachineService/Containers",
         Access::Role(Role::Reader),
     ),
+    // A kubeconfig of system:masters is the whole cluster.
+    (
+        "/slate.machine.v1.MachineService/Kubeconfig",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/StaticPods",
+        Access::Role(Role::Reader),
+    ),
     // The resource types answered in maintenance mode are narrowed
     // further by [`MAINTENANCE_TYPES`].
     (

@@ -14,9 +14,10 @@ use slate_proto::machine::{
     EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse,
     EtcdSnapshotChunk, EtcdSnapshotRequest, GenerateClientConfigurationRequest,
     GenerateClientConfigurationResponse, GetMachineConfigRequest, GetMachineConfigResponse,
-    LogLine, LogsRequest, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
-    ServiceActionRequest, ServiceActionResponse, ServiceListRequest, ServiceListResponse,
-    ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    KubeconfigRequest, KubeconfigResponse, LogLine, LogsRequest, ProcessesRequest,
+    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest, ServiceActionResponse,
+    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, StaticPodsRequest,
+    StaticPodsResponse, VersionRequest, VersionResponse,
 };
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
@@ -326,6 +327,30 @@ impl MachineService for MachineApi {
             self.machined(),
             Request::new(request.into_inner()),
             |mut c, r| async move { c.containers(r).await },
+        )
+        .await
+    }
+
+    async fn kubeconfig(
+        &self,
+        request: Request<KubeconfigRequest>,
+    ) -> Result<Response<KubeconfigResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.kubeconfig(r).await },
+        )
+        .await
+    }
+
+    async fn static_pods(
+        &self,
+        request: Request<StaticPodsRequest>,
+    ) -> Result<Response<StaticPodsResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.static_pods(r).await },
         )
         .await
     }

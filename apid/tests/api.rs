@@ -134,8 +134,8 @@ async fn every_rpc_checks_its_role() {
     use slate_proto::machine::{
         BootstrapRequest, ContainersRequest, DmesgRequest, EtcdLeaveRequest, EtcdMembersRequest,
         EtcdRemoveMemberRequest, EtcdSnapshotRequest, GenerateClientConfigurationRequest,
-        LogsRequest, RebootRequest, ServiceActionKind, ServiceActionRequest, ServiceListRequest,
-        ShutdownRequest,
+        KubeconfigRequest, LogsRequest, RebootRequest, ServiceActionKind, ServiceActionRequest,
+        ServiceListRequest, ShutdownRequest, StaticPodsRequest,
     };
     // This machined runs no etcd and no containerd: a call that gets
     // through is answered with that, which is not a refusal.
@@ -179,6 +179,8 @@ async fn every_rpc_checks_its_role() {
         ("etcd leave", "EtcdLeave"),
         ("etcd remove-member", "EtcdRemoveMember"),
         ("containers", "Containers"),
+        ("kubeconfig", "Kubeconfig"),
+        ("get staticpods", "StaticPods"),
     ];
     let least_of = |access: Access| {
         let (Access::Role(r) | Access::RoleOrMaintenance(r)) = access;
@@ -210,6 +212,8 @@ async fn every_rpc_checks_its_role() {
         ("version", Role::Reader),
         ("reboot", Role::Operator),
         ("apply-config", Role::Admin),
+        ("kubeconfig", Role::Admin),
+        ("get staticpods", Role::Reader),
     ] {
         assert!(table.contains(&(rpc, least)), "{rpc} should need {least}");
     }
@@ -291,6 +295,11 @@ async fn every_rpc_checks_its_role() {
                     .await,
                 ),
                 "containers" => reached(api.containers(ContainersRequest::default()).await),
+                "kubeconfig" => api.kubeconfig(KubeconfigRequest {}).await.map(|r| {
+                    let yaml = String::from_utf8(r.into_inner().kubeconfig).unwrap();
+                    assert!(yaml.contains("client-key-data"), "{yaml}");
+                }),
+                "get staticpods" => api.static_pods(StaticPodsRequest {}).await.map(drop),
                 _ => unreachable!(),
             };
             match result {

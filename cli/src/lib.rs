@@ -114,6 +114,9 @@ pub enum Command {
     /// Accept, reject or forget a registered machine.
     #[command(subcommand)]
     Machine(cmd::join::MachineCommand),
+    /// Get an admin kubeconfig from a control-plane node (merged into
+    /// ~/.kube/config by default).
+    Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
     /// Print a shell completion script: `source <(slatectl completion bash)`.
     Completion(cmd::completion::CompletionArgs),
 }
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::JoinToken(cmd) => block_on(cmd::join::token(&cli.global, cmd)),
         Command::Machines(args) => block_on(cmd::join::machines(&cli.global, args)),
         Command::Machine(cmd) => block_on(cmd::join::machine(&cli.global, cmd)),
+        Command::Kubeconfig(args) => block_on(cmd::kubeconfig::run(&cli.global, args)),
     }
 }
 

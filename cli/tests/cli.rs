@@ -610,3 +610,173 @@ fn completion_scripts_name_the_commands() {
     }
     assert_fails_naming(&slatectl(&["completion", "tcsh"]), "tcsh");
 }
+
+/// `slatectl kubeconfig`: the node's admin kubeconfig, written, refused
+/// over an existing file, merged into one (as kubectl reads it), and
+/// refused to a reader.
+#[test]
+fn kubeconfig_is_written_merged_and_only_for_admins() {
+    if let Some(why) = slate_testskip::unless_installed(&["kubectl"]) {
+        slate_testskip::skip("kubeconfig_is_written_merged_and_only_for_admins", why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = configured_apid(dir.path());
+    let config = dir.path().join("slateconfig");
+    let config = config.to_str().unwrap();
+    let kubectl_view = |path: &Path| -> serde_json::Value {
+        let out = Command::new("kubectl")
+            .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let path = dir.path().join("kube").join("config");
+    let out = slatectl(&[
+        "--config",
+        config,
+        "-n",
+        &node,
+        "kubeconfig",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let view = kubectl_view(&path);
+    assert_eq!(view["current-context"], "admin@demo");
+    assert_eq!(
+        view["clusters"][0]["cluster"]["server"],
+        "https://127.0.0.1:6443"
+    );
+
+    // Its certificate is the cluster CA's, for system:masters.
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    std::fs::write(
+        dir.path().join("admin.crt"),
+        b64(&view["users"][0]["user"]["client-certificate-data"]),
+    )
+    .unwrap();
+    let cp = slate_config::MachineConfig::parse(
+        &std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap(),
+        "controlplane.yaml",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("k8s-ca.crt"),
+        cp.cluster.ca.crt_pem().unwrap(),
+    )
+    .unwrap();
+    let verify = Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["verify", "-CAfile", "k8s-ca.crt", "admin.crt"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        text(&verify.stdout) + &text(&verify.stderr)
+    );
+    let subject = Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["x509", "-in", "admin.crt", "-noout", "-subject"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&subject.stdout).contains("O = system:masters"),
+        "{}",
+        text(&subject.stdout)
+    );
+
+    // The file exists: refused without --merge or --force, untouched.
+    let before = std::fs::read(&path).unwrap();
+    let out = slatectl(&[
+        "--config",
+        config,
+        "-n",
+        &node,
+        "kubeconfig",
+        path.to_str().unwrap(),
+    ]);
+    assert_fails_naming(&out, "exists: --merge");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // Merged into another cluster's kubeconfig: both, this one current.
+    let other = dir.path().join("other");
+    std::fs::write(
+        &other,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://other:6443\n\
+         users:\n- name: me\n  user:\n    token: abc\ncontexts:\n- name: other\n  context:\n    cluster: other\n    user: me\n\
+         current-context: other\n",
+    )
+    .unwrap();
+    let out = slatectl(&[
+        "--config",
+        config,
+        "-n",
+        &node,
+        "kubeconfig",
+        "--merge",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let view = kubectl_view(&other);
+    let names: Vec<&str> = view["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // kubectl lists them by name.
+    assert_eq!(names, ["admin@demo", "other"]);
+    assert_eq!(view["current-context"], "admin@demo");
+
+    // Garbage is not merged into, nor overwritten.
+    std::fs::write(&other, "clusters: [").unwrap();
+    let out = slatectl(&[
+        "--config",
+        config,
+        "-n",
+        &node,
+        "kubeconfig",
+        "--merge",
+        other.to_str().unwrap(),
+    ]);
+    assert_fails_naming(&out, "not a kubeconfig, not merged");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "clusters: [");
+
+    // A reader gets no kubeconfig.
+    let reader = dir.path().join("reader");
+    let out = slatectl(&[
+        "--config",
+        config,
+        "-n",
+        &node,
+        "config",
+        "new",
+        "--roles",
+        "os:reader",
+        "-o",
+        reader.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = slatectl(&[
+        "--config",
+        reader.to_str().unwrap(),
+        "-n",
+        &node,
+        "kubeconfig",
+        "-",
+    ]);
+    assert_fails_naming(&out, "os:admin");
+}

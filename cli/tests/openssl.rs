@@ -66,14 +66,16 @@ fn key_der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// openssl reads `key_pem` (written to `NAME.key`), and it is a 48-byte
-/// PKCS#8 v1 Ed25519 key.
+/// openssl reads `key_pem` (written to `NAME.key`), and it is PKCS#8 v1:
+/// a 48-byte Ed25519 key, or (the Kubernetes CAs) an ECDSA P-256 one.
 fn check_key(dir: &Path, name: &str, key_pem: &str) {
     let der = key_der(key_pem);
-    assert_eq!(
-        (der.len(), &der[..5]),
-        (48, &[0x30, 0x2e, 0x02, 0x01, 0x00][..]),
-        "{name}: not a PKCS#8 v1 Ed25519 key"
+    let ed25519_v1 = der.len() == 48 && der[..5] == [0x30, 0x2e, 0x02, 0x01, 0x00];
+    let ecdsa_v1 = der[..6] == [0x30, 0x81, 0x87, 0x02, 0x01, 0x00];
+    assert!(
+        ed25519_v1 || ecdsa_v1,
+        "{name}: not a PKCS#8 v1 Ed25519 or ECDSA key: {:?}",
+        &der[..6]
     );
     let file = format!("{name}.key");
     std::fs::write(dir.join(&file), key_pem).unwrap();
@@ -112,9 +114,15 @@ fn check_machine_config_keys(dir: &Path, path: &Path) {
         ("machine-ca", &config.machine.ca),
         ("kubernetes-ca", &config.cluster.ca),
         ("etcd-ca", etcd),
+        (
+            "front-proxy-ca",
+            config.cluster.aggregator_ca.as_ref().unwrap(),
+        ),
     ] {
         check_key(dir, name, &pair.key_pem().unwrap().unwrap());
     }
+    let sa = config.cluster.service_account.as_ref().unwrap();
+    check_key(dir, "service-account", &sa.key_pem().unwrap());
 }
 
 #[test]
@@ -139,9 +147,12 @@ fn openssl_reads_the_keys_and_verifies_the_certificates_gen_config_writes() {
         ("os", &secrets.certs.os),
         ("k8s", &secrets.certs.k8s),
         ("etcd", &secrets.certs.etcd),
+        ("aggregator", &secrets.certs.aggregator),
     ] {
         check_key(dir, name, &pair.key_pem().unwrap().unwrap());
     }
+    let sa = secrets.certs.service_account.key_pem().unwrap();
+    check_key(dir, "service-account", &sa);
 }
 
 /// A `secrets.yaml` from before keys were v1 holds ring's PKCS#8 v2 CA
@@ -157,11 +168,9 @@ fn gen_config_reads_secrets_with_v2_keys_written_before() {
     slatectl(dir, &["gen", "secrets", "-o", "secrets.yaml"]);
     let text = std::fs::read_to_string(dir.join("secrets.yaml")).unwrap();
     let mut secrets = Secrets::parse(&text, "secrets.yaml").unwrap();
-    for pair in [
-        &mut secrets.certs.os,
-        &mut secrets.certs.k8s,
-        &mut secrets.certs.etcd,
-    ] {
+    // The Ed25519 CAs (the Kubernetes ones are ECDSA, which ring
+    // always wrote as v1).
+    for pair in [&mut secrets.certs.os, &mut secrets.certs.etcd] {
         let v2 = as_v2(dir, &pair.key_pem().unwrap().unwrap());
         *pair = PemKeyPair::from_pem(&pair.crt_pem().unwrap(), Some(&v2));
     }

@@ -59,6 +59,10 @@ pub struct Certs {
     pub k8s: PemKeyPair,
     /// etcd CA.
     pub etcd: PemKeyPair,
+    /// Front-proxy (aggregation layer) CA.
+    pub aggregator: PemKeyPair,
+    /// Service-account token signing key (ECDSA P-256), base64 PEM.
+    pub service_account: crate::ServiceAccount,
 }
 
 impl Secrets {
@@ -68,6 +72,13 @@ impl Secrets {
             let ca = pki::generate_ca(&format!("{name} {what} CA"))?;
             Ok(PemKeyPair::from_pem(&ca.cert_pem, Some(&ca.key_pem)))
         };
+        // The Kubernetes CAs are ECDSA: not every Kubernetes client
+        // verifies Ed25519 (see `pki::generate_ca_ecdsa`).
+        let k8s_ca = |what: &str| -> Result<PemKeyPair, GenerateError> {
+            let ca = pki::generate_ca_ecdsa(&format!("{name} {what} CA"))?;
+            Ok(PemKeyPair::from_pem(&ca.cert_pem, Some(&ca.key_pem)))
+        };
+        let (sa_key, _) = pki::leaf::generate_signing_key()?;
         Ok(Self {
             cluster: ClusterSecrets {
                 id: random_b64()?,
@@ -78,8 +89,12 @@ impl Secrets {
             },
             certs: Certs {
                 os: ca("machine")?,
-                k8s: ca("kubernetes")?,
+                k8s: k8s_ca("kubernetes")?,
                 etcd: ca("etcd")?,
+                aggregator: k8s_ca("front-proxy")?,
+                service_account: crate::ServiceAccount {
+                    key: base64::engine::general_purpose::STANDARD.encode(sa_key),
+                },
             },
         })
     }
@@ -96,6 +111,7 @@ impl Secrets {
             ("certs.os", &s.certs.os),
             ("certs.k8s", &s.certs.k8s),
             ("certs.etcd", &s.certs.etcd),
+            ("certs.aggregator", &s.certs.aggregator),
         ] {
             let has_key = pair.key_pem().ok().flatten().is_some();
             if !has_key || pair.crt_pem().is_err() {
@@ -105,7 +121,18 @@ impl Secrets {
                 });
             }
         }
-        for pair in [&mut s.certs.os, &mut s.certs.k8s, &mut s.certs.etcd] {
+        if s.certs.service_account.key_pem().is_err() {
+            return Err(GenerateError::Secrets {
+                source_name: source_name.to_owned(),
+                reason: "certs.serviceAccount.key: needs a base64 PEM private key".into(),
+            });
+        }
+        for pair in [
+            &mut s.certs.os,
+            &mut s.certs.k8s,
+            &mut s.certs.etcd,
+            &mut s.certs.aggregator,
+        ] {
             if let (Ok(crt), Ok(Some(key))) = (pair.crt_pem(), pair.key_pem()) {
                 *pair = PemKeyPair::from_pem(&crt, Some(&slate_pki::keys::to_v1_pem(&key)));
             }
@@ -204,6 +231,15 @@ pub fn generate(opts: &Options) -> Result<Bundle, GenerateError> {
                 },
                 mesh: Mesh::default(),
                 api_balancer: ApiBalancer::default(),
+                // The front-proxy CA and the token key sign; workers
+                // have no use for either.
+                aggregator_ca: controlplane.then(|| secrets.certs.aggregator.clone()),
+                service_account: controlplane.then(|| secrets.certs.service_account.clone()),
+                api_server: Default::default(),
+                controller_manager: Default::default(),
+                scheduler: Default::default(),
+                proxy: Default::default(),
+                core_dns: Default::default(),
             },
         }
     };
@@ -243,6 +279,8 @@ pub fn for_role(from: &MachineConfig, role: MachineType) -> MachineConfig {
     cluster.ca = public(&from.cluster.ca);
     if !controlplane {
         cluster.etcd.ca = None;
+        cluster.aggregator_ca = None;
+        cluster.service_account = None;
     }
     MachineConfig {
         version: CONFIG_VERSION.into(),

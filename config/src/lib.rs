@@ -23,6 +23,7 @@ pub mod extension_service;
 pub mod feed;
 pub mod generate;
 pub mod join;
+mod kubernetes;
 pub mod patch;
 mod schema;
 mod validate;

@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::kubernetes::*;
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -311,6 +313,32 @@ pub struct Cluster {
     /// The local Kubernetes API load balancer on every node.
     #[serde(default, skip_serializing_if = "is_default")]
     pub api_balancer: ApiBalancer,
+    /// The front-proxy (aggregation layer) CA; control-plane nodes only,
+    /// with its key.
+    #[serde(
+        rename = "aggregatorCA",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub aggregator_ca: Option<PemKeyPair>,
+    /// The service-account token signing key; control-plane nodes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccount>,
+    /// kube-apiserver, a static pod on control-plane nodes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub api_server: ApiServer,
+    /// kube-controller-manager, a static pod on control-plane nodes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub controller_manager: Component,
+    /// kube-scheduler, a static pod on control-plane nodes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scheduler: Component,
+    /// kube-proxy, a DaemonSet applied once the API answers.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub proxy: Addon,
+    /// CoreDNS, applied once the API answers.
+    #[serde(rename = "coreDNS", default, skip_serializing_if = "is_default")]
+    pub core_dns: Addon,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +358,9 @@ pub struct ClusterNetwork {
     /// DNS domain of the cluster's services.
     #[serde(default = "default_dns_domain")]
     pub dns_domain: String,
+    /// The pod network deployed with the cluster.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cni: Cni,
 }
 
 fn default_dns_domain() -> String {
@@ -342,6 +373,7 @@ impl Default for ClusterNetwork {
             pod_subnets: vec!["10.244.0.0/16".into()],
             service_subnets: vec!["10.96.0.0/12".into()],
             dns_domain: default_dns_domain(),
+            cni: Cni::default(),
         }
     }
 }

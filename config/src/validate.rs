@@ -459,6 +459,7 @@ fn cluster(c: &Cluster, kind: MachineType, p: &mut Problems) {
         );
     }
     cluster_keys(c, kind, p);
+    kubernetes(c, p);
     extra_args("cluster.etcd.extraArgs", &c.etcd.extra_args, p);
     cluster_network(&c.network, p);
     mesh(c, p);
@@ -481,6 +482,95 @@ fn cluster_keys(c: &Cluster, kind: MachineType, p: &mut Problems) {
         ),
         None => {}
     }
+}
+
+/// Checks the Kubernetes components and add-ons: images, flags, volumes,
+/// resources and the API server's extra names.
+fn kubernetes(c: &Cluster, p: &mut Problems) {
+    if let Some(ca) = &c.aggregator_ca {
+        key_pair("cluster.aggregatorCA", ca, None, p);
+    }
+    if let Some(sa) = &c.service_account {
+        match sa.key_pem() {
+            Ok(pem) if pem.contains("PRIVATE KEY-----") => {}
+            Ok(_) => p.add(
+                "cluster.serviceAccount.key",
+                "does not hold a PEM private key",
+            ),
+            Err(e) => p.add("cluster.serviceAccount.key", e.reason()),
+        }
+    }
+    let api = c.api_server.component();
+    for (path, comp) in [
+        ("cluster.apiServer", &api),
+        ("cluster.controllerManager", &c.controller_manager),
+        ("cluster.scheduler", &c.scheduler),
+    ] {
+        image(&format!("{path}.image"), comp.image.as_deref(), p);
+        extra_args(&format!("{path}.extraArgs"), &comp.extra_args, p);
+        for (i, v) in comp.extra_volumes.iter().enumerate() {
+            for (field, value) in [("hostPath", &v.host_path), ("mountPath", &v.mount_path)] {
+                if !value.starts_with('/') || value.split('/').any(|part| part == "..") {
+                    p.add(
+                        format!("{path}.extraVolumes[{i}].{field}"),
+                        format!("{value:?} is not an absolute path without '..'"),
+                    );
+                }
+            }
+        }
+        for (kind, map) in [
+            ("requests", &comp.resources.requests),
+            ("limits", &comp.resources.limits),
+        ] {
+            for (name, quantity) in map {
+                let here = format!("{path}.resources.{kind}.{name}");
+                if !matches!(name.as_str(), "cpu" | "memory" | "ephemeral-storage") {
+                    p.add(
+                        &here,
+                        format!("{name:?} is not cpu, memory or ephemeral-storage"),
+                    );
+                } else if !is_quantity(quantity) {
+                    p.add(
+                        &here,
+                        format!("{quantity:?} is not a quantity like 250m or 512Mi"),
+                    );
+                }
+            }
+        }
+    }
+    for (i, san) in c.api_server.cert_sans.iter().enumerate() {
+        if san.parse::<IpAddr>().is_err() && !is_dns_name(san.strip_prefix("*.").unwrap_or(san)) {
+            p.add(
+                format!("cluster.apiServer.certSANs[{i}]"),
+                format!("{san:?} is neither an IP address nor a DNS name"),
+            );
+        }
+    }
+    image("cluster.proxy.image", c.proxy.image.as_deref(), p);
+    image("cluster.coreDNS.image", c.core_dns.image.as_deref(), p);
+}
+
+/// An image reference: not empty, no whitespace or control characters.
+fn image(path: &str, image: Option<&str>, p: &mut Problems) {
+    if let Some(image) = image
+        && (image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        p.add(path, format!("{image:?} is not an image reference"));
+    }
+}
+
+/// A Kubernetes quantity as people write them: a decimal number with an
+/// optional suffix (`m`, `k`, `M`, `G`, `T`, `Ki`, `Mi`, `Gi`, `Ti`).
+fn is_quantity(q: &str) -> bool {
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &q[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.chars().filter(|c| *c == '.').count() <= 1
+        && matches!(
+            suffix,
+            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
+        )
 }
 
 /// Checks the pod and service subnets, which must not overlap one

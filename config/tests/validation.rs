@@ -83,8 +83,13 @@ fn walk(value: &serde_json::Value, path: String, out: &mut Vec<String>) {
         }
     };
     match value {
-        // Free-form maps (extra flags) are one documented field.
-        serde_json::Value::Object(map) if !path.ends_with("extraArgs") => {
+        // Free-form maps (extra flags, resource quantities) are one
+        // documented field.
+        serde_json::Value::Object(map)
+            if !["extraArgs", "requests", "limits"]
+                .iter()
+                .any(|free| path.ends_with(free)) =>
+        {
             for (k, v) in map {
                 walk(v, join(k), out);
             }

@@ -13,10 +13,11 @@ use slate_proto::machine::{
     EtcdLeaveResponse, EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest,
     EtcdRemoveMemberResponse, EtcdSnapshotChunk, EtcdSnapshotRequest,
     GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
-    GetMachineConfigRequest, GetMachineConfigResponse, LogLine, LogsRequest, ProcessesRequest,
-    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionKind, ServiceActionRequest,
-    ServiceActionResponse, ServiceEvent, ServiceInfo, ServiceListRequest, ServiceListResponse,
-    ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    GetMachineConfigRequest, GetMachineConfigResponse, KubeconfigRequest, KubeconfigResponse,
+    LogLine, LogsRequest, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
+    ServiceActionKind, ServiceActionRequest, ServiceActionResponse, ServiceEvent, ServiceInfo,
+    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, StaticPodsRequest,
+    StaticPodsResponse, VersionRequest, VersionResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -379,5 +380,36 @@ impl MachineService for MachinedApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(ContainersResponse { containers }))
+    }
+
+    async fn kubeconfig(
+        &self,
+        _: Request<KubeconfigRequest>,
+    ) -> Result<Response<KubeconfigResponse>, Status> {
+        let Some((config, _)) = self.node.configs().await.0 else {
+            return Err(Status::failed_precondition(
+                "the node has no config (maintenance mode)",
+            ));
+        };
+        let kubeconfig =
+            tokio::task::spawn_blocking(move || crate::kubernetes::admin_kubeconfig(&config))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Status::failed_precondition)?;
+        tracing::info!("issued an admin kubeconfig");
+        Ok(Response::new(KubeconfigResponse {
+            kubeconfig: kubeconfig.into_bytes(),
+        }))
+    }
+
+    async fn static_pods(
+        &self,
+        _: Request<StaticPodsRequest>,
+    ) -> Result<Response<StaticPodsResponse>, Status> {
+        let dir = slate_k8s::layout::Layout::default().manifests;
+        let pods = tokio::task::spawn_blocking(move || crate::kubernetes::static_pods(&dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(StaticPodsResponse { pods }))
     }
 }

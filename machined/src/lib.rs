@@ -34,6 +34,7 @@ pub mod disk;
 pub mod etcd;
 pub mod join;
 pub mod kmsg;
+pub mod kubernetes;
 pub mod node;
 pub mod node_ip;
 pub mod power;
@@ -176,6 +177,18 @@ pub fn run(paths: &Paths) -> ! {
                 tokio::task::yield_now().await;
                 let bin = std::path::Path::new(services::layer::EXTENSIONS_BIN);
                 let specs = services::catalog::specs(bin, config.as_ref(), etcd.as_ref());
+                // A control-plane node whose kubelet runs keeps the
+                // control plane's secrets fresh and applies its manifests.
+                if let Some(config) = &config
+                    && kubernetes::runs_control_plane(config)
+                    && specs.iter().any(|s| s.id == "kubelet")
+                {
+                    tokio::spawn(kubernetes::run(
+                        config.clone(),
+                        slate_k8s::layout::Layout::default(),
+                        constants::NETWORK_READY_FILE.into(),
+                    ));
+                }
                 if specs.is_empty() {
                     tracing::info!("no extension layer on /usr/local: no services to run");
                 }

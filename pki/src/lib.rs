@@ -18,6 +18,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 pub mod keys;
+pub mod leaf;
 pub mod request;
 pub mod tls;
 
@@ -126,7 +127,21 @@ fn generate(alg: &'static rcgen::SignatureAlgorithm) -> Result<KeyPair, PkiError
 
 /// Creates a self-signed CA (Ed25519, 10 years).
 pub fn generate_ca(common_name: &str) -> Result<CertAndKey, PkiError> {
-    let key = generate(&rcgen::PKCS_ED25519)?;
+    generate_ca_with(common_name, &rcgen::PKCS_ED25519)
+}
+
+/// Creates a self-signed ECDSA P-256 CA (10 years): for the Kubernetes
+/// CAs, whose clients are not all Go (Java's and older OpenSSL's TLS
+/// stacks cannot verify Ed25519), as kubeadm's are RSA or ECDSA.
+pub fn generate_ca_ecdsa(common_name: &str) -> Result<CertAndKey, PkiError> {
+    generate_ca_with(common_name, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+fn generate_ca_with(
+    common_name: &str,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<CertAndKey, PkiError> {
+    let key = generate(alg)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name, None);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -30,6 +30,7 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
         network_ready: d.join("network.ready"),
         proc_sys: d.join("proc-sys"),
         swaps: d.join("swaps"),
+        k8s: slate_k8s::layout::Layout::under(d),
     };
     std::fs::write(
         &paths.network_ready,
@@ -127,6 +128,105 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
         started.contains(&format!("--config={}", paths.config().display())),
         "{started}"
     );
+    sup.stop_all(Duration::from_secs(10)).await;
+}
+
+/// On a control-plane node kubelet's start writes the control plane
+/// first: the component secrets and three static pods in the directory
+/// its config names, which kubelet (here the stand-in) is started with.
+#[tokio::test]
+async fn a_control_plane_kubelet_starts_with_the_control_planes_static_pods() {
+    // SAFETY: geteuid cannot fail.
+    let (root_user, mount) = (unsafe { libc::geteuid() } == 0, cgroup::cgroup2_mount());
+    let Some(mount) = mount.filter(|_| root_user) else {
+        slate_testskip::skip(
+            "a_control_plane_kubelet_starts_with_the_control_planes_static_pods",
+            slate_testskip::Reason::Setup("needs root and cgroup2"),
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let paths = KubeletPaths {
+        dir: d.join("var-lib-kubelet"),
+        network_ready: d.join("network.ready"),
+        proc_sys: d.join("proc-sys"),
+        swaps: d.join("swaps"),
+        k8s: slate_k8s::layout::Layout::under(d),
+    };
+    std::fs::write(&paths.network_ready, "eth0 10.0.2.15/24 dhcp\n").unwrap();
+    std::fs::create_dir_all(paths.proc_sys.join("net/ipv4")).unwrap();
+    std::fs::create_dir_all(paths.proc_sys.join("net/bridge")).unwrap();
+    std::fs::write(
+        paths.proc_sys.join("net/bridge/bridge-nf-call-iptables"),
+        "1",
+    )
+    .unwrap();
+    std::fs::write(&paths.swaps, "Filename Type Size Used Priority\n").unwrap();
+    let config = slate_config::generate::generate(&slate_config::generate::Options {
+        cluster_name: "kube".into(),
+        endpoint: "https://10.0.2.100:6443".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .controlplane;
+
+    let cgroups = Cgroups(mount.join(format!("slate-kubelet-cp-test-{}", std::process::id())));
+    let sup = Supervisor::new(cgroups.0.clone(), None);
+    sup.add(ServiceSpec::new("containerd", &["/bin/sleep", "1000"]))
+        .unwrap();
+    sup.add(kubelet::spec(
+        Path::new(env!("CARGO_BIN_EXE_kubelet-standin")),
+        &config,
+        paths.clone(),
+    ))
+    .unwrap();
+    wait(&sup, |s| {
+        s.state == State::Running && s.healthy == Some(true)
+    })
+    .await;
+
+    let config_yaml = std::fs::read_to_string(paths.config()).unwrap();
+    let static_pod_path = config_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("staticPodPath: "))
+        .unwrap();
+    assert_eq!(Path::new(static_pod_path), paths.k8s.manifests);
+    let pods = slate_machined::kubernetes::static_pods(Path::new(static_pod_path));
+    let names: Vec<(&str, &str)> = pods
+        .iter()
+        .map(|p| (p.name.as_str(), p.error.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("kube-apiserver", ""),
+            ("kube-controller-manager", ""),
+            ("kube-scheduler", "")
+        ]
+    );
+    assert!(
+        pods.iter()
+            .all(|p| p.image.starts_with("registry.k8s.io/kube-"))
+    );
+    for c in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        assert!(
+            paths
+                .k8s
+                .component(c)
+                .join(if c == "kube-apiserver" {
+                    "apiserver.crt"
+                } else {
+                    "kubeconfig"
+                })
+                .is_file()
+        );
+    }
+    assert!(paths.k8s.admin_kubeconfig().is_file());
     sup.stop_all(Duration::from_secs(10)).await;
 }
 

@@ -154,7 +154,46 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         "--config=/var/lib/kubelet/config.yaml: present",
         "--bootstrap-kubeconfig=/var/lib/kubelet/bootstrap-kubeconfig: present",
         "--node-ip=10.0.2.15",
+        // A control-plane node: the control plane's static pods were
+        // written before kubelet started, where its config points.
+        "staticPodPath /var/lib/kubelet/manifests: \
+         [kube-apiserver.yaml kube-controller-manager.yaml kube-scheduler.yaml]",
     ] {
         assert!(t.contains(needle), "{needle}:\n{t}");
     }
+    // The same, as an admin sees it.
+    let out = run_as(&slateconfig, &node, &["get", "staticpods", "-o", "json"]);
+    let pods: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let names: Vec<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler"
+        ],
+        "{}",
+        text(&out)
+    );
+    for p in &pods {
+        assert_eq!(p["namespace"], "kube-system", "{p}");
+        assert_eq!(p["error"], "", "{p}");
+        assert_eq!(
+            p["image"],
+            format!(
+                "registry.k8s.io/{}:{}",
+                p["name"].as_str().unwrap(),
+                slate_config::KUBERNETES_VERSION
+            ),
+        );
+        assert_eq!(p["hash"].as_str().map(str::len), Some(16), "{p}");
+    }
+    // And an admin kubeconfig that kubectl reads, for the endpoint.
+    let out = run_as(&slateconfig, &node, &["kubeconfig", "-"]);
+    let kubeconfig = text(&out);
+    assert!(out.status.success(), "{kubeconfig}");
+    assert!(
+        kubeconfig.contains("current-context: admin@"),
+        "{kubeconfig}"
+    );
 }

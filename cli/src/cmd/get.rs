@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 use slate_client::Target;
-use slate_proto::machine::GetMachineConfigRequest;
+use slate_proto::machine::{GetMachineConfigRequest, StaticPodsRequest};
 use slate_proto::resource::resource_service_client::ResourceServiceClient;
 use slate_proto::resource::watch_event::Kind;
 use slate_proto::resource::{ListRequest, WatchRequest};
@@ -49,6 +49,9 @@ pub enum ResourceType {
     /// The mesh's peers: endpoint (or relay), state, last handshake, bytes.
     #[value(name = "mesh-peers", alias = "meshpeers", alias = "mesh-peer")]
     MeshPeers,
+    /// The static pods in kubelet's manifest directory (the control plane).
+    #[value(name = "staticpods", alias = "staticpod", alias = "static-pods")]
+    StaticPods,
 }
 
 impl ResourceType {
@@ -65,6 +68,7 @@ impl ResourceType {
             Self::ApiBalancer => "apibalancer",
             Self::MeshIdentity => "mesh-identity",
             Self::MeshPeers => "mesh-peers",
+            Self::StaticPods => "staticpods",
         }
     }
 
@@ -72,6 +76,13 @@ impl ResourceType {
     fn columns(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::MachineConfig => &[],
+            Self::StaticPods => &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("IMAGE", "image"),
+                ("HASH", "hash"),
+                ("ERROR", "error"),
+            ],
             Self::Links => &[
                 ("NAME", "name"),
                 ("KIND", "kind"),
@@ -165,6 +176,10 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
         "--insecure-show-secrets is only for machineconfig"
     );
     let format = args.output.unwrap_or(Format::Table);
+    if args.kind == ResourceType::StaticPods {
+        anyhow::ensure!(!args.watch, "--watch is not available for staticpods");
+        return static_pods(&session, format).await;
+    }
     if args.watch {
         return watch(&session, args.kind, format).await;
     }
@@ -186,6 +201,36 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     output::print_values(format, args.kind.columns(), &rows)?;
+    Ok(output::exit_code(ok))
+}
+
+/// The static pods of each node, from machined's manifest directory.
+async fn static_pods(session: &connect::Session, format: Format) -> anyhow::Result<ExitCode> {
+    let (results, ok) = session
+        .for_each(|channel| async move {
+            connect::machine(channel)
+                .static_pods(StaticPodsRequest {})
+                .await
+                .map(|r| r.into_inner().pods)
+        })
+        .await;
+    let rows: Vec<serde_json::Value> = results
+        .into_iter()
+        .flat_map(|(target, pods)| {
+            pods.into_iter().map(move |p| {
+                serde_json::json!({
+                    "node": target.to_string(),
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "file": p.file,
+                    "image": p.image,
+                    "hash": p.hash,
+                    "error": p.error,
+                })
+            })
+        })
+        .collect();
+    output::print_values(format, ResourceType::StaticPods.columns(), &rows)?;
     Ok(output::exit_code(ok))
 }
 

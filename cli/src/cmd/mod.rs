@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod gen_config;
 pub mod get;
 pub mod join;
+pub mod kubeconfig;
 pub mod machineconfig;
 mod patch_args;
 pub mod power;

@@ -20,7 +20,6 @@
 //! tests run `kubelet-standin` (tests/src/bin), which only answers
 //! `/healthz`; this module is what runs the real one.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +41,8 @@ pub struct KubeletPaths {
     pub proc_sys: PathBuf,
     /// `/proc/swaps`.
     pub swaps: PathBuf,
+    /// The control plane's secrets and kubelet's static pod directory.
+    pub k8s: slate_k8s::layout::Layout,
 }
 
 impl Default for KubeletPaths {
@@ -51,6 +52,7 @@ impl Default for KubeletPaths {
             network_ready: slate_common::constants::NETWORK_READY_FILE.into(),
             proc_sys: "/proc/sys".into(),
             swaps: "/proc/swaps".into(),
+            k8s: slate_k8s::layout::Layout::default(),
         }
     }
 }
@@ -122,9 +124,14 @@ fn prepare(config: &MachineConfig, paths: &KubeletPaths) -> Result<Vec<String>, 
     write(paths.ca(), &ca, 0o644)?;
     write(
         paths.config(),
-        kubelet_config(config, &paths.ca(), &paths.dir)?.as_bytes(),
+        kubelet_config(config, &paths.ca(), &paths.k8s.manifests)?.as_bytes(),
         0o644,
     )?;
+    // A control-plane node's kubelet starts the control plane from its
+    // manifests: they must be there first.
+    if crate::kubernetes::runs_control_plane(config) {
+        crate::kubernetes::prepare(config, &paths.k8s, &paths.network_ready)?;
+    }
     // The token is a credential: root only.
     write(
         paths.bootstrap_kubeconfig(),
@@ -155,23 +162,7 @@ fn check_node(paths: &KubeletPaths) -> Result<(), String> {
     Ok(())
 }
 
-/// The cluster DNS service: the 10th address of the first service network.
-fn cluster_dns(config: &MachineConfig) -> Result<IpAddr, String> {
-    let subnet = config
-        .cluster
-        .network
-        .service_subnets
-        .first()
-        .ok_or("cluster.network.serviceSubnets is empty")?;
-    let net: ipnet::IpNet = subnet
-        .parse()
-        .map_err(|e| format!("cluster.network.serviceSubnets[0] {subnet:?}: {e}"))?;
-    net.hosts()
-        .nth(9)
-        .ok_or_else(|| format!("{subnet} is too small for a DNS address"))
-}
-
-fn kubelet_config(config: &MachineConfig, ca: &Path, dir: &Path) -> Result<String, String> {
+fn kubelet_config(config: &MachineConfig, ca: &Path, manifests: &Path) -> Result<String, String> {
     Ok(format!(
         "# Written by slate machined before every start of kubelet.
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -198,18 +189,9 @@ failSwapOn: true
 ",
         ca = ca.display(),
         domain = config.cluster.network.dns_domain,
-        dns = cluster_dns(config)?,
-        manifests = dir.join("manifests").display(),
+        dns = slate_k8s::addons::dns_service_ip(config).map_err(|e| e.to_string())?,
+        manifests = manifests.display(),
     ))
-}
-
-/// The API endpoint kubelet uses: the local balancer when it is on.
-pub fn api_endpoint(config: &MachineConfig) -> String {
-    if config.cluster.api_balancer.enabled {
-        format!("https://127.0.0.1:{}", config.cluster.api_balancer.port)
-    } else {
-        config.cluster.control_plane.endpoint.clone()
-    }
 }
 
 fn bootstrap_kubeconfig(config: &MachineConfig) -> String {
@@ -234,7 +216,7 @@ contexts:
       user: kubelet-bootstrap
 current-context: kubelet-bootstrap
 ",
-        server = api_endpoint(config),
+        server = slate_k8s::addons::api_url(config),
         ca = config.cluster.ca.crt.trim(),
         token = config.machine.token,
     )

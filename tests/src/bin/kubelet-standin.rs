@@ -1,7 +1,8 @@
 //! A STAND-IN for kubelet, for tests only: the real kubelet cannot be
 //! downloaded where Slate is built. It prints the flags it was started
 //! with (so tests see what machined passed), checks that the files its
-//! `--config` and `--bootstrap-kubeconfig` name exist, and answers
+//! `--config` and `--bootstrap-kubeconfig` name exist, lists the static
+//! pod manifests in the `staticPodPath` its config names, and answers
 //! `GET /healthz` on 127.0.0.1:10248 with 200, as kubelet does. It runs no
 //! pods and talks to no API server. Never shipped in an image by default.
 
@@ -25,6 +26,24 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         }
+    }
+    // What a real kubelet would start from its manifest directory.
+    let config = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--config="))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    if let Some(dir) = config
+        .lines()
+        .find_map(|l| l.strip_prefix("staticPodPath: "))
+    {
+        let mut files: Vec<String> = std::fs::read_dir(dir.trim())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        files.sort();
+        println!("staticPodPath {}: [{}]", dir.trim(), files.join(" "));
     }
     let listener = match TcpListener::bind("127.0.0.1:10248") {
         Ok(l) => l,
