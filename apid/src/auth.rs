@@ -98,6 +98,10 @@ pub const RULES: &[(&str, Access)] = &[
         "/slate.machine.v1.MachineService/StaticPods",
         Access::Role(Role::Reader),
     ),
+    (
+        "/slate.machine.v1.MachineService/Images",
+        Access::Role(Role::Reader),
+    ),
     // The resource types answered in maintenance mode are narrowed
     // further by [`MAINTENANCE_TYPES`].
     (

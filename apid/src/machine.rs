@@ -14,10 +14,10 @@ use slate_proto::machine::{
     EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse,
     EtcdSnapshotChunk, EtcdSnapshotRequest, GenerateClientConfigurationRequest,
     GenerateClientConfigurationResponse, GetMachineConfigRequest, GetMachineConfigResponse,
-    KubeconfigRequest, KubeconfigResponse, LogLine, LogsRequest, ProcessesRequest,
-    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest, ServiceActionResponse,
-    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, StaticPodsRequest,
-    StaticPodsResponse, VersionRequest, VersionResponse,
+    ImagesRequest, ImagesResponse, KubeconfigRequest, KubeconfigResponse, LogLine, LogsRequest,
+    ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse, ServiceActionRequest,
+    ServiceActionResponse, ServiceListRequest, ServiceListResponse, ShutdownRequest,
+    ShutdownResponse, StaticPodsRequest, StaticPodsResponse, VersionRequest, VersionResponse,
 };
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
@@ -351,6 +351,18 @@ impl MachineService for MachineApi {
             self.machined(),
             Request::new(request.into_inner()),
             |mut c, r| async move { c.static_pods(r).await },
+        )
+        .await
+    }
+
+    async fn images(
+        &self,
+        request: Request<ImagesRequest>,
+    ) -> Result<Response<ImagesResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.images(r).await },
         )
         .await
     }

@@ -134,8 +134,8 @@ async fn every_rpc_checks_its_role() {
     use slate_proto::machine::{
         BootstrapRequest, ContainersRequest, DmesgRequest, EtcdLeaveRequest, EtcdMembersRequest,
         EtcdRemoveMemberRequest, EtcdSnapshotRequest, GenerateClientConfigurationRequest,
-        KubeconfigRequest, LogsRequest, RebootRequest, ServiceActionKind, ServiceActionRequest,
-        ServiceListRequest, ShutdownRequest, StaticPodsRequest,
+        ImagesRequest, KubeconfigRequest, LogsRequest, RebootRequest, ServiceActionKind,
+        ServiceActionRequest, ServiceListRequest, ShutdownRequest, StaticPodsRequest,
     };
     // This machined runs no etcd and no containerd: a call that gets
     // through is answered with that, which is not a refusal.
@@ -181,6 +181,7 @@ async fn every_rpc_checks_its_role() {
         ("containers", "Containers"),
         ("kubeconfig", "Kubeconfig"),
         ("get staticpods", "StaticPods"),
+        ("images", "Images"),
     ];
     let least_of = |access: Access| {
         let (Access::Role(r) | Access::RoleOrMaintenance(r)) = access;
@@ -300,6 +301,7 @@ async fn every_rpc_checks_its_role() {
                     assert!(yaml.contains("client-key-data"), "{yaml}");
                 }),
                 "get staticpods" => api.static_pods(StaticPodsRequest {}).await.map(drop),
+                "images" => reached(api.images(ImagesRequest::default()).await),
                 _ => unreachable!(),
             };
             match result {

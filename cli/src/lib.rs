@@ -98,6 +98,8 @@ pub enum Command {
     Dmesg(cmd::services::DmesgArgs),
     /// List the containers containerd runs (-k: Kubernetes' only).
     Containers(cmd::containers::ContainersArgs),
+    /// List the images containerd holds (-k: Kubernetes' only).
+    Images(cmd::containers::ContainersArgs),
     /// Start a new etcd cluster on one control-plane node; the others
     /// join it by themselves.
     Bootstrap,
@@ -142,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => block_on(cmd::services::logs(&cli.global, args)),
         Command::Dmesg(args) => block_on(cmd::services::dmesg(&cli.global, args)),
         Command::Containers(args) => block_on(cmd::containers::run(&cli.global, args)),
+        Command::Images(args) => block_on(cmd::containers::images(&cli.global, args)),
         Command::Bootstrap => block_on(cmd::etcd::bootstrap(&cli.global)),
         Command::Etcd(cmd) => block_on(cmd::etcd::run(&cli.global, cmd)),
         Command::JoinTokens(args) => block_on(cmd::join::tokens(&cli.global, args)),

@@ -16,6 +16,10 @@
 //! Layout: `bin/NAME` for each program and `lib/` for the shared libraries
 //! they load (found with `ldd` on the build host, like
 //! [`crate::hostbin`]); services run with `LD_LIBRARY_PATH=/usr/local/lib`.
+//! Container image archives (`--image-archive`, OCI or docker archives)
+//! go to `images/`, with containerd's `ctr`, which machined imports them
+//! with into containerd's `k8s.io` namespace before kubelet starts: a
+//! site without registry access runs the control plane from them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -107,6 +111,38 @@ pub enum ExtensionError {
     Mksquashfs(#[source] ExecError),
     #[error("writing extensions.cpio")]
     Cpio(#[source] crate::cpio::CpioError),
+    #[error("image archive {0}: not a .tar file")]
+    NotAnArchive(PathBuf),
+    #[error("image archive {0} is given twice (by file name)")]
+    DuplicateArchive(String),
+    #[error("image archives need containerd's ctr in the layer (--debian-extensions containerd)")]
+    NoCtr,
+}
+
+/// Where image archives go in the layer, and where machined finds them
+/// (`/usr/local/images`).
+pub const IMAGES_DIR: &str = "images";
+
+/// containerd's `ctr`, from the Debian containerd package in the cache:
+/// the layer carries it only with image archives to import.
+pub fn ctr(tools: &Toolbox, cache: &Path) -> Result<Extension, ExtensionError> {
+    let dir = cache.join("extensions");
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let root = dir.join("containerd");
+    if !root.join(".complete").exists() {
+        unpack(tools, "containerd", &dir, &root)?;
+    }
+    let path = root.join("usr/bin/ctr");
+    if !path.is_file() {
+        return Err(ExtensionError::Missing {
+            package: "containerd".into(),
+            path: "usr/bin/ctr".into(),
+        });
+    }
+    Ok(Extension {
+        name: "ctr".into(),
+        path,
+    })
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExtensionError {
@@ -201,6 +237,7 @@ pub fn build(
     work: &Path,
     extensions: &[Extension],
     services: &[PathBuf],
+    archives: &[PathBuf],
     epoch: u64,
 ) -> Result<PathBuf, ExtensionError> {
     use slate_config::extension_service::{DIR_IN_LAYER, ExtensionService};
@@ -247,6 +284,23 @@ pub fn build(
             };
             copy(&lib, &staging.join("lib").join(name), 0o755)?;
         }
+    }
+    if !archives.is_empty() && !seen.contains("ctr") {
+        return Err(ExtensionError::NoCtr);
+    }
+    let images = staging.join(IMAGES_DIR);
+    let mut names = std::collections::BTreeSet::new();
+    for archive in archives {
+        let name = archive
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".tar") && archive.is_file())
+            .ok_or_else(|| ExtensionError::NotAnArchive(archive.clone()))?;
+        if !names.insert(name.to_owned()) {
+            return Err(ExtensionError::DuplicateArchive(name.to_owned()));
+        }
+        fs::create_dir_all(&images).map_err(io("creating", &images))?;
+        copy(archive, &images.join(name), 0o644)?;
     }
     let sqsh = work.join("extensions.sqsh");
     // Level 6, not the base image's 19: ~90 MB of Go binaries take seconds

@@ -79,6 +79,9 @@ pub struct Options {
     /// Service declarations for the extension layer
     /// ([`slate_config::extension_service`]).
     pub extension_services: Vec<PathBuf>,
+    /// Container image archives (OCI or docker `.tar`) imported into
+    /// containerd at boot.
+    pub image_archives: Vec<PathBuf>,
 }
 
 /// A failed build, naming the step.
@@ -175,7 +178,8 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
 
     let with_extensions = !opts.debian_extensions.is_empty()
         || !opts.extensions.is_empty()
-        || !opts.extension_services.is_empty();
+        || !opts.extension_services.is_empty()
+        || !opts.image_archives.is_empty();
     let mut progress = Progress::new(4 + usize::from(opts.iso) + usize::from(with_extensions));
     let kernel = progress.step("fetching the kernel", || {
         kernel::fetch(&tools, opts.kernel, &opts.out.join("cache")).map_err(Error::Kernel)
@@ -285,10 +289,22 @@ fn build_extensions(
     opts: &Options,
     epoch: u64,
 ) -> Result<PathBuf, Error> {
-    let mut all = extensions::debian(tools, &opts.debian_extensions, &opts.out.join("cache"))
-        .map_err(Error::Extensions)?;
+    let cache = opts.out.join("cache");
+    let mut all =
+        extensions::debian(tools, &opts.debian_extensions, &cache).map_err(Error::Extensions)?;
     all.extend(opts.extensions.iter().cloned());
-    extensions::build(tools, work, &all, &opts.extension_services, epoch).map_err(Error::Extensions)
+    if !opts.image_archives.is_empty() {
+        all.push(extensions::ctr(tools, &cache).map_err(Error::Extensions)?);
+    }
+    extensions::build(
+        tools,
+        work,
+        &all,
+        &opts.extension_services,
+        &opts.image_archives,
+        epoch,
+    )
+    .map_err(Error::Extensions)
 }
 
 /// Which of the kernel's modules go where: stage 1 (the initramfs), the

@@ -48,6 +48,12 @@ struct Args {
     /// docs/architecture.md), e.g. `--extension-service exporter.yaml`.
     #[arg(long = "extension-service", value_name = "FILE")]
     extension_services: Vec<PathBuf>,
+    /// A container image archive (OCI or docker `.tar`, as `docker save`,
+    /// `skopeo copy … oci-archive:` or `ctr images export` write it) that
+    /// the node imports into containerd's k8s.io namespace at boot, before
+    /// kubelet starts (repeatable): for sites without registry access.
+    #[arg(long = "image-archive", value_name = "FILE.tar")]
+    image_archives: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +102,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         extensions: args.extensions,
         extension_services: args.extension_services,
+        image_archives: args.image_archives,
     };
     let report = slate_image::build(&opts)?;
     println!("{report}");

@@ -13,11 +13,12 @@ use slate_proto::machine::{
     EtcdLeaveResponse, EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest,
     EtcdRemoveMemberResponse, EtcdSnapshotChunk, EtcdSnapshotRequest,
     GenerateClientConfigurationRequest, GenerateClientConfigurationResponse,
-    GetMachineConfigRequest, GetMachineConfigResponse, KubeconfigRequest, KubeconfigResponse,
-    LogLine, LogsRequest, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
-    ServiceActionKind, ServiceActionRequest, ServiceActionResponse, ServiceEvent, ServiceInfo,
-    ServiceListRequest, ServiceListResponse, ShutdownRequest, ShutdownResponse, StaticPodsRequest,
-    StaticPodsResponse, VersionRequest, VersionResponse,
+    GetMachineConfigRequest, GetMachineConfigResponse, ImagesRequest, ImagesResponse,
+    KubeconfigRequest, KubeconfigResponse, LogLine, LogsRequest, ProcessesRequest,
+    ProcessesResponse, RebootRequest, RebootResponse, ServiceActionKind, ServiceActionRequest,
+    ServiceActionResponse, ServiceEvent, ServiceInfo, ServiceListRequest, ServiceListResponse,
+    ShutdownRequest, ShutdownResponse, StaticPodsRequest, StaticPodsResponse, VersionRequest,
+    VersionResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -411,5 +412,16 @@ impl MachineService for MachinedApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(StaticPodsResponse { pods }))
+    }
+
+    async fn images(
+        &self,
+        request: Request<ImagesRequest>,
+    ) -> Result<Response<ImagesResponse>, Status> {
+        let socket = std::path::Path::new(services::layer::CONTAINERD_SOCKET);
+        let images = crate::images::list(socket, &request.into_inner().namespace)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ImagesResponse { images }))
     }
 }

@@ -17,7 +17,7 @@ use slate_proto::machine::ContainerInfo;
 
 /// containerd's answer must come quickly; a wedged containerd must not
 /// hold the API call.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The labels kubelet's CRI puts on a pod's containers.
 const POD_LABEL: &str = "io.kubernetes.pod.name";
@@ -46,29 +46,8 @@ pub async fn list(socket: &Path, namespace: &str) -> Result<Vec<ContainerInfo>, 
 }
 
 async fn list_now(socket: &Path, namespace: &str) -> Result<Vec<ContainerInfo>, ContainersError> {
-    let channel =
-        containerd_client::connect(socket)
-            .await
-            .map_err(|e| ContainersError::Connect {
-                socket: socket.display().to_string(),
-                reason: slate_common::error::chain(&e),
-            })?;
-    let namespaces = if namespace.is_empty() {
-        NamespacesClient::new(channel.clone())
-            .list(ListNamespacesRequest::default())
-            .await
-            .map_err(|status| ContainersError::Call {
-                what: "namespaces",
-                status,
-            })?
-            .into_inner()
-            .namespaces
-            .into_iter()
-            .map(|n| n.name)
-            .collect()
-    } else {
-        vec![namespace.to_owned()]
-    };
+    let channel = connect(socket).await?;
+    let namespaces = namespaces(&channel, namespace).await?;
     let mut out = Vec::new();
     for ns in namespaces {
         out.extend(in_namespace(channel.clone(), &ns).await?);
@@ -77,10 +56,42 @@ async fn list_now(socket: &Path, namespace: &str) -> Result<Vec<ContainerInfo>, 
     Ok(out)
 }
 
+/// A channel to containerd's socket.
+pub(crate) async fn connect(socket: &Path) -> Result<Channel, ContainersError> {
+    containerd_client::connect(socket)
+        .await
+        .map_err(|e| ContainersError::Connect {
+            socket: socket.display().to_string(),
+            reason: slate_common::error::chain(&e),
+        })
+}
+
+/// `namespace`, or every namespace containerd has when it is empty.
+pub(crate) async fn namespaces(
+    channel: &Channel,
+    namespace: &str,
+) -> Result<Vec<String>, ContainersError> {
+    if !namespace.is_empty() {
+        return Ok(vec![namespace.to_owned()]);
+    }
+    Ok(NamespacesClient::new(channel.clone())
+        .list(ListNamespacesRequest::default())
+        .await
+        .map_err(|status| ContainersError::Call {
+            what: "namespaces",
+            status,
+        })?
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect())
+}
+
 /// A request in namespace `ns` (containerd reads it from this header).
 /// Not `containerd_client::with_namespace!`, which panics on a name that
 /// is not a header value.
-fn in_ns<T>(message: T, ns: &str) -> Result<Request<T>, ContainersError> {
+pub(crate) fn in_ns<T>(message: T, ns: &str) -> Result<Request<T>, ContainersError> {
     let mut request = Request::new(message);
     let value = ns
         .parse()

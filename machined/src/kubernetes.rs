@@ -29,6 +29,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 const REAPPLY_EVERY: Duration = Duration::from_secs(600);
 /// How soon a failed apply is retried (the API is coming up).
 const RETRY_APPLY: Duration = Duration::from_secs(10);
+/// How often the loop looks for newly joined workers.
+const TICK: Duration = Duration::from_secs(5);
 
 /// Whether this node runs the control plane.
 pub fn runs_control_plane(config: &MachineConfig) -> bool {
@@ -73,46 +75,90 @@ pub fn prepare(
 }
 
 /// Keeps the control plane's secrets fresh and applies the bootstrap
-/// manifests; runs for the life of machined on control-plane nodes.
-pub async fn run(config: MachineConfig, layout: Layout, network_ready: std::path::PathBuf) {
-    let manifests = match slate_k8s::addons::objects(&config) {
+/// manifests, with a bootstrap-token Secret for each joined worker's
+/// machine token (`registry`); runs for the life of machined on
+/// control-plane nodes.
+pub async fn run(
+    config: MachineConfig,
+    layout: Layout,
+    network_ready: std::path::PathBuf,
+    registry: Option<std::sync::Arc<crate::join::Registry>>,
+) {
+    let base = match slate_k8s::addons::objects(&config) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!("the bootstrap manifests cannot be made: {e}");
-            Vec::new()
+            return;
         }
     };
+    let mut next_check = tokio::time::Instant::now();
     let mut next_apply = tokio::time::Instant::now();
-    let mut applied_once = false;
+    let mut applied: Option<Vec<(String, String)>> = None;
     loop {
-        let (c, l, n) = (config.clone(), layout.clone(), network_ready.clone());
-        match tokio::task::spawn_blocking(move || prepare(&c, &l, &n)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("Kubernetes control plane: {e}"),
-            Err(e) => tracing::error!("Kubernetes control plane check: {e}"),
+        let now = tokio::time::Instant::now();
+        if now >= next_check {
+            let (c, l, n) = (config.clone(), layout.clone(), network_ready.clone());
+            match tokio::task::spawn_blocking(move || prepare(&c, &l, &n)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("Kubernetes control plane: {e}"),
+                Err(e) => tracing::error!("Kubernetes control plane check: {e}"),
+            }
+            next_check = now + CHECK_EVERY;
         }
-        if !manifests.is_empty() && tokio::time::Instant::now() >= next_apply {
+        let workers = match &registry {
+            Some(r) => r.kubelet_tokens().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        // A worker that joined since the last apply needs its Secret now,
+        // not at the next round.
+        if now >= next_apply || applied.as_ref().is_some_and(|a| *a != workers) {
+            let manifests = with_worker_tokens(&base, &workers);
             match apply(&config, &layout, &manifests).await {
                 Ok(()) => {
-                    if !applied_once {
+                    if applied.as_ref() != Some(&workers) {
                         tracing::info!(
                             "applied the bootstrap manifests ({} objects)",
                             manifests.len()
                         );
                     }
-                    applied_once = true;
-                    next_apply = tokio::time::Instant::now() + REAPPLY_EVERY;
+                    applied = Some(workers);
+                    next_apply = now + REAPPLY_EVERY;
                 }
                 Err(e) => {
                     // Expected until the API server is up: debug, not warn.
                     tracing::debug!("bootstrap manifests: {e}");
-                    next_apply = tokio::time::Instant::now() + RETRY_APPLY;
+                    next_apply = now + RETRY_APPLY;
                 }
             }
         }
-        let wake = next_apply.min(tokio::time::Instant::now() + CHECK_EVERY);
-        tokio::time::sleep_until(wake).await;
+        tokio::time::sleep(TICK).await;
     }
+}
+
+/// `base` with a bootstrap-token Secret for each joined worker's token,
+/// right after the cluster's own.
+pub fn with_worker_tokens(
+    base: &[slate_k8s::Manifest],
+    workers: &[(String, String)],
+) -> Vec<slate_k8s::Manifest> {
+    let mut out = base.to_vec();
+    let secrets = workers.iter().filter_map(|(id, token)| {
+        let secret = slate_k8s::addons::bootstrap::token_secret(
+            token,
+            &format!("The machine token of worker {id}, joined with a join token."),
+        )
+        .and_then(|s| slate_k8s::Manifest::of(&s));
+        match secret {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("worker {id}'s token: {e}");
+                None
+            }
+        }
+    });
+    let at = out.len().min(1);
+    out.splice(at..at, secrets);
+    out
 }
 
 /// One apply of `manifests` with the node's admin kubeconfig, through the

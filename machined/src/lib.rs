@@ -32,6 +32,7 @@ pub mod configdrive;
 pub mod containers;
 pub mod disk;
 pub mod etcd;
+pub mod images;
 pub mod join;
 pub mod kmsg;
 pub mod kubernetes;
@@ -187,6 +188,17 @@ pub fn run(paths: &Paths) -> ! {
                         config.clone(),
                         slate_k8s::layout::Layout::default(),
                         constants::NETWORK_READY_FILE.into(),
+                        registry.clone(),
+                    ));
+                }
+                // Image archives of the layer go into containerd before
+                // kubelet starts (kubelet's preparation waits for them).
+                if specs.iter().any(|s| s.id == "containerd") {
+                    tokio::spawn(images::import_all(
+                        bin.join("ctr"),
+                        images::ARCHIVES.into(),
+                        services::layer::CONTAINERD_SOCKET.into(),
+                        images::IMPORTED.into(),
                     ));
                 }
                 if specs.is_empty() {

@@ -267,6 +267,19 @@ async fn a_node_with_only_a_join_token_registers_and_joins_once_accepted() {
     // names and loopback, and nothing else: root on the worker cannot have
     // a certificate made for another node's address.
     let registered = cp.machines().await.remove(0);
+    // Its token is also its kubelet's bootstrap token: the control plane
+    // applies a Secret for it, right after the cluster's own.
+    let kubelet_tokens = cp.registry.kubelet_tokens().await.unwrap();
+    assert_eq!(
+        kubelet_tokens,
+        [(registered.id.clone(), config.machine.token.clone())]
+    );
+    let base = slate_k8s::addons::objects(&cp.config).unwrap();
+    let manifests = slate_machined::kubernetes::with_worker_tokens(&base, &kubelet_tokens);
+    assert_eq!(manifests.len(), base.len() + 1);
+    let (id, secret) = config.machine.token.split_once('.').unwrap();
+    assert_eq!(manifests[1].name, format!("bootstrap-token-{id}"));
+    assert_eq!(manifests[1].body["stringData"]["token-secret"], secret);
     let allowed = cp
         .registry
         .node_names(&config.machine.token)

@@ -65,7 +65,20 @@ pub async fn boot_with_layer(
     services: &[(&str, &str)],
     tweak: impl FnOnce(&mut MachineConfig),
 ) -> LayerNode {
-    match try_boot(programs, debian, services, tweak, false).await {
+    match try_boot(programs, debian, services, tweak, false, &[]).await {
+        Ok(node) => node,
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// [`boot_with_layer`] with container image archives in the layer (and
+/// containerd's `ctr` to import them).
+pub async fn boot_with_images(
+    programs: Vec<Extension>,
+    debian: &[&str],
+    archives: &[PathBuf],
+) -> LayerNode {
+    match try_boot(programs, debian, &[], |_| {}, false, archives).await {
         Ok(node) => node,
         Err(e) => panic!("{e:#}"),
     }
@@ -79,7 +92,7 @@ pub async fn boot_with_layer_on_disk(
     services: &[(&str, &str)],
     tweak: impl FnOnce(&mut MachineConfig),
 ) -> LayerNode {
-    match try_boot(programs, debian, services, tweak, true).await {
+    match try_boot(programs, debian, services, tweak, true, &[]).await {
         Ok(node) => node,
         Err(e) => panic!("{e:#}"),
     }
@@ -91,6 +104,7 @@ async fn try_boot(
     services: &[(&str, &str)],
     tweak: impl FnOnce(&mut MachineConfig),
     system_disk: bool,
+    archives: &[PathBuf],
 ) -> anyhow::Result<LayerNode> {
     let a = Artifacts::find()?;
     let dir = tempfile::tempdir()?;
@@ -111,7 +125,13 @@ async fn try_boot(
     all.extend(programs);
     let work = d.join("work");
     std::fs::create_dir_all(&work)?;
-    let layer = slate_image::extensions::build(&tools, &work, &all, &service_files, 0)?;
+    if !archives.is_empty() {
+        all.push(slate_image::extensions::ctr(
+            &tools,
+            &Artifacts::dir().join("cache"),
+        )?);
+    }
+    let layer = slate_image::extensions::build(&tools, &work, &all, &service_files, archives, 0)?;
     let initramfs = d.join("initramfs+layer.img");
     a.initramfs_with(&layer, &initramfs)?;
 

@@ -40,6 +40,7 @@ pub mod meshlab;
 pub mod meshnode;
 pub mod netbench;
 pub mod netns;
+pub mod oci;
 pub mod qemu;
 pub mod slatectl;
 pub mod svcbench;

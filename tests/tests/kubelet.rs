@@ -31,6 +31,8 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
         proc_sys: d.join("proc-sys"),
         swaps: d.join("swaps"),
         k8s: slate_k8s::layout::Layout::under(d),
+        image_archives: d.join("images"),
+        images_imported: d.join("images-imported"),
     };
     std::fs::write(
         &paths.network_ready,
@@ -133,7 +135,8 @@ async fn kubelet_waits_for_its_checks_writes_its_files_and_turns_healthy() {
 
 /// On a control-plane node kubelet's start writes the control plane
 /// first: the component secrets and three static pods in the directory
-/// its config names, which kubelet (here the stand-in) is started with.
+/// its config names, which kubelet (here the stand-in) is started with;
+/// and it waits for the layer's image archives to be imported.
 #[tokio::test]
 async fn a_control_plane_kubelet_starts_with_the_control_planes_static_pods() {
     // SAFETY: geteuid cannot fail.
@@ -153,6 +156,8 @@ async fn a_control_plane_kubelet_starts_with_the_control_planes_static_pods() {
         proc_sys: d.join("proc-sys"),
         swaps: d.join("swaps"),
         k8s: slate_k8s::layout::Layout::under(d),
+        image_archives: d.join("images"),
+        images_imported: d.join("images-imported"),
     };
     std::fs::write(&paths.network_ready, "eth0 10.0.2.15/24 dhcp\n").unwrap();
     std::fs::create_dir_all(paths.proc_sys.join("net/ipv4")).unwrap();
@@ -171,6 +176,10 @@ async fn a_control_plane_kubelet_starts_with_the_control_planes_static_pods() {
     .unwrap()
     .controlplane;
 
+    // An image archive in the layer, not imported yet.
+    std::fs::create_dir_all(&paths.image_archives).unwrap();
+    std::fs::write(paths.image_archives.join("pause.tar"), "").unwrap();
+
     let cgroups = Cgroups(mount.join(format!("slate-kubelet-cp-test-{}", std::process::id())));
     let sup = Supervisor::new(cgroups.0.clone(), None);
     sup.add(ServiceSpec::new("containerd", &["/bin/sleep", "1000"]))
@@ -181,6 +190,15 @@ async fn a_control_plane_kubelet_starts_with_the_control_planes_static_pods() {
         paths.clone(),
     ))
     .unwrap();
+    // kubelet waits for the import.
+    let s = wait(&sup, |s| s.state == State::Failed).await;
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.message.contains("waiting for the layer's image archives")),
+        "{s:#?}"
+    );
+    std::fs::write(&paths.images_imported, "pause.tar: imported\n").unwrap();
     wait(&sup, |s| {
         s.state == State::Running && s.healthy == Some(true)
     })

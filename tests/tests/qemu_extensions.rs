@@ -5,14 +5,17 @@
 //!   declared as two extension services with `memoryMiB` and `pids`;
 //! - kubelet runs as the node's service, after containerd, with the files
 //!   and flags machined writes for it: `kubelet-standin` (test-only, it
-//!   answers /healthz) as the layer's kubelet.
+//!   answers /healthz) as the layer's kubelet;
+//! - an image archive in the layer (`--image-archive`; busybox as an OCI
+//!   archive made here) is imported into containerd's k8s.io namespace
+//!   before kubelet starts.
 // Test code outside #[test] fns: a panic here fails the test.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use slate_image::extensions::Extension;
-use slate_tests::layer::{LayerNode, boot_with_layer, program};
+use slate_tests::layer::{LayerNode, boot_with_images, boot_with_layer, program};
 use slate_tests::slatectl::{run_as, text};
 use slate_tests::wait::eventually;
 
@@ -196,4 +199,50 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         kubeconfig.contains("current-context: admin@"),
         "{kubeconfig}"
     );
+}
+
+/// An air-gapped site's images: an archive in the layer is in containerd's
+/// k8s.io namespace, and kubelet runs after it.
+#[tokio::test]
+#[ignore = "boots QEMU: run by `make test`"]
+async fn image_archives_are_imported_before_kubelet_starts() {
+    let scratch = tempfile::tempdir().unwrap();
+    let name = "docker.io/slate/busybox:test";
+    let archive = slate_tests::oci::busybox_archive(scratch.path(), name).unwrap();
+    let LayerNode {
+        vm,
+        slateconfig,
+        node,
+        _dir,
+        ..
+    } = boot_with_images(
+        vec![Extension {
+            name: "kubelet".into(),
+            ..program("kubelet-standin")
+        }],
+        &["containerd", "runc"],
+        &[archive],
+    )
+    .await;
+    let mut images: Vec<serde_json::Value> = Vec::new();
+    eventually("the archive's image in k8s.io", TIMEOUT, EVERY, || {
+        let out = run_as(&slateconfig, &node, &["images", "-k", "-o", "json"]);
+        images = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            images.iter().any(|i| i["name"] == name),
+            format!("{}\n{}", text(&out), vm.console_tail(40)),
+        )
+    })
+    .await;
+    let image = images.iter().find(|i| i["name"] == name).unwrap();
+    assert_eq!(image["namespace"], "k8s.io");
+    assert!(image["digest"].as_str().unwrap().starts_with("sha256:"));
+    // kubelet started only after the import: it is healthy now, and its
+    // preparation never ran ahead of the archive.
+    eventually("kubelet healthy", TIMEOUT, EVERY, || {
+        let out = run_as(&slateconfig, &node, &["service", "kubelet"]);
+        let t = text(&out);
+        (t.contains("healthy"), t)
+    })
+    .await;
 }

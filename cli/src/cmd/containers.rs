@@ -1,10 +1,12 @@
-//! `slatectl containers`: what containerd runs on the nodes.
+//! `slatectl containers` and `slatectl images`: what containerd runs and
+//! holds on the nodes.
 
 use std::process::ExitCode;
 
 use clap::Args;
 use serde::Serialize;
-use slate_proto::machine::ContainersRequest;
+use slate_proto::machine::machine_service_client::MachineServiceClient;
+use slate_proto::machine::{ContainersRequest, ImagesRequest};
 
 use crate::output::{self, Format, Rows};
 use crate::{Global, connect};
@@ -63,39 +65,115 @@ impl Rows for Row {
     }
 }
 
+impl ContainersArgs {
+    fn namespace(&self) -> String {
+        if self.kubernetes {
+            "k8s.io".to_owned()
+        } else {
+            self.namespace.clone().unwrap_or_default()
+        }
+    }
+}
+
 pub async fn run(global: &Global, args: ContainersArgs) -> anyhow::Result<ExitCode> {
-    let namespace = if args.kubernetes {
-        "k8s.io".to_owned()
-    } else {
-        args.namespace.unwrap_or_default()
-    };
+    per_node(
+        global,
+        &args,
+        |mut client, namespace| async move {
+            client
+                .containers(ContainersRequest { namespace })
+                .await
+                .map(|r| r.into_inner().containers)
+        },
+        |node, c| Row {
+            node,
+            namespace: c.namespace,
+            id: c.id,
+            image: c.image,
+            pod: c.pod,
+            name: c.name,
+            pid: c.pid,
+            status: c.status,
+        },
+    )
+    .await
+}
+
+/// Asks every node with `call` (given the namespace `args` names) and
+/// prints a row per item of each answer, made by `row` with the node's
+/// name; a node that fails is an error line and exit code 1.
+async fn per_node<T, R, F, Fut>(
+    global: &Global,
+    args: &ContainersArgs,
+    call: F,
+    row: impl Fn(String, T) -> R,
+) -> anyhow::Result<ExitCode>
+where
+    R: Rows + Serialize,
+    F: Fn(MachineServiceClient<slate_client::Conn>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, tonic::Status>>,
+{
+    let namespace = args.namespace();
     let session = connect::session(global)?;
     let (results, ok) = session
-        .for_each(|channel| {
-            let namespace = namespace.clone();
-            async move {
-                connect::machine(channel)
-                    .containers(ContainersRequest { namespace })
-                    .await
-                    .map(|r| r.into_inner().containers)
-            }
-        })
+        .for_each(|channel| call(connect::machine(channel), namespace.clone()))
         .await;
-    let rows: Vec<Row> = results
+    let rows: Vec<R> = results
         .into_iter()
-        .flat_map(|(target, containers)| {
-            containers.into_iter().map(move |c| Row {
-                node: target.to_string(),
-                namespace: c.namespace,
-                id: c.id,
-                image: c.image,
-                pod: c.pod,
-                name: c.name,
-                pid: c.pid,
-                status: c.status,
-            })
+        .flat_map(|(target, items)| {
+            let node = target.to_string();
+            items
+                .into_iter()
+                .map(|i| row(node.clone(), i))
+                .collect::<Vec<_>>()
         })
         .collect();
     output::print(args.output, &rows)?;
     Ok(output::exit_code(ok))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageRow {
+    pub node: String,
+    pub namespace: String,
+    pub name: String,
+    pub digest: String,
+    pub media_type: String,
+}
+
+impl Rows for ImageRow {
+    fn header() -> Vec<&'static str> {
+        vec!["NODE", "NAMESPACE", "NAME", "DIGEST"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.namespace.clone(),
+            self.name.clone(),
+            self.digest.clone(),
+        ]
+    }
+}
+
+/// `slatectl images`: the images containerd holds, per node.
+pub async fn images(global: &Global, args: ContainersArgs) -> anyhow::Result<ExitCode> {
+    per_node(
+        global,
+        &args,
+        |mut client, namespace| async move {
+            client
+                .images(ImagesRequest { namespace })
+                .await
+                .map(|r| r.into_inner().images)
+        },
+        |node, i| ImageRow {
+            node,
+            namespace: i.namespace,
+            name: i.name,
+            digest: i.digest,
+            media_type: i.media_type,
+        },
+    )
+    .await
 }

@@ -17,16 +17,16 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
     HTTPGetAction, KeyToPath, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
+    Toleration, Volume, WeightedPodAffinityTerm,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use slate_config::MachineConfig;
 
+use super::build::{labeled, labels, mount, quantities, service_account_binding, strings};
 use crate::manifest::meta;
 use crate::{K8sError, Manifest, images};
 
@@ -37,6 +37,8 @@ const RBAC_NAME: &str = "system:coredns";
 /// The label value CoreDNS's pods and Service share: kube-dns's, kept
 /// when CoreDNS replaced it so that existing selectors still match.
 const APP: &str = "kube-dns";
+/// `k8s-app: kube-dns`, what the Deployment and the Service select.
+const APP_LABEL: (&str, &str) = ("k8s-app", APP);
 /// Where the Corefile is mounted in the container.
 const CONFIG_DIR: &str = "/etc/coredns";
 
@@ -62,20 +64,7 @@ pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
         ]),
         ..Default::default()
     };
-    let binding = ClusterRoleBinding {
-        metadata: meta(RBAC_NAME, None),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: RBAC_NAME.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: NAME.into(),
-            namespace: Some(NAMESPACE.into()),
-            ..Default::default()
-        }]),
-    };
+    let binding = service_account_binding(meta(RBAC_NAME, None), RBAC_NAME, NAMESPACE, NAME);
     let config_map = ConfigMap {
         metadata: meta(NAME, Some(NAMESPACE)),
         data: Some(BTreeMap::from([(
@@ -170,12 +159,7 @@ fn deployment(config: &MachineConfig) -> Deployment {
             read_only_root_filesystem: Some(true),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config-volume".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![mount("config-volume", CONFIG_DIR, true)]),
         ..Default::default()
     };
     let anti_affinity = WeightedPodAffinityTerm {
@@ -215,10 +199,7 @@ fn deployment(config: &MachineConfig) -> Deployment {
                 ..Default::default()
             },
         ]),
-        node_selector: Some(BTreeMap::from([(
-            "kubernetes.io/os".to_owned(),
-            "linux".to_owned(),
-        )])),
+        node_selector: Some(labels(&[("kubernetes.io/os", "linux")])),
         containers: vec![container],
         // Resolve upstream names with the node's resolvers, not with
         // CoreDNS itself.
@@ -239,7 +220,7 @@ fn deployment(config: &MachineConfig) -> Deployment {
         ..Default::default()
     };
     Deployment {
-        metadata: labeled(meta(NAME, Some(NAMESPACE))),
+        metadata: labeled(meta(NAME, Some(NAMESPACE)), &[APP_LABEL]),
         spec: DeploymentSpec {
             replicas: Some(2),
             // One replica at a time, so that DNS never goes away in a
@@ -252,12 +233,12 @@ fn deployment(config: &MachineConfig) -> Deployment {
                 }),
             }),
             selector: LabelSelector {
-                match_labels: Some(app_labels()),
+                match_labels: Some(labels(&[APP_LABEL])),
                 ..Default::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(app_labels()),
+                    labels: Some(labels(&[APP_LABEL])),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -278,18 +259,18 @@ fn service(config: &MachineConfig) -> Result<Service, K8sError> {
         target_port: Some(IntOrString::Int(port)),
         ..Default::default()
     };
-    let mut metadata = labeled(meta("kube-dns", Some(NAMESPACE)));
-    metadata.labels.get_or_insert_default().extend([
-        (
-            "kubernetes.io/cluster-service".to_owned(),
-            "true".to_owned(),
-        ),
-        ("kubernetes.io/name".to_owned(), "CoreDNS".to_owned()),
-    ]);
+    let mut metadata = labeled(
+        meta("kube-dns", Some(NAMESPACE)),
+        &[
+            APP_LABEL,
+            ("kubernetes.io/cluster-service", "true"),
+            ("kubernetes.io/name", "CoreDNS"),
+        ],
+    );
     // Prometheus's Kubernetes service discovery scrapes CoreDNS's metrics.
-    metadata.annotations = Some(BTreeMap::from([
-        ("prometheus.io/port".to_owned(), "9153".to_owned()),
-        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+    metadata.annotations = Some(labels(&[
+        ("prometheus.io/port", "9153"),
+        ("prometheus.io/scrape", "true"),
     ]));
     Ok(Service {
         metadata,
@@ -300,7 +281,7 @@ fn service(config: &MachineConfig) -> Result<Service, K8sError> {
                 port("dns-tcp", 53, "TCP"),
                 port("metrics", 9153, "TCP"),
             ]),
-            selector: Some(app_labels()),
+            selector: Some(labels(&[APP_LABEL])),
             ..Default::default()
         }),
         ..Default::default()
@@ -316,56 +297,11 @@ fn container_port(name: &str, port: i32, protocol: &str) -> ContainerPort {
     }
 }
 
-/// `k8s-app: kube-dns`, what the Deployment and the Service select.
-fn app_labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("k8s-app".to_owned(), APP.to_owned())])
-}
-
-/// `meta` with CoreDNS's label added to Slate's.
-fn labeled(mut meta: ObjectMeta) -> ObjectMeta {
-    meta.labels.get_or_insert_default().extend(app_labels());
-    meta
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn quantities(items: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
-    items
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use slate_config::generate::{Options, generate};
-
-    fn config() -> MachineConfig {
-        generate(&Options {
-            cluster_name: "test".into(),
-            endpoint: "https://cp.example:6443".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .controlplane
-    }
-
-    /// The manifest's body, as the API server would read it.
-    fn typed<K: DeserializeOwned + Serialize>(m: &Manifest) -> K {
-        let text = serde_json::to_string(&m.body).unwrap();
-        let object: K = serde_json::from_str(&text).unwrap();
-        assert_eq!(serde_json::to_value(&object).unwrap(), m.body);
-        object
-    }
-
-    fn find<'a>(objects: &'a [Manifest], kind: &str) -> &'a Manifest {
-        objects.iter().find(|m| m.resource.kind == kind).unwrap()
-    }
+    use crate::addons::testing::{config, find, typed};
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 
     fn service_of(config: &MachineConfig) -> ServiceSpec {
         let s: Service = typed(find(&objects(config).unwrap(), "Service"));

@@ -17,17 +17,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
-    HostPathVolumeSource, Namespace, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMap, Container, EnvVar, Namespace, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext, ServiceAccount, Toleration,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 use slate_config::MachineConfig;
 
+use super::build::{
+    config_map_volume, field_env, host_path, labeled, labels, mount, quantities,
+    service_account_binding, strings, to_json,
+};
 use crate::manifest::meta;
 use crate::{K8sError, Manifest, images};
 
@@ -41,23 +43,26 @@ const NAMESPACE: &str = "kube-flannel";
 const CONFIG_MAP: &str = "kube-flannel-cfg";
 /// Where the ConfigMap is mounted in the containers.
 const CONFIG_DIR: &str = "/etc/kube-flannel/";
+/// Upstream's `k8s-app: flannel`, on every object.
+const APP_LABEL: (&str, &str) = ("k8s-app", NAME);
 
 /// flannel's objects, in apply order: the namespace first, the RBAC and
 /// config before the DaemonSet that uses them.
 pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
     // flannel's pods are privileged in effect (host network, NET_ADMIN,
     // host paths), which the `baseline` and `restricted` levels refuse.
-    let mut namespace_meta = labeled(meta(NAMESPACE, None), &[]);
-    namespace_meta.labels.get_or_insert_default().insert(
-        "pod-security.kubernetes.io/enforce".into(),
-        "privileged".into(),
-    );
     let namespace = Namespace {
-        metadata: namespace_meta,
+        metadata: labeled(
+            meta(NAMESPACE, None),
+            &[
+                APP_LABEL,
+                ("pod-security.kubernetes.io/enforce", "privileged"),
+            ],
+        ),
         ..Default::default()
     };
     let service_account = ServiceAccount {
-        metadata: labeled(meta(NAME, Some(NAMESPACE)), &[]),
+        metadata: labeled(meta(NAME, Some(NAMESPACE)), &[APP_LABEL]),
         ..Default::default()
     };
     // flanneld reads its pod and node (the node's podCIDR) and records its
@@ -65,11 +70,11 @@ pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
     let rule = |resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec![resource.to_owned()]),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        verbs: strings(verbs),
         ..Default::default()
     };
     let role = ClusterRole {
-        metadata: labeled(meta(NAME, None), &[]),
+        metadata: labeled(meta(NAME, None), &[APP_LABEL]),
         rules: Some(vec![
             rule("pods", &["get"]),
             rule("nodes", &["get", "list", "watch"]),
@@ -77,24 +82,16 @@ pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
         ]),
         ..Default::default()
     };
-    let binding = ClusterRoleBinding {
-        metadata: labeled(meta(NAME, None), &[]),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: NAME.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: NAME.into(),
-            namespace: Some(NAMESPACE.into()),
-            ..Default::default()
-        }]),
-    };
+    let binding = service_account_binding(
+        labeled(meta(NAME, None), &[APP_LABEL]),
+        NAME,
+        NAMESPACE,
+        NAME,
+    );
     let config_map = ConfigMap {
         metadata: labeled(
             meta(CONFIG_MAP, Some(NAMESPACE)),
-            &[("tier", "node"), ("app", NAME)],
+            &[APP_LABEL, ("tier", "node"), ("app", NAME)],
         ),
         data: Some(BTreeMap::from([
             ("cni-conf.json".to_owned(), cni_conf()?),
@@ -149,48 +146,33 @@ fn net_conf(config: &MachineConfig) -> Result<String, K8sError> {
     to_json("flannel net-conf.json", &conf)
 }
 
-fn to_json(what: &str, value: &serde_json::Value) -> Result<String, K8sError> {
-    serde_json::to_string_pretty(value).map_err(|source| K8sError::Serialize {
-        what: what.to_owned(),
-        source,
-    })
-}
-
 /// flanneld on every Linux node, after two init containers have put the
 /// flannel CNI plugin and the CNI config on the node.
 fn daemon_set() -> DaemonSet {
-    let (run, run_mount) = host_path("run", "/run/flannel", None, "/run/flannel");
+    let (run, run_mount) = host_path("run", "/run/flannel", None, "/run/flannel", false);
     let (cni_plugin, cni_plugin_mount) = host_path(
         "cni-plugin",
         CNI_BIN_DIR,
         Some("DirectoryOrCreate"),
         "/opt/cni/bin",
+        false,
     );
     let (cni, cni_mount) = host_path(
         "cni",
         CNI_CONF_DIR,
         Some("DirectoryOrCreate"),
         "/etc/cni/net.d",
+        false,
     );
     let (xtables, xtables_mount) = host_path(
         "xtables-lock",
         "/run/xtables.lock",
         Some("FileOrCreate"),
         "/run/xtables.lock",
+        false,
     );
-    let config_volume = Volume {
-        name: "flannel-cfg".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: CONFIG_MAP.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let config_mount = VolumeMount {
-        name: "flannel-cfg".into(),
-        mount_path: CONFIG_DIR.into(),
-        ..Default::default()
-    };
+    let config_volume = config_map_volume("flannel-cfg", CONFIG_MAP);
+    let config_mount = mount("flannel-cfg", CONFIG_DIR, false);
     // The images' paths are fixed; only the host side of the volumes is
     // Slate's.
     let install_plugin = Container {
@@ -221,10 +203,7 @@ fn daemon_set() -> DaemonSet {
         // subnet from its podCIDR rather than from etcd.
         args: Some(strings(&["--ip-masq", "--kube-subnet-mgr"])),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity("100m".into())),
-                ("memory".to_owned(), Quantity("50Mi".into())),
-            ])),
+            requests: Some(quantities(&[("cpu", "100m"), ("memory", "50Mi")])),
             ..Default::default()
         }),
         // Not privileged: creating the VXLAN device, routes and iptables
@@ -281,12 +260,12 @@ fn daemon_set() -> DaemonSet {
         volumes: Some(vec![run, cni_plugin, cni, config_volume, xtables]),
         ..Default::default()
     };
-    let pod_labels = [("tier", "node"), ("app", NAME), ("k8s-app", NAME)];
+    let pod_labels = [("tier", "node"), ("app", NAME), APP_LABEL];
     DaemonSet {
-        metadata: labeled(meta("kube-flannel-ds", Some(NAMESPACE)), &pod_labels[..2]),
+        metadata: labeled(meta("kube-flannel-ds", Some(NAMESPACE)), &pod_labels),
         spec: DaemonSetSpec {
             selector: LabelSelector {
-                match_labels: Some(labels(&[("app", NAME), ("k8s-app", NAME)])),
+                match_labels: Some(labels(&[("app", NAME), APP_LABEL])),
                 ..Default::default()
             },
             template: PodTemplateSpec {
@@ -302,92 +281,11 @@ fn daemon_set() -> DaemonSet {
     }
 }
 
-/// An env var set from a field of the pod.
-fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: field_path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A hostPath volume at `path` on the node and its mount at `mount_path`.
-fn host_path(
-    name: &str,
-    path: &str,
-    type_: Option<&str>,
-    mount_path: &str,
-) -> (Volume, VolumeMount) {
-    let volume = Volume {
-        name: name.into(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.into(),
-            type_: type_.map(str::to_owned),
-        }),
-        ..Default::default()
-    };
-    let mount = VolumeMount {
-        name: name.into(),
-        mount_path: mount_path.into(),
-        ..Default::default()
-    };
-    (volume, mount)
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-/// `meta` with upstream's `k8s-app: flannel` and `extra` added to
-/// Slate's labels.
-fn labeled(mut meta: ObjectMeta, extra: &[(&str, &str)]) -> ObjectMeta {
-    let all = meta.labels.get_or_insert_default();
-    all.insert("k8s-app".into(), NAME.into());
-    all.extend(labels(extra));
-    meta
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use slate_config::generate::{Options, generate};
-
-    fn config() -> MachineConfig {
-        generate(&Options {
-            cluster_name: "test".into(),
-            endpoint: "https://cp.example:6443".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .controlplane
-    }
-
-    /// The manifest's body, as the API server would read it.
-    fn typed<K: DeserializeOwned + Serialize>(m: &Manifest) -> K {
-        let text = serde_json::to_string(&m.body).unwrap();
-        let object: K = serde_json::from_str(&text).unwrap();
-        assert_eq!(serde_json::to_value(&object).unwrap(), m.body);
-        object
-    }
-
-    fn find<'a>(objects: &'a [Manifest], kind: &str) -> &'a Manifest {
-        objects.iter().find(|m| m.resource.kind == kind).unwrap()
-    }
+    use crate::addons::testing::{config, find, typed};
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 
     fn data(config: &MachineConfig, key: &str) -> serde_json::Value {
         let cm: ConfigMap = typed(find(&objects(config).unwrap(), "ConfigMap"));

@@ -12,15 +12,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, SecurityContext, ServiceAccount, Toleration,
-    Volume, VolumeMount,
+    ConfigMap, Container, PodSpec, PodTemplateSpec, SecurityContext, ServiceAccount, Toleration,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 use slate_config::MachineConfig;
 
+use super::build::{
+    config_map_volume, field_env, host_path, labeled, labels, mount, service_account_binding,
+    to_yaml,
+};
 use crate::manifest::meta;
 use crate::{K8sError, Manifest, images};
 
@@ -30,6 +31,8 @@ const NAMESPACE: &str = "kube-system";
 const CONFIG_DIR: &str = "/var/lib/kube-proxy";
 /// The service-account credentials kubelet projects into every pod.
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// `k8s-app: kube-proxy`, the label kubeadm selects kube-proxy's pods by.
+const APP_LABEL: (&str, &str) = ("k8s-app", NAME);
 
 /// kube-proxy's objects, in apply order.
 pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
@@ -39,22 +42,14 @@ pub fn objects(config: &MachineConfig) -> Result<Vec<Manifest>, K8sError> {
     };
     // `system:node-proxier` is a built-in ClusterRole with exactly what
     // kube-proxy needs (watch Services and EndpointSlices, emit events).
-    let binding = ClusterRoleBinding {
-        metadata: meta("slate:node-proxier", None),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: "system:node-proxier".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: NAME.into(),
-            namespace: Some(NAMESPACE.into()),
-            ..Default::default()
-        }]),
-    };
+    let binding = service_account_binding(
+        meta("slate:node-proxier", None),
+        "system:node-proxier",
+        NAMESPACE,
+        NAME,
+    );
     let config_map = ConfigMap {
-        metadata: labeled(meta(NAME, Some(NAMESPACE))),
+        metadata: labeled(meta(NAME, Some(NAMESPACE)), &[APP_LABEL]),
         data: Some(BTreeMap::from([
             ("config.conf".to_owned(), proxy_config(config)?),
             ("kubeconfig.conf".to_owned(), kubeconfig(config)?),
@@ -110,13 +105,6 @@ fn kubeconfig(config: &MachineConfig) -> Result<String, K8sError> {
     to_yaml("kube-proxy kubeconfig.conf", &doc)
 }
 
-fn to_yaml(what: &str, doc: &serde_json::Value) -> Result<String, K8sError> {
-    serde_saphyr::to_string(doc).map_err(|source| K8sError::Yaml {
-        what: what.to_owned(),
-        source,
-    })
-}
-
 /// The DaemonSet: one privileged kube-proxy per node on the host network,
 /// tolerating every taint so that Services work on every node.
 fn daemon_set(config: &MachineConfig) -> DaemonSet {
@@ -124,26 +112,18 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
         config.cluster.proxy.image.as_deref(),
         images::kubernetes(NAME),
     );
+    // The host paths are mounted where they are on the host.
     let (xtables, xtables_mount) = host_path(
         "xtables-lock",
         "/run/xtables.lock",
         Some("FileOrCreate"),
+        "/run/xtables.lock",
         false,
     );
-    let (modules, modules_mount) = host_path("lib-modules", "/lib/modules", None, true);
-    let config_volume = Volume {
-        name: NAME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: NAME.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let config_mount = VolumeMount {
-        name: NAME.into(),
-        mount_path: CONFIG_DIR.into(),
-        ..Default::default()
-    };
+    let (modules, modules_mount) =
+        host_path("lib-modules", "/lib/modules", None, "/lib/modules", true);
+    let config_volume = config_map_volume(NAME, NAME);
+    let config_mount = mount(NAME, CONFIG_DIR, false);
     let container = Container {
         name: NAME.into(),
         image: Some(image),
@@ -155,17 +135,7 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
             // otherwise; the pod's node name is always the right one.
             "--hostname-override=$(NODE_NAME)".into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "NODE_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
         // It programs the host's iptables and loads kernel modules.
         security_context: Some(SecurityContext {
             privileged: Some(true),
@@ -175,10 +145,10 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
         ..Default::default()
     };
     DaemonSet {
-        metadata: labeled(meta(NAME, Some(NAMESPACE))),
+        metadata: labeled(meta(NAME, Some(NAMESPACE)), &[APP_LABEL]),
         spec: DaemonSetSpec {
             selector: LabelSelector {
-                match_labels: Some(app_labels()),
+                match_labels: Some(labels(&[APP_LABEL])),
                 ..Default::default()
             },
             update_strategy: Some(DaemonSetUpdateStrategy {
@@ -187,7 +157,7 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(app_labels()),
+                    labels: Some(labels(&[APP_LABEL])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -200,10 +170,7 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
                         operator: Some("Exists".into()),
                         ..Default::default()
                     }]),
-                    node_selector: Some(BTreeMap::from([(
-                        "kubernetes.io/os".to_owned(),
-                        "linux".to_owned(),
-                    )])),
+                    node_selector: Some(labels(&[("kubernetes.io/os", "linux")])),
                     ..Default::default()
                 }),
             },
@@ -213,69 +180,11 @@ fn daemon_set(config: &MachineConfig) -> DaemonSet {
     }
 }
 
-/// `k8s-app: kube-proxy`, the label kubeadm selects kube-proxy's pods by.
-fn app_labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("k8s-app".to_owned(), NAME.to_owned())])
-}
-
-/// `meta` with kube-proxy's label added to Slate's.
-fn labeled(mut meta: ObjectMeta) -> ObjectMeta {
-    meta.labels.get_or_insert_default().extend(app_labels());
-    meta
-}
-
-/// A hostPath volume and its mount at the same path in the container.
-fn host_path(
-    name: &str,
-    path: &str,
-    type_: Option<&str>,
-    read_only: bool,
-) -> (Volume, VolumeMount) {
-    let volume = Volume {
-        name: name.into(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.into(),
-            type_: type_.map(str::to_owned),
-        }),
-        ..Default::default()
-    };
-    let mount = VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    };
-    (volume, mount)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use slate_config::generate::{Options, generate};
-
-    fn config() -> MachineConfig {
-        generate(&Options {
-            cluster_name: "test".into(),
-            endpoint: "https://cp.example:6443".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .controlplane
-    }
-
-    /// The manifest's body, as the API server would read it.
-    fn typed<K: DeserializeOwned + Serialize>(m: &Manifest) -> K {
-        let text = serde_json::to_string(&m.body).unwrap();
-        let object: K = serde_json::from_str(&text).unwrap();
-        assert_eq!(serde_json::to_value(&object).unwrap(), m.body);
-        object
-    }
-
-    fn find<'a>(objects: &'a [Manifest], kind: &str) -> &'a Manifest {
-        objects.iter().find(|m| m.resource.kind == kind).unwrap()
-    }
+    use crate::addons::testing::{config, find, typed};
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 
     fn data(objects: &[Manifest], key: &str) -> serde_json::Value {
         let cm: ConfigMap = typed(find(objects, "ConfigMap"));

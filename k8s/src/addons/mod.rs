@@ -15,9 +15,12 @@ use slate_config::{CniName, MachineConfig};
 use crate::{K8sError, Manifest};
 
 pub mod bootstrap;
+mod build;
 pub mod coredns;
 pub mod flannel;
 pub mod kube_proxy;
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// Every object to apply for `config`, in apply order (namespaces and
 /// RBAC before the workloads that use them).
@@ -102,13 +105,7 @@ mod tests {
     use super::*;
 
     fn with_services(subnet: &str) -> MachineConfig {
-        let mut c = slate_config::generate::generate(&slate_config::generate::Options {
-            cluster_name: "t".into(),
-            endpoint: "https://cp:6443".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .controlplane;
+        let mut c = testing::config();
         c.cluster.network.service_subnets = vec![subnet.into()];
         c
     }

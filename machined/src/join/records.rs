@@ -136,6 +136,12 @@ pub struct MachineRecord {
     /// none (a control-plane node, or not joined yet).
     #[serde(default)]
     pub node_token_sha256: String,
+    /// That token itself: kubelet on the worker joins Kubernetes with it
+    /// (it is the worker's `machine.token`), so the control plane applies
+    /// it as a bootstrap-token Secret, which holds it in etcd in the clear
+    /// just the same.
+    #[serde(default)]
+    pub kubelet_token: String,
 }
 
 impl MachineRecord {

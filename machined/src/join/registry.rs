@@ -369,6 +369,7 @@ impl Registry {
                         source: source.to_owned(),
                         patches: vec![token.config_patch.clone()],
                         node_token_sha256: String::new(),
+                        kubelet_token: String::new(),
                     };
                     (record, 0, token.id)
                 }
@@ -523,6 +524,10 @@ impl Registry {
                     MachineState::Accepted | MachineState::Joined => {
                         m.state = MachineState::Joined;
                         m.node_token_sha256 = digest.clone().unwrap_or_default();
+                        m.kubelet_token = own_token
+                            .as_ref()
+                            .map(JoinToken::to_string)
+                            .unwrap_or_default();
                         Ok(m)
                     }
                     other => Err(Status::failed_precondition(format!(
@@ -542,6 +547,17 @@ impl Registry {
                 })
             }
         }
+    }
+
+    /// The machine tokens of the joined workers, by machine id: each is
+    /// its kubelet's bootstrap token, which the API server must know.
+    pub async fn kubelet_tokens(&self) -> Result<Vec<(String, String)>, Status> {
+        let machines = self.list::<MachineRecord>(MACHINES).await?;
+        Ok(machines
+            .into_iter()
+            .filter(|m| m.state == MachineState::Joined && !m.kubelet_token.is_empty())
+            .map(|m| (m.id, m.kubelet_token))
+            .collect())
     }
 
     /// The names a joined worker's own machine token lets the trust service

@@ -43,6 +43,10 @@ pub struct KubeletPaths {
     pub swaps: PathBuf,
     /// The control plane's secrets and kubelet's static pod directory.
     pub k8s: slate_k8s::layout::Layout,
+    /// The layer's image archives, and the file that says they were
+    /// imported ([`crate::images`]).
+    pub image_archives: PathBuf,
+    pub images_imported: PathBuf,
 }
 
 impl Default for KubeletPaths {
@@ -53,6 +57,8 @@ impl Default for KubeletPaths {
             proc_sys: "/proc/sys".into(),
             swaps: "/proc/swaps".into(),
             k8s: slate_k8s::layout::Layout::default(),
+            image_archives: crate::images::ARCHIVES.into(),
+            images_imported: crate::images::IMPORTED.into(),
         }
     }
 }
@@ -109,6 +115,9 @@ pub fn spec(program: &Path, config: &MachineConfig, paths: KubeletPaths) -> Serv
 /// Checks the node, writes the files, returns the per-start flags.
 fn prepare(config: &MachineConfig, paths: &KubeletPaths) -> Result<Vec<String>, String> {
     check_node(paths)?;
+    if !crate::images::ready(&paths.image_archives, &paths.images_imported) {
+        return Err("waiting for the layer's image archives to be imported into containerd".into());
+    }
     let ready = std::fs::read_to_string(&paths.network_ready).unwrap_or_default();
     let node_ip = node_ip(&ready, &config.machine.kubelet.node_ip.valid_subnets)
         .ok_or("no node address in the valid subnets yet")?;
