@@ -161,6 +161,9 @@ async fn kubelet_runs_after_containerd_with_the_files_machined_writes() {
         // written before kubelet started, where its config points.
         "staticPodPath /var/lib/kubelet/manifests: \
          [kube-apiserver.yaml kube-controller-manager.yaml kube-scheduler.yaml]",
+        "kube-apiserver.yaml: a Pod whose host paths all exist",
+        "kube-controller-manager.yaml: a Pod whose host paths all exist",
+        "kube-scheduler.yaml: a Pod whose host paths all exist",
     ] {
         assert!(t.contains(needle), "{needle}:\n{t}");
     }

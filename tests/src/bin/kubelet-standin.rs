@@ -44,6 +44,33 @@ fn main() -> std::process::ExitCode {
             .collect();
         files.sort();
         println!("staticPodPath {}: [{}]", dir.trim(), files.join(" "));
+        // What a real kubelet would mount: every hostPath must exist
+        // (the control plane's are typed `Directory`).
+        for file in &files {
+            let path = std::path::Path::new(dir.trim()).join(file);
+            let pod: Result<k8s_openapi::api::core::v1::Pod, String> =
+                std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_saphyr::from_str(&t).map_err(|e| e.to_string()));
+            match pod {
+                Ok(pod) => {
+                    let missing: Vec<String> = pod
+                        .spec
+                        .and_then(|s| s.volumes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|v| v.host_path.map(|h| h.path))
+                        .filter(|p| !std::path::Path::new(p).exists())
+                        .collect();
+                    if missing.is_empty() {
+                        println!("{file}: a Pod whose host paths all exist");
+                    } else {
+                        println!("{file}: missing host paths {}", missing.join(" "));
+                    }
+                }
+                Err(e) => println!("{file}: not a Pod: {e}"),
+            }
+        }
     }
     let listener = match TcpListener::bind("127.0.0.1:10248") {
         Ok(l) => l,
