@@ -274,6 +274,21 @@ pub struct Kubelet {
     /// Which of the node's addresses kubelet reports.
     #[serde(rename = "nodeIP", default, skip_serializing_if = "is_default")]
     pub node_ip: NodeIp,
+    /// Where to download kubelet from when the image carries none: the
+    /// node fetches it onto EPHEMERAL and runs it only if its SHA-256 is
+    /// the one given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<KubeletSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeletSource {
+    /// `https://` or `http://` URL of the kubelet binary, e.g.
+    /// `https://dl.k8s.io/release/v1.37.0/bin/linux/amd64/kubelet`.
+    pub url: String,
+    /// Its SHA-256, 64 hex digits (the release's `kubelet.sha256`).
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -116,6 +116,22 @@ fn machine(m: &Machine, mode: Mode, p: &mut Problems) {
         p.add("machine.kubelet.image", "is empty");
     }
     extra_args("machine.kubelet.extraArgs", &m.kubelet.extra_args, p);
+    if let Some(source) = &m.kubelet.source {
+        if !(source.url.starts_with("https://") || source.url.starts_with("http://"))
+            || source.url.contains(char::is_whitespace)
+        {
+            p.add(
+                "machine.kubelet.source.url",
+                format!("{:?} is not an http:// or https:// URL", source.url),
+            );
+        }
+        if source.sha256.len() != 64 || !source.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            p.add(
+                "machine.kubelet.source.sha256",
+                format!("{:?} is not a SHA-256 (64 hex digits)", source.sha256),
+            );
+        }
+    }
     for (i, subnet) in m.kubelet.node_ip.valid_subnets.iter().enumerate() {
         let cidr = subnet.strip_prefix('!').unwrap_or(subnet);
         if cidr.parse::<IpNet>().is_err() {

@@ -1,5 +1,6 @@
 //! `slate.config=URL` on the kernel command line: the machine config from
-//! an HTTP(S) server, as PXE and some clouds hand it out.
+//! an HTTP(S) server, as PXE and some clouds hand it out; and downloads of
+//! large files (`machine.kubelet.source`), streamed to disk.
 //!
 //! The fetch retries with backoff (the network may still be coming up, the
 //! server may be restarting), says each failure on the console, bounds the
@@ -51,8 +52,14 @@ pub enum FetchError {
     Http(#[from] hyper::Error),
     #[error("the server answered {0}")]
     Status(http::StatusCode),
-    #[error("the config is larger than {MAX_CONFIG_BYTES} bytes")]
+    #[error("the answer is larger than allowed")]
     TooLarge,
+    #[error("writing {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -144,6 +151,66 @@ fn parse(url: &str) -> Option<Parsed<'_>> {
 
 /// One GET.
 pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
+    let response = send(url).await?;
+    let body = Limited::new(response.into_body(), MAX_CONFIG_BYTES)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(h) => FetchError::Http(*h),
+            Err(_) => FetchError::TooLarge,
+        })?;
+    Ok(body.to_bytes().to_vec())
+}
+
+/// One GET of a large file (a kubelet binary): streamed to `dest` (a new
+/// file, mode `mode`, synced), at most `max_bytes`, while its SHA-256 is
+/// computed; returns the digest, hex. The caller checks it before using
+/// the file, and removes the file when it does not match.
+pub async fn download(
+    url: &str,
+    dest: &std::path::Path,
+    mode: u32,
+    max_bytes: u64,
+) -> Result<String, FetchError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let response = send(url).await?;
+    let write_err = |source| FetchError::Write {
+        path: dest.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(dest)
+        .map_err(write_err)?;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut body = response.into_body();
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        written += data.len() as u64;
+        if written > max_bytes {
+            return Err(FetchError::TooLarge);
+        }
+        digest.update(&data);
+        file.write_all(&data).map_err(write_err)?;
+    }
+    file.sync_all().map_err(write_err)?;
+    Ok(digest
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Connects (TLS for https), sends the GET and checks for 200 OK.
+async fn send(url: &str) -> Result<http::Response<hyper::body::Incoming>, FetchError> {
     let u = parse(url).ok_or_else(|| FetchError::BadUrl(redacted(url)))?;
     let addr = u.target.to_string();
     let tcp = tokio::net::TcpStream::connect(&addr)
@@ -178,7 +245,7 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
     }
 }
 
-async fn get<T>(io: T, u: &Parsed<'_>) -> Result<Vec<u8>, FetchError>
+async fn get<T>(io: T, u: &Parsed<'_>) -> Result<http::Response<hyper::body::Incoming>, FetchError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -195,14 +262,7 @@ where
     if response.status() != http::StatusCode::OK {
         return Err(FetchError::Status(response.status()));
     }
-    let body = Limited::new(response.into_body(), MAX_CONFIG_BYTES)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<hyper::Error>() {
-            Ok(h) => FetchError::Http(*h),
-            Err(_) => FetchError::TooLarge,
-        })?;
-    Ok(body.to_bytes().to_vec())
+    Ok(response)
 }
 
 #[cfg(test)]

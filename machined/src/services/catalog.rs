@@ -45,11 +45,18 @@ pub fn specs(
     {
         out.push(discovery(Path::new(DISCOVERY_BIN)));
     }
-    let kubelet = config
-        .and_then(|c| c.machine.kubelet.image.as_deref())
-        .map_or_else(|| bin.join("kubelet"), PathBuf::from);
+    // A kubelet to download is there once its preparation fetched it.
+    let source = config.and_then(|c| c.machine.kubelet.source.as_ref());
+    let kubelet = match source {
+        Some(source) => {
+            super::kubelet::downloaded(&super::kubelet::KubeletPaths::default().downloads, source)
+        }
+        None => config
+            .and_then(|c| c.machine.kubelet.image.as_deref())
+            .map_or_else(|| bin.join("kubelet"), PathBuf::from),
+    };
     if let Some(config) = config
-        && kubelet.is_file()
+        && (kubelet.is_file() || source.is_some())
     {
         out.push(super::kubelet::spec(
             &kubelet,

@@ -47,6 +47,8 @@ pub struct KubeletPaths {
     /// imported ([`crate::images`]).
     pub image_archives: PathBuf,
     pub images_imported: PathBuf,
+    /// Where a kubelet from `machine.kubelet.source` is kept (EPHEMERAL).
+    pub downloads: PathBuf,
 }
 
 impl Default for KubeletPaths {
@@ -59,6 +61,7 @@ impl Default for KubeletPaths {
             k8s: slate_k8s::layout::Layout::default(),
             image_archives: crate::images::ARCHIVES.into(),
             images_imported: crate::images::IMPORTED.into(),
+            downloads: "/var/lib/slate/kubelet".into(),
         }
     }
 }
@@ -108,8 +111,68 @@ pub fn spec(program: &Path, config: &MachineConfig, paths: KubeletPaths) -> Serv
         timeout: Duration::from_secs(2),
     });
     let config = config.clone();
-    spec.prepare = Some(super::spec::prepare_with(move || prepare(&config, &paths)));
+    spec.prepare = Some(match config.machine.kubelet.source.clone() {
+        None => super::spec::prepare_with(move || prepare(&config, &paths)),
+        // Fetched (and checked) first, then the files as always.
+        Some(source) => std::sync::Arc::new(move |progress| {
+            let (config, paths, source) = (config.clone(), paths.clone(), source.clone());
+            Box::pin(async move {
+                ensure_downloaded(&source, &paths.downloads, &progress).await?;
+                tokio::task::spawn_blocking(move || prepare(&config, &paths))
+                    .await
+                    .map_err(|e| e.to_string())?
+            })
+        }),
+    });
     spec
+}
+
+/// The largest kubelet download accepted (a real one is ~80 MiB).
+const MAX_KUBELET_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Where the kubelet of `source` is kept in `dir`: named by its digest, so
+/// a config naming another one downloads anew.
+pub fn downloaded(dir: &Path, source: &slate_config::KubeletSource) -> PathBuf {
+    let digest = source.sha256.to_ascii_lowercase();
+    dir.join(format!("kubelet-{}", &digest[..digest.len().min(16)]))
+}
+
+/// Makes sure the kubelet of `source` is in `dir`, whole and with the
+/// digest the config names: downloaded to a temporary file, checked, then
+/// renamed into place; a mismatch deletes it and fails the start, naming
+/// both digests (the start is retried with the service's backoff).
+async fn ensure_downloaded(
+    source: &slate_config::KubeletSource,
+    dir: &Path,
+    progress: &super::spec::Progress,
+) -> Result<(), String> {
+    let path = downloaded(dir, source);
+    let want = source.sha256.to_ascii_lowercase();
+    if path.is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let part = path.with_extension("part");
+    let shown = crate::url::redacted(&source.url);
+    progress.note(format!("downloading kubelet from {shown}"));
+    let got = crate::url::download(&source.url, &part, 0o755, MAX_KUBELET_BYTES)
+        .await
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&part);
+            format!(
+                "downloading kubelet from {shown}: {}",
+                slate_common::error::chain(&e)
+            )
+        })?;
+    if got != want {
+        let _ = std::fs::remove_file(&part);
+        return Err(format!(
+            "machine.kubelet.source: {shown} has SHA-256 {got}, not the {want} the config names; not run"
+        ));
+    }
+    std::fs::rename(&part, &path).map_err(|e| format!("placing {}: {e}", path.display()))?;
+    tracing::info!("kubelet from {shown} verified (sha256 {got})");
+    Ok(())
 }
 
 /// Checks the node, writes the files, returns the per-start flags.
