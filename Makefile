@@ -22,6 +22,9 @@ DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \
 
 deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS)
+	# kubectl reads the kubeconfigs in the tests (offline). Debian's is
+	# kubernetes-client; a machine with another kubectl keeps its own.
+	command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client
 
 build:
 	$(CARGO) build $(CARGOFLAGS) --workspace --bins
