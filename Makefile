@@ -9,7 +9,7 @@ CARGOFLAGS := --release --target $(TARGET) --locked
 KERNEL   ?= cloud
 # Debian packages whose programs form the extension layer (extensions.cpio);
 # `make image EXTENSIONS=` builds without one.
-EXTENSIONS ?= containerd,runc,etcd-server
+EXTENSIONS ?= containerd,runc,etcd-server,containernetworking-plugins
 
 # Debian packages the build, the image and the tests need.
 DEBS := build-essential pkg-config clang libclang-dev libblkid-dev \

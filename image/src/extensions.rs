@@ -41,6 +41,17 @@ pub const DEBIAN: &[(&str, &[(&str, &str)])] = &[
     ),
     ("runc", &[("usr/sbin/runc", "runc")]),
     ("etcd-server", &[("usr/bin/etcd", "etcd")]),
+    // The CNI plugins flannel (and most CNIs) delegate to; machined links
+    // them into containerd's CNI plugin directory.
+    (
+        "containernetworking-plugins",
+        &[
+            ("usr/lib/cni/bridge", "bridge"),
+            ("usr/lib/cni/host-local", "host-local"),
+            ("usr/lib/cni/loopback", "loopback"),
+            ("usr/lib/cni/portmap", "portmap"),
+        ],
+    ),
 ];
 
 /// One program of the layer: `bin/NAME` from `path`.
@@ -103,7 +114,9 @@ pub enum ExtensionError {
     Duplicate(String),
     #[error(transparent)]
     Service(#[from] slate_config::extension_service::ExtensionServiceError),
-    #[error("unknown Debian extension {0:?} (known: containerd, runc, etcd-server)")]
+    #[error(
+        "unknown Debian extension {0:?} (known: containerd, runc, etcd-server, containernetworking-plugins)"
+    )]
     Unknown(String),
     #[error(transparent)]
     Libraries(#[from] HostBinError),

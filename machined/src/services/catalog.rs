@@ -30,7 +30,11 @@ pub fn specs(
 ) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     if bin.join("containerd").is_file() {
-        out.push(containerd(bin, Path::new(CONTAINERD_CONFIG)));
+        out.push(containerd(
+            bin,
+            Path::new(CONTAINERD_CONFIG),
+            super::cni::CniDirs::default(),
+        ));
     }
     if let Some(etcd) = etcd {
         out.push(etcd.spec(&bin.join("etcd")));
@@ -166,8 +170,9 @@ pub fn discovery(program: &Path) -> ServiceSpec {
 }
 
 /// containerd with the CRI plugin on, its state under /var (EPHEMERAL on
-/// an installed node) and /run, runc from the extension layer.
-pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
+/// an installed node) and /run, runc from the extension layer, the CNI
+/// directories of [`super::cni`].
+pub fn containerd(bin: &Path, config: &Path, cni: super::cni::CniDirs) -> ServiceSpec {
     let program = bin.join("containerd");
     let mut spec = ServiceSpec::new(
         "containerd",
@@ -180,8 +185,10 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
     spec.env = vec![("LD_LIBRARY_PATH".into(), EXTENSIONS_LIB.into())];
     let config: PathBuf = config.to_owned();
     let runc = bin.join("runc");
+    let layer_bin = bin.to_owned();
     spec.prepare = Some(prepare_with(move || {
-        let text = containerd_config(&runc);
+        super::cni::prepare(&layer_bin, &cni)?;
+        let text = containerd_config(&runc, &cni);
         if let Some(dir) = config.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
@@ -206,7 +213,7 @@ pub fn containerd(bin: &Path, config: &Path) -> ServiceSpec {
 }
 
 /// containerd's config (version 2 schema of containerd 1.6).
-pub fn containerd_config(runc: &Path) -> String {
+pub fn containerd_config(runc: &Path, cni: &super::cni::CniDirs) -> String {
     format!(
         r#"# Written by slate machined at every start of containerd.
 version = 2
@@ -225,8 +232,14 @@ state = "/run/containerd"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
   BinaryName = "{}"
   SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{}"
+  conf_dir = "{}"
 "#,
-        runc.display()
+        runc.display(),
+        cni.bin.display(),
+        cni.conf.display(),
     )
 }
 
@@ -299,15 +312,50 @@ mod tests {
         use crate::services::spec::Progress;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sub/config.toml");
-        let spec = containerd(Path::new("/usr/local/bin"), &config);
-        (spec.prepare.unwrap())(Progress::new(|_| {}))
-            .await
-            .unwrap();
+        let layer = dir.path().join("layer-bin");
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::write(layer.join("bridge"), "").unwrap();
+        std::fs::write(layer.join("portmap"), "").unwrap();
+        let cni = crate::services::cni::CniDirs {
+            bin: dir.path().join("cni/bin"),
+            conf: dir.path().join("cni/net.d"),
+        };
+        // flannel's own plugin, copied there by its DaemonSet, stays.
+        std::fs::create_dir_all(&cni.bin).unwrap();
+        std::fs::write(cni.bin.join("flannel"), "flannel").unwrap();
+        let spec = containerd(&layer, &config, cni.clone());
+        for _ in 0..2 {
+            (spec.prepare.clone().unwrap())(Progress::new(|_| {}))
+                .await
+                .unwrap();
+        }
         let text = std::fs::read_to_string(&config).unwrap();
         assert!(
-            text.contains("BinaryName = \"/usr/local/bin/runc\""),
+            text.contains(&format!(
+                "BinaryName = \"{}\"",
+                layer.join("runc").display()
+            )),
             "{text}"
         );
         assert!(text.contains(CONTAINERD_SOCKET));
+        assert!(
+            text.contains(&format!("bin_dir = \"{}\"", cni.bin.display())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("conf_dir = \"{}\"", cni.conf.display())));
+        assert!(cni.conf.is_dir());
+        assert_eq!(
+            std::fs::read_link(cni.bin.join("bridge")).unwrap(),
+            layer.join("bridge")
+        );
+        assert_eq!(
+            std::fs::read_link(cni.bin.join("portmap")).unwrap(),
+            layer.join("portmap")
+        );
+        assert!(!cni.bin.join("host-local").exists(), "not in the layer");
+        assert_eq!(
+            std::fs::read_to_string(cni.bin.join("flannel")).unwrap(),
+            "flannel"
+        );
     }
 }

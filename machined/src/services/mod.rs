@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod cgroup;
+pub mod cni;
 pub mod health;
 pub mod kubelet;
 pub mod layer;
