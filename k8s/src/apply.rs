@@ -3,7 +3,7 @@
 //! `slate`, forcing conflicts (Slate owns what it deploys), so applying
 //! again is a no-op and a changed config updates the objects in place.
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::{K8sError, Manifest};
@@ -35,6 +35,29 @@ pub async fn apply_all(client: &kube::Client, manifests: &[Manifest]) -> Result<
                 source,
             })?;
         tracing::debug!(object = %m.describe(), "applied");
+    }
+    Ok(())
+}
+
+/// Deletes `manifests` (objects Slate applied that must go, such as the
+/// token Secret of a forgotten worker); one that is gone already counts
+/// as deleted.
+pub async fn delete_all(client: &kube::Client, manifests: &[Manifest]) -> Result<(), K8sError> {
+    for m in manifests {
+        let api: Api<DynamicObject> = match &m.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &m.resource),
+            None => Api::all_with(client.clone(), &m.resource),
+        };
+        match api.delete(&m.name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(object = %m.describe(), "deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(K8sError::Apply {
+                    what: format!("deleting {}", m.describe()),
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }

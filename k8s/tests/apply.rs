@@ -71,17 +71,32 @@ async fn stand_in(config: &MachineConfig) -> (String, Arc<Mutex<Vec<Recorded>>>)
                             let bytes = req.into_body().collect().await.unwrap().to_bytes();
                             let body: serde_json::Value =
                                 serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                            // Server-side apply answers with the object, a
+                            // delete with a Status (404 for a name "gone-…").
+                            let (code, answer) = if method != "DELETE" {
+                                (200, body.to_string())
+                            } else {
+                                let missing = path_and_query.contains("/gone-");
+                                let code = if missing { 404 } else { 200 };
+                                let status = serde_json::json!({
+                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": if missing { "Failure" } else { "Success" },
+                                    "reason": if missing { "NotFound" } else { "" },
+                                    "message": "", "code": code,
+                                });
+                                (code, status.to_string())
+                            };
                             rec.lock().unwrap().push(Recorded {
                                 method,
                                 path_and_query,
                                 content_type,
-                                body: body.clone(),
+                                body,
                             });
-                            // Server-side apply answers with the object.
                             Ok::<_, std::convert::Infallible>(
                                 Response::builder()
+                                    .status(code)
                                     .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .body(Full::new(Bytes::from(answer)))
                                     .unwrap(),
                             )
                         }
@@ -178,4 +193,45 @@ async fn a_client_of_another_cluster_is_refused_by_the_stand_in() {
             .starts_with("applying Secret kube-system/bootstrap-token-")
     );
     assert!(record.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_objects_are_deleted_and_a_missing_one_is_no_error() {
+    let config = config();
+    let (url, record) = stand_in(&config).await;
+    let client = slate_k8s::apply::client(admin_kubeconfig(&config, &url))
+        .await
+        .unwrap();
+    let secret = |name: &str| {
+        let mut s =
+            slate_k8s::addons::bootstrap::token_secret("abcdef.0123456789abcdef", "x").unwrap();
+        s.metadata.name = Some(name.into());
+        slate_k8s::Manifest::of(&s).unwrap()
+    };
+    slate_k8s::apply::delete_all(
+        &client,
+        &[secret("bootstrap-token-abcdef"), secret("gone-one")],
+    )
+    .await
+    .unwrap();
+    let seen = record.lock().unwrap().clone();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| {
+            (
+                r.method.as_str(),
+                r.path_and_query.split('?').next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (
+                "DELETE",
+                "/api/v1/namespaces/kube-system/secrets/bootstrap-token-abcdef"
+            ),
+            ("DELETE", "/api/v1/namespaces/kube-system/secrets/gone-one"),
+        ]
+    );
 }

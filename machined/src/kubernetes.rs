@@ -110,10 +110,17 @@ pub async fn run(
             None => Vec::new(),
         };
         // A worker that joined since the last apply needs its Secret now,
-        // not at the next round.
+        // not at the next round; one forgotten or rejected since loses it.
         if now >= next_apply || applied.as_ref().is_some_and(|a| *a != workers) {
             let manifests = with_worker_tokens(&base, &workers);
-            match apply(&config, &layout, &manifests).await {
+            let gone: Vec<(String, String)> = applied
+                .iter()
+                .flatten()
+                .filter(|w| !workers.contains(w))
+                .cloned()
+                .collect();
+            let stale = with_worker_tokens(&[], &gone);
+            match apply(&config, &layout, &manifests, &stale).await {
                 Ok(()) => {
                     if applied.as_ref() != Some(&workers) {
                         tracing::info!(
@@ -161,12 +168,14 @@ pub fn with_worker_tokens(
     out
 }
 
-/// One apply of `manifests` with the node's admin kubeconfig, through the
-/// API balancer when it is on, else to this node's API server.
+/// One apply of `manifests` (and deletion of `stale`) with the node's
+/// admin kubeconfig, through the API balancer when it is on, else to this
+/// node's API server.
 async fn apply(
     config: &MachineConfig,
     layout: &Layout,
     manifests: &[slate_k8s::Manifest],
+    stale: &[slate_k8s::Manifest],
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(layout.admin_kubeconfig())
         .map_err(|e| format!("{}: {e}", layout.admin_kubeconfig().display()))?;
@@ -183,6 +192,9 @@ async fn apply(
         .await
         .map_err(|e| slate_common::error::chain(&e))?;
     slate_k8s::apply::apply_all(&client, manifests)
+        .await
+        .map_err(|e| slate_common::error::chain(&e))?;
+    slate_k8s::apply::delete_all(&client, stale)
         .await
         .map_err(|e| slate_common::error::chain(&e))
 }
