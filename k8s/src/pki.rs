@@ -198,16 +198,8 @@ pub fn issue_all(config: &MachineConfig, node: &NodeNames) -> Result<Issued, K8s
     )?;
 
     let local = local_api_url();
-    let client_kubeconfig = |cn: &str, orgs: &[&str]| -> Result<String, K8sError> {
-        let id = issue(&ca, cn, orgs, &[], Purpose::Client)?;
-        kubeconfig::render(&kubeconfig::with_certificate(
-            &cluster.name,
-            &local,
-            &ca.crt,
-            cn,
-            &id,
-        ))
-    };
+    let client_kubeconfig =
+        |cn: &str, orgs: &[&str]| client_kubeconfig(&cluster.name, &local, &ca, cn, orgs);
     let file = |name, contents: &str| File {
         name,
         contents: contents.to_owned(),
@@ -256,6 +248,39 @@ pub fn issue_all(config: &MachineConfig, node: &NodeNames) -> Result<Issued, K8s
         directories,
         admin_kubeconfig: client_kubeconfig("admin", &["system:masters"])?,
     })
+}
+
+/// A kubeconfig for `server` whose user `common_name` (in groups
+/// `organizations`) holds a new client certificate of the cluster CA.
+fn client_kubeconfig(
+    cluster: &str,
+    server: &str,
+    ca: &Ca,
+    common_name: &str,
+    organizations: &[&str],
+) -> Result<String, K8sError> {
+    let id = issue(ca, common_name, organizations, &[], Purpose::Client)?;
+    kubeconfig::render(&kubeconfig::with_certificate(
+        cluster,
+        server,
+        &ca.crt,
+        common_name,
+        &id,
+    ))
+}
+
+/// An admin kubeconfig (`CN=admin`, `O=system:masters`, one year) for
+/// `server`: the node's own (`admin.kubeconfig`, this node's API server)
+/// and `slatectl kubeconfig`'s (the cluster's endpoint) alike.
+pub fn admin_kubeconfig(config: &MachineConfig, server: &str) -> Result<String, K8sError> {
+    let ca = authority("cluster.ca", Some(&config.cluster.ca))?;
+    client_kubeconfig(
+        &config.cluster.name,
+        server,
+        &ca,
+        "admin",
+        &["system:masters"],
+    )
 }
 
 /// Writes `issued` under `layout`: every file root-only (0600), each

@@ -337,10 +337,7 @@ pub fn directory_hash(dir: &Path) -> String {
         ctx.update(name.as_encoded_bytes());
         ctx.update(&std::fs::read(dir.join(&name)).unwrap_or_default());
     }
-    ctx.finish().as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    slate_config::join::hex(&ctx.finish().as_ref()[..8])
 }
 
 /// Writes `pods` into the manifest directory, each atomically (0600:

@@ -202,32 +202,13 @@ async fn apply(
 /// An admin kubeconfig for the cluster's endpoint (`slatectl
 /// kubeconfig`): issued on each call, one year, `O=system:masters`.
 pub fn admin_kubeconfig(config: &MachineConfig) -> Result<String, String> {
-    let ca = &config.cluster.ca;
-    let (crt, key) = (
-        ca.crt_pem().map_err(|e| format!("cluster.ca.{e}"))?,
-        ca.key_pem().map_err(|e| format!("cluster.ca.{e}"))?.ok_or(
-            "this node holds no cluster CA key: ask a control-plane node (slatectl -n CP kubeconfig)",
-        )?,
-    );
-    let authority = slate_pki::Authority::from_pem(&crt, &key).map_err(|e| e.to_string())?;
-    let identity = authority
-        .issue_leaf(&slate_pki::leaf::Leaf {
-            common_name: "admin",
-            organizations: &["system:masters"],
-            names: &[],
-            purposes: &[slate_pki::leaf::Purpose::Client],
-            days: pki::VALIDITY_DAYS,
-        })
-        .map_err(|e| e.to_string())?;
-    let name = &config.cluster.name;
-    slate_k8s::kubeconfig::render(&slate_k8s::kubeconfig::with_certificate(
-        name,
-        &config.cluster.control_plane.endpoint,
-        &crt,
-        "admin",
-        &identity,
-    ))
-    .map_err(|e| e.to_string())
+    if config.cluster.ca.key.is_none() {
+        return Err(
+            "this node holds no cluster CA key: ask a control-plane node (slatectl -n CP kubeconfig)"
+                .into(),
+        );
+    }
+    pki::admin_kubeconfig(config, &config.cluster.control_plane.endpoint).map_err(|e| e.to_string())
 }
 
 /// What the listing reads of a static pod. Not `k8s-openapi`'s `Pod`:
@@ -300,10 +281,9 @@ pub fn static_pods(dir: &Path) -> Vec<StaticPod> {
                     };
                 }
             };
-            let hash = ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hash = slate_config::join::hex(
+                &ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..8],
+            );
             let parsed = std::str::from_utf8(&bytes)
                 .map_err(|e| e.to_string())
                 .and_then(|t| serde_saphyr::from_str::<PodSummary>(t).map_err(|e| e.to_string()))

@@ -201,12 +201,7 @@ pub async fn download(
         file.write_all(&data).map_err(write_err)?;
     }
     file.sync_all().map_err(write_err)?;
-    Ok(digest
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(slate_config::join::hex(digest.finish().as_ref()))
 }
 
 /// Connects (TLS for https), sends the GET and checks for 200 OK.

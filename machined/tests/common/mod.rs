@@ -47,23 +47,3 @@ pub async fn machined(
     tokio::spawn(async move { serve(&socket, served).await });
     (paths, node)
 }
-
-/// The subject alternative names of a PEM certificate, as text.
-pub fn sans(pem: &str) -> Vec<String> {
-    let der = slate_pki::pem_to_der(pem).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    san.general_names
-        .iter()
-        .map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
-            x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
-                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
-            }
-            x509_parser::extensions::GeneralName::IPAddress(b) => {
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
-            }
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
