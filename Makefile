@@ -46,7 +46,7 @@ unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace
 
 qemu-test:
-	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot --test qemu_config --test qemu_cluster --test qemu_join --test qemu_extensions --test qemu_faults --test qemu_mesh -- --include-ignored --test-threads 1
+	$(CARGO) test $(CARGOFLAGS) -p slate-tests --test qemu_boot --test qemu_config --test qemu_cluster --test qemu_join --test qemu_extensions --test qemu_faults --test qemu_mesh --test qemu_install -- --include-ignored --test-threads 1
 
 bench: image
 	$(BIN)/slate-bench

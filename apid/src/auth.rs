@@ -102,6 +102,23 @@ pub const RULES: &[(&str, Access)] = &[
         "/slate.machine.v1.MachineService/Images",
         Access::Role(Role::Reader),
     ),
+    // Replacing the OS, choosing its slot, and wiping its disk: admins.
+    (
+        "/slate.machine.v1.MachineService/Upgrade",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Rollback",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "/slate.machine.v1.MachineService/BootSlots",
+        Access::Role(Role::Reader),
+    ),
+    (
+        "/slate.machine.v1.MachineService/Reset",
+        Access::Role(Role::Admin),
+    ),
     // The resource types answered in maintenance mode are narrowed
     // further by [`MAINTENANCE_TYPES`].
     (

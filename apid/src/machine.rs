@@ -19,6 +19,10 @@ use slate_proto::machine::{
     ServiceActionResponse, ServiceListRequest, ServiceListResponse, ShutdownRequest,
     ShutdownResponse, StaticPodsRequest, StaticPodsResponse, VersionRequest, VersionResponse,
 };
+use slate_proto::machine::{
+    BootSlotsRequest, BootSlotsResponse, ResetRequest, ResetResponse, RollbackRequest,
+    RollbackResponse, UpgradeRequest, UpgradeResponse,
+};
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -366,12 +370,65 @@ impl MachineService for MachineApi {
         )
         .await
     }
+
+    // A client-streamed bundle: passed on chunk by chunk. A client error
+    // ends the forwarded stream early, and machined refuses the truncated
+    // bundle.
+    async fn upgrade(
+        &self,
+        request: Request<Streaming<UpgradeRequest>>,
+    ) -> Result<Response<UpgradeResponse>, Status> {
+        use tokio_stream::StreamExt as _;
+        let stream = request.into_inner().map_while(|chunk| chunk.ok());
+        forward(
+            self.machined(),
+            Request::new(stream),
+            |mut c, r| async move { c.upgrade(r).await },
+        )
+        .await
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.rollback(r).await },
+        )
+        .await
+    }
+
+    async fn boot_slots(
+        &self,
+        request: Request<BootSlotsRequest>,
+    ) -> Result<Response<BootSlotsResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.boot_slots(r).await },
+        )
+        .await
+    }
+
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        forward(
+            self.machined(),
+            Request::new(request.into_inner()),
+            |mut c, r| async move { c.reset(r).await },
+        )
+        .await
+    }
 }
 
 fn version_info(maintenance: Option<String>) -> VersionResponse {
     let (kernel, arch) = sysinfo::kernel_and_arch();
     VersionResponse {
-        tag: version::TAG.to_owned(),
+        tag: version::running_release(),
         commit: version::COMMIT.to_owned(),
         kernel,
         arch,

@@ -119,6 +119,14 @@ pub enum Command {
     /// Get an admin kubeconfig from a control-plane node (merged into
     /// ~/.kube/config by default).
     Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
+    /// Write a release bundle into the inactive boot slot and reboot into
+    /// it, one node at a time; it becomes good once the node is healthy.
+    Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Boot the other (good) slot again, and reboot.
+    Rollback,
+    /// Leave etcd, wipe STATE and EPHEMERAL, and come back in maintenance
+    /// mode.
+    Reset(cmd::upgrade::ResetArgs),
     /// Print a shell completion script: `source <(slatectl completion bash)`.
     Completion(cmd::completion::CompletionArgs),
 }
@@ -152,6 +160,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Machines(args) => block_on(cmd::join::machines(&cli.global, args)),
         Command::Machine(cmd) => block_on(cmd::join::machine(&cli.global, cmd)),
         Command::Kubeconfig(args) => block_on(cmd::kubeconfig::run(&cli.global, args)),
+        Command::Upgrade(args) => block_on(cmd::upgrade::upgrade(&cli.global, args)),
+        Command::Rollback => block_on(cmd::upgrade::rollback(&cli.global)),
+        Command::Reset(args) => block_on(cmd::upgrade::reset(&cli.global, args)),
     }
 }
 

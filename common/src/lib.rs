@@ -9,6 +9,7 @@
 //! - [`hostport`]: `host:port` as users and configs write it;
 //! - [`ratelimit`]: log lines a flood cannot multiply;
 //! - [`version`]: what this build is;
+//! - [`hex`]: lowercase hex, how digests are printed;
 //! - [`logging`] (feature `logging`): the daemons' console log format.
 pub mod caps;
 pub mod constants;
@@ -23,3 +24,9 @@ pub mod listen;
 pub mod logging;
 pub mod ratelimit;
 pub mod version;
+
+/// Lowercase hex of `bytes`: how SHA-256 digests are written in configs,
+/// manifests and messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -85,10 +85,7 @@ impl JoinToken {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use slate_common::hex;
 
 /// Where and how a node registers: `https://TOKEN@HOST:PORT/sha256:HEX`.
 #[derive(Clone, PartialEq, Eq)]

@@ -19,9 +19,11 @@
 //! x86_64 only; the kernel comes from the host's apt sources (whatever
 //! version they offer today), so "same inputs" includes the apt index.
 
+pub mod bundle;
 pub mod cpio;
 pub mod exec;
 pub mod extensions;
+pub mod grub;
 pub mod hostbin;
 pub mod initramfs;
 pub mod iso;
@@ -82,6 +84,9 @@ pub struct Options {
     /// Container image archives (OCI or docker `.tar`) imported into
     /// containerd at boot.
     pub image_archives: Vec<PathBuf>,
+    /// The release the image says it is (os-release, the bundle's
+    /// manifest, `slatectl version`).
+    pub version: String,
 }
 
 /// A failed build, naming the step.
@@ -109,6 +114,10 @@ pub enum Error {
     Initramfs(#[source] initramfs::InitramfsError),
     #[error("building slate.iso")]
     Iso(#[source] iso::IsoError),
+    #[error("building GRUB's images")]
+    Grub(#[source] grub::GrubError),
+    #[error("building slate.bundle")]
+    Bundle(#[source] bundle::BundleBuildError),
     #[error("building the extension layer")]
     Extensions(#[source] extensions::ExtensionError),
     #[error("installing the outputs")]
@@ -203,7 +212,7 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
                 modules: &shipped,
                 late_modules: &late,
                 link_modules: &links,
-                version: env!("CARGO_PKG_VERSION"),
+                version: &opts.version,
                 epoch,
             },
         )
@@ -232,7 +241,33 @@ pub fn build(opts: &Options) -> Result<BuildReport, Error> {
         None
     };
     let iso = if opts.iso {
-        Some(progress.step("building slate.iso", || {
+        Some(progress.step("building slate.bundle and slate.iso", || {
+            let grub = grub::build_assets(
+                tools.path(Tool::GrubMkimage),
+                tools.path(Tool::GrubPc),
+                tools.path(Tool::GrubEfi),
+                &work,
+            )
+            .map_err(Error::Grub)?;
+            let efi_img =
+                bundle::efi_image(&tools, &work, &grub.efi, epoch).map_err(Error::Bundle)?;
+            let vmlinuz = kernel.vmlinuz();
+            let parts = bundle::Parts {
+                vmlinuz: &vmlinuz,
+                initramfs: &initramfs,
+                extensions: extensions.as_deref(),
+                grub: &grub,
+                efi_img: &efi_img,
+            };
+            bundle::write(
+                &work.join("slate.bundle"),
+                &work.join("iso").join("boot"),
+                &parts,
+                &opts.version,
+                &direct_cmdline,
+                epoch,
+            )
+            .map_err(Error::Bundle)?;
             iso::build(
                 &tools,
                 &work,
@@ -388,6 +423,10 @@ fn install(
     } else {
         // A stale layer would be booted with a newer base.
         let _ = fs::remove_file(opts.out.join("extensions.cpio"));
+    }
+    let bundle = iso.map(|iso| iso.with_file_name("slate.bundle"));
+    if let Some(bundle) = &bundle {
+        files.push(("slate.bundle", bundle));
     }
     if let Some(iso) = iso {
         files.push(("slate.iso", iso));

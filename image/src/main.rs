@@ -54,6 +54,10 @@ struct Args {
     /// kubelet starts (repeatable): for sites without registry access.
     #[arg(long = "image-archive", value_name = "FILE.tar")]
     image_archives: Vec<PathBuf>,
+    /// The release this image says it is (os-release, `slatectl version`,
+    /// the bundle's manifest); for building an upgrade.
+    #[arg(long, value_name = "VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    os_version: String,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         extensions: args.extensions,
         extension_services: args.extension_services,
         image_archives: args.image_archives,
+        version: args.os_version,
     };
     let report = slate_image::build(&opts)?;
     println!("{report}");

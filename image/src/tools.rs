@@ -24,6 +24,9 @@ pub enum Tool {
     GrubMkrescue,
     Xorriso,
     Mformat,
+    Mmd,
+    Mcopy,
+    GrubMkimage,
     GrubPc,
     GrubEfi,
 }
@@ -45,6 +48,9 @@ impl Tool {
         Tool::GrubMkrescue,
         Tool::Xorriso,
         Tool::Mformat,
+        Tool::Mmd,
+        Tool::Mcopy,
+        Tool::GrubMkimage,
         Tool::GrubPc,
         Tool::GrubEfi,
     ];
@@ -63,6 +69,9 @@ impl Tool {
             Tool::GrubMkrescue => "grub-mkrescue",
             Tool::Xorriso => "xorriso",
             Tool::Mformat => "mformat",
+            Tool::Mmd => "mmd",
+            Tool::Mcopy => "mcopy",
+            Tool::GrubMkimage => "grub-mkimage",
             Tool::GrubPc => "/usr/lib/grub/i386-pc",
             Tool::GrubEfi => "/usr/lib/grub/x86_64-efi",
         }
@@ -80,7 +89,8 @@ impl Tool {
             Tool::Mke2fs => "e2fsprogs",
             Tool::GrubMkrescue => "grub-common",
             Tool::Xorriso => "xorriso",
-            Tool::Mformat => "mtools",
+            Tool::Mformat | Tool::Mmd | Tool::Mcopy => "mtools",
+            Tool::GrubMkimage => "grub-common",
             Tool::GrubPc => "grub-pc-bin",
             Tool::GrubEfi => "grub-efi-amd64-bin",
         }

@@ -20,6 +20,10 @@ use slate_proto::machine::{
     ShutdownRequest, ShutdownResponse, StaticPodsRequest, StaticPodsResponse, VersionRequest,
     VersionResponse,
 };
+use slate_proto::machine::{
+    BootSlotsRequest, BootSlotsResponse, ResetRequest, ResetResponse, RollbackRequest,
+    RollbackResponse, UpgradeRequest, UpgradeResponse,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -423,5 +427,44 @@ impl MachineService for MachinedApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(ImagesResponse { images }))
+    }
+
+    async fn upgrade(
+        &self,
+        request: Request<tonic::Streaming<UpgradeRequest>>,
+    ) -> Result<Response<UpgradeResponse>, Status> {
+        crate::install::rpc::upgrade(request.into_inner(), self.etcd.as_ref(), self.node.power())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollback(
+        &self,
+        _: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        crate::install::rpc::rollback(self.node.power())
+            .await
+            .map(Response::new)
+    }
+
+    async fn boot_slots(
+        &self,
+        _: Request<BootSlotsRequest>,
+    ) -> Result<Response<BootSlotsResponse>, Status> {
+        crate::install::rpc::boot_slots().await.map(Response::new)
+    }
+
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        crate::install::rpc::reset(
+            request.into_inner(),
+            self.etcd.as_ref(),
+            &self.services,
+            self.node.power(),
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -1,11 +1,12 @@
 //! The system disk: its STATE and EPHEMERAL partitions.
 //!
-//! Layout (GPT; see docs/architecture.md): partitions 1–4 are left for the
-//! installer (EFI, BIOS, BOOT, META); STATE is partition 5, 100 MiB, ext4
-//! labelled `STATE`, placed after the room those need, so installing later
-//! does not move it. EPHEMERAL is partition 6, the rest of the disk, ext4
-//! labelled `EPHEMERAL`, mounted on /var: containerd's images, etcd's data
-//! and the logs live there and survive reboots.
+//! Layout (GPT; see docs/install.md): 1 EFI (100 MiB), 2 BIOS boot
+//! (1 MiB), 3 BOOT (1000 MiB, the two boot slots), 4 META (1 MiB), written
+//! by `install/`; STATE is partition 5, 100 MiB, ext4 labelled `STATE`.
+//! EPHEMERAL is partition 6, the rest of the disk, ext4 labelled
+//! `EPHEMERAL`, mounted on /var: containerd's images, etcd's data and the
+//! logs live there and survive reboots. Every partition is in the table
+//! from the first write, so installing later moves nothing.
 //!
 //! Disks are found by label with libblkid, never by name. A disk is only
 //! partitioned when it is empty (libblkid finds no partition table and no
@@ -29,9 +30,30 @@ const MIB: u64 = 1024 * 1024;
 const STATE_OFFSET: u64 = 1103 * MIB;
 const STATE_SIZE: u64 = 100 * MIB;
 /// Partition number of STATE (1–4 belong to the installer).
-const STATE_NUMBER: u32 = 5;
+pub const STATE_NUMBER: u32 = 5;
 /// EPHEMERAL follows STATE and takes the rest of the disk.
-const EPHEMERAL_NUMBER: u32 = 6;
+pub const EPHEMERAL_NUMBER: u32 = 6;
+/// The partitions before STATE: number, name, offset and size in MiB,
+/// type GUID (GPT's mixed-endian bytes).
+const BOOT_PARTITIONS: [(u32, &str, u64, u64, [u8; 16]); 4] = [
+    (1, "EFI", 1, 100, EFI_SYSTEM_GUID),
+    (2, "BIOS", 101, 1, BIOS_BOOT_GUID),
+    (3, "BOOT", 102, 1000, LINUX_FS_GUID),
+    (4, "META", 1102, 1, LINUX_RESERVED_GUID),
+];
+/// C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
+const EFI_SYSTEM_GUID: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
+/// 21686148-6449-6E6F-744E-656564454649 ("Hah!IdontNeedEFI").
+const BIOS_BOOT_GUID: [u8; 16] = [
+    0x48, 0x61, 0x68, 0x21, 0x49, 0x64, 0x6f, 0x6e, 0x74, 0x4e, 0x65, 0x65, 0x64, 0x45, 0x46, 0x49,
+];
+/// 8DA63339-0007-60C0-C436-083AC8230908: Linux reserved, so no tool
+/// offers to mount META.
+const LINUX_RESERVED_GUID: [u8; 16] = [
+    0x39, 0x33, 0xa6, 0x8d, 0x07, 0x00, 0xc0, 0x60, 0xc4, 0x36, 0x08, 0x3a, 0xc8, 0x23, 0x09, 0x08,
+];
 /// The smallest EPHEMERAL worth making (a disk with less room gets STATE
 /// only, and /var stays a tmpfs).
 const EPHEMERAL_MIN: u64 = 256 * MIB;
@@ -134,7 +156,7 @@ pub fn find_ephemeral(state: &Path) -> Option<PathBuf> {
 }
 
 /// `/dev/vda5` → `/dev/vda`; `/dev/nvme0n1p5` → `/dev/nvme0n1`.
-fn disk_of(partition: &Path) -> Option<PathBuf> {
+pub fn disk_of(partition: &Path) -> Option<PathBuf> {
     let text = partition.to_str()?;
     let base = text.trim_end_matches(|c: char| c.is_ascii_digit());
     if base.len() == text.len() {
@@ -201,11 +223,13 @@ pub fn create_state(wanted: Option<&str>, wipe: bool) -> Result<PathBuf, DiskErr
         partition(&disk)?
     };
     format(&device, STATE_LABEL)?;
-    if with_ephemeral {
+    let ephemeral = partition_device(&disk, EPHEMERAL_NUMBER);
+    // After a reset that wiped STATE only, EPHEMERAL keeps its data.
+    if with_ephemeral && blockdev::is_blank(&ephemeral) {
         tracing::info!("creating the EPHEMERAL partition on {}", disk.display());
         // STATE is what the node cannot do without; a failed EPHEMERAL
         // leaves /var on tmpfs, and says so at boot.
-        if let Err(e) = format(&partition_device(&disk, EPHEMERAL_NUMBER), EPHEMERAL_LABEL) {
+        if let Err(e) = format(&ephemeral, EPHEMERAL_LABEL) {
             tracing::error!("{:#}", anyhow::Error::from(e));
         }
     }
@@ -224,13 +248,26 @@ fn unfinished(disk: &Path) -> Option<bool> {
 }
 
 /// `Some(with EPHEMERAL)` when `gpt`'s used entries are exactly those
-/// [`fill_layout`] makes: STATE as partition 5, EPHEMERAL as 6 or absent.
+/// [`fill_layout`] makes: partitions 1–4, STATE as partition 5, EPHEMERAL
+/// as 6 or absent (or, as disks were made before install existed, 5 and 6
+/// alone).
 fn slate_layout(gpt: &gptman::GPT) -> Option<bool> {
-    let used: Vec<(u32, &gptman::GPTPartitionEntry)> =
+    let mut used: Vec<(u32, &gptman::GPTPartitionEntry)> =
         gpt.iter().filter(|(_, e)| e.is_used()).collect();
     let ours = |e: &gptman::GPTPartitionEntry, name: &str| {
         e.partition_type_guid == LINUX_FS_GUID && e.partition_name.as_str() == name
     };
+    let boot_partitions = used
+        .iter()
+        .take(4)
+        .zip(BOOT_PARTITIONS)
+        .filter(|((n, e), (number, name, _, _, guid))| {
+            n == number && e.partition_name.as_str() == *name && e.partition_type_guid == *guid
+        })
+        .count();
+    if boot_partitions == 4 {
+        used.drain(..4);
+    }
     match used.as_slice() {
         [(STATE_NUMBER, s)] if ours(s, STATE_LABEL) => Some(false),
         [(STATE_NUMBER, s), (EPHEMERAL_NUMBER, e)]
@@ -256,10 +293,20 @@ fn wait_for_device(device: &Path) -> Result<(), DiskError> {
 /// ext4 labelled `label`; inode tables and the journal are initialised
 /// lazily by the kernel, so a large EPHEMERAL formats in a moment.
 fn format(device: &Path, label: &str) -> Result<(), DiskError> {
+    format_with(device, label, &[])
+}
+
+/// mke2fs options for BOOT: GRUB 2.06 reads every feature Debian's
+/// mke2fs enables by default, but not inline_data (files in the inode),
+/// should a mke2fs.conf ever turn it on.
+const BOOT_MKFS_OPTIONS: &[&str] = &["-O", "^inline_data"];
+
+fn format_with(device: &Path, label: &str, options: &[&str]) -> Result<(), DiskError> {
     wait_for_device(device)?;
     let out = Command::new(MKE2FS_BIN)
         .args(["-q", "-F", "-t", "ext4", "-L", label])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .args(options)
         .arg(device)
         .output()
         .map_err(io("running mke2fs for", device))?;
@@ -351,9 +398,20 @@ fn partition(disk: &Path) -> Result<bool, DiskError> {
     Ok(with_ephemeral)
 }
 
-/// STATE, and EPHEMERAL in the rest of a disk of `size` bytes when that
-/// is at least [`EPHEMERAL_MIN`] (returned: whether it is).
+/// The boot partitions, STATE, and EPHEMERAL in the rest of a disk of
+/// `size` bytes when that is at least [`EPHEMERAL_MIN`] (returned: whether
+/// it is).
 fn fill_layout(gpt: &mut gptman::GPT, size: u64, sector: u64) -> bool {
+    for (number, name, offset, length, guid) in BOOT_PARTITIONS {
+        gpt[number] = gptman::GPTPartitionEntry {
+            partition_type_guid: guid,
+            unique_partition_guid: random_guid(),
+            starting_lba: offset * MIB / sector,
+            ending_lba: (offset + length) * MIB / sector - 1,
+            attribute_bits: 0,
+            partition_name: name.into(),
+        };
+    }
     gpt[STATE_NUMBER] = gptman::GPTPartitionEntry {
         partition_type_guid: LINUX_FS_GUID,
         unique_partition_guid: random_guid(),
@@ -397,7 +455,7 @@ fn random_guid() -> [u8; 16] {
 }
 
 /// `/dev/vda` + 5 → `/dev/vda5`; `/dev/nvme0n1` + 5 → `/dev/nvme0n1p5`.
-fn partition_device(disk: &Path, number: u32) -> PathBuf {
+pub fn partition_device(disk: &Path, number: u32) -> PathBuf {
     let text = disk.display().to_string();
     if text.ends_with(|c: char| c.is_ascii_digit()) {
         PathBuf::from(format!("{text}p{number}"))
@@ -434,6 +492,88 @@ fn read_sys_u64(name: &str, attr: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// First sector and length in sectors (512 bytes) of partition `number`
+/// of `disk`, from its partition table.
+pub fn partition_extent(disk: &Path, number: u32) -> Result<(u64, u64), DiskError> {
+    let mut file = std::fs::File::open(disk).map_err(io("opening", disk))?;
+    let gpt = gptman::GPT::find_from(&mut file).map_err(|source| DiskError::Gpt {
+        disk: disk.to_owned(),
+        source,
+    })?;
+    let entry = &gpt[number];
+    if !entry.is_used() {
+        return Err(DiskError::NoPartition(partition_device(disk, number)));
+    }
+    let per = gpt.sector_size / 512;
+    Ok((
+        entry.starting_lba * per,
+        (entry.ending_lba + 1 - entry.starting_lba) * per,
+    ))
+}
+
+/// Mounts an `fstype` filesystem: never suid, devices or programs.
+pub fn mount(device: &Path, mount_point: &Path, fstype: &str, rw: bool) -> Result<(), DiskError> {
+    std::fs::create_dir_all(mount_point).map_err(io("creating", mount_point))?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !rw {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(Some(device), mount_point, Some(fstype), flags, None::<&str>).map_err(
+        |source| DiskError::Mount {
+            device: device.to_owned(),
+            path: mount_point.to_owned(),
+            source,
+        },
+    )
+}
+
+/// BOOT's ext4, with only the features GRUB 2.06 reads.
+pub fn format_boot(device: &Path, label: &str) -> Result<(), DiskError> {
+    format_with(device, label, BOOT_MKFS_OPTIONS)
+}
+
+nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
+
+/// Destroys the filesystem on `device`: zeroes all of it (`whole`), or
+/// discards all of it and zeroes its first 16 MiB, where every signature
+/// libblkid probes for lives.
+pub fn wipe(device: &Path, whole: bool) -> Result<(), DiskError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(device)
+        .map_err(io("opening (exclusively)", device))?;
+    let size = file
+        .metadata()
+        .map(|m| m.len())
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or_else(|| {
+            use std::io::Seek as _;
+            file.seek(std::io::SeekFrom::End(0)).unwrap_or(0)
+        });
+    use std::io::Seek as _;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("seeking in", device))?;
+    let zero_len = if whole { size } else { size.min(16 * MIB) };
+    if !whole {
+        // A device without discard answers EOPNOTSUPP: the zeroing below
+        // still wipes the signature.
+        let range = [0u64, size];
+        // SAFETY: BLKDISCARD reads a [start, length] pair of u64 from the
+        // pointer, which outlives the call.
+        let _ = unsafe { blkdiscard(file.as_raw_fd(), &range) };
+    }
+    let zeros = vec![0u8; MIB as usize];
+    let mut left = zero_len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        file.write_all(&zeros[..n]).map_err(io("wiping", device))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(io("syncing", device))
 }
 
 #[cfg(test)]
@@ -491,12 +631,24 @@ mod tests {
         gpt.write_into(&mut disk).unwrap();
         let read = gptman::GPT::read_from(&mut disk, 512).unwrap();
         let used: Vec<_> = read.iter().filter(|(_, e)| e.is_used()).collect();
-        assert_eq!(used.len(), 2);
-        let (n, state) = used[0];
+        assert_eq!(used.len(), 6);
+        // EFI, BIOS boot, BOOT, META back to back from 1 MiB, up to STATE.
+        let names: Vec<_> = used[..4]
+            .iter()
+            .map(|(n, e)| (*n, e.partition_name.as_str()))
+            .collect();
+        assert_eq!(names, [(1, "EFI"), (2, "BIOS"), (3, "BOOT"), (4, "META")]);
+        assert_eq!(used[0].1.starting_lba * 512, MIB);
+        assert_eq!(used[0].1.partition_type_guid, EFI_SYSTEM_GUID);
+        assert_eq!(used[1].1.size().unwrap() * 512, MIB);
+        for pair in used[..5].windows(2) {
+            assert_eq!(pair[1].1.starting_lba, pair[0].1.ending_lba + 1);
+        }
+        let (n, state) = used[4];
         assert_eq!((n, state.partition_name.as_str()), (STATE_NUMBER, "STATE"));
         assert_eq!(state.starting_lba * 512, STATE_OFFSET);
         assert_eq!(state.size().unwrap() * 512, STATE_SIZE);
-        let (n, eph) = used[1];
+        let (n, eph) = used[5];
         assert_eq!(
             (n, eph.partition_name.as_str()),
             (EPHEMERAL_NUMBER, "EPHEMERAL")
@@ -511,7 +663,7 @@ mod tests {
         let mut disk = std::io::Cursor::new(vec![0u8; small as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, 512, [1; 16]).unwrap();
         assert!(!fill_layout(&mut gpt, small, 512));
-        assert_eq!(gpt.iter().filter(|(_, e)| e.is_used()).count(), 1);
+        assert_eq!(gpt.iter().filter(|(_, e)| e.is_used()).count(), 5);
         assert_eq!(slate_layout(&gpt), Some(false));
     }
 
@@ -533,6 +685,12 @@ mod tests {
             partition_name: "data".into(),
         };
         assert_eq!(slate_layout(&theirs), None);
+        // A disk made before install existed: STATE and EPHEMERAL alone.
+        let mut legacy = gpt.clone();
+        for n in 1..=4 {
+            legacy.remove(n).unwrap();
+        }
+        assert_eq!(slate_layout(&legacy), Some(true));
         // A partition 5 named STATE of another type is not Slate's either.
         let mut renamed = gpt.clone();
         renamed[STATE_NUMBER].partition_type_guid = [9; 16];

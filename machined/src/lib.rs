@@ -33,6 +33,7 @@ pub mod containers;
 pub mod disk;
 pub mod etcd;
 pub mod images;
+pub mod install;
 pub mod join;
 pub mod kmsg;
 pub mod kubernetes;
@@ -126,6 +127,9 @@ pub fn run(paths: &Paths) -> ! {
     match runtime {
         Ok(runtime) => {
             let mount_point = PathBuf::from(constants::STATE_MOUNT);
+            // Before STATE is looked for: a reset's wipe runs here.
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let on_disk = install::at_boot(&cmdline);
             let state_device = disk::find_state();
             let state = match state_device.as_deref() {
                 None => Ok(None),
@@ -210,6 +214,16 @@ pub fn run(paths: &Paths) -> ! {
                     }
                 }
             });
+            if let Some((system, Some(slot))) = on_disk {
+                runtime.spawn(install::rpc::gate(
+                    system,
+                    slot,
+                    Arc::clone(&node),
+                    services.clone(),
+                    etcd.clone(),
+                    node.power().clone(),
+                ));
+            }
             runtime.spawn(trust::run_network(
                 Arc::clone(&node),
                 registry,

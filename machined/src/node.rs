@@ -136,6 +136,8 @@ impl Node {
                 },
             };
             crate::disk::mount_state(&device, &mount_point)?;
+            // Booted from the ISO: the disk gets the boot slots too.
+            crate::install::install_from_medium(&device);
             Ok::<_, crate::disk::DiskError>(Some(State::new(mount_point)))
         })
         .await

@@ -22,6 +22,8 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     pub rootfs: PathBuf,
     pub iso: PathBuf,
+    /// The release bundle (`slatectl upgrade --image`).
+    pub bundle: PathBuf,
     /// The extension layer's initramfs segment, if the image has one.
     pub extensions: Option<PathBuf>,
     /// The kernel command line the image builder chose for direct boot.
@@ -49,6 +51,7 @@ impl Artifacts {
             initramfs: dir.join("initramfs.zst"),
             rootfs: dir.join("rootfs.sqsh"),
             iso: dir.join("slate.iso"),
+            bundle: dir.join("slate.bundle"),
             extensions: Some(dir.join("extensions.cpio")).filter(|p| p.exists()),
             cmdline: std::fs::read_to_string(dir.join("cmdline"))
                 .unwrap_or_default()

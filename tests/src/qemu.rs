@@ -31,6 +31,14 @@ pub enum Boot {
     },
     /// The hybrid ISO through SeaBIOS (BIOS) or OVMF (UEFI) and GRUB.
     Iso { iso: PathBuf, uefi: bool },
+    /// The hybrid ISO written to a USB stick, as the kernel sees one: a
+    /// read-only disk before the system disk. Debian's cloud kernel has no
+    /// AHCI driver, so a q35 CD-ROM is invisible to it once booted, and
+    /// installing needs the medium.
+    Stick { iso: PathBuf, uefi: bool },
+    /// The system disk alone (`VmOptions::system_disk`), installed: the
+    /// firmware finds GRUB on it.
+    Disk { uefi: bool },
 }
 
 impl Boot {
@@ -288,6 +296,20 @@ pub fn command_with_forwards(
                 iso.display()
             ));
             cmd.args(["-boot", "d"]);
+        }
+        Boot::Stick { iso, uefi } => {
+            if *uefi {
+                cmd.args(["-bios", OVMF]);
+            }
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                iso.display()
+            ));
+        }
+        Boot::Disk { uefi } => {
+            if *uefi {
+                cmd.args(["-bios", OVMF]);
+            }
         }
     }
     if let Some(disk) = &opts.system_disk {

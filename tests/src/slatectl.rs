@@ -37,6 +37,22 @@ pub fn run_as(config: &Path, node: &str, args: &[&str]) -> Output {
     run(&all)
 }
 
+/// `slatectl gen config NAME https://127.0.0.1:6443` into `dir`, with
+/// 127.0.0.1 among the API names: a node reachable through QEMU's forward.
+pub fn gen_config(name: &str, dir: &Path) {
+    let out = run(&[
+        "gen",
+        "config",
+        name,
+        "https://127.0.0.1:6443",
+        "--additional-sans",
+        "127.0.0.1",
+        "-o",
+        dir.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// stdout and stderr together.
 pub fn text(out: &Output) -> String {
     format!(

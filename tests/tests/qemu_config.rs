@@ -16,7 +16,7 @@ use slate_tests::qemu::{Boot, Vm, VmOptions};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-use slate_tests::slatectl::{run as slatectl, run_as as slatectl_as, text};
+use slate_tests::slatectl::{gen_config, run as slatectl, run_as as slatectl_as, text};
 
 /// A blank system disk in `dir`.
 fn blank_disk(dir: &Path) -> PathBuf {
@@ -25,7 +25,6 @@ fn blank_disk(dir: &Path) -> PathBuf {
     path
 }
 
-/// `slatectl gen config NAME` into `dir`, reachable through QEMU's forward.
 /// `slatectl config new --roles os:reader` as the admin: a reader's client
 /// config in `dir`.
 fn mint_reader(admin_config: &Path, node: &str, dir: &Path) -> PathBuf {
@@ -44,20 +43,6 @@ fn mint_reader(admin_config: &Path, node: &str, dir: &Path) -> PathBuf {
     );
     assert!(out.status.success(), "{}", text(&out));
     reader
-}
-
-fn gen_config(name: &str, dir: &Path) {
-    let out = slatectl(&[
-        "gen",
-        "config",
-        name,
-        "https://127.0.0.1:6443",
-        "--additional-sans",
-        "127.0.0.1",
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// The admin TLS identity of context `name` in `dir`'s slateconfig.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 use slate_client::Target;
-use slate_proto::machine::{GetMachineConfigRequest, StaticPodsRequest};
+use slate_proto::machine::{BootSlotsRequest, GetMachineConfigRequest, StaticPodsRequest};
 use slate_proto::resource::resource_service_client::ResourceServiceClient;
 use slate_proto::resource::watch_event::Kind;
 use slate_proto::resource::{ListRequest, WatchRequest};
@@ -52,6 +52,9 @@ pub enum ResourceType {
     /// The static pods in kubelet's manifest directory (the control plane).
     #[value(name = "staticpods", alias = "staticpod", alias = "static-pods")]
     StaticPods,
+    /// The boot slots on the node's disk: version, state, since, why.
+    #[value(name = "bootslots", alias = "bootslot", alias = "boot-slots")]
+    BootSlots,
 }
 
 impl ResourceType {
@@ -69,6 +72,7 @@ impl ResourceType {
             Self::MeshIdentity => "mesh-identity",
             Self::MeshPeers => "mesh-peers",
             Self::StaticPods => "staticpods",
+            Self::BootSlots => "bootslots",
         }
     }
 
@@ -76,6 +80,15 @@ impl ResourceType {
     fn columns(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::MachineConfig => &[],
+            Self::BootSlots => &[
+                ("SLOT", "slot"),
+                ("VERSION", "version"),
+                ("STATE", "state"),
+                ("ACTIVE", "active"),
+                ("NEXT", "next"),
+                ("SINCE", "since"),
+                ("REASON", "reason"),
+            ],
             Self::StaticPods => &[
                 ("NAMESPACE", "namespace"),
                 ("NAME", "name"),
@@ -180,6 +193,10 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(!args.watch, "--watch is not available for staticpods");
         return static_pods(&session, format).await;
     }
+    if args.kind == ResourceType::BootSlots {
+        anyhow::ensure!(!args.watch, "--watch is not available for bootslots");
+        return boot_slots(&session, format).await;
+    }
     if args.watch {
         return watch(&session, args.kind, format).await;
     }
@@ -232,6 +249,48 @@ async fn static_pods(session: &connect::Session, format: Format) -> anyhow::Resu
         .collect();
     output::print_values(format, ResourceType::StaticPods.columns(), &rows)?;
     Ok(output::exit_code(ok))
+}
+
+/// The boot slots of each node's disk.
+async fn boot_slots(session: &connect::Session, format: Format) -> anyhow::Result<ExitCode> {
+    let (results, ok) = session
+        .for_each(|channel| async move {
+            connect::machine(channel)
+                .boot_slots(BootSlotsRequest {})
+                .await
+                .map(|r| r.into_inner().slots)
+        })
+        .await;
+    let rows: Vec<serde_json::Value> = results
+        .into_iter()
+        .flat_map(|(target, slots)| {
+            slots.into_iter().map(move |s| {
+                serde_json::json!({
+                    "node": target.to_string(),
+                    "slot": s.slot,
+                    "version": s.version,
+                    "state": s.state,
+                    "active": s.active,
+                    "next": s.next,
+                    "since": since(s.since_unix),
+                    "reason": s.reason,
+                })
+            })
+        })
+        .collect();
+    output::print_values(format, ResourceType::BootSlots.columns(), &rows)?;
+    Ok(output::exit_code(ok))
+}
+
+/// RFC 3339, UTC.
+fn since(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// A resource as `{"node": …, <spec fields>}`.

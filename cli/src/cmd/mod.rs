@@ -14,5 +14,6 @@ mod patch_args;
 pub mod power;
 pub mod processes;
 pub mod services;
+pub mod upgrade;
 pub mod validate;
 pub mod version;
