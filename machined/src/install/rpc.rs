@@ -234,9 +234,14 @@ impl Read for ChannelReader {
 
 /// Whether etcd keeps its quorum while this node reboots: enough of the
 /// other voting members must answer. A cluster of one has no quorum to
-/// keep (its only member is this node): its upgrade is allowed.
+/// keep (its only member is this node): its upgrade is allowed, as is a
+/// node that is no member (never bootstrapped or joined).
 async fn quorum_without_me(etcd: &Etcd) -> Result<(), String> {
     const ASK: Duration = Duration::from_secs(3);
+    // Never bootstrapped or joined: no member here to take away.
+    if !etcd.has_data() {
+        return Ok(());
+    }
     let me = etcd.identity()?.peer_url();
     let members = tokio::time::timeout(ASK, async {
         let mut client = etcd.connect_cluster().await?;
