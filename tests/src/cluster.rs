@@ -223,6 +223,19 @@ impl Cluster {
         Ok(node.vm.insert(vm))
     }
 
+    /// Node `i` after it rebooted (QEMU ends under `-no-reboot`): started
+    /// again from its installed disk, on the same host ports, as a real
+    /// node comes back on its address.
+    pub fn restart_from_disk(&mut self, i: usize) -> anyhow::Result<&mut Vm> {
+        let node = &mut self.nodes[i];
+        if let Some(vm) = &node.vm {
+            node.opts.ports = Some((vm.api_port, vm.forwarded.clone()));
+        }
+        node.opts.boot = crate::qemu::Boot::Disk { uefi: false };
+        node.vm = None;
+        self.start(i)
+    }
+
     /// Cuts node `i`'s power (QEMU killed): no shutdown, as a power cut.
     pub fn power_off(&mut self, i: usize) {
         self.nodes[i].vm = None;

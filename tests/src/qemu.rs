@@ -89,6 +89,10 @@ pub struct VmOptions {
     /// More guest TCP ports forwarded from host loopback (etcd's 2379):
     /// each gets a free host port, listed in [`Vm::forwarded`].
     pub forwards: Vec<u16>,
+    /// Host ports to forward again (apid's, then `forwards`'): a node that
+    /// reboots keeps its address, and a client waiting for it finds it.
+    /// New ones are picked if these are taken meanwhile.
+    pub ports: Option<(u16, Vec<(u16, u16)>)>,
     /// A NIC (the guest's last ethN) on a host tap device of this name,
     /// which QEMU creates (root only); the test may move it into a
     /// namespace.
@@ -119,6 +123,7 @@ impl VmOptions {
             monitor: None,
             lan: None,
             forwards: Vec::new(),
+            ports: None,
             tap: None,
         }
     }
@@ -340,12 +345,16 @@ impl Vm {
         let stderr = PathBuf::from(format!("{}.qemu-stderr", console.display()));
         let mut attempt = 1;
         loop {
-            let api_port = free_port()?;
-            let forwarded = opts
-                .forwards
-                .iter()
-                .map(|guest| Ok((*guest, free_port()?)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (api_port, forwarded) = match &opts.ports {
+                Some((api, forwarded)) if attempt == 1 => (*api, forwarded.clone()),
+                _ => (
+                    free_port()?,
+                    opts.forwards
+                        .iter()
+                        .map(|guest| Ok((*guest, free_port()?)))
+                        .collect::<anyhow::Result<Vec<_>>>()?,
+                ),
+            };
             if let Some(lan) = &opts.lan {
                 lan.local.store(free_udp_port()?, Ordering::Relaxed);
             }

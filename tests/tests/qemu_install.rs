@@ -34,8 +34,15 @@ fn blank_disk(dir: &Path) -> PathBuf {
 }
 
 fn start(boot: Boot, disk: &Path, console: &Path) -> Vm {
+    start_on(boot, disk, console, None)
+}
+
+/// [`start`] on the host port of an earlier run of the node, as a node
+/// that reboots keeps its address.
+fn start_on(boot: Boot, disk: &Path, console: &Path, api_port: Option<u16>) -> Vm {
     let mut opts = VmOptions::new(boot);
     opts.system_disk = Some(disk.to_owned());
+    opts.ports = api_port.map(|p| (p, vec![]));
     Vm::start(&opts, Some(console)).expect("starting QEMU")
 }
 
@@ -129,7 +136,7 @@ async fn rebooted(mut vm: Vm, disk: &Path, console: &Path, uefi: bool) -> Vm {
         "the node did not reboot; console:\n{}",
         vm.console_tail(60)
     );
-    start(Boot::Disk { uefi }, disk, console)
+    start_on(Boot::Disk { uefi }, disk, console, Some(vm.api_port))
 }
 
 async fn install_from_the_iso(uefi: bool) {
