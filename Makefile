@@ -55,7 +55,7 @@ bench: image
 # nightly toolchain and `cargo install cargo-fuzz`; see docs/fuzzing.md).
 FUZZ_SECONDS ?= 60
 fuzz:
-	cd fuzz && for t in dhcp_reply dhcp6_reply machine_config kernel_cmdline discovery_record; do cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+	cd fuzz && for t in dhcp_reply dhcp6_reply machine_config kernel_cmdline discovery_record boot_records; do cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 	cd mesh/fuzz && for t in mesh_datagram mesh_offload; do cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 lint:

@@ -12,6 +12,8 @@
 //! - [`bench`] and [`floor`]: `make bench` and the busybox floor it compares against;
 //! - [`svcbench`]: the service supervisor's own cost;
 //! - [`etcdbench`]: one node from QEMU's start to a healthy etcd;
+//! - [`bundles`]: release bundles made for tests (one that cannot boot);
+//! - [`installbench`]: install, upgrade downtime, rollback after a failed boot;
 //! - [`joinbench`]: a node with a join token to registered, and accepted
 //!   to answering;
 //! - [`netns`]: network namespaces with dnsmasq and networkd, for
@@ -28,11 +30,13 @@ pub mod apiservers;
 pub mod artifacts;
 pub mod balancerbench;
 pub mod bench;
+pub mod bundles;
 pub mod cluster;
 pub mod configdrive;
 pub mod console;
 pub mod etcdbench;
 pub mod floor;
+pub mod installbench;
 pub mod joinbench;
 pub mod layer;
 pub mod meshbench;

@@ -53,6 +53,18 @@ pub fn gen_config(name: &str, dir: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `apply-config --insecure -f config` to a node in maintenance mode.
+pub fn apply_insecure(node: &str, config: &Path) -> Output {
+    run(&[
+        "-n",
+        node,
+        "--insecure",
+        "apply-config",
+        "-f",
+        config.to_str().expect("a UTF-8 path"),
+    ])
+}
+
 /// stdout and stderr together.
 pub fn text(out: &Output) -> String {
     format!(

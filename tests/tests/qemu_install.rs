@@ -13,13 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slate_bundle::Part;
 use slate_pki::tls;
 use slate_tests::api;
 use slate_tests::artifacts::{Artifacts, built};
 use slate_tests::console;
 use slate_tests::qemu::{Boot, Vm, VmOptions};
-use slate_tests::slatectl::{gen_config, run as slatectl, run_as as slatectl_as, text};
+use slate_tests::slatectl::{apply_insecure, gen_config, run_as as slatectl_as, text};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// A reboot asked for over the API ends QEMU within this.
@@ -53,14 +52,7 @@ async fn configure(vm: &mut Vm, config: &Path) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(v.maintenance, "console:\n{}", vm.console_tail(60));
-    let out = slatectl(&[
-        "-n",
-        &vm.endpoint(),
-        "--insecure",
-        "apply-config",
-        "-f",
-        config.to_str().unwrap(),
-    ]);
+    let out = apply_insecure(&vm.endpoint(), config);
     assert!(
         out.status.success(),
         "{}\nconsole:\n{}",
@@ -225,32 +217,6 @@ fn build_next(dir: &Path) -> PathBuf {
     out.join("slate.bundle")
 }
 
-/// `bundle`'s files with an initramfs that cannot boot (the kernel finds
-/// no init and panics), as version "0.1.0-broken".
-fn build_broken(bundle: &Path, dir: &Path) -> PathBuf {
-    let parts = dir.join("broken-parts");
-    std::fs::create_dir_all(&parts).unwrap();
-    let mut files = Vec::new();
-    let manifest = slate_bundle::read(std::fs::File::open(bundle).unwrap(), |part, _, r| {
-        let path = parts.join(part.file_name());
-        let mut f = std::fs::File::create(&path)?;
-        std::io::copy(r, &mut f)?;
-        files.push((part, path));
-        Ok(())
-    })
-    .unwrap();
-    let initramfs = parts.join("initramfs.zst");
-    std::fs::write(&initramfs, vec![0x5a; 64 * 1024]).unwrap();
-    let refs: Vec<(Part, &Path)> = files
-        .iter()
-        .filter(|(p, _)| *p != Part::Extensions)
-        .map(|(p, f)| (*p, f.as_path()))
-        .collect();
-    let out = dir.join("broken.bundle");
-    slate_bundle::write(&out, "0.1.0-broken", &manifest.cmdline, &refs, 1).unwrap();
-    out
-}
-
 #[tokio::test]
 #[ignore = "boots QEMU: run by `make test`"]
 async fn upgrade_rollback_failed_boot_interrupted_write_and_reset() {
@@ -261,7 +227,7 @@ async fn upgrade_rollback_failed_boot_interrupted_write_and_reset() {
     let client = d.join("slateconfig");
     let disk = blank_disk(d);
     let next = build_next(d);
-    let broken = build_broken(&a.bundle, d);
+    let broken = slate_tests::bundles::broken(&a.bundle, d).unwrap();
     let upgrade = |vm: &Vm, bundle: &Path| {
         slatectl_as(
             &client,
