@@ -82,6 +82,19 @@ impl Part {
         self != Part::Extensions
     }
 
+    /// The largest it may be: what the place it goes to holds (the MBR's
+    /// boot code, GRUB's BIOS loader limit, the EFI partition), else
+    /// [`FILE_MAX`]. The node reads the bootloader's parts into memory.
+    pub fn max_size(self) -> u64 {
+        match self {
+            Part::BiosBoot => 512,
+            // What GRUB's i386-pc loader takes (util/setup.c).
+            Part::BiosCore => 0x78000 - 0x9000,
+            Part::Efi => 100 * 1024 * 1024,
+            _ => FILE_MAX,
+        }
+    }
+
     /// Whether it goes into a boot slot (the rest is the bootloader).
     pub fn in_slot(self) -> bool {
         matches!(self, Part::Kernel | Part::Initramfs | Part::Extensions)
@@ -160,6 +173,13 @@ impl Manifest {
                 self.version
             ));
         }
+        if self
+            .cmdline
+            .split_whitespace()
+            .any(|a| a.starts_with("slate.slot="))
+        {
+            return bad("cmdline: slate.slot= is the bootloader's to add".into());
+        }
         if self.cmdline.len() > CMDLINE_MAX
             || !self.cmdline.bytes().all(|b| (b' '..=b'~').contains(&b))
             || self.cmdline.contains(['"', '\'', '\\', '$', ';'])
@@ -176,10 +196,12 @@ impl Manifest {
             if !seen.insert(part) {
                 return bad(format!("files: {} is listed twice", file.name));
             }
-            if file.size > FILE_MAX {
+            if file.size > part.max_size() {
                 return bad(format!(
-                    "files: {} is {} bytes, more than {FILE_MAX}",
-                    file.name, file.size
+                    "files: {} is {} bytes, more than {}",
+                    file.name,
+                    file.size,
+                    part.max_size()
                 ));
             }
             if file.sha256.len() != 64
@@ -412,6 +434,27 @@ pub fn read_dir(
     Ok(manifest)
 }
 
+/// A reader that fails once more than its budget has been read.
+struct Bounded<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(io::Error::other(
+                "the bundle is larger than its manifest accounts for",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 /// Streams a bundle from `input`: checks the manifest, then hands each
 /// file to `sink` (which must read it to the end) and checks its size and
 /// digest after the last byte. Returns the manifest once every file named
@@ -420,9 +463,20 @@ pub fn read(
     input: impl Read,
     mut sink: impl FnMut(Part, &FileDigest, &mut dyn Read) -> io::Result<()>,
 ) -> Result<Manifest, BundleError> {
-    let mut archive = tar::Archive::new(input);
+    // The tar crate reads GNU long names and PAX headers whole before it
+    // hands out an entry: the stream is bounded by what the manifest
+    // accounts for, so a header claiming gigabytes cannot fill memory.
+    let left = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 3 * 512));
+    let bounded = Bounded {
+        inner: input,
+        left: std::rc::Rc::clone(&left),
+    };
+    let mut archive = tar::Archive::new(bounded);
     let mut entries = archive.entries().map_err(BundleError::Io)?;
     let manifest = manifest_entry(&mut entries)?;
+    // Every file, its header and its padding to 512, and the end blocks.
+    let files = manifest.files.len() as u64;
+    left.set(manifest.total_size() + 1024 * (files + 2));
     for expected in &manifest.files {
         let mut entry = entries
             .next()
@@ -456,8 +510,9 @@ mod tests {
             .into_iter()
             .map(|p| {
                 let path = dir.join(p.file_name());
-                std::fs::write(&path, format!("contents of {}", p.file_name()).repeat(300))
-                    .unwrap();
+                let mut data = format!("contents of {}", p.file_name()).repeat(300);
+                data.truncate(p.max_size() as usize);
+                std::fs::write(&path, data).unwrap();
                 (p, path)
             })
             .collect()
@@ -509,9 +564,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (out, _) = bundle(dir.path());
         let mut bytes = std::fs::read(&out).unwrap();
+        // Inside core.img's data (not boot.img's tail before its header).
         let at = bytes
-            .windows(20)
-            .position(|w| w == b"contents of core.img")
+            .windows(28)
+            .position(|w| w == b"core.imgcontents of core.img")
             .unwrap();
         bytes[at] ^= 1;
         let err = read_all(&bytes).unwrap_err();
@@ -574,6 +630,14 @@ mod tests {
         );
         refuse(&|m| m.files[0].size = FILE_MAX + 1, "bytes");
         refuse(&|m| m.files[0].sha256 = "AB".repeat(32), "sha256");
+        refuse(&|m| m.cmdline = "quiet slate.slot=B".into(), "slate.slot");
+        refuse(
+            &|m| {
+                let boot = m.files.iter_mut().find(|f| f.name == "boot.img").unwrap();
+                boot.size = 513;
+            },
+            "boot.img is 513 bytes",
+        );
         assert!(Manifest::parse(b"{\"version\": 1}").is_err());
         assert!(
             Manifest::parse(br#"{"version":"1","cmdline":"","files":[],"extra":1}"#)
@@ -581,6 +645,29 @@ mod tests {
                 .to_string()
                 .contains("extra")
         );
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_manifest_is_refused_without_reading_it() {
+        // A GNU long-name entry of 1 GiB after the manifest: tar would read
+        // it whole into memory.
+        let dir = tempfile::tempdir().unwrap();
+        let (out, _) = bundle(dir.path());
+        let bytes = std::fs::read(&out).unwrap();
+        let manifest_end = 512 + 1024; // header + body padded
+        let mut evil = bytes[..manifest_end].to_vec();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(1 << 30);
+        h.set_cksum();
+        evil.extend_from_slice(h.as_bytes());
+        // An endless stream of junk behind it.
+        let junk = std::io::repeat(b'x');
+        let err = read(std::io::Read::chain(evil.as_slice(), junk), |_, _, r| {
+            std::io::copy(r, &mut std::io::sink()).map(drop)
+        })
+        .unwrap_err();
+        assert!(!err.to_string().is_empty());
     }
 
     #[test]

@@ -507,10 +507,10 @@ pub fn partition_extent(disk: &Path, number: u32) -> Result<(u64, u64), DiskErro
         return Err(DiskError::NoPartition(partition_device(disk, number)));
     }
     let per = gpt.sector_size / 512;
-    Ok((
-        entry.starting_lba * per,
-        (entry.ending_lba + 1 - entry.starting_lba) * per,
-    ))
+    let sectors = (entry.ending_lba + 1)
+        .checked_sub(entry.starting_lba)
+        .ok_or_else(|| DiskError::NoPartition(partition_device(disk, number)))?;
+    Ok((entry.starting_lba * per, sectors * per))
 }
 
 /// Mounts an `fstype` filesystem: never suid, devices or programs.
@@ -555,6 +555,13 @@ pub fn wipe(device: &Path, whole: bool) -> Result<(), DiskError> {
             file.seek(std::io::SeekFrom::End(0)).unwrap_or(0)
         });
     use std::io::Seek as _;
+    if size == 0 {
+        return Err(DiskError::Io {
+            op: "reading the size of",
+            path: device.to_owned(),
+            source: std::io::Error::other("it reports 0 bytes"),
+        });
+    }
     file.seek(std::io::SeekFrom::Start(0))
         .map_err(io("seeking in", device))?;
     let zero_len = if whole { size } else { size.min(16 * MIB) };

@@ -355,7 +355,8 @@ async fn upgrade_rollback_failed_boot_interrupted_write_and_reset() {
     let mut vm = rebooted(vm, &disk, &console, false).await;
     configure(&mut vm, &d.join("controlplane.yaml")).await;
     assert!(
-        console::find_line(&console, "reset: wiped STATE, EPHEMERAL").is_some(),
+        console::find_line(&console, "reset: wiped STATE").is_some()
+            && console::find_line(&console, "reset: wiped EPHEMERAL").is_some(),
         "console:\n{}",
         vm.console_tail(60)
     );

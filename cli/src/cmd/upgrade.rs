@@ -222,13 +222,16 @@ async fn wait_healthy(
                     );
                     return Ok(());
                 }
-                if active.slot != slot {
-                    let why = slots
-                        .iter()
-                        .find(|s| s.slot == slot)
-                        .map(|s| format!("{}: {}", s.state, s.reason))
-                        .unwrap_or_default();
-                    anyhow::bail!("came back on slot {} instead ({why})", active.slot);
+                // The old system may still answer while it shuts down:
+                // only a verdict on the new slot ends the wait.
+                if let Some(target_slot) = slots.iter().find(|s| s.slot == slot)
+                    && target_slot.state == "failed"
+                {
+                    anyhow::bail!(
+                        "came back on slot {} instead: slot {slot} failed ({})",
+                        active.slot,
+                        target_slot.reason
+                    );
                 }
             }
         }

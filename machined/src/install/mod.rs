@@ -327,6 +327,8 @@ impl Boot {
         }
         std::fs::rename(&new, &dest).map_err(io_err("renaming", &new))?;
         sync_dir(&self.dir)?;
+        // Home blocks before anything GRUB acts on points at the slot.
+        self.settle()?;
         Ok(manifest)
     }
 }
@@ -403,6 +405,16 @@ pub fn install_from_medium(state: &Path) {
     let Some(system) = SystemDisk::of_state(state) else {
         return;
     };
+    // A STATE made after a reset supersedes a wipe still pending (one cut
+    // short by a power loss): it must not take the new keys at next boot.
+    if let Ok(mut meta) = system.meta()
+        && !meta.record.wipe.is_empty()
+    {
+        meta.record.wipe.clear();
+        if let Err(e) = meta.save() {
+            tracing::error!("clearing a pending wipe: {:#}", anyhow::Error::from(e));
+        }
+    }
     if system.has_boot() || !system.partition(BOOT_NUMBER).exists() {
         return;
     }
@@ -438,27 +450,37 @@ pub fn upgrade(
     booted: Option<Slot>,
     input: impl Read,
 ) -> Result<(Slot, Manifest), InstallError> {
-    let fresh = !system.has_boot();
-    if fresh {
+    // META first: a disk whose layout predates install has none, and is
+    // refused before anything is formatted.
+    let mut meta = system.meta()?;
+    if !system.has_boot() {
         disk::format_boot(&system.partition(BOOT_NUMBER), BOOT_LABEL)?;
     }
     let boot = system.boot()?;
-    if fresh {
+    if !boot.dir.join(GRUB_DIR).join("grub.cfg").exists() || !boot.dir.join(GRUBENV).exists() {
         boot.init_grub()?;
     }
-    let mut meta = system.meta()?;
     let env = boot.env()?;
-    let slot = slots::target(&meta.record, booted, &env);
-    tracing::info!("upgrade: writing slot {slot}");
-    meta.set(slot, SlotState::Writing, Some(""), "");
-    meta.save()?;
+    // Nothing on the disk GRUB could boot (never installed, or an install
+    // that broke off): the bootloader is written with the slot.
+    let fresh = env.good.is_none()
+        && !meta
+            .record
+            .slots
+            .values()
+            .any(|r| r.state == SlotState::Good);
+    let slot = slots::target(&meta.record, booted, &env).map_err(InstallError::Refused)?;
+    // A stale one-shot at the target first: a cut after it is harmless.
     if env.try_once == Some(slot) {
         boot.set_env(BootEnv {
             try_once: None,
             ..env
         })?;
     }
-    // The bootloader is written once, at install: rewriting it is not A/B,
+    tracing::info!("upgrade: writing slot {slot}");
+    meta.set(slot, SlotState::Writing, Some(""), "");
+    meta.save()?;
+    // The bootloader is written at install only: rewriting it is not A/B,
     // and a cut there would leave no bootable disk.
     let written = boot.write_slot(
         slot,
@@ -525,7 +547,10 @@ pub fn rollback(system: &SystemDisk, booted: Option<Slot>) -> Result<Slot, Insta
     Ok(to)
 }
 
-/// The health gate's verdict on `slot`, recorded.
+/// The health gate's verdict on `slot`, recorded, unless the slot left
+/// its trial meanwhile (rolled back by hand). On a pass, grubenv first: a
+/// cut before META follows leaves the slot on trial, and its gate runs
+/// again at the next boot.
 pub fn judge(
     system: &SystemDisk,
     slot: Slot,
@@ -533,22 +558,26 @@ pub fn judge(
 ) -> Result<(), InstallError> {
     let boot = system.boot()?;
     let mut meta = system.meta()?;
+    if meta.record.slots.get(&slot).map(|r| r.state) != Some(SlotState::Trying) {
+        tracing::info!("slot {slot} is no longer on trial: the health gate's verdict is dropped");
+        return Ok(());
+    }
     match verdict {
         Ok(()) => {
-            meta.set(slot, SlotState::Good, None, "passed the health gate");
-            meta.save()?;
             let env = boot.env()?;
             boot.set_env(BootEnv {
                 good: Some(slot),
                 ..env
-            })
+            })?;
+            meta.set(slot, SlotState::Good, None, "passed the health gate");
+            meta.save()?;
         }
         Err(why) => {
             meta.set(slot, SlotState::Failed, None, &why);
             meta.save()?;
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// At boot, before STATE is mounted: runs a wipe a reset asked for, then
@@ -566,16 +595,18 @@ pub fn at_boot(cmdline: &str) -> Option<(SystemDisk, Option<Slot>)> {
     // and the wipe waits for the reboot the reset asked for.
     let state_mounted = disk::is_mounted(Path::new(slate_common::constants::STATE_MOUNT));
     if !meta.record.wipe.is_empty() && !state_mounted {
-        let labels = meta.record.wipe.clone();
-        match system.wipe(&labels) {
-            Ok(()) => {
-                tracing::info!("reset: wiped {}", labels.join(", "));
-                meta.record.wipe.clear();
-                if let Err(e) = meta.save() {
-                    tracing::error!("reset: {:#}", anyhow::Error::from(e));
-                }
+        // One label at a time, each taken off the list once done.
+        while let Some(label) = meta.record.wipe.first().cloned() {
+            if let Err(e) = system.wipe(std::slice::from_ref(&label)) {
+                tracing::error!("reset: {:#}", anyhow::Error::from(e));
+                break;
             }
-            Err(e) => tracing::error!("reset: {:#}", anyhow::Error::from(e)),
+            tracing::info!("reset: wiped {label}");
+            meta.record.wipe.remove(0);
+            if let Err(e) = meta.save() {
+                tracing::error!("reset: {:#}", anyhow::Error::from(e));
+                break;
+            }
         }
     }
     if !system.has_boot() {

@@ -18,12 +18,17 @@ use crate::etcd::Etcd;
 use crate::power::{Action, Power};
 use crate::services::Supervisor;
 
-/// One upgrade, rollback or reset at a time: two writers of the slots'
-/// record would undo each other.
-static BUSY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One upgrade, rollback, reset or health-gate verdict at a time: two
+/// writers of the slots' record would undo each other. The guard is owned
+/// so it can move into the blocking work: a client that hangs up drops the
+/// handler, not the disk write, and the next caller waits for that write.
+static BUSY: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
 
-fn busy() -> Result<tokio::sync::MutexGuard<'static, ()>, Status> {
-    BUSY.try_lock().map_err(|_| {
+type Busy = tokio::sync::OwnedMutexGuard<()>;
+
+fn busy() -> Result<Busy, Status> {
+    Arc::clone(&BUSY).try_lock_owned().map_err(|_| {
         Status::aborted("an upgrade, rollback or reset is already running on this node")
     })
 }
@@ -66,7 +71,7 @@ pub async fn upgrade(
     etcd: Option<&Arc<Etcd>>,
     power: &Power,
 ) -> Result<UpgradeResponse, Status> {
-    let _busy = busy()?;
+    let guard = busy()?;
     let first = stream
         .message()
         .await?
@@ -88,9 +93,9 @@ pub async fn upgrade(
     let system = system_disk()?;
     let booted = booted();
     let (slot, manifest) = if options.url.is_empty() {
-        from_stream(first.chunk, stream, system, booted).await?
+        from_stream(first.chunk, stream, system, booted, guard).await?
     } else {
-        from_url(&options.url, &options.sha256, system, booted).await?
+        from_url(&options.url, &options.sha256, system, booted, guard).await?
     };
     tracing::info!(
         "upgrade: Slate {} written to slot {slot}; it boots once at the next boot",
@@ -114,9 +119,11 @@ async fn from_stream(
     mut stream: Streaming<UpgradeRequest>,
     system: SystemDisk,
     booted: Option<Slot>,
+    guard: Busy,
 ) -> Result<(Slot, slate_bundle::Manifest), Status> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let writer = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
         super::upgrade(&system, booted, ChannelReader::new(rx))
     });
     let mut sent = if first.is_empty() {
@@ -156,6 +163,7 @@ async fn from_url(
     sha256: &str,
     system: SystemDisk,
     booted: Option<Slot>,
+    guard: Busy,
 ) -> Result<(Slot, slate_bundle::Manifest), Status> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Status::invalid_argument(
@@ -184,6 +192,7 @@ async fn from_url(
         )));
     }
     blocking(move || {
+        let _guard = guard;
         let file = std::fs::File::open(&dest).map_err(|source| InstallError::Io {
             op: "opening",
             path: dest.clone(),
@@ -276,10 +285,11 @@ async fn quorum_without_me(etcd: &Etcd) -> Result<(), String> {
 }
 
 pub async fn rollback(power: &Power) -> Result<RollbackResponse, Status> {
-    let _busy = busy()?;
+    let guard = busy()?;
     let system = system_disk()?;
     let booted = booted();
     let (slot, version) = blocking(move || {
+        let _guard = guard;
         let slot = super::rollback(&system, booted)?;
         let version = system
             .meta()?
@@ -342,7 +352,7 @@ pub async fn reset(
     services: &Supervisor,
     power: &Power,
 ) -> Result<ResetResponse, Status> {
-    let _busy = busy()?;
+    let guard = busy()?;
     let mut labels: Vec<String> = if request.wipe.is_empty() {
         vec![STATE_LABEL.to_owned(), EPHEMERAL_LABEL.to_owned()]
     } else {
@@ -379,6 +389,7 @@ pub async fn reset(
     }
     let wiped = labels.clone();
     blocking(move || {
+        let _guard = guard;
         let mut meta = system.meta()?;
         meta.record.wipe = labels;
         meta.save()?;
@@ -427,7 +438,14 @@ pub async fn gate(
             "slot {slot} failed the health gate: {why}; rebooting onto the previous slot"
         ),
     }
-    let judged = tokio::task::spawn_blocking(move || super::judge(&system, slot, verdict)).await;
+    // After any upgrade, rollback or reset in flight: judge re-reads META
+    // and drops the verdict if the slot left its trial meanwhile.
+    let guard = Arc::clone(&BUSY).lock_owned().await;
+    let judged = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        super::judge(&system, slot, verdict)
+    })
+    .await;
     if let Ok(Err(e)) = judged {
         tracing::error!(
             "recording the health gate's verdict: {:#}",
@@ -471,7 +489,16 @@ async fn health(
     vec![
         ("config", config),
         ("apid", apid),
-        ("etcd", if with_etcd { service("etcd") } else { Ok(()) }),
+        (
+            "etcd",
+            match (with_etcd, services.status("etcd")) {
+                (false, _) => Ok(()),
+                // The node has etcd data but the slot runs no etcd (a
+                // bundle without its extension layer).
+                (true, Err(_)) => Err("not running: the booted slot has no etcd".to_owned()),
+                (true, Ok(_)) => service("etcd"),
+            },
+        ),
         ("kubelet", service("kubelet")),
     ]
 }

@@ -19,11 +19,13 @@ use super::meta::{Record, Slot, SlotState};
 /// The kernel argument GRUB adds for the slot it booted.
 pub const CMDLINE_KEY: &str = "slate.slot=";
 
-/// The slot named on `cmdline`, if the node booted from its disk.
+/// The slot named on `cmdline`, if the node booted from its disk. The
+/// last one counts: GRUB appends it after the bundle's own arguments.
 pub fn booted(cmdline: &str) -> Option<Slot> {
     cmdline
         .split_whitespace()
-        .find_map(|a| a.strip_prefix(CMDLINE_KEY))
+        .filter_map(|a| a.strip_prefix(CMDLINE_KEY))
+        .next_back()
         .and_then(Slot::parse)
 }
 
@@ -87,19 +89,25 @@ pub fn on_trial(record: &Record, booted: Option<Slot>) -> Option<Slot> {
     (record.slots.get(&slot)?.state == SlotState::Trying).then_some(slot)
 }
 
-/// Where an upgrade writes: the slot not booted; on a node that booted
-/// from another medium, the one GRUB would not boot; on a disk without a
-/// bootable slot, A.
-pub fn target(record: &Record, booted: Option<Slot>, env: &BootEnv) -> Slot {
+/// Where an upgrade writes: the slot not booted, once the booted one is
+/// good (while it is on trial, the other slot is the only good one and
+/// must not be overwritten); on a node that booted from another medium,
+/// the one GRUB would not boot (by grubenv, whatever META says); on a disk
+/// without a bootable slot, A.
+pub fn target(record: &Record, booted: Option<Slot>, env: &BootEnv) -> Result<Slot, String> {
     if let Some(b) = booted {
-        return b.other();
+        return match record.slots.get(&b).map(|r| r.state) {
+            Some(SlotState::Good) => Ok(b.other()),
+            Some(state) => Err(format!(
+                "slot {b}, running, is {}: wait for its health gate to pass, or roll back, before upgrading again",
+                state.name()
+            )),
+            None => Err(format!(
+                "slot {b}, running, has no record in META: cannot tell which slot is safe to overwrite"
+            )),
+        };
     }
-    match env.good {
-        Some(good) if record.slots.get(&good).map(|r| r.state) == Some(SlotState::Good) => {
-            good.other()
-        }
-        _ => Slot::A,
-    }
+    Ok(env.good.map_or(Slot::A, Slot::other))
 }
 
 /// One row of `slatectl get bootslots`.
@@ -165,6 +173,11 @@ mod tests {
     #[test]
     fn the_slot_grub_booted_is_read_from_the_command_line() {
         assert_eq!(booted("console=ttyS0 slate.slot=B quiet"), Some(Slot::B));
+        // GRUB's comes last, whatever the bundle's line said.
+        assert_eq!(
+            booted("slate.slot=A console=ttyS0 slate.slot=B"),
+            Some(Slot::B)
+        );
         assert_eq!(booted("console=ttyS0"), None);
         assert_eq!(booted("slate.slot=C"), None);
     }
@@ -243,22 +256,35 @@ mod tests {
 
     #[test]
     fn upgrades_go_to_the_slot_not_booted() {
-        let r = record(&[(Slot::A, SlotState::Good)]);
+        let r = record(&[(Slot::A, SlotState::Good), (Slot::B, SlotState::Good)]);
         assert_eq!(
             target(&r, Some(Slot::A), &env(Some(Slot::A), None)),
-            Slot::B
+            Ok(Slot::B)
         );
         assert_eq!(
-            target(&r, Some(Slot::B), &env(Some(Slot::A), None)),
-            Slot::A
+            target(&r, Some(Slot::B), &env(Some(Slot::B), None)),
+            Ok(Slot::A)
         );
-        // Booted from an ISO, with A installed and good: B.
-        assert_eq!(target(&r, None, &env(Some(Slot::A), None)), Slot::B);
+        // Booted from an ISO, with A the slot GRUB boots: B, even when
+        // META is blank.
+        assert_eq!(target(&r, None, &env(Some(Slot::A), None)), Ok(Slot::B));
+        assert_eq!(
+            target(&Record::default(), None, &env(Some(Slot::A), None)),
+            Ok(Slot::B)
+        );
         // Nothing bootable on the disk: A.
         assert_eq!(
             target(&Record::default(), None, &BootEnv::default()),
-            Slot::A
+            Ok(Slot::A)
         );
+    }
+
+    #[test]
+    fn a_slot_on_trial_is_not_upgraded_over_the_only_good_one() {
+        let r = record(&[(Slot::A, SlotState::Good), (Slot::B, SlotState::Trying)]);
+        let err = target(&r, Some(Slot::B), &env(Some(Slot::A), None)).unwrap_err();
+        assert!(err.contains("slot B, running, is trying"), "{err}");
+        assert!(target(&Record::default(), Some(Slot::A), &BootEnv::default()).is_err());
     }
 
     #[test]
