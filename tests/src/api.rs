@@ -23,7 +23,7 @@ pub async fn wait_for_version(
     timeout: Duration,
 ) -> anyhow::Result<VersionResponse> {
     let deadline = Instant::now() + timeout;
-    vm.wait_for_line(READY_LINE, deadline, 80)
+    vm.wait_for_boot_line(READY_LINE, deadline, 80)
         .await
         .context("apid never became ready")?;
     let target = slate_client::parse_target(&vm.endpoint())?;

@@ -143,6 +143,8 @@ pub struct Vm {
     pub started: Instant,
     monitor: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
+    /// What it was started with, for [`Vm::restart`].
+    opts: VmOptions,
 }
 
 /// Creates `path` as a sparse 2 GiB system disk, blank as a fresh cloud
@@ -381,6 +383,7 @@ impl Vm {
                 started: Instant::now(),
                 monitor: opts.monitor.clone(),
                 _dir: None,
+                opts: opts.clone(),
             };
             if vm.got_its_ports() {
                 vm._dir = dir;
@@ -493,6 +496,62 @@ impl Vm {
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the guest's kernel says its vCPUs were not run for tens of
+    /// seconds (RCU stalls, soft lockups): on these shared 2-core hosts a
+    /// TCG guest was seen starved that way within seconds of boot, in
+    /// tests that pass on every other run.
+    pub fn starved(&self) -> bool {
+        ["rcu_preempt detected stalls", "watchdog: BUG: soft lockup"]
+            .iter()
+            .any(|s| crate::console::find_line(&self.console, s).is_some())
+    }
+
+    /// Starts the guest again with the same options, disks, console file
+    /// and host ports; the stalled console is kept beside it
+    /// (`<console>.stalled`) for whoever looks into it.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let kept = PathBuf::from(format!("{}.stalled", self.console.display()));
+        let _ = std::fs::copy(&self.console, kept);
+        let mut opts = self.opts.clone();
+        opts.ports = Some((self.api_port, self.forwarded.clone()));
+        let dir = self._dir.take();
+        let mut fresh = Vm::start(&opts, Some(&self.console))?;
+        fresh._dir = dir;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// [`Vm::wait_for_line`] for a line of the boot, restarting the guest
+    /// once if the host starved it before then ([`Vm::starved`]). A stall
+    /// that comes back is a failure like any other.
+    pub async fn wait_for_boot_line(
+        &mut self,
+        needle: &str,
+        deadline: Instant,
+        tail: usize,
+    ) -> anyhow::Result<String> {
+        let mut restarted = false;
+        loop {
+            if let Some(line) = crate::console::find_line(&self.console, needle) {
+                return Ok(line);
+            }
+            if !restarted && self.is_running() && self.starved() {
+                eprintln!(
+                    "the guest stalled before {needle:?} (RCU stall or soft lockup): restarting it once; its console is kept in {}.stalled",
+                    self.console.display()
+                );
+                self.restart()?;
+                restarted = true;
+                continue;
+            }
+            if !self.is_running() || Instant::now() >= deadline {
+                return self.wait_for_line(needle, Instant::now(), tail).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 

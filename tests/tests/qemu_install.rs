@@ -64,7 +64,7 @@ async fn configure(vm: &mut Vm, config: &Path) {
 /// Waits until the admin can call `version`; returns its tag.
 async fn wait_configured(vm: &mut Vm, client: &Path) -> String {
     let deadline = Instant::now() + BOOT_TIMEOUT;
-    vm.wait_for_line(api::READY_LINE, deadline, 80)
+    vm.wait_for_boot_line(api::READY_LINE, deadline, 80)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     loop {
