@@ -210,12 +210,10 @@ impl Boot {
     /// GRUB's environment block; an absent one is empty.
     pub fn env(&self) -> Result<BootEnv, InstallError> {
         let path = self.dir.join(GRUBENV);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BootEnv::default()),
-            Err(e) => return Err(io_err("reading", &path)(e)),
-        };
-        let vars = grub::parse_env(&bytes)?;
+        if !path.exists() {
+            return Ok(BootEnv::default());
+        }
+        let vars = grub::read_env(&path)?;
         let slot = |k: &str| vars.get(k).and_then(|v| Slot::parse(v));
         Ok(BootEnv {
             good: slot(GOOD_VAR),
@@ -223,8 +221,9 @@ impl Boot {
         })
     }
 
-    /// Rewrites the environment block in place: GRUB's `save_env` writes
-    /// through the file's existing blocks, so the file is never replaced.
+    /// Rewrites the environment block in place ([`grub::write_env`]):
+    /// GRUB's `save_env` writes through the file's existing blocks, so the
+    /// file is never replaced. The first write creates it.
     pub fn set_env(&self, env: BootEnv) -> Result<(), InstallError> {
         let path = self.dir.join(GRUBENV);
         let mut vars = std::collections::BTreeMap::new();
@@ -238,15 +237,14 @@ impl Boot {
                 .map(|s| s.name().to_owned())
                 .unwrap_or_default(),
         );
-        let block = grub::render_env(&vars)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
-        file.write_all(&block).map_err(io_err("writing", &path))?;
-        file.sync_all().map_err(io_err("syncing", &path))?;
+        if path.exists() {
+            grub::write_env(&path, &vars)?;
+        } else {
+            let block = grub::render_env(&vars)?;
+            let mut file = File::create(&path).map_err(io_err("creating", &path))?;
+            file.write_all(&block).map_err(io_err("writing", &path))?;
+            file.sync_all().map_err(io_err("syncing", &path))?;
+        }
         // Every operation ends here: what it wrote must be readable by GRUB.
         self.settle()
     }
